@@ -1,0 +1,286 @@
+"""Typed configuration: dataclass sections, YAML files, dotted CLI overrides, validation.
+
+`load_config(path, overrides)` merges, in order: the defaults below, the YAML file,
+then `section.key=value` overrides. Unknown keys, wrong types and impossible values
+raise `UsageError` with one line that names the key, the value and what is allowed.
+The defaults are the documented default run: CIFAR-10, ResNet-18 (CIFAR stem).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from visiontrain.errors import UsageError
+
+CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
+CIFAR10_STD = [0.2470, 0.2435, 0.2616]
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/cifar10_resnet18"
+    seed: int = 0
+    # true: a run dir holding checkpoints is resumed; false: an existing run dir is refused.
+    resume: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+
+
+@dataclass
+class DataConfig:
+    backend: str = "torchvision"  # ffcv | torchvision | synthetic
+    path: str = "data/cifar10"
+    recipe: str = "cifar"  # cifar (pad-and-translate) | imagenet (random-resized-crop)
+    image_size: int = 32  # training resolution
+    val_image_size: int = 32
+    val_crop_ratio: float = 0.875  # imagenet recipe: center crop covers this fraction
+    crop_padding: int = 4  # cifar recipe: random translation of up to this many pixels
+    cutout: int = 0  # cifar recipe: side of a square filled with the mean colour; 0 = off
+    flip: bool = True
+    mean: List[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
+    std: List[float] = field(default_factory=lambda: list(CIFAR10_STD))
+    num_workers: int = 2
+    synthetic_train_samples: int = 2048  # synthetic backend: random tensors made on the device
+    synthetic_val_samples: int = 512
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cifar_resnet18"
+    num_classes: int = 10
+    width: int = 64  # base channel count of the CIFAR models (cifar_resnet18, resnet9)
+    zero_init_residual: bool = False  # zero the last BN of each residual block
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.5  # peak learning rate for the global batch size
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    no_decay_bn_bias: bool = True  # no weight decay on BatchNorm parameters and biases
+
+
+@dataclass
+class ScheduleConfig:
+    # Per-iteration learning-rate factor; every schedule starts with a linear warmup.
+    name: str = "triangular"  # cosine | step | triangular | constant
+    warmup_epochs: float = 5.0
+    min_lr_ratio: float = 0.0  # cosine/triangular end at lr * min_lr_ratio
+    milestones: List[float] = field(default_factory=list)  # step: epochs where lr *= gamma
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 24
+    batch_size: int = 512  # global: images per optimizer step over all processes
+    grad_accum_steps: int = 1
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 adds a GradScaler)
+    grad_clip_norm: float = 0.0  # 0 = off
+    label_smoothing: float = 0.1
+    ema: bool = False
+    ema_decay: float = 0.999
+    eval_every_epochs: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = 1  # 0 = only at the end
+    every_steps: int = 0  # 0 = off
+    keep_last: int = 2  # the best-by-val-top1 checkpoint is kept in addition
+
+
+@dataclass
+class BackendConfig:
+    name: str = "ddp"  # ddp
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 50  # read losses from the device (a host sync) this often
+    progress_bar: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+    # Each rank writes the sample indices it drew per epoch to ranks/ (data-order audits).
+    sample_ids: bool = False
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "run.device": ("auto", "cpu", "cuda"),
+    "data.backend": ("ffcv", "torchvision", "synthetic"),
+    "data.recipe": ("cifar", "imagenet"),
+    "optim.name": ("sgd", "adamw"),
+    "schedule.name": ("cosine", "step", "triangular", "constant"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "backend.name": ("ddp",),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults ← YAML file ← `key=value` overrides, then validated. Raises UsageError."""
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        merged = _merge(merged, _read_yaml(Path(path)), f"in {path}")
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} is not of the form section.key=value")
+        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"in override {item!r}")
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def all_keys() -> list[str]:
+    """Every dotted key the config accepts, e.g. 'optim.lr'."""
+    return [f"{section}.{key}" for section, values in to_dict(Config()).items() for key in values]
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends: report the first line only
+        raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise UsageError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+    return loaded
+
+
+def _merge(base: DictConfig, extra: DictConfig, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, extra)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise UsageError(_describe_merge_error(err, extra, where)) from None
+
+
+def _describe_merge_error(err: OmegaConfBaseException, extra: DictConfig, where: str) -> str:
+    key = getattr(err, "full_key", None) or ""
+    detail = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+    if type(err).__name__ == "ConfigKeyError":
+        known = all_keys()
+        sections = sorted({k.split(".")[0] for k in known})
+        candidates = known if "." in key else sections
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; sections: {', '.join(sections)}"
+        return f"unknown config key '{key}' {where}{hint}"
+    if not key:
+        # e.g. `optim=3`: a whole section replaced by a scalar
+        return f"invalid config {where}: {detail}; expected section.key=value"
+    return f"config key '{key}' {where}: {detail}"
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise UsageError(f"config key '{key}' = {value!r} is invalid: {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that need no knowledge of the launch (world size is checked later)."""
+    from visiontrain.models import MODEL_NAMES, CIFAR_MODEL_NAMES
+
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UsageError(f"config key '{key}' = {value!r} is invalid: allowed {', '.join(choices)}{hint}")
+    if cfg.model.name not in MODEL_NAMES:
+        close = difflib.get_close_matches(cfg.model.name, MODEL_NAMES, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UsageError(
+            f"config key 'model.name' = {cfg.model.name!r} is not a known model: "
+            f"allowed {', '.join(MODEL_NAMES)}{hint}"
+        )
+    m, o, s, t, d = cfg.model, cfg.optim, cfg.schedule, cfg.train, cfg.data
+    _check(m.num_classes >= 2, "model.num_classes", m.num_classes, "must be >= 2")
+    _check(m.width >= 1, "model.width", m.width, "must be >= 1")
+    _check(
+        m.width == 64 or m.name in CIFAR_MODEL_NAMES, "model.width", m.width,
+        f"only the CIFAR models ({', '.join(CIFAR_MODEL_NAMES)}) have a width; leave it at 64",
+    )
+    _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a finite number > 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two numbers in [0, 1)")
+    _check(o.eps > 0, "optim.eps", o.eps, "must be > 0")
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
+    _check(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "must be >= 0 (0 = off)")
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "must be in [0, 1)")
+    _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)")
+    _check(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")
+    _check(0 <= s.warmup_epochs < t.epochs, "schedule.warmup_epochs", s.warmup_epochs,
+           f"must be in [0, train.epochs={t.epochs})")
+    _check(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", s.min_lr_ratio, "must be in [0, 1]")
+    _check(s.gamma > 0, "schedule.gamma", s.gamma, "must be > 0")
+    _check(all(0 < e <= t.epochs for e in s.milestones) and list(s.milestones) == sorted(s.milestones),
+           "schedule.milestones", s.milestones, f"increasing epochs in (0, train.epochs={t.epochs}]")
+    _check(s.name != "step" or len(s.milestones) > 0, "schedule.milestones", s.milestones,
+           "the step schedule needs at least one milestone")
+    _check(d.image_size >= 8, "data.image_size", d.image_size, "must be >= 8")
+    _check(d.val_image_size >= 8, "data.val_image_size", d.val_image_size, "must be >= 8")
+    _check(0 < d.val_crop_ratio <= 1, "data.val_crop_ratio", d.val_crop_ratio, "must be in (0, 1]")
+    _check(0 <= d.crop_padding <= d.image_size // 2, "data.crop_padding", d.crop_padding,
+           f"must be in [0, data.image_size/2={d.image_size // 2}]")
+    _check(0 <= d.cutout <= d.image_size, "data.cutout", d.cutout, f"must be in [0, data.image_size={d.image_size}]")
+    _check(len(d.mean) == 3, "data.mean", d.mean, "three numbers (R, G, B) in [0, 1]")
+    _check(len(d.std) == 3 and all(v > 0 for v in d.std), "data.std", d.std, "three numbers > 0")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _check(d.synthetic_train_samples >= 1, "data.synthetic_train_samples", d.synthetic_train_samples, "must be >= 1")
+    _check(d.synthetic_val_samples >= 1, "data.synthetic_val_samples", d.synthetic_val_samples, "must be >= 1")
+    c = cfg.checkpoint
+    _check(c.every_epochs >= 0, "checkpoint.every_epochs", c.every_epochs, "must be >= 0 (0 = only at the end)")
+    _check(c.every_steps >= 0, "checkpoint.every_steps", c.every_steps, "must be >= 0 (0 = off)")
+    _check(c.keep_last >= 1, "checkpoint.keep_last", c.keep_last, "must be >= 1")
+    _check(cfg.log.every_steps >= 1, "log.every_steps", cfg.log.every_steps, "must be >= 1")
+    _check(bool(cfg.run.dir.strip()), "run.dir", cfg.run.dir, "must be a directory path")
+
+
+def validate_for_world(cfg: Config, world_size: int) -> int:
+    """Checks that depend on the number of processes; returns the per-process micro-batch."""
+    t = cfg.train
+    per_step = world_size * t.grad_accum_steps
+    if t.batch_size % per_step:
+        raise UsageError(
+            f"config key 'train.batch_size' = {t.batch_size} is invalid: the global batch must be divisible by "
+            f"world size x train.grad_accum_steps = {world_size} x {t.grad_accum_steps} = {per_step}"
+        )
+    return t.batch_size // per_step

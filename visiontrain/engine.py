@@ -1,0 +1,345 @@
+"""The training loop: epochs, the hot step, evaluation, checkpoints and the run's end.
+
+Hot-loop rules: no host-device sync per step. Loss and accuracy accumulate on the
+device and are read every `log.every_steps` steps (and before any checkpoint, so a
+checkpoint is never written after a non-finite loss). The step at which the loss
+first became non-finite is recorded on the device, so the error can name it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from visiontrain import logs
+from visiontrain.backends import build_backend
+from visiontrain.checkpoint import CheckpointStore, export_weights, plain_state_dict
+from visiontrain.config import Config, to_yaml
+from visiontrain.data import DataBundle
+from visiontrain.dist import Runtime, all_gather_objects
+from visiontrain.errors import TrainingFailed
+from visiontrain.metrics import RunningStats, evaluate
+from visiontrain.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
+    best_top1: float = -1.0
+    best_epoch: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: Config, runtime: Runtime, data: DataBundle, model: nn.Module, run_dir: Path):
+        self.cfg, self.runtime, self.data, self.run_dir = cfg, runtime, data, Path(run_dir)
+        self.device = runtime.device
+        fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=fmt)
+        # EMA before wrapping: it averages the plain module's parameters and BN buffers.
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+                    if cfg.train.ema else None)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.steps_per_epoch = data.train.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
+        self.backend = build_backend(cfg.backend.name, runtime, cfg.train.precision, cfg.train.grad_clip_norm,
+                                     cfg.model.compile)
+        self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)
+        self.state = TrainerState()
+        self.window = RunningStats(self.device)  # since the last train log event
+        self.epoch_stats = RunningStats(self.device)
+        self._step_on_device = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep_last)
+        self.last_checkpoint: Path | None = None
+        self.metrics = logs.MetricsLog(self.run_dir / "metrics.jsonl", runtime.world_size, runtime.is_main)
+        self.tb: logs.TensorBoard | None = None
+        self.last_val: dict[str, Any] = {}
+        self.last_val_ema: dict[str, Any] = {}
+        self.train_seconds = 0.0
+        self.train_images = 0
+
+    # ----------------------------------------------------------------- resume
+    def resume_if_possible(self) -> bool:
+        found = self.store.load_latest()
+        if found is None:
+            self._open_logs(purge_step=0)
+            return False
+        state, path = found
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.backend.load_state_dict(state["backend"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                log.warning("checkpoint %s has no EMA weights; the EMA restarts from the current model", path)
+                self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema_decay),
+                                         use_buffers=True)
+            else:
+                self.ema.load_state_dict(state["ema"])
+        self.state = TrainerState(**state["trainer"])
+        self.window.sums.copy_(state["stats"]["window"])
+        self.epoch_stats.sums.copy_(state["stats"]["epoch"])
+        self._step_on_device.fill_(self.state.step)
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.last_checkpoint = path
+        self._open_logs(purge_step=self.state.step + 1)
+        self.metrics.truncate_after(self.state.step)
+        log.info("resuming from %s (epoch %d, step %d, %d micro-batches into the epoch)",
+                 path, self.state.epoch, self.state.step, self.state.batch_in_epoch)
+        self.metrics.write("resume", epoch=self.state.epoch, step=self.state.step, checkpoint=str(path))
+        return True
+
+    def _open_logs(self, purge_step: int) -> None:
+        if self.runtime.is_main:
+            if purge_step == 0:
+                self.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
+            self.tb = logs.TensorBoard(self.run_dir / "tb", self.cfg.log.tensorboard, purge_step)
+        else:
+            self.tb = logs.TensorBoard(self.run_dir / "tb", False, None)
+
+    # -------------------------------------------------------------- main loop
+    def fit(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        epochs = self.cfg.train.epochs
+        while self.state.epoch < epochs:
+            epoch = self.state.epoch
+            self.train_one_epoch(epoch)
+            self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
+            done = self.state.epoch == epochs
+            improved = False
+            if done or self.state.epoch % self.cfg.train.eval_every_epochs == 0:
+                improved = self.run_evaluation()
+            every = self.cfg.checkpoint.every_epochs
+            self.save_checkpoint(periodic=done or (every > 0 and self.state.epoch % every == 0), best=improved)
+        if not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
+            self.run_evaluation()
+        return self.finish(time.perf_counter() - start)
+
+    def train_one_epoch(self, epoch: int) -> None:
+        cfg, loader = self.cfg, self.data.train
+        accum = loader.accum_steps
+        micro = self.state.batch_in_epoch
+        loader.set_epoch(epoch, start=micro)
+        self._record_sample_ids(epoch, micro)
+        self.train_model.train()
+        bar = logs.progress_bar(self.runtime.is_main and cfg.log.progress_bar, self.steps_per_epoch,
+                                micro // accum, f"epoch {epoch + 1}/{cfg.train.epochs}")
+        window_start, window_images = time.perf_counter(), 0
+        epoch_start, epoch_images = window_start, 0
+        for images, labels in loader:
+            micro += 1
+            sync = micro % accum == 0
+            with self.backend.sync_context(self.train_model, sync):
+                with self.backend.autocast():
+                    logits = self.train_model(images)
+                losses = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing,
+                                         reduction="none")
+                loss = losses.mean()
+                self.backend.backward(loss / accum if accum > 1 else loss)
+            self.window.update(losses.detach(), logits.detach(), labels)
+            bad = ~torch.isfinite(loss.detach())
+            self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), self._step_on_device,
+                                               self._first_bad_step)
+            batch_images = images.shape[0] * self.runtime.world_size
+            window_images += batch_images
+            epoch_images += batch_images
+            if not sync:
+                continue
+            self.backend.step(self.optimizer)
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self._step_on_device += 1
+            self.state.step += 1
+            self.state.batch_in_epoch = micro
+            bar.update(1)
+            if self.state.step % cfg.log.every_steps == 0:
+                self._log_window(epoch, window_images, time.perf_counter() - window_start, bar)
+                window_start, window_images = time.perf_counter(), 0
+            if cfg.checkpoint.every_steps and self.state.step % cfg.checkpoint.every_steps == 0:
+                self.save_checkpoint(periodic=True, best=False)
+        if window_images:
+            self._log_window(epoch, window_images, time.perf_counter() - window_start, bar)
+        bar.close()
+        seconds = time.perf_counter() - epoch_start
+        self.train_seconds += seconds
+        self.train_images += epoch_images
+        summary = self.epoch_stats.reduce(self.runtime.world_size)
+        self.epoch_stats.reset()
+        record = self.metrics.write("epoch", epoch=epoch + 1, step=self.state.step, lr=self._lr(),
+                                    loss=summary["loss"], top1=summary["top1"], top5=summary["top5"],
+                                    img_per_s=epoch_images / max(seconds, 1e-9))
+        self.tb.scalars("epoch", {k: record[k] for k in ("loss", "top1", "top5", "img_per_s")}, self.state.step)
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _log_window(self, epoch: int, images: int, seconds: float, bar) -> None:
+        """Read the device-side sums (a sync), check the loss is finite, log one train event."""
+        self._check_finite()
+        self.epoch_stats.sums += self.window.sums
+        stats = self.window.reduce(self.runtime.world_size)
+        self.window.reset()
+        lr = self._lr()
+        img_per_s = images / max(seconds, 1e-9)
+        self.metrics.write("train", epoch=epoch + 1, step=self.state.step, lr=lr, loss=stats["loss"],
+                           top1=stats["top1"], top5=stats["top5"], img_per_s=img_per_s)
+        self.tb.scalars("train", {"loss": stats["loss"], "top1": stats["top1"], "lr": lr, "img_per_s": img_per_s},
+                        self.state.step)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.3g}", img_s=f"{img_per_s:.0f}", refresh=False)
+
+    def _check_finite(self) -> None:
+        first_bad = self._first_bad_step.clone()
+        if self.runtime.world_size > 1:
+            # -1 means "none": map it to +inf-like so MIN picks the earliest bad step of any rank.
+            first_bad = torch.where(first_bad < 0, torch.iinfo(torch.int64).max, first_bad)
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+            first_bad = torch.where(first_bad == torch.iinfo(torch.int64).max, -1, first_bad)
+        step = int(first_bad)
+        if step >= 0:
+            where = self.last_checkpoint or "none written yet"
+            raise TrainingFailed(
+                f"loss became non-finite at step {step + 1} (epoch {self.state.epoch + 1}); training stopped; "
+                f"last good checkpoint: {where}. Lower optim.lr, set train.grad_clip_norm, or use fp32/bf16"
+            )
+
+    # ------------------------------------------------------------- evaluation
+    def _average_bn_buffers(self) -> None:
+        """Make BatchNorm running statistics identical on all ranks (their mean), as timm does."""
+        if self.runtime.world_size == 1:
+            return
+        for buf in self.model.buffers():
+            if buf.is_floating_point():
+                torch.distributed.all_reduce(buf)
+                buf /= self.runtime.world_size
+
+    def run_evaluation(self) -> bool:
+        """Evaluate the model (and EMA); log val events; True if val top-1 improved."""
+        self._check_finite()
+        self._average_bn_buffers()
+        t0 = time.perf_counter()
+        val = evaluate(self.train_model, self.data.val, self.backend.autocast, self.device, self.runtime.world_size)
+        seconds = time.perf_counter() - t0
+        self.last_val = self.metrics.write("val", epoch=self.state.epoch, step=self.state.step, lr=self._lr(),
+                                           img_per_s=val["samples"] / max(seconds, 1e-9), **val)
+        self.tb.scalars("val", val, self.state.step)
+        log.info("epoch %d/%d  step %d  val loss %.4f  top1 %.2f%%  top5 %.2f%%  (%d samples)",
+                 self.state.epoch, self.cfg.train.epochs, self.state.step, val["loss"], val["top1"], val["top5"],
+                 val["samples"])
+        if self.ema is not None:
+            ema_val = evaluate(self.ema.module, self.data.val, self.backend.autocast, self.device,
+                               self.runtime.world_size)
+            self.last_val_ema = self.metrics.write("val_ema", epoch=self.state.epoch, step=self.state.step,
+                                                   lr=self._lr(), **ema_val)
+            self.tb.scalars("val_ema", ema_val, self.state.step)
+            log.info("    EMA val top1 %.2f%%", ema_val["top1"])
+        if val["top1"] > self.state.best_top1:
+            self.state.best_top1, self.state.best_epoch = val["top1"], self.state.epoch
+            return True
+        return False
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "backend": self.backend.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "trainer": asdict(self.state),
+            "stats": {"window": self.window.sums.cpu(), "epoch": self.epoch_stats.sums.cpu()},
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "config": to_yaml(self.cfg),
+            "world_size": self.runtime.world_size,
+        }
+
+    def save_checkpoint(self, periodic: bool, best: bool) -> None:
+        if not (periodic or best):
+            return
+        self._check_finite()
+        if self.runtime.is_main:
+            path = self.store.save(self.checkpoint_state(), self.state.step, periodic=periodic, best=best)
+            self.metrics.write("checkpoint", epoch=self.state.epoch, step=self.state.step, path=str(path),
+                               best=best)
+            self.last_checkpoint = path
+        self.runtime.barrier()
+
+    # -------------------------------------------------------------------- end
+    def _record_sample_ids(self, epoch: int, start: int) -> None:
+        if not self.cfg.log.sample_ids:
+            return
+        out = self.run_dir / "ranks"
+        out.mkdir(exist_ok=True)
+        with open(out / f"rank{self.runtime.rank}_samples.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": epoch, "start": start, "indices": self.data.train.epoch_indices()})
+                    + "\n")
+
+    def params_digest(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def finish(self, seconds: float) -> dict[str, Any]:
+        self._average_bn_buffers()
+        ranks = all_gather_objects({"rank": self.runtime.rank, "params_sha256": self.params_digest(),
+                                    "train_samples_per_epoch": self.steps_per_epoch * self.data.train.accum_steps
+                                    * self.data.train.micro_batch}, self.runtime.world_size)
+        summary: dict[str, Any] = {}
+        if self.runtime.is_main:
+            export_weights(plain_state_dict(self.model), self.run_dir / "weights.safetensors",
+                           {"model": self.cfg.model.name, "num_classes": str(self.cfg.model.num_classes)})
+            if self.ema is not None:
+                export_weights(plain_state_dict(self.ema.module), self.run_dir / "weights_ema.safetensors",
+                               {"model": self.cfg.model.name, "num_classes": str(self.cfg.model.num_classes)})
+            summary = {
+                "status": "completed",
+                "run_dir": str(self.run_dir),
+                "model": self.cfg.model.name,
+                "epochs": self.state.epoch,
+                "steps": self.state.step,
+                "world_size": self.runtime.world_size,
+                "launcher": self.runtime.launcher,
+                "global_batch_size": self.cfg.train.batch_size,
+                "precision": self.cfg.train.precision,
+                "final": _metrics_only(self.last_val),
+                "final_ema": _metrics_only(self.last_val_ema) or None,
+                "best_top1": self.state.best_top1,
+                "best_epoch": self.state.best_epoch,
+                "wall_time_s": seconds,
+                "train_time_s": self.train_seconds,
+                "train_img_per_s": self.train_images / self.train_seconds if self.train_seconds else None,
+                "train_img_per_s_per_device": (self.train_images / self.train_seconds / self.runtime.world_size
+                                               if self.train_seconds else None),
+                "ranks": ranks,
+                "environment": logs.environment(self.device),
+            }
+            logs.write_json(self.run_dir / "summary.json", summary)
+            if self.cfg.log.plots:
+                logs.plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+        self.tb.close()
+        self.runtime.barrier()
+        return summary
+
+
+def _metrics_only(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in ("epoch", "step", "loss", "top1", "top5", "samples") if k in record}
+

@@ -1,0 +1,39 @@
+"""Exceptions that entry points turn into exit codes, and the wrapper that does it.
+
+Exit codes (a user-facing contract): 0 success, 2 bad usage/config/input (one line
+naming the bad value), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable
+
+
+class UsageError(Exception):
+    """Bad config, argument, path or input: the user can fix it. Exit code 2."""
+
+    exit_code = 2
+
+
+class TrainingFailed(Exception):
+    """Training itself went wrong (non-finite loss, ...). Exit code 1, no traceback."""
+
+    exit_code = 1
+
+
+def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
+    """Run `main(argv)` and map exceptions to exit codes with a one-line message."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return int(main(argv) or 0)
+    except (UsageError, TrainingFailed) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1

@@ -1,0 +1,67 @@
+"""Optimizer with parameter groups, and the per-iteration learning-rate schedule.
+
+The schedule is a pure function of the optimizer step (`lr_factor`), wrapped in
+`torch.optim.lr_scheduler.LambdaLR` and stepped by the engine once per optimizer
+step. It is never handed to accelerate, whose prepared schedulers step once per
+process (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from visiontrain.config import OptimConfig, ScheduleConfig
+
+
+def param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float, no_decay_bn_bias: bool
+) -> list[dict]:
+    """Split trainable parameters into decayed and non-decayed (BN/bias: any 1-D tensor) groups."""
+    decay, no_decay = [], []
+    for _, param in named_params:
+        if not param.requires_grad:
+            continue  # frozen parameters get no optimizer state
+        (no_decay if no_decay_bn_bias and param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model.named_parameters(), cfg.weight_decay, cfg.no_decay_bn_bias)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_factor(step: int, cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> float:
+    """Multiplier of the peak lr for optimizer step `step` (0-based): warmup, then the decay."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "step":
+        passed = sum(step >= round(m * steps_per_epoch) for m in cfg.milestones)
+        return cfg.gamma**passed
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    progress = min(1.0, progress)
+    floor = cfg.min_lr_ratio
+    if cfg.name == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    # triangular: linear ramp up (the warmup), then linear down to the floor (FFCV's recipes)
+    return floor + (1 - floor) * (1 - progress)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    total = steps_per_epoch * epochs
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch, total)
+    )
