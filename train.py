@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from visiontrain.errors import run_cli
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> int:
     from visiontrain.models import build_model
 
     cfg = config.load_config(args.config, args.overrides)
+    dist.check_launcher(os.environ, cfg.train.precision, cfg.model.compile)
     micro_batch = config.validate_for_world(cfg, dist.detect_launch().world_size)
     resuming = rundir.check_run_dir(cfg)
 

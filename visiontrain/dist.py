@@ -43,6 +43,31 @@ def is_srun_task(environ: Mapping[str, str]) -> bool:
     return "SLURM_PROCID" in environ and "SLURM_STEP_NUM_TASKS" in environ
 
 
+def check_launcher(environ: Mapping[str, str], precision: str, compile_model: bool) -> None:
+    """Refuse launcher settings that would be silently ignored or would contradict the config."""
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in environ
+    if launched_by_accelerate and "MASTER_ADDR" in environ and "RANK" not in environ:
+        # accelerate's simple launcher: more processes were asked for, one was started.
+        raise UsageError(
+            "accelerate launch started 1 process although --num_processes > 1 was asked for (no GPU found); "
+            "for several CPU processes use `accelerate launch --multi_gpu --num_processes N` or "
+            "`torchrun --nproc_per_node N`"
+        )
+    launcher_precision = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(
+        environ.get("ACCELERATE_MIXED_PRECISION", "no"), environ.get("ACCELERATE_MIXED_PRECISION"))
+    if launcher_precision not in ("fp32", precision):
+        raise UsageError(
+            f"accelerate launch --mixed_precision {environ['ACCELERATE_MIXED_PRECISION']} contradicts "
+            f"train.precision={precision}; set train.precision (the one precision setting) and drop the flag"
+        )
+    dynamo = environ.get("ACCELERATE_DYNAMO_BACKEND", "no").lower()
+    if dynamo not in ("no", ""):
+        raise UsageError(
+            f"accelerate launch --dynamo_backend {dynamo} is not used by train.py; "
+            f"set model.compile=true instead (now {str(compile_model).lower()})"
+        )
+
+
 def detect_launch(environ: Mapping[str, str] = os.environ) -> LaunchInfo:
     if "RANK" in environ and "WORLD_SIZE" in environ:
         world = _int(environ, "WORLD_SIZE", 1)

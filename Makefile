@@ -1,0 +1,26 @@
+# Every target is idempotent. `make demo` and `make test` set up first when needed.
+VENV   ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-done
+
+.PHONY: setup demo test bench clean
+
+setup:
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PYTHON) -m visiontrain.bench overhead
+
+clean:
+	rm -rf runs .pytest_cache

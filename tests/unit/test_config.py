@@ -1,0 +1,124 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visiontrain.config import Config, all_keys, load_config, to_yaml, validate_for_world
+from visiontrain.errors import UsageError
+
+from tests.conftest import ROOT, run_train
+
+
+def error_of(*overrides: str, path=None) -> str:
+    with pytest.raises(UsageError) as info:
+        load_config(path, list(overrides))
+    message = str(info.value)
+    assert "\n" not in message, "errors are one line"
+    return message
+
+
+def test_defaults_are_the_documented_cifar10_resnet18_run():
+    cfg = load_config()
+    assert (cfg.model.name, cfg.model.num_classes, cfg.data.path) == ("cifar_resnet18", 10, "data/cifar10")
+
+
+def test_yaml_then_overrides_with_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.3\ntrain:\n  epochs: 5\nschedule:\n  milestones: [1, 2]\n  name: step\n  warmup_epochs: 1\n")
+    cfg = load_config(path, ["optim.lr=0.2", "train.epochs=3", "model.channels_last=false"])
+    assert cfg.optim.lr == 0.2 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.epochs == 3 and cfg.model.channels_last is False
+    assert list(cfg.schedule.milestones) == [1.0, 2.0]
+
+
+def test_unknown_key_suggests_the_closest_valid_key():
+    assert error_of("optim.lrr=0.1") == "unknown config key 'optim.lrr' in override 'optim.lrr=0.1'; did you mean 'optim.lr'?"
+    assert "did you mean 'train'" in error_of("trian.epochs=3")
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochz: 3\n")
+    message = error_of(path=path)
+    assert "train.epochz" in message and str(path) in message and "train.epochs" in message
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=three", "train.epochs"),
+    ("optim.lr=fast", "optim.lr"),
+    ("model.channels_last=maybe", "model.channels_last"),
+])
+def test_wrong_type_names_key_and_value(override, key):
+    message = error_of(override)
+    assert key in message and override.split("=")[1] in message
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("optim.lr=-0.1", "optim.lr", "> 0"),
+    ("optim.lr=nan", "optim.lr", "finite"),
+    ("train.epochs=0", "train.epochs", ">= 1"),
+    ("model.name=resnt50", "model.name", "did you mean 'resnet50'"),
+    ("train.precision=fp8", "train.precision", "fp32, bf16, fp16"),
+    ("data.backend=tfrecord", "data.backend", "ffcv, torchvision, synthetic"),
+    ("schedule.warmup_epochs=30", "schedule.warmup_epochs", "train.epochs"),
+    ("train.label_smoothing=1.5", "train.label_smoothing", "[0, 1)"),
+])
+def test_impossible_values_name_key_and_allowed_range(override, key, allowed):
+    message = error_of(override)
+    assert f"'{key}'" in message and allowed in message
+
+
+def test_width_belongs_to_the_cifar_models_only():
+    assert load_config(None, ["model.name=resnet9", "model.width=32"]).model.width == 32
+    assert "only the CIFAR models" in error_of("model.name=resnet50", "model.width=32")
+
+
+def test_override_without_equals_sign_is_refused():
+    assert "section.key=value" in error_of("optim.lr")
+
+
+def test_global_batch_must_divide_over_world_and_accumulation():
+    cfg = load_config(None, ["train.batch_size=96", "train.grad_accum_steps=2"])
+    assert validate_for_world(cfg, 2) == 24
+    with pytest.raises(UsageError, match="train.batch_size.*divisible by world size x train.grad_accum_steps = 5 x 2"):
+        validate_for_world(cfg, 5)
+
+
+def test_saved_yaml_reloads_to_the_same_config(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.123", "model.name=resnet50", "data.mean=[0.1,0.2,0.3]"])
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(path) == cfg
+    assert set(all_keys()) >= {"optim.lr", "run.dir", "train.precision"}
+
+
+def test_every_shipped_config_loads():
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        if "accelerate" in path.parts:
+            continue  # accelerate launcher configs, not ours
+        load_config(path)
+
+
+@pytest.mark.slow
+def test_cli_config_error_exits_2_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(["-c", "configs/demo/train.yaml", f"run.dir={run_dir}", "optim.lrr=0.1"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: unknown config key 'optim.lrr' in override 'optim.lrr=0.1'; did you mean 'optim.lr'?")
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_cli_missing_data_names_the_data_prep_command(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train([f"run.dir={run_dir}", f"data.path={tmp_path / 'nothing'}"])
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no dataset at data.path=" in last and "python -m data_prep" in last
+    assert not run_dir.exists()
+
+
+def test_config_dataclass_has_every_documented_section():
+    assert set(yaml.safe_load(to_yaml(Config()))) == {
+        "run", "data", "model", "optim", "schedule", "train", "checkpoint", "backend", "log"}

@@ -1,0 +1,47 @@
+import pytest
+
+from visiontrain.dist import check_launcher, detect_launch, export_torch_env
+from visiontrain.errors import UsageError
+
+
+def test_single_process_without_launcher_variables():
+    info = detect_launch({})
+    assert (info.rank, info.world_size, info.launcher) == (0, 1, "single")
+
+
+def test_torchrun_and_accelerate_variables():
+    info = detect_launch({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert (info.rank, info.world_size, info.local_rank, info.local_world_size) == (3, 8, 1, 2)
+    assert info.launcher == "torchrun"
+
+
+def test_srun_task_variables_become_torch_rendezvous_variables():
+    env = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": "1",
+           "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "nodeA"}
+    info = detect_launch(env)
+    assert (info.rank, info.world_size, info.local_rank, info.launcher) == (1, 4, 1, "slurm")
+    export_torch_env(info, env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("1", "4", "1")
+    assert env["MASTER_PORT"] == str(20000 + 1234) and env["MASTER_ADDR"]
+
+
+def test_the_sbatch_shell_is_not_mistaken_for_a_task():
+    # The batch script has SLURM_PROCID but no step task count: one process, not a world of 4.
+    info = detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "5"})
+    assert info.world_size == 1 and info.launcher == "single"
+
+
+def test_accelerate_starting_one_cpu_process_for_many_is_refused():
+    env = {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "False", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29500"}
+    with pytest.raises(UsageError, match="started 1 process although --num_processes > 1"):
+        check_launcher(env, "fp32", False)
+    check_launcher({**env, "RANK": "0", "WORLD_SIZE": "2"}, "fp32", False)  # --multi_gpu: fine
+
+
+def test_launcher_precision_and_compile_flags_must_not_contradict_the_config():
+    with pytest.raises(UsageError, match="contradicts train.precision=fp32"):
+        check_launcher({"ACCELERATE_MIXED_PRECISION": "bf16"}, "fp32", False)
+    check_launcher({"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", False)
+    with pytest.raises(UsageError, match="model.compile=true"):
+        check_launcher({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}, "fp32", False)

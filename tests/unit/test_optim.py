@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from visiontrain.config import OptimConfig, ScheduleConfig
+from visiontrain.models import ModelConfig, build_model
+from visiontrain.optim import build_optimizer, build_scheduler, lr_factor
+
+
+def factors(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> list[float]:
+    total = steps_per_epoch * epochs
+    return [lr_factor(s, cfg, steps_per_epoch, total) for s in range(total)]
+
+
+def test_warmup_is_linear_then_cosine_reaches_the_floor():
+    f = factors(ScheduleConfig(name="cosine", warmup_epochs=1, min_lr_ratio=0.1), 10, 5)
+    assert f[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    assert f[10] == pytest.approx(1.0)
+    assert f[30] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 20 / 40)))
+    assert f[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_triangular_ramps_up_then_linearly_down():
+    f = factors(ScheduleConfig(name="triangular", warmup_epochs=2), 5, 10)
+    assert max(f) == pytest.approx(1.0) and f.index(max(f)) in (9, 10)
+    assert f[10] - f[11] == pytest.approx(f[20] - f[21])  # linear decay
+    assert f[-1] == pytest.approx(1 / 40)
+
+
+def test_step_schedule_multiplies_by_gamma_at_each_milestone():
+    f = factors(ScheduleConfig(name="step", warmup_epochs=0, milestones=[2, 4], gamma=0.1), 3, 6)
+    assert f[:6] == [1.0] * 6 and f[6:12] == pytest.approx([0.1] * 6) and f[12:] == pytest.approx([0.01] * 6)
+
+
+def test_scheduler_steps_per_iteration_on_the_optimizer():
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, OptimConfig(lr=0.4))
+    sched = build_scheduler(opt, ScheduleConfig(name="constant", warmup_epochs=1), steps_per_epoch=4, epochs=3)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+
+
+def test_no_weight_decay_on_bn_and_bias_when_asked():
+    model = build_model(ModelConfig(name="resnet18"))
+    opt = build_optimizer(model, OptimConfig(weight_decay=5e-4, no_decay_bn_bias=True))
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and all(p.ndim > 1 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    single = build_optimizer(model, OptimConfig(weight_decay=5e-4, no_decay_bn_bias=False))
+    assert len(single.param_groups) == 1
+
+
+def test_sgd_is_nesterov_and_adamw_uses_betas():
+    model = torch.nn.Linear(2, 2)
+    assert build_optimizer(model, OptimConfig(name="sgd")).defaults["nesterov"] is True
+    adamw = build_optimizer(model, OptimConfig(name="adamw", betas=[0.8, 0.95]))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.95)
+
+
+def test_frozen_parameters_get_no_optimizer_group_entry():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    opt = build_optimizer(model, OptimConfig())
+    assert sum(len(g["params"]) for g in opt.param_groups) == 2

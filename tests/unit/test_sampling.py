@@ -1,0 +1,42 @@
+import torch
+
+from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard, sample_seed, seeded_rng
+
+
+def test_training_shards_are_disjoint_and_reshuffled_each_epoch():
+    ranks = [ResumableDistributedSampler(103, 2, r, seed=7) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(0)
+    a, b = (set(s.epoch_indices()) for s in ranks)
+    assert not a & b and len(a) == len(b) == 51  # drop_last: 103 // 2 each, no duplicates
+    first = ranks[0].epoch_indices()
+    ranks[0].set_epoch(1)
+    assert ranks[0].epoch_indices() != first
+
+
+def test_start_offset_yields_exactly_the_rest_of_the_epoch_with_the_same_seeds():
+    s = ResumableDistributedSampler(50, 2, 1, seed=3)
+    s.set_epoch(4)
+    full = list(s)
+    s.set_epoch(4, start=10)
+    assert list(s) == full[10:] and len(s) == len(full) - 10
+    assert all(seed == sample_seed(3, 4, i) for i, seed in full)
+
+
+def test_eval_shards_cover_every_sample_once_and_pad_equally():
+    for n, world in [(110, 2), (7, 4), (5, 2), (8, 8)]:
+        shards = [eval_shard(n, world, r) for r in range(world)]
+        assert len({len(idx) for idx, _ in shards}) == 1  # equal batch counts on every rank
+        counted = [i for idx, valid in shards for i, v in zip(idx, valid) if v]
+        assert sorted(counted) == list(range(n))
+
+
+def test_seeded_rng_is_reproducible_and_restores_the_callers_state():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with seeded_rng(42):
+        a = torch.rand(3)
+    with seeded_rng(42):
+        b = torch.rand(3)
+    assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), before)
