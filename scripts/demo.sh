@@ -6,6 +6,8 @@ set -euo pipefail
 DATA="${DEMO_DATA:-data/shapes}"
 RUN_DIR="${DEMO_RUN_DIR:-runs/demo-$(date +%Y%m%d-%H%M%S)}"
 NPROC="${DEMO_NPROC:-2}"
+# One thread per process: 2 processes share this machine's cores (torchrun warns otherwise).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 if [[ ! -d "$DATA" ]]; then
     python -m data_prep synthetic --out "$DATA"

@@ -1,0 +1,125 @@
+"""Engine overhead: train.py's training loop against a bare PyTorch loop.
+
+Both run the same model, batches (random tensors already on the device), optimizer,
+schedule, precision and memory format, in one process, alternating round by round and
+swapping which goes first each round, so that machine noise and drift hit both alike. The engine side is `Trainer.train_one_epoch`
+exactly as train.py runs it (device-side metrics, non-finite tracking, periodic log
+reads, metrics.jsonl and TensorBoard writes). Reported: median seconds per step of
+each, and the median over rounds of the paired throughput ratio engine / bare
+(1.0 = no overhead; pairing cancels the slow drift of a shared machine).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from visiontrain.config import load_config, validate_for_world
+from visiontrain.data import build_data
+from visiontrain.dist import Runtime, init_runtime, seed_everything
+from visiontrain.engine import Trainer
+from visiontrain.models import build_model
+from visiontrain.optim import build_optimizer, build_scheduler
+
+DEFAULTS = ["data.backend=synthetic", "data.image_size=32", "model.name=resnet9", "model.width=32",
+            "train.batch_size=128", "train.precision=fp32", "train.epochs=1000", "schedule.warmup_epochs=0",
+            "log.progress_bar=false"]
+
+
+@dataclass
+class OverheadResult:
+    engine_s_per_step: float
+    bare_s_per_step: float
+    engine_spread: tuple[float, float]
+    bare_spread: tuple[float, float]
+    ratio: float  # median of per-round bare/engine time ratios
+    ratio_spread: tuple[float, float]
+    batch: int
+    steps: int
+    rounds: int
+
+
+def bare_loop(model, optimizer, scheduler, batches, autocast, label_smoothing: float) -> None:
+    """What a user would write by hand: the reference the engine is compared with."""
+    for images, labels in batches:
+        with autocast():
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def _timed(device: torch.device, work) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(overrides: list[str], steps: int, rounds: int, runtime: Runtime | None = None) -> OverheadResult:
+    cfg = load_config(None, DEFAULTS + list(overrides))
+    cfg.data.synthetic_train_samples = cfg.train.batch_size * steps
+    runtime = runtime or init_runtime(cfg.run.device)
+    micro = validate_for_world(cfg, runtime.world_size)
+    with tempfile.TemporaryDirectory() as run_dir:
+        seed_everything(cfg.run.seed)
+        cfg.run.dir = run_dir
+        data = build_data(cfg, runtime, micro)
+        trainer = Trainer(cfg, runtime, data, build_model(cfg.model), run_dir)
+        trainer.resume_if_possible()  # opens the logs, as train.py does
+
+        seed_everything(cfg.run.seed)
+        fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        bare_model = build_model(cfg.model).to(runtime.device, memory_format=fmt)
+        bare_opt = build_optimizer(bare_model, cfg.optim)
+        bare_sched = build_scheduler(bare_opt, cfg.schedule, steps, cfg.train.epochs)
+        batches = list(data.train)
+
+        def run_engine(round_index: int) -> float:
+            trainer.state.batch_in_epoch = 0  # what fit() does between epochs
+            return _timed(runtime.device, lambda: trainer.train_one_epoch(round_index))
+
+        def run_bare() -> float:
+            return _timed(runtime.device, lambda: bare_loop(bare_model, bare_opt, bare_sched, batches,
+                                                            trainer.backend.autocast, cfg.train.label_smoothing))
+
+        engine_times, bare_times = [], []
+        for round_index in range(rounds + 1):  # round 0 warms both up and is discarded
+            if round_index % 2:
+                engine, bare = run_engine(round_index), run_bare()
+            else:
+                bare, engine = run_bare(), run_engine(round_index)
+            if round_index:
+                engine_times.append(engine / steps)
+                bare_times.append(bare / steps)
+        trainer.tb.close()
+    ratios = [b / e for e, b in zip(engine_times, bare_times)]
+    return OverheadResult(
+        engine_s_per_step=statistics.median(engine_times), bare_s_per_step=statistics.median(bare_times),
+        engine_spread=(min(engine_times), max(engine_times)), bare_spread=(min(bare_times), max(bare_times)),
+        ratio=statistics.median(ratios), ratio_spread=(min(ratios), max(ratios)),
+        batch=cfg.train.batch_size, steps=steps, rounds=rounds,
+    )
+
+
+def report(result: OverheadResult) -> str:
+    ips = result.batch / result.engine_s_per_step, result.batch / result.bare_s_per_step
+    return "\n".join([
+        f"engine overhead: {result.rounds} alternating rounds of {result.steps} steps, batch {result.batch}",
+        f"  engine  {1000 * result.engine_s_per_step:8.1f} ms/step  {ips[0]:8.1f} img/s  "
+        f"(range {1000 * result.engine_spread[0]:.1f}-{1000 * result.engine_spread[1]:.1f} ms)",
+        f"  bare    {1000 * result.bare_s_per_step:8.1f} ms/step  {ips[1]:8.1f} img/s  "
+        f"(range {1000 * result.bare_spread[0]:.1f}-{1000 * result.bare_spread[1]:.1f} ms)",
+        f"  ratio engine/bare throughput (median of paired rounds): {result.ratio:.3f} "
+        f"(range {result.ratio_spread[0]:.3f}-{result.ratio_spread[1]:.3f})",
+    ])
