@@ -30,16 +30,19 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     echo "setup: creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip install --quiet)
+# Keep the log readable: some pip configurations name local indexes that do not exist.
+pip_install() {
+    "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+}
 
 # torch first: deepspeed and ffcv are built against the torch/numpy already in the venv.
-"${PIP[@]}" --upgrade pip setuptools wheel
-"${PIP[@]}" 'torch>=2.4,<3' 'torchvision>=0.19,<1' 'numpy>=1.26' 'numba>=0.60' \
+pip_install --upgrade pip setuptools wheel
+pip_install 'torch>=2.4,<3' 'torchvision>=0.19,<1' 'numpy>=1.26' 'numba>=0.60' \
     'opencv-python-headless>=4.8' pkgconfig cython ninja
 # Both read torch or numpy in their setup.py, so they must see the venv's packages.
 "$VENV/bin/python" -c "import deepspeed" 2>/dev/null ||
-    "${PIP[@]}" --no-build-isolation 'deepspeed>=0.16,<1'
+    pip_install --no-build-isolation 'deepspeed>=0.16,<1'
 "$VENV/bin/python" -c "import ffcv" 2>/dev/null ||
-    "${PIP[@]}" --no-build-isolation 'ffcv>=1.0.2,<2'
-"${PIP[@]}" -e '.[test]'
+    pip_install --no-build-isolation 'ffcv>=1.0.2,<2'
+pip_install -e '.[test]'
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

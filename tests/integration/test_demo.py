@@ -5,14 +5,17 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, read_json
+from pathlib import Path
+
+from tests.conftest import PYTHON, ROOT, read_json
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_trains_two_processes_far_above_chance(tmp_path):
     run_dir = tmp_path / "demo-run"
-    env = {**os.environ, "DEMO_DATA": str(tmp_path / "shapes"), "DEMO_RUN_DIR": str(run_dir)}
+    env = {**os.environ, "DEMO_DATA": str(tmp_path / "shapes"), "DEMO_RUN_DIR": str(run_dir),
+           "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"}  # as `make demo` sets it
     result = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
