@@ -8,6 +8,7 @@ final name. An existing output is refused unless `force` is given.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -26,6 +27,9 @@ def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
         raise UsageError(f"output {out} already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
     try:
         yield tmp
         if out.exists():

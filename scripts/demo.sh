@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job in miniature, offline on CPU: generate the shapes dataset, train a
-# ResNet-9 with 2 processes, evaluate, and say where the run directory is.
+# The main job in miniature, offline on CPU: generate the shapes dataset as FFCV files,
+# train a ResNet-9 with 2 processes, evaluate, and say where the run directory is.
 set -euo pipefail
 
 DATA="${DEMO_DATA:-data/shapes}"
@@ -9,8 +9,8 @@ NPROC="${DEMO_NPROC:-2}"
 # One thread per process: 2 processes share this machine's cores (torchrun warns otherwise).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-if [[ ! -d "$DATA" ]]; then
-    python -m data_prep synthetic --out "$DATA"
+if [[ ! -f "$DATA/train.beton" ]]; then
+    python -m data_prep synthetic --out "$DATA" --beton --force  # (re)make the demo dataset
 fi
 torchrun --nproc_per_node "$NPROC" train.py -c configs/demo/train.yaml \
     data.path="$DATA" run.dir="$RUN_DIR" log.progress_bar=false "$@"

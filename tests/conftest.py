@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,61 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
-    """10 classes x (40 train + 11 val) generated 16x16 images (an odd val count on purpose)."""
+    """10 classes x (40 train + 11 val) generated 16x16 images (an odd val count on purpose),
+    as image folders and as train.beton/val.beton in the same directory."""
     out = tmp_path_factory.mktemp("data") / "shapes"
     subprocess.run([PYTHON, "-m", "data_prep", "synthetic", "--out", str(out), "--train-per-class", "40",
-                    "--val-per-class", "11", "--size", "16"], check=True, cwd=ROOT, capture_output=True)
+                    "--val-per-class", "11", "--size", "16", "--beton", "--workers", "2"],
+                   check=True, cwd=ROOT, capture_output=True)
     return out
 
 
-def tiny_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+def _shared(name: str) -> Path:
+    path = SHARED_DATASETS / name
+    if not path.is_file():
+        pytest.skip(f"shared dataset {path} is missing: these tests read real images from it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_slice(tmp_path_factory) -> Path:
+    """30 real CIFAR-10 training JPEGs per class: `<dir>/train/<class>/*.jpg`."""
+    out = tmp_path_factory.mktemp("cifar_slice")
+    with tarfile.open(_shared("cifar10-train-jpeg.tar.gz")) as tar:
+        members = [m for m in tar if m.isfile() and Path(m.name).name < "0030.jpg"]
+        tar.extractall(out, members=members, filter="data")
+    return out
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample(tmp_path_factory) -> Path:
+    """200 real ImageNet photos, one per class: `<dir>/<wnid>/<wnid>_<name>.JPEG`."""
+    out = tmp_path_factory.mktemp("imagenet")
+    with tarfile.open(_shared("imagenet-sample-200.tar")) as tar:
+        tar.extractall(out, filter="data")
+    return out / "imagenet-sample"
+
+
+def read_beton(path: Path, size: int | None = None):
+    """(images N x H x W x 3 uint8, labels) of a .beton in file order; `size` centre-crops+resizes."""
+    import numpy as np
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    decoder = SimpleRGBImageDecoder() if size is None else CenterCropRGBImageDecoder((size, size), ratio=1.0)
+    loader = Loader(str(path), batch_size=50, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [decoder], "label": [IntDecoder()]})
+    images, labels = [], []
+    for batch_images, batch_labels in loader:
+        images.append(np.array(batch_images))
+        labels.append(np.array(batch_labels).reshape(-1))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def tiny_args(data_dir: Path, run_dir: Path, *extra: str, backend: str = "torchvision") -> list[str]:
     """train.py arguments for a run of a few seconds on the tiny dataset."""
-    return ["-c", "configs/demo/train.yaml", f"data.path={data_dir}", f"run.dir={run_dir}",
+    return ["-c", "configs/demo/train.yaml", f"data.backend={backend}", f"data.path={data_dir}", f"run.dir={run_dir}",
             "data.image_size=16", "data.val_image_size=16", "data.crop_padding=2", "data.num_workers=0",
             "model.width=8", "train.batch_size=64", "train.epochs=2", "schedule.warmup_epochs=0.5",
             "log.progress_bar=false", "log.every_steps=2", *extra]

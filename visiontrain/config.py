@@ -35,7 +35,7 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    backend: str = "torchvision"  # ffcv | torchvision | synthetic
+    backend: str = "ffcv"  # ffcv | torchvision | synthetic
     path: str = "data/cifar10"
     recipe: str = "cifar"  # cifar (pad-and-translate) | imagenet (random-resized-crop)
     image_size: int = 32  # training resolution
@@ -46,7 +46,17 @@ class DataConfig:
     flip: bool = True
     mean: List[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
     std: List[float] = field(default_factory=lambda: list(CIFAR10_STD))
-    num_workers: int = 2
+    num_workers: int = 2  # torchvision: DataLoader processes; ffcv: decoding threads
+    os_cache: bool = True  # ffcv: read through the OS page cache (best when the file fits in RAM)
+    batches_ahead: int = 3  # ffcv: batches prepared ahead of the training loop
+    # Progressive resizing (ffcv + imagenet recipe): training resolution min_res up to
+    # ramp_start_epoch, linear to max_res at ramp_end_epoch, rounded down to res_multiple.
+    progressive_resizing: bool = False
+    min_res: int = 160
+    max_res: int = 192
+    ramp_start_epoch: int = 0
+    ramp_end_epoch: int = 0
+    res_multiple: int = 32
     synthetic_train_samples: int = 2048  # synthetic backend: random tensors made on the device
     synthetic_val_samples: int = 512
 
@@ -264,6 +274,14 @@ def validate(cfg: Config) -> None:
     _check(len(d.mean) == 3, "data.mean", d.mean, "three numbers (R, G, B) in [0, 1]")
     _check(len(d.std) == 3 and all(v > 0 for v in d.std), "data.std", d.std, "three numbers > 0")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _check(d.batches_ahead >= 1, "data.batches_ahead", d.batches_ahead, "must be >= 1")
+    if d.progressive_resizing:
+        _check(d.backend == "ffcv" and d.recipe == "imagenet", "data.progressive_resizing", True,
+               "needs data.backend=ffcv and data.recipe=imagenet")
+        _check(8 <= d.min_res <= d.max_res, "data.min_res", d.min_res, f"must be in [8, data.max_res={d.max_res}]")
+        _check(d.res_multiple >= 1, "data.res_multiple", d.res_multiple, "must be >= 1")
+        _check(0 <= d.ramp_start_epoch <= d.ramp_end_epoch <= t.epochs, "data.ramp_end_epoch", d.ramp_end_epoch,
+               f"need 0 <= data.ramp_start_epoch ({d.ramp_start_epoch}) <= data.ramp_end_epoch <= train.epochs")
     _check(d.synthetic_train_samples >= 1, "data.synthetic_train_samples", d.synthetic_train_samples, "must be >= 1")
     _check(d.synthetic_val_samples >= 1, "data.synthetic_val_samples", d.synthetic_val_samples, "must be >= 1")
     c = cfg.checkpoint

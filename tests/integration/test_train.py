@@ -68,9 +68,10 @@ def test_resume_false_refuses_an_existing_run_dir(single_run):
     assert (single_run / "metrics.jsonl").read_text() == before
 
 
-def test_two_cpu_processes_form_a_world_of_two_with_identical_parameters(shapes_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["torchvision", "ffcv"])
+def test_two_cpu_processes_form_a_world_of_two_with_identical_parameters(shapes_dir, tmp_path, backend):
     run_dir = tmp_path / "ddp"
-    ok(run_train(tiny_args(shapes_dir, run_dir, "log.sample_ids=true"), nproc=2))
+    ok(run_train(tiny_args(shapes_dir, run_dir, "log.sample_ids=true", backend=backend), nproc=2))
     summary = read_json(run_dir / "summary.json")
     assert summary["world_size"] == 2 and summary["launcher"] == "torchrun"
     digests = {r["params_sha256"] for r in summary["ranks"]}
@@ -158,13 +159,14 @@ def test_sigkill_after_the_half_way_checkpoint_then_restart_is_bit_exact(shapes_
     _assert_identical_continuation(reference, killed)
 
 
-def test_mid_epoch_checkpoint_resume_is_bit_exact(shapes_dir, tmp_path):
-    args = ("train.epochs=2", "checkpoint.every_steps=4", "data.num_workers=1")
+@pytest.mark.parametrize("backend", ["torchvision", "ffcv"])
+def test_mid_epoch_checkpoint_resume_is_bit_exact(shapes_dir, tmp_path, backend):
+    args = ("train.epochs=2", "checkpoint.every_steps=4", "data.num_workers=1", "data.cutout=4")
     reference = tmp_path / "reference"
-    ok(run_train(tiny_args(shapes_dir, reference, *args)))
+    ok(run_train(tiny_args(shapes_dir, reference, *args, backend=backend)))
     killed = tmp_path / "killed"
-    _train_until(tiny_args(shapes_dir, killed, *args), 1, lambda: _checkpoint_logged(killed, step=4))
-    result = ok(run_train(tiny_args(shapes_dir, killed, *args)))
+    _train_until(tiny_args(shapes_dir, killed, *args, backend=backend), 1, lambda: _checkpoint_logged(killed, step=4))
+    result = ok(run_train(tiny_args(shapes_dir, killed, *args, backend=backend)))
     assert "(epoch 0, step 4, 4 micro-batches into the epoch)" in result.stderr
     _assert_identical_continuation(reference, killed)
 

@@ -17,9 +17,10 @@ def error_of(*overrides: str, path=None) -> str:
     return message
 
 
-def test_defaults_are_the_documented_cifar10_resnet18_run():
+def test_defaults_are_the_documented_cifar10_resnet18_run_on_ffcv():
     cfg = load_config()
     assert (cfg.model.name, cfg.model.num_classes, cfg.data.path) == ("cifar_resnet18", 10, "data/cifar10")
+    assert cfg.data.backend == "ffcv"
 
 
 def test_yaml_then_overrides_with_types(tmp_path):
@@ -60,6 +61,7 @@ def test_wrong_type_names_key_and_value(override, key):
     ("model.name=resnt50", "model.name", "did you mean 'resnet50'"),
     ("train.precision=fp8", "train.precision", "fp32, bf16, fp16"),
     ("data.backend=tfrecord", "data.backend", "ffcv, torchvision, synthetic"),
+    ("data.progressive_resizing=true", "data.progressive_resizing", "needs data.backend=ffcv and data.recipe=imagenet"),
     ("schedule.warmup_epochs=30", "schedule.warmup_epochs", "train.epochs"),
     ("train.label_smoothing=1.5", "train.label_smoothing", "[0, 1)"),
 ])
@@ -112,10 +114,14 @@ def test_cli_config_error_exits_2_and_writes_nothing(tmp_path):
 @pytest.mark.slow
 def test_cli_missing_data_names_the_data_prep_command(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train([f"run.dir={run_dir}", f"data.path={tmp_path / 'nothing'}"])
+    cifar = tmp_path / "cifar10"
+    result = run_train([f"run.dir={run_dir}", f"data.path={cifar}"])
     assert result.returncode == 2, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert "no dataset at data.path=" in last and "python -m data_prep" in last
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: no train.beton in data.path={cifar} (data.backend=ffcv); "
+        f"create it with `python -m data_prep cifar10 --out {cifar}`")
+    other = run_train([f"run.dir={run_dir}", "data.backend=torchvision", f"data.path={tmp_path / 'nothing'}"])
+    assert other.returncode == 2 and "no dataset at data.path=" in other.stderr and "python -m data_prep" in other.stderr
     assert not run_dir.exists()
 
 

@@ -21,7 +21,8 @@ def runtime(rank: int = 0, world: int = 1) -> Runtime:
 
 
 def tiny_cfg(path: Path, *extra: str):
-    return load_config("configs/demo/train.yaml", [f"data.path={path}", "data.image_size=16", "data.val_image_size=16",
+    return load_config("configs/demo/train.yaml", ["data.backend=torchvision", f"data.path={path}",
+                                                   "data.image_size=16", "data.val_image_size=16",
                                                    "data.crop_padding=2", "data.num_workers=0", *extra])
 
 
@@ -81,7 +82,8 @@ def test_cifar_pickle_layout_is_read_with_its_class_names(tmp_path):
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with open(root / "batches.meta", "wb") as f:
         pickle.dump({"label_names": names}, f)
-    cfg = load_config(None, [f"data.path={tmp_path / 'cifar'}", "data.num_workers=0", "model.channels_last=false"])
+    cfg = load_config(None, ["data.backend=torchvision", f"data.path={tmp_path / 'cifar'}", "data.num_workers=0",
+                             "model.channels_last=false"])
     bundle = build_data(cfg, runtime(), micro_batch=16)
     assert bundle.class_names == names and bundle.train_samples == 80
     images, labels, valid = next(iter(bundle.val))
@@ -103,7 +105,7 @@ def test_cifar_batch_with_foreign_objects_is_refused(tmp_path):
     with open(root / "data_batch_1", "wb") as f:
         pickle.dump({"data": _Smuggled(), "labels": []}, f)
     (root / "test_batch").write_bytes((root / "data_batch_1").read_bytes())
-    cfg = load_config(None, [f"data.path={tmp_path}"])
+    cfg = load_config(None, ["data.backend=torchvision", f"data.path={tmp_path}"])
     with pytest.raises(UsageError, match="is not a CIFAR-10 batch file.*posix.getcwd"):
         build_data(cfg, runtime(), micro_batch=16)
 

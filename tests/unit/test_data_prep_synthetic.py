@@ -22,7 +22,8 @@ def test_writes_class_folders_with_the_requested_counts_and_meta(tmp_path):
         files = sorted((out / split / "star").iterdir())
         assert len(files) == count and Image.open(files[0]).size == (24, 24) and Image.open(files[0]).mode == "RGB"
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["class_names"] == ["circle", "star", "bar"] and meta["counts"]["val"]["bar"] == 2
+    assert meta["class_names"] == ["bar", "circle", "star"]  # label order: sorted, as ImageFolder numbers them
+    assert meta["counts"]["val"]["bar"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no temp dirs left behind
 
 

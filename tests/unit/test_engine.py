@@ -27,7 +27,8 @@ def linear_model() -> nn.Module:
 
 def train_one_epoch(shapes_dir, tmp_path, runtime, *overrides: str) -> Trainer:
     cfg = load_config("configs/demo/train.yaml", [
-        f"data.path={shapes_dir}", f"run.dir={tmp_path}", "data.image_size=16", "data.val_image_size=16",
+        "data.backend=torchvision", f"data.path={shapes_dir}", f"run.dir={tmp_path}", "data.image_size=16",
+        "data.val_image_size=16",
         "data.num_workers=0", "train.batch_size=64", "train.epochs=2", "schedule.warmup_epochs=0",
         "log.progress_bar=false", "log.tensorboard=false", "model.channels_last=false", *overrides])
     tmp_path.mkdir(parents=True)

@@ -1,0 +1,255 @@
+"""python -m data_prep cifar10 / imagenet / folder on real images: round trips, labels, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ffcv.reader import Reader
+from PIL import Image
+
+from tests.conftest import PYTHON, ROOT, read_beton
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def prep(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "data_prep", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def digest(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def test_cifar10_from_real_jpegs_round_trips_pixel_exact_with_labels(cifar_slice, tmp_path):
+    out = tmp_path / "cifar10"
+    result = prep("cifar10", "--source", cifar_slice, "--out", out, "--val-fraction", "0.2", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["class_names"] == CIFAR_CLASSES and meta["num_classes"] == 10
+    assert meta["splits"]["train"]["counts"] == {c: 24 for c in CIFAR_CLASSES}  # stratified: 6 of 30 to val
+    assert meta["splits"]["val"]["counts"] == {c: 6 for c in CIFAR_CLASSES}
+    assert meta["splits"]["train"]["image_size"]["width"] == {"min": 32, "max": 32, "mean": 32.0}
+    assert all(0.3 < m < 0.6 for m in meta["mean"]) and all(0.15 < s < 0.35 for s in meta["std"])
+    assert meta["options"]["write_mode"] == "raw" and meta["writer_version"] == 1 and "stratified" in meta["source"]
+
+    source = {}  # pixel digest -> label, from the JPEGs as PIL decodes them
+    for label, name in enumerate(CIFAR_CLASSES):
+        for path in (cifar_slice / "train" / name).iterdir():
+            source[digest(np.asarray(Image.open(path).convert("RGB")))] = label
+    seen = {}
+    for split in ("train", "val"):
+        images, labels = read_beton(out / f"{split}.beton")
+        assert images.shape[1:] == (32, 32, 3)
+        for image, label in zip(images, labels):
+            seen[digest(image)] = int(label)
+    assert seen == source  # raw mode: every image exactly once, bit-exact, with its folder's label
+
+
+def test_cifar10_from_python_batches(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for name, n in (("data_batch_1", 30), ("test_batch", 10)):
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        arrays[name] = images
+        with open(root / name, "wb") as f:
+            pickle.dump({"data": images.transpose(0, 3, 1, 2).reshape(n, -1), "labels": [i % 10 for i in range(n)]}, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR_CLASSES}, f)
+    out = tmp_path / "out"
+    assert prep("cifar10", "--source", tmp_path, "--out", out, "--workers", "1").returncode == 0
+    images, labels = read_beton(out / "val.beton")
+    assert np.array_equal(images, arrays["test_batch"]) and labels.tolist() == [i % 10 for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def imagenet_layout(imagenet_sample, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """train: the 200 photos by wnid; val: 20 of them as flat ILSVRC-named files + a labels file."""
+    root = tmp_path_factory.mktemp("ilsvrc")
+    val = root / "val"
+    val.mkdir()
+    lines = []
+    for k, wnid_dir in enumerate(sorted(imagenet_sample.iterdir())[::10]):
+        name = f"ILSVRC2012_val_{k + 1:08d}.JPEG"
+        shutil.copy(next(wnid_dir.iterdir()), val / name)
+        lines.append(f"{name} {wnid_dir.name}")
+    (root / "val_labels.txt").write_text("\n".join(lines) + "\n")
+    return imagenet_sample, val, root / "val_labels.txt"
+
+
+def test_imagenet_writer_on_real_photos_with_a_flat_val_folder(imagenet_layout, tmp_path):
+    train, val, labels_file = imagenet_layout
+    out = tmp_path / "imagenet"
+    result = prep("imagenet", "--train", train, "--val", val, "--val-labels", labels_file, "--out", out,
+                  "--max-res", "160", "--write-mode", "jpg", "--jpeg-quality", "90", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    wnids = sorted(p.name for p in train.iterdir())
+    assert meta["class_names"] == wnids and meta["splits"]["train"]["samples"] == 200
+    assert meta["splits"]["train"]["image_size"]["width"]["max"] > 160  # sizes of the source photos
+    reader = Reader(str(out / "train.beton"))
+    stored = np.maximum(reader.metadata["f0"]["width"], reader.metadata["f0"]["height"]).astype(int)
+    source_files = [f for wnid in wnids for f in sorted((train / wnid).iterdir())]
+    source = np.array([max(Image.open(f).size) for f in source_files])
+    assert np.all(np.abs(stored - np.minimum(source, 160)) <= 1)  # --max-res caps the longer side only
+    val_images, val_labels = read_beton(out / "val.beton", size=64)
+    expected = [wnids.index(line.split()[1]) for line in labels_file.read_text().split("\n") if line]
+    assert val_labels.tolist() == expected
+    # JPEG at quality 90 after a resize: close to the source photo, not equal
+    first = Image.open(next((train / wnids[0]).iterdir())).convert("RGB")
+    train_images, train_labels = read_beton(out / "train.beton", size=64)
+    assert train_labels[0] == 0
+    reference = np.asarray(_center_square(first).resize((64, 64), Image.BILINEAR), dtype=np.float64)
+    assert np.abs(train_images[0].astype(np.float64) - reference).mean() < 12
+
+
+def _center_square(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    side = min(w, h)
+    return image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+
+
+def test_imagenet_val_labels_in_kaggle_csv_format(imagenet_layout, tmp_path):
+    train, val, labels_file = imagenet_layout
+    rows = ["ImageId,PredictionString"] + [f"{Path(f).stem},{w} 1 2 3 4" for f, w in
+                                           (line.split() for line in labels_file.read_text().splitlines())]
+    csv_file = tmp_path / "LOC_val_solution.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert prep("imagenet", "--train", train, "--val", val, "--val-labels", csv_file, "--out", out,
+                "--max-res", "64", "--workers", "2").returncode == 0
+    assert json.loads((out / "meta.json").read_text())["splits"]["val"]["samples"] == 20
+
+
+def _mixed_folder(root: Path) -> Path:
+    """Two classes of images in awkward formats: grayscale, CMYK, palette PNG, RGBA PNG."""
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        base = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+        Image.fromarray(base).save(root / cls / "rgb.jpg", quality=95)
+        Image.fromarray(base).convert("L").save(root / cls / "gray.png")
+        Image.fromarray(base).convert("CMYK").save(root / cls / "cmyk.jpg", quality=95)
+        Image.fromarray(base).convert("P").save(root / cls / "palette.png")
+        Image.fromarray(np.dstack([base, np.full((20, 24), 128, np.uint8)]), "RGBA").save(root / cls / "alpha.png")
+    return root
+
+
+def test_folder_converts_every_image_mode_to_rgb_exactly_as_pil_does(tmp_path):
+    train = _mixed_folder(tmp_path / "train")
+    val = _mixed_folder(tmp_path / "val")
+    out = tmp_path / "out"
+    result = prep("folder", "--train", train, "--val", val, "--out", out, "--write-mode", "raw", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    images, labels = read_beton(out / "train.beton")
+    files = sorted((train / "a").iterdir()) + sorted((train / "b").iterdir())
+    assert labels.tolist() == [0] * 5 + [1] * 5
+    for image, path in zip(images, files):
+        assert np.array_equal(image, np.asarray(Image.open(path).convert("RGB"))), path.name
+
+
+def test_folder_stratified_split_is_seeded(cifar_slice, tmp_path):
+    outs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        out = tmp_path / name
+        assert prep("folder", "--train", cifar_slice / "train", "--val-fraction", "0.1", "--seed", seed,
+                    "--out", out, "--write-mode", "raw", "--workers", "1").returncode == 0
+        outs.append(sorted(digest(i) for i in read_beton(out / "val.beton")[0]))
+    assert len(outs[0]) == 30 and outs[0] == outs[1] and outs[0] != outs[2]
+
+
+@pytest.fixture
+def folder_with_bad_files(cifar_slice, tmp_path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(cifar_slice / "train", root)
+    victim = sorted((root / "cat").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:200])  # a truncated JPEG
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_a_bad_image_stops_the_writer_naming_it_and_leaves_nothing(folder_with_bad_files, tmp_path):
+    out = tmp_path / "out"
+    result = prep("folder", "--train", folder_with_bad_files, "--val-fraction", "0.1", "--out", out, "--workers", "2")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: bad image ") and ("cat/0003.jpg" in last or "dog/notes.txt" in last)
+    assert "--on-bad skip" in last
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_on_bad_skip_leaves_bad_files_out_and_counts_them(folder_with_bad_files, tmp_path):
+    out = tmp_path / "out"
+    result = prep("folder", "--train", folder_with_bad_files, "--val-fraction", "0.1", "--out", out,
+                  "--on-bad", "skip", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    splits = meta["splits"]
+    assert splits["train"]["skipped"] + splits["val"]["skipped"] == 2
+    assert splits["train"]["samples"] + splits["val"]["samples"] == 300 - 1  # the text file was never a sample
+    assert "skipped 2 bad files" in result.stdout
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "is not a directory"),
+    ("empty_class", "class folder"),
+    ("no_classes", "has no class folders"),
+    ("class_mismatch", "class names differ between train and"),
+])
+def test_bad_layouts_exit_2_with_one_line(tmp_path, case, expected):
+    train, val = tmp_path / "train", tmp_path / "val"
+    if case != "missing":
+        train.mkdir()
+    if case in ("empty_class", "class_mismatch"):
+        (train / "a").mkdir()
+        Image.new("RGB", (8, 8)).save(train / "a" / "x.png")
+        (train / "b").mkdir()
+    if case == "class_mismatch":
+        Image.new("RGB", (8, 8)).save(train / "b" / "x.png")
+        (val / "a").mkdir(parents=True)
+        (val / "c").mkdir()
+        Image.new("RGB", (8, 8)).save(val / "a" / "x.png")
+        Image.new("RGB", (8, 8)).save(val / "c" / "x.png")
+    args = ["folder", "--train", train, "--out", tmp_path / "out"]
+    args += ["--val", val] if case == "class_mismatch" else ["--val-fraction", "0.5"]
+    result = prep(*args)
+    assert result.returncode == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_to_overwrite_without_force(cifar_slice, tmp_path):
+    out = tmp_path / "out"
+    args = ["folder", "--train", cifar_slice / "train", "--val-fraction", "0.1", "--out", out, "--workers", "1"]
+    assert prep(*args).returncode == 0
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    refused = prep(*args)
+    assert refused.returncode == 2 and "already exists; pass --force" in refused.stderr
+    assert (out / "meta.json").stat().st_mtime_ns == stamp
+    assert prep(*args, "--force").returncode == 0 and (out / "meta.json").stat().st_mtime_ns != stamp
+
+
+def test_a_crash_while_writing_leaves_no_output(cifar_slice, tmp_path, monkeypatch):
+    import data_prep.__main__ as cli
+    import data_prep.beton as beton
+
+    real = beton.write_beton
+
+    def crash_after_train(samples, out_file, options):
+        real(samples, out_file, options)
+        raise KeyboardInterrupt  # e.g. Ctrl-C after train.beton was written
+
+    monkeypatch.setattr(beton, "write_beton", crash_after_train)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["folder", "--train", str(cifar_slice / "train"), "--val-fraction", "0.1", "--out", str(out),
+                  "--workers", "1"])
+    assert list(tmp_path.iterdir()) == []
