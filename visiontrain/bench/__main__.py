@@ -1,13 +1,16 @@
 """Throughput benchmarks.
 
     python -m visiontrain.bench overhead [--steps 10] [--rounds 12] [section.key=value ...]
+    python -m visiontrain.bench loader [--workers 2] [--epochs 3] [--res 160 192] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 from visiontrain.errors import run_cli
 
@@ -20,12 +23,27 @@ def main(argv: list[str]) -> int:
     overhead.add_argument("--steps", type=int, default=10, help="steps per round")
     overhead.add_argument("--rounds", type=int, default=12, help="alternating rounds (plus one warm-up)")
     overhead.add_argument("overrides", nargs="*", metavar="section.key=value")
+    loader = sub.add_parser("loader", help="FFCV vs torchvision data loading on the shared real images")
+    loader.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "datasets")
+    loader.add_argument("--work", type=Path, default=Path("runs/bench_loader_data"), help="prepared data (reused)")
+    loader.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    loader.add_argument("--epochs", type=int, default=3, help="timed epochs per loader (after one warm-up)")
+    loader.add_argument("--imagenet-samples", type=int, default=5000)
+    loader.add_argument("--res", type=int, nargs="+", default=[160, 192])
+    loader.add_argument("--out", type=Path, help="write loader_results.json here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from visiontrain.bench.overhead import measure, report
+    if args.mode == "overhead":
+        from visiontrain.bench.overhead import measure, report
 
-    print(report(measure(args.overrides, args.steps, args.rounds)))
+        print(report(measure(args.overrides, args.steps, args.rounds)))
+    else:
+        from visiontrain.bench import loader as loader_bench
+
+        rows = loader_bench.run(args.shared, args.work, args.workers, args.epochs, args.imagenet_samples, args.res,
+                                args.out)
+        print(loader_bench.report(rows))
     return 0
 
 
