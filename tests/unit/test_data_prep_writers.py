@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import pickle
 import shutil
@@ -20,6 +22,18 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 
 
 def prep(*args) -> subprocess.CompletedProcess:
+    """Run `python -m data_prep ARGS` in this process (start-up costs seconds): exit code, stdout, stderr."""
+    from data_prep.__main__ import main
+    from visiontrain.errors import run_cli
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(main, argv)
+    return subprocess.CompletedProcess(["python", "-m", "data_prep", *argv], code, out.getvalue(), err.getvalue())
+
+
+def prep_process(*args) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, "-m", "data_prep", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
@@ -158,13 +172,16 @@ def test_folder_converts_every_image_mode_to_rgb_exactly_as_pil_does(tmp_path):
 
 
 def test_folder_stratified_split_is_seeded(cifar_slice, tmp_path):
-    outs = []
-    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        out = tmp_path / name
-        assert prep("folder", "--train", cifar_slice / "train", "--val-fraction", "0.1", "--seed", seed,
-                    "--out", out, "--write-mode", "raw", "--workers", "1").returncode == 0
-        outs.append(sorted(digest(i) for i in read_beton(out / "val.beton")[0]))
-    assert len(outs[0]) == 30 and outs[0] == outs[1] and outs[0] != outs[2]
+    from data_prep.sources import class_folders, stratified_split
+
+    samples = class_folders(cifar_slice / "train")
+    val_sets = [set(map(str, stratified_split(samples, 0.1, seed)[1].paths)) for seed in (3, 3, 4)]
+    assert len(val_sets[0]) == 30 and val_sets[0] == val_sets[1] and val_sets[0] != val_sets[2]
+    out = tmp_path / "out"  # and the writer uses exactly that split
+    assert prep("folder", "--train", cifar_slice / "train", "--val-fraction", "0.1", "--seed", 3,
+                "--out", out, "--write-mode", "raw", "--workers", "1").returncode == 0
+    written = sorted(digest(i) for i in read_beton(out / "val.beton")[0])
+    assert written == sorted(digest(np.asarray(Image.open(p).convert("RGB"))) for p in val_sets[0])
 
 
 @pytest.fixture
@@ -179,7 +196,8 @@ def folder_with_bad_files(cifar_slice, tmp_path) -> Path:
 
 def test_a_bad_image_stops_the_writer_naming_it_and_leaves_nothing(folder_with_bad_files, tmp_path):
     out = tmp_path / "out"
-    result = prep("folder", "--train", folder_with_bad_files, "--val-fraction", "0.1", "--out", out, "--workers", "2")
+    result = prep_process("folder", "--train", folder_with_bad_files, "--val-fraction", "0.1", "--out", out,
+                          "--workers", "2")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: bad image ") and ("cat/0003.jpg" in last or "dog/notes.txt" in last)
