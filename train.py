@@ -30,17 +30,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     # Imports after argument parsing: `--help` and config errors answer at once.
-    from visiontrain import config, dist, logs, rundir
+    from visiontrain import backends, config, dist, logs, rundir
     from visiontrain.data import build_data
     from visiontrain.engine import Trainer
     from visiontrain.models import build_model
 
     cfg = config.load_config(args.config, args.overrides)
     dist.check_launcher(os.environ, cfg.train.precision, cfg.model.compile)
+    dist.apply_launcher_backend(cfg, os.environ)
+    config.validate(cfg)
     micro_batch = config.validate_for_world(cfg, dist.detect_launch().world_size)
     resuming = rundir.check_run_dir(cfg)
 
-    runtime = dist.init_runtime(cfg.run.device, cfg.backend.find_unused_parameters)
+    runtime = dist.init_runtime(cfg.run.device, cfg.backend.find_unused_parameters,
+                                use_accelerate=cfg.backend.name == "ddp")
+    backends.resolve_deepspeed_config(cfg, runtime, micro_batch)  # DeepSpeed's checks, before writing
     logs.setup_logging(runtime.rank)
     dist.seed_everything(cfg.run.seed)
     if cfg.run.deterministic:

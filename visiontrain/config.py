@@ -115,8 +115,9 @@ class CheckpointConfig:
 
 @dataclass
 class BackendConfig:
-    name: str = "ddp"  # ddp
-    find_unused_parameters: bool = False
+    name: str = "ddp"  # ddp | deepspeed
+    deepspeed_config: str = ""  # deepspeed: JSON file, e.g. configs/deepspeed/zero2.json
+    find_unused_parameters: bool = False  # ddp
 
 
 @dataclass
@@ -149,7 +150,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("cosine", "step", "triangular", "constant"),
     "train.precision": ("fp32", "bf16", "fp16"),
-    "backend.name": ("ddp",),
+    "backend.name": ("ddp", "deepspeed"),
 }
 
 
@@ -290,6 +291,13 @@ def validate(cfg: Config) -> None:
     _check(c.keep_last >= 1, "checkpoint.keep_last", c.keep_last, "must be >= 1")
     _check(cfg.log.every_steps >= 1, "log.every_steps", cfg.log.every_steps, "must be >= 1")
     _check(bool(cfg.run.dir.strip()), "run.dir", cfg.run.dir, "must be a directory path")
+    if cfg.backend.name == "deepspeed":
+        _check(bool(cfg.backend.deepspeed_config), "backend.deepspeed_config", cfg.backend.deepspeed_config,
+               "backend.name=deepspeed needs a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json")
+        _check(not m.compile, "model.compile", m.compile, "not supported with backend.name=deepspeed; use ddp")
+    else:
+        _check(not cfg.backend.deepspeed_config, "backend.deepspeed_config", cfg.backend.deepspeed_config,
+               "only read with backend.name=deepspeed; set that too, or leave it empty")
 
 
 def validate_for_world(cfg: Config, world_size: int) -> int:

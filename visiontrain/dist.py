@@ -143,15 +143,21 @@ class Runtime:
             torch.distributed.barrier()
 
 
-def init_runtime(device_request: str, find_unused_parameters: bool = False) -> Runtime:
-    """Join the process group (if any) and return this process's Runtime."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+def init_runtime(device_request: str, find_unused_parameters: bool = False, use_accelerate: bool = True) -> Runtime:
+    """Join the process group (if any) and return this process's Runtime.
 
+    DDP runs go through accelerate. DeepSpeed runs (`use_accelerate=False`) get a plain
+    torch process group, also for one process (DeepSpeed requires one), and no Accelerator.
+    """
     info = detect_launch()
     export_torch_env(info)
     device = select_device(device_request, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if not use_accelerate:
+        return _plain_runtime(info, device)
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
     # Precision is handled by the engine (torch.autocast + GradScaler), not accelerate:
     # accelerate's fp16 on CPU silently runs fp32.
     accelerator = Accelerator(
@@ -172,6 +178,55 @@ def init_runtime(device_request: str, find_unused_parameters: bool = False) -> R
         local_rank=info.local_rank,
         launcher=info.launcher,
     )
+
+
+def _plain_runtime(info: LaunchInfo, device: torch.device) -> Runtime:
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if info.world_size == 1:
+        # A world of one, as a launcher would describe it (DeepSpeed checks LOCAL_RANK).
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"),
+                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+            os.environ.setdefault(key, value)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend, init_method="env://")
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)  # adopts the group above; its config reads the world size
+    return Runtime(accelerator=None, device=device, rank=info.rank, world_size=info.world_size,
+                   local_rank=info.local_rank, launcher=info.launcher)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def apply_launcher_backend(cfg, environ: Mapping[str, str]) -> None:
+    """`accelerate launch` with a DeepSpeed config selects our DeepSpeed backend with its JSON.
+
+    accelerate's own DeepSpeed settings must agree with the run config: each setting has
+    one home, and a launcher flag never silently overrides or is silently ignored.
+    """
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return
+    json_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if not json_file:
+        raise UsageError("accelerate launch selected DeepSpeed without a deepspeed_config_file; use an accelerate "
+                         "config with one, e.g. configs/accelerate/deepspeed_zero2.yaml")
+    if cfg.backend.deepspeed_config and os.path.abspath(cfg.backend.deepspeed_config) != os.path.abspath(json_file):
+        raise UsageError(f"accelerate's deepspeed_config_file {json_file} contradicts backend.deepspeed_config="
+                         f"{cfg.backend.deepspeed_config}; keep one")
+    for variable, key, value in (("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "train.grad_accum_steps",
+                                  cfg.train.grad_accum_steps),
+                                 ("ACCELERATE_GRADIENT_CLIPPING", "train.grad_clip_norm", cfg.train.grad_clip_norm)):
+        if variable in environ and float(environ[variable]) != float(value):
+            raise UsageError(f"accelerate's {variable.lower()} = {environ[variable]} contradicts {key}={value}; "
+                             f"set {key} only")
+    cfg.backend.name = "deepspeed"
+    cfg.backend.deepspeed_config = json_file
 
 
 def seed_everything(seed: int) -> None:

@@ -47,16 +47,14 @@ class Trainer:
     def __init__(self, cfg: Config, runtime: Runtime, data: DataBundle, model: nn.Module, run_dir: Path):
         self.cfg, self.runtime, self.data, self.run_dir = cfg, runtime, data, Path(run_dir)
         self.device = runtime.device
-        fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=fmt)
+        self.backend = build_backend(cfg, runtime, data.train.micro_batch)
+        self.model = model.to(self.device, memory_format=self.backend.param_memory_format)
         # EMA before wrapping: it averages the plain module's parameters and BN buffers.
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
                     if cfg.train.ema else None)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.steps_per_epoch = data.train.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
-        self.backend = build_backend(cfg.backend.name, runtime, cfg.train.precision, cfg.train.grad_clip_norm,
-                                     cfg.model.compile)
         self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)
         self.state = TrainerState()
         self.window = RunningStats(self.device)  # since the last train log event
@@ -74,15 +72,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- resume
     def resume_if_possible(self) -> bool:
-        found = self.store.load_latest()
+        found = self.store.load_latest(self.backend.load, self._all_ranks_agree)
         if found is None:
             self._open_logs(purge_step=0)
             return False
         state, path = found
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.backend.load_state_dict(state["backend"])
         if self.ema is not None:
             if state.get("ema") is None:
                 log.warning("checkpoint %s has no EMA weights; the EMA restarts from the current model", path)
@@ -91,8 +86,7 @@ class Trainer:
             else:
                 self.ema.load_state_dict(state["ema"])
         self.state = TrainerState(**state["trainer"])
-        self.window.sums.copy_(state["stats"]["window"])
-        self.epoch_stats.sums.copy_(state["stats"]["epoch"])
+        self._restore_stats(state["stats"])
         self._step_on_device.fill_(self.state.step)
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
@@ -104,6 +98,26 @@ class Trainer:
                  path, self.state.epoch, self.state.step, self.state.batch_in_epoch)
         self.metrics.write("resume", epoch=self.state.epoch, step=self.state.step, checkpoint=str(path))
         return True
+
+    def _gathered_stats(self) -> dict[str, torch.Tensor]:
+        """Every rank's running sums (rows by rank): a resumed rank continues from its own."""
+        rows = all_gather_objects([self.window.sums.cpu(), self.epoch_stats.sums.cpu()], self.runtime.world_size)
+        return {"window": torch.stack([r[0] for r in rows]), "epoch": torch.stack([r[1] for r in rows])}
+
+    def _restore_stats(self, stats: dict[str, torch.Tensor]) -> None:
+        for name, target in (("window", self.window), ("epoch", self.epoch_stats)):
+            rows = stats[name]
+            if rows.shape[0] == self.runtime.world_size:
+                target.sums.copy_(rows[self.runtime.rank])
+            else:  # another process count: the totals are what matter; rank 0 carries them
+                target.sums.copy_(rows.sum(0) if self.runtime.is_main else torch.zeros_like(rows[0]))
+
+    def _all_ranks_agree(self, ok: bool) -> bool:
+        if self.runtime.world_size == 1:
+            return ok
+        flag = torch.tensor([int(ok)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
 
     def _open_logs(self, purge_step: int) -> None:
         if self.runtime.is_main:
@@ -147,11 +161,11 @@ class Trainer:
             sync = micro % accum == 0
             with self.backend.sync_context(self.train_model, sync):
                 with self.backend.autocast():
-                    logits = self.train_model(images)
+                    logits = self.train_model(self.backend.prepare_inputs(images))
                 losses = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing,
                                          reduction="none")
                 loss = losses.mean()
-                self.backend.backward(loss / accum if accum > 1 else loss)
+                self.backend.backward(loss)
             self.window.update(losses.detach(), logits.detach(), labels)
             bad = ~torch.isfinite(loss.detach())
             self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), self._step_on_device,
@@ -159,9 +173,8 @@ class Trainer:
             batch_images = images.shape[0] * self.runtime.world_size
             window_images += batch_images
             epoch_images += batch_images
-            if not sync:
+            if not self.backend.step(self.optimizer, sync):
                 continue
-            self.backend.step(self.optimizer)
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
@@ -234,7 +247,8 @@ class Trainer:
         self._check_finite()
         self._average_bn_buffers()
         t0 = time.perf_counter()
-        val = evaluate(self.train_model, self.data.val, self.backend.autocast, self.device, self.runtime.world_size)
+        val = evaluate(self.train_model, self.data.val, self.backend.autocast, self.device, self.runtime.world_size,
+                       self.backend.prepare_inputs)
         seconds = time.perf_counter() - t0
         self.last_val = self.metrics.write("val", epoch=self.state.epoch, step=self.state.step, lr=self._lr(),
                                            img_per_s=val["samples"] / max(seconds, 1e-9), **val)
@@ -256,14 +270,12 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
+        """What the trainer owns; the backend adds the model and optimizer in its own format."""
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "backend": self.backend.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "trainer": asdict(self.state),
-            "stats": {"window": self.window.sums.cpu(), "epoch": self.epoch_stats.sums.cpu()},
+            "stats": self._gathered_stats(),  # a collective: every rank calls checkpoint_state
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "config": to_yaml(self.cfg),
@@ -274,12 +286,11 @@ class Trainer:
         if not (periodic or best):
             return
         self._check_finite()
+        path = self.backend.save(self.store, self.checkpoint_state(), self.state.step, periodic=periodic, best=best)
         if self.runtime.is_main:
-            path = self.store.save(self.checkpoint_state(), self.state.step, periodic=periodic, best=best)
             self.metrics.write("checkpoint", epoch=self.state.epoch, step=self.state.step, path=str(path),
                                best=best)
             self.last_checkpoint = path
-        self.runtime.barrier()
 
     # -------------------------------------------------------------------- end
     def _record_sample_ids(self, epoch: int, start: int) -> None:
@@ -291,21 +302,23 @@ class Trainer:
             f.write(json.dumps({"epoch": epoch, "start": start, "indices": self.data.train.epoch_indices()})
                     + "\n")
 
-    def params_digest(self) -> str:
+    @staticmethod
+    def digest(state_dict: dict[str, torch.Tensor]) -> str:
         digest = hashlib.sha256()
-        for name, tensor in self.model.state_dict().items():
+        for name, tensor in state_dict.items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
     def finish(self, seconds: float) -> dict[str, Any]:
         self._average_bn_buffers()
-        ranks = all_gather_objects({"rank": self.runtime.rank, "params_sha256": self.params_digest(),
+        weights = self.backend.full_state_dict()  # a collective under ZeRO-3
+        ranks = all_gather_objects({"rank": self.runtime.rank, "params_sha256": self.digest(weights),
                                     "train_samples_per_epoch": self.steps_per_epoch * self.data.train.accum_steps
                                     * self.data.train.micro_batch}, self.runtime.world_size)
         summary: dict[str, Any] = {}
         if self.runtime.is_main:
-            export_weights(plain_state_dict(self.model), self.run_dir / "weights.safetensors",
+            export_weights(weights, self.run_dir / "weights.safetensors",
                            {"model": self.cfg.model.name, "num_classes": str(self.cfg.model.num_classes)})
             if self.ema is not None:
                 export_weights(plain_state_dict(self.ema.module), self.run_dir / "weights_ema.safetensors",
@@ -318,6 +331,8 @@ class Trainer:
                 "steps": self.state.step,
                 "world_size": self.runtime.world_size,
                 "launcher": self.runtime.launcher,
+                "backend": self.backend.name,
+                "zero_stage": getattr(self.backend, "stage", None),
                 "global_batch_size": self.cfg.train.batch_size,
                 "precision": self.cfg.train.precision,
                 "final": _metrics_only(self.last_val),

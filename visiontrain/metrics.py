@@ -51,14 +51,15 @@ class RunningStats:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, autocast, device: torch.device, world_size: int) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader, autocast, device: torch.device, world_size: int,
+             prepare_inputs=lambda images: images) -> dict[str, float]:
     """Loss (plain cross-entropy), top-1 and top-5 over the whole eval set, all ranks together."""
     was_training = model.training
     model.eval()
     stats = RunningStats(device)
     for images, labels, valid in loader:
         with autocast():
-            logits = model(images)
+            logits = model(prepare_inputs(images))
         logits = logits.float()
         stats.update(F.cross_entropy(logits, labels, reduction="none"), logits, labels, valid)
     model.train(was_training)

@@ -160,13 +160,13 @@ def test_sigkill_after_the_half_way_checkpoint_then_restart_is_bit_exact(shapes_
 
 
 @pytest.mark.parametrize("backend", ["torchvision", "ffcv"])
-def test_mid_epoch_checkpoint_resume_is_bit_exact(shapes_dir, tmp_path, backend):
+def test_mid_epoch_checkpoint_resume_with_two_processes_is_bit_exact(shapes_dir, tmp_path, backend):
     args = ("train.epochs=2", "checkpoint.every_steps=4", "data.num_workers=1", "data.cutout=4")
     reference = tmp_path / "reference"
-    ok(run_train(tiny_args(shapes_dir, reference, *args, backend=backend)))
+    ok(run_train(tiny_args(shapes_dir, reference, *args, backend=backend), nproc=2))
     killed = tmp_path / "killed"
-    _train_until(tiny_args(shapes_dir, killed, *args, backend=backend), 1, lambda: _checkpoint_logged(killed, step=4))
-    result = ok(run_train(tiny_args(shapes_dir, killed, *args, backend=backend)))
+    _train_until(tiny_args(shapes_dir, killed, *args, backend=backend), 2, lambda: _checkpoint_logged(killed, step=4))
+    result = ok(run_train(tiny_args(shapes_dir, killed, *args, backend=backend), nproc=2))
     assert "(epoch 0, step 4, 4 micro-batches into the epoch)" in result.stderr
     _assert_identical_continuation(reference, killed)
 

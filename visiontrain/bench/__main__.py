@@ -2,6 +2,7 @@
 
     python -m visiontrain.bench overhead [--steps 10] [--rounds 12] [section.key=value ...]
     python -m visiontrain.bench loader [--workers 2] [--epochs 3] [--res 160 192] [--out DIR]
+    python -m visiontrain.bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--backends ddp zero1 ...]
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ def main(argv: list[str]) -> int:
     loader.add_argument("--imagenet-samples", type=int, default=5000)
     loader.add_argument("--res", type=int, nargs="+", default=[160, 192])
     loader.add_argument("--out", type=Path, help="write loader_results.json here")
+    memory = sub.add_parser("memory", help="training-state memory per rank: DDP vs DeepSpeed ZeRO 1/2/3")
+    memory.add_argument("--model", default="resnet50")
+    memory.add_argument("--nproc", type=int, default=2)
+    memory.add_argument("--image-size", type=int, default=64)
+    memory.add_argument("--batch", type=int, default=4, help="images per rank per step")
+    memory.add_argument("--steps", type=int, default=3)
+    memory.add_argument("--backends", nargs="+", default=["ddp", "zero1", "zero2", "zero3"])
+    memory.add_argument("--optim", default="sgd", choices=("sgd", "adamw"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -38,6 +47,12 @@ def main(argv: list[str]) -> int:
         from visiontrain.bench.overhead import measure, report
 
         print(report(measure(args.overrides, args.steps, args.rounds)))
+    elif args.mode == "memory":
+        from visiontrain.bench import memory as memory_bench
+
+        results = memory_bench.run(args.model, args.nproc, args.image_size, args.batch, args.steps, args.backends,
+                                   args.optim)
+        print(memory_bench.report(results, args.model, args.nproc, args.optim))
     else:
         from visiontrain.bench import loader as loader_bench
 

@@ -1,0 +1,198 @@
+"""DeepSpeed ZeRO 0-3 under the same train.py: equal to DDP, resumable, exportable, strict about its JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
+from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged, _train_until
+from visiontrain.checkpoint import read_weights
+
+pytestmark = pytest.mark.slow
+
+# 400 samples, global batch 16 over 2 ranks: 25 optimizer steps in one epoch, one loss logged per step.
+EQUIVALENCE = ("train.epochs=1", "train.batch_size=16", "schedule.warmup_epochs=0.2", "optim.lr=0.1",
+               "log.every_steps=1", "train.precision=fp32", "data.cutout=4")
+
+
+def deepspeed(stage: int) -> tuple[str, str]:
+    return "backend.name=deepspeed", f"backend.deepspeed_config=configs/deepspeed/zero{stage}.json"
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [e["loss"] for e in read_jsonl(run_dir / "metrics.jsonl") if e["event"] == "train"]
+
+
+def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    weights = read_weights(run_dir / "weights.safetensors")
+    return {k: v for k, v in weights.items() if "running_" not in k and "num_batches" not in k}
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(shapes_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ds") / "ddp"
+    ok(run_train(tiny_args(shapes_dir, run_dir, *EQUIVALENCE), nproc=2))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def zero_runs(shapes_dir, tmp_path_factory) -> dict[int, Path]:
+    runs = {}
+    for stage in (0, 1, 2, 3):
+        run_dir = tmp_path_factory.mktemp("ds") / f"zero{stage}"
+        ok(run_train(tiny_args(shapes_dir, run_dir, *EQUIVALENCE, *deepspeed(stage)), nproc=2))
+        runs[stage] = run_dir
+    return runs
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stage_trains_exactly_like_ddp(ddp_reference, zero_runs, stage):
+    """Same seed, fp32, 25 steps, 2 processes: the loss of every step within 1e-4 (relative) and every final
+    parameter within 1e-5 of DDP's, at every ZeRO stage (ZeRO-3 included; on CPU they come out identical)."""
+    run = zero_runs[stage]
+    summary = read_json(run / "summary.json")
+    assert (summary["backend"], summary["zero_stage"], summary["world_size"]) == ("deepspeed", stage, 2)
+    reference, ours = losses(ddp_reference), losses(run)
+    assert len(ours) == len(reference) == 25
+    assert ours == pytest.approx(reference, rel=1e-4)
+    ref_params, our_params = parameters(ddp_reference), parameters(run)
+    assert set(ref_params) == set(our_params)
+    assert max(float((ref_params[k] - our_params[k]).abs().max()) for k in ref_params) <= 1e-5
+
+
+def test_accumulation_and_clipping_mean_the_same_as_under_ddp(shapes_dir, tmp_path):
+    """One value each in the run config (a clip norm this small is active on every step).
+
+    ZeRO-2 reduces every micro-batch and sums the reduced halves, DDP sums locally and
+    reduces once: the same sum in another order. The first steps agree to rounding
+    (a different meaning would show at once); later steps drift by amplified rounding.
+    """
+    args = (*EQUIVALENCE, "train.grad_accum_steps=2", "train.grad_clip_norm=0.05")
+    ok(run_train(tiny_args(shapes_dir, tmp_path / "ddp", *args), nproc=2))
+    ok(run_train(tiny_args(shapes_dir, tmp_path / "zero2", *args, *deepspeed(2)), nproc=2))
+    reference, ours = losses(tmp_path / "ddp"), losses(tmp_path / "zero2")
+    assert len(ours) == len(reference) == 25
+    assert ours[:10] == pytest.approx(reference[:10], rel=1e-6)
+    assert ours == pytest.approx(reference, rel=1e-4)
+    ref, got = parameters(tmp_path / "ddp"), parameters(tmp_path / "zero2")
+    assert max(float((ref[k] - got[k]).abs().max()) for k in ref) <= 2e-4
+
+
+def test_zero2_sigkill_then_restart_is_bit_exact(shapes_dir, zero_runs, tmp_path):
+    args = tiny_args(shapes_dir, tmp_path / "killed", *EQUIVALENCE, *deepspeed(2), "checkpoint.every_steps=10")
+    killed = tmp_path / "killed"
+    _train_until(args, 2, lambda: _checkpoint_logged(killed, step=10))
+    result = ok(run_train(args, nproc=2))
+    assert "resuming from" in result.stderr and "step_000000010" in result.stderr
+    _assert_identical_continuation(zero_runs[2], killed)
+
+
+def test_resuming_zero_shards_with_another_process_count(shapes_dir, zero_runs, tmp_path):
+    """ZeRO-2 shards of 2 processes cannot be read by 1: a clear message (exit 2). ZeRO-0 holds full
+    optimizer state, so it resumes at 1 process."""
+    for stage, expected in ((2, 2), (0, 0)):
+        copy = tmp_path / f"zero{stage}"
+        shutil.copytree(zero_runs[stage], copy)
+        result = run_train(tiny_args(shapes_dir, copy, *EQUIVALENCE, *deepspeed(stage), "train.epochs=2"))
+        assert result.returncode == expected, result.stderr[-2000:]
+        if stage == 2:
+            last = result.stderr.strip().splitlines()[-1]
+            assert "holds ZeRO-2 optimizer shards of 2 processes; this run has 1" in last
+            assert f"python -m visiontrain.checkpoint export {copy}" in last
+        else:
+            assert read_json(copy / "summary.json")["world_size"] == 1
+
+
+def test_zero3_exports_consolidated_weights_that_torchvision_loads(shapes_dir, tmp_path):
+    run_dir = tmp_path / "zero3"
+    ok(run_train(tiny_args(shapes_dir, run_dir, "model.name=resnet18", "model.width=64", "train.epochs=1",
+                           "train.batch_size=32", *deepspeed(3)), nproc=2))
+    live = read_weights(run_dir / "weights.safetensors")
+    model = torchvision.models.resnet18(num_classes=10)
+    model.load_state_dict(live, strict=True)  # plain torchvision, no visiontrain classes
+    assert read_json(run_dir / "summary.json")["ranks"][0]["params_sha256"] == \
+        read_json(run_dir / "summary.json")["ranks"][1]["params_sha256"]
+    result = subprocess.run([PYTHON, "-m", "visiontrain.checkpoint", "export", str(run_dir), "--out",
+                             str(tmp_path / "offline.safetensors")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    offline = read_weights(tmp_path / "offline.safetensors")
+    assert set(offline) == set(live) and all(torch.equal(offline[k], live[k]) for k in live)
+
+
+def test_accelerate_launch_with_the_deepspeed_config_runs_bf16_and_ema(shapes_dir, tmp_path):
+    run_dir = tmp_path / "acc"
+    ok(run_train(tiny_args(shapes_dir, run_dir, "train.epochs=1", "schedule.warmup_epochs=0.5", "train.precision=bf16",
+                           "train.ema=true", "train.ema_decay=0.9"),
+                 launcher="accelerate --config_file configs/accelerate/deepspeed_zero2.yaml --num_processes 2"))
+    summary = read_json(run_dir / "summary.json")
+    assert (summary["backend"], summary["zero_stage"], summary["world_size"], summary["precision"]) == \
+        ("deepspeed", 2, 2, "bf16")
+    assert [e["event"] for e in read_jsonl(run_dir / "metrics.jsonl")].count("val_ema") == 1
+    assert (run_dir / "weights_ema.safetensors").is_file()
+
+
+BAD_JSON_CASES = {
+    "missing": (None, "does not exist"),
+    "not_json": ("{ zero: 2", "is not valid JSON"),
+    "typo_top_level": ({"zero_optimisation": {"stage": 2}}, "unknown key 'zero_optimisation' (DeepSpeed would ignore "
+                                                           "it); did you mean 'zero_optimization'?"),
+    "rejected_nested": ({"zero_optimization": {"stage": 2, "overlap_comms": True}}, "is rejected by DeepSpeed"),
+    "auto": ({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}},
+             "'zero_optimization.reduce_bucket_size' is \"auto\""),
+    "optimizer": ({"optimizer": {"type": "Adam"}}, "remove 'optimizer'"),
+    "precision": ({"bf16": {"enabled": True}}, "remove 'bf16': precision is set by train.precision"),
+    "batch": ({"train_batch_size": 128}, "'train_batch_size' = 128 contradicts train.batch_size"),
+    "clipping": ({"gradient_clipping": 1.0}, "contradicts train.grad_clip_norm"),
+    "zero3_ema": ({"zero_optimization": {"stage": 3}}, "train.ema=true is not supported with ZeRO stage 3"),
+}
+_CHECKER = """
+import json, sys
+from visiontrain.config import load_config
+from visiontrain.deepspeed_config import build
+from visiontrain.dist import init_runtime
+from visiontrain.errors import UsageError
+init_runtime("cpu", use_accelerate=False)
+for name, path, extra in json.loads(sys.argv[1]):
+    cfg = load_config(None, ["backend.name=deepspeed", f"backend.deepspeed_config={path}", *extra])
+    try:
+        build(cfg, 1, cfg.train.batch_size)
+        print("CASE " + json.dumps([name, None]))
+    except UsageError as err:
+        print("CASE " + json.dumps([name, str(err)]))
+"""
+
+
+def test_bad_deepspeed_configs_are_one_line_usage_errors(tmp_path):
+    cases = []
+    for name, (content, _) in BAD_JSON_CASES.items():
+        path = tmp_path / f"{name}.json"
+        if content is not None:
+            path.write_text(content if isinstance(content, str) else json.dumps(content))
+        cases.append([name, str(path), ["train.ema=true"] if name == "zero3_ema" else []])
+    result = subprocess.run([PYTHON, "-c", _CHECKER, json.dumps(cases)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    messages = dict(json.loads(line[5:]) for line in result.stdout.splitlines() if line.startswith("CASE "))
+    for name, (_, expected) in BAD_JSON_CASES.items():
+        assert messages[name] is not None and expected in messages[name], (name, messages[name])
+        assert "\n" not in messages[name]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (("backend.deepspeed_config=configs/deepspeed/zero9.json",), "backend.deepspeed_config=configs/deepspeed/zero9.json "
+                                                                 "does not exist"),
+    (("backend.deepspeed_config=configs/deepspeed/zero2.json", "model.compile=true"),
+     "config key 'model.compile' = True is invalid: not supported with backend.name=deepspeed; use ddp"),
+])
+def test_train_py_refuses_bad_deepspeed_input_with_exit_2_writing_nothing(shapes_dir, tmp_path, extra, expected):
+    run_dir = tmp_path / "run"
+    result = run_train(tiny_args(shapes_dir, run_dir, "backend.name=deepspeed", *extra))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"error: {expected}"
+    assert not run_dir.exists()
