@@ -1,0 +1,194 @@
+"""The FFCV backend: train.beton / val.beton / meta.json written by `python -m data_prep`.
+
+Same contract as the torchvision backend:
+- Data order: the same per-epoch permutation and rank split (torch's DistributedSampler
+  with drop_last; no sample twice in an epoch), able to start mid-epoch on resume. It
+  reaches FFCV as a custom TraversalOrder.
+- Augmentation: the same recipes, with reproducible randomness (`ffcv_ops`).
+- Output: uint8 pixels, normalized to float on the device, channels-last if asked.
+- Evaluation: padded equal shards with padding masked out.
+Progressive resizing (imagenet recipe) changes the decoder's output size each epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
+from ffcv.loader import Loader
+from ffcv.reader import Reader
+from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+from ffcv.traversal_order.base import TraversalOrder
+
+from visiontrain.config import Config, DataConfig
+from visiontrain.data import DataBundle, check_num_classes, optimizer_steps_per_epoch
+from visiontrain.data.ffcv_ops import SeededCutout, SeededFlip, SeededRandomResizedCropDecoder, SeededTranslate
+from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
+from visiontrain.data.transforms import DeviceNormalizer, mean_uint8
+from visiontrain.dist import Runtime
+from visiontrain.errors import UsageError
+
+
+class FixedOrder(TraversalOrder):
+    """A TraversalOrder computed by us. FFCV calls the instance with its Loader."""
+
+    def __init__(self, order_for_epoch: Callable[[int], np.ndarray]):
+        self.order_for_epoch = order_for_epoch
+
+    def __call__(self, loader) -> "FixedOrder":
+        super().__init__(loader)
+        return self
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        return self.order_for_epoch(epoch)
+
+
+def resolution_for_epoch(epoch: int, d: DataConfig) -> int:
+    """FFCV's progressive-resizing schedule: min_res until the ramp, linear, then max_res."""
+    if not d.progressive_resizing:
+        return d.image_size
+    if epoch <= d.ramp_start_epoch:
+        res = d.min_res
+    elif epoch >= d.ramp_end_epoch:
+        res = d.max_res
+    else:
+        fraction = (epoch - d.ramp_start_epoch) / (d.ramp_end_epoch - d.ramp_start_epoch)
+        res = d.min_res + fraction * (d.max_res - d.min_res)
+    return max(d.min_res, int(res) // d.res_multiple * d.res_multiple)
+
+
+def _device_ops(device: torch.device) -> list:
+    return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
+
+
+class FFCVTrainLoader:
+    def __init__(self, cfg: Config, runtime: Runtime, path: Path, num_samples: int, micro_batch: int, steps: int):
+        d = cfg.data
+        self.steps_per_epoch, self.micro_batch, self.accum_steps = steps, micro_batch, cfg.train.grad_accum_steps
+        self.data_cfg = d
+        self.sampler = ResumableDistributedSampler(num_samples, runtime.world_size, runtime.rank, cfg.run.seed)
+        self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
+        seed = cfg.run.seed
+        if d.recipe == "imagenet":
+            self.decoder = SeededRandomResizedCropDecoder((d.image_size, d.image_size), seed)
+            ops = [self.decoder] + ([SeededFlip(seed)] if d.flip else [])
+        else:
+            self.decoder = None
+            ops = [SimpleRGBImageDecoder()] + ([SeededFlip(seed)] if d.flip else [])
+            if d.crop_padding:
+                ops.append(SeededTranslate(d.crop_padding, mean_uint8(d), seed))
+            if d.cutout:
+                ops.append(SeededCutout(d.cutout, mean_uint8(d), seed))
+        device_ops = _device_ops(runtime.device)
+        threads = torch.get_num_threads()
+        self.loader = Loader(
+            str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache,
+            order=FixedOrder(self._order), drop_last=True, batches_ahead=d.batches_ahead,
+            pipelines={"image": ops + [ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
+                       "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
+        self.torch_threads = threads
+        torch.set_num_threads(threads)  # FFCV sets torch's thread count to its own
+        self._remaining = steps * self.accum_steps
+
+    def _order(self, epoch: int) -> np.ndarray:
+        self.sampler.set_epoch(epoch, self.sampler.start)
+        return np.array([index for index, _ in self.sampler], dtype=np.uint64)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start * self.micro_batch)
+        self.loader.next_epoch = epoch
+        self._remaining = self.steps_per_epoch * self.accum_steps - start
+        if self.decoder is not None:
+            res = resolution_for_epoch(epoch, self.data_cfg)
+            self.decoder.output_size = (res, res)
+
+    @property
+    def resolution(self) -> int | None:
+        return self.decoder.output_size[0] if self.decoder is not None else self.data_cfg.image_size
+
+    def epoch_indices(self) -> list[int]:
+        return self.sampler.epoch_indices()[: self.steps_per_epoch * self.accum_steps * self.micro_batch]
+
+    def __iter__(self):
+        device = self.normalize.device
+        for count, (images, labels) in enumerate(self.loader):
+            if count == 0:
+                # FFCV's epoch thread set torch's intra-op threads to its worker count.
+                torch.set_num_threads(self.torch_threads)
+            if count >= self._remaining:
+                break
+            yield self.normalize(images), labels.to(device, dtype=torch.long, copy=True)
+
+
+class FFCVEvalLoader:
+    def __init__(self, cfg: Config, runtime: Runtime, path: Path, num_samples: int, micro_batch: int):
+        d = cfg.data
+        self.num_samples = num_samples
+        indices, valid = eval_shard(num_samples, runtime.world_size, runtime.rank)
+        self.order = np.array(indices, dtype=np.uint64)
+        self.valid = torch.tensor(valid, dtype=torch.bool, device=runtime.device)
+        self.micro_batch = micro_batch
+        self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
+        if d.recipe == "imagenet":
+            decoder = CenterCropRGBImageDecoder((d.val_image_size, d.val_image_size), ratio=d.val_crop_ratio)
+        else:
+            decoder = SimpleRGBImageDecoder()
+        device_ops = _device_ops(runtime.device)
+        threads = torch.get_num_threads()
+        self.loader = Loader(
+            str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache,
+            order=FixedOrder(lambda epoch: self.order), drop_last=False, batches_ahead=d.batches_ahead,
+            pipelines={"image": [decoder, ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
+                       "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
+        self.torch_threads = threads
+        torch.set_num_threads(threads)
+
+    def __iter__(self):
+        device = self.normalize.device
+        for batch, (images, labels) in enumerate(self.loader):
+            if batch == 0:
+                torch.set_num_threads(self.torch_threads)
+            start = batch * self.micro_batch
+            valid = self.valid[start : start + images.shape[0]]
+            yield self.normalize(images), labels.to(device, dtype=torch.long, copy=True), valid
+
+
+def _missing(path: Path, name: str) -> UsageError:
+    hint = (f"python -m data_prep cifar10 --out {path}" if path.name == "cifar10"
+            else f"python -m data_prep {{cifar10,imagenet,folder}} ... --out {path}")
+    return UsageError(f"no {name} in data.path={path} (data.backend=ffcv); create it with `{hint}`")
+
+
+def build_ffcv_data(cfg: Config, runtime: Runtime, micro_batch: int) -> DataBundle:
+    d = cfg.data
+    path = Path(d.path)
+    files = {name: path / name for name in ("train.beton", "val.beton", "meta.json")}
+    for name, file in files.items():
+        if not file.is_file():
+            raise _missing(path, name)
+    meta = json.loads(files["meta.json"].read_text())
+    class_names = list(meta["class_names"])
+    check_num_classes(cfg, class_names, path)
+    if d.recipe == "cifar":
+        for split in ("train", "val"):
+            size = meta.get("splits", {}).get(split, {}).get("image_size", {})
+            sides = {size.get(k, {}).get(e) for k in ("width", "height") for e in ("min", "max")}
+            wanted = d.image_size if split == "train" else d.val_image_size
+            if sides != {wanted}:
+                raise UsageError(f"data.recipe=cifar reads {split}.beton images as they are, but they are not all "
+                                 f"{wanted}x{wanted} (data.image_size / data.val_image_size); sizes seen: "
+                                 f"{sorted(s for s in sides if s is not None)}; use data.recipe=imagenet to crop")
+    train_samples = int(Reader(str(files["train.beton"])).num_samples)
+    val_samples = int(Reader(str(files["val.beton"])).num_samples)
+    steps = optimizer_steps_per_epoch(train_samples, runtime.world_size, micro_batch, cfg.train.grad_accum_steps,
+                                      "train.batch_size")
+    return DataBundle(
+        FFCVTrainLoader(cfg, runtime, files["train.beton"], train_samples, micro_batch, steps),
+        FFCVEvalLoader(cfg, runtime, files["val.beton"], val_samples, micro_batch),
+        len(class_names), class_names, train_samples,
+    )

@@ -1,0 +1,78 @@
+"""Which samples each rank reads, in which order, and with which augmentation seed.
+
+Training: torch's DistributedSampler (a seeded permutation per epoch, drop_last so
+that no sample is seen twice in an epoch), able to start mid-epoch on resume.
+Each item carries a per-sample seed derived from (run seed, epoch, index): the
+augmentation of a sample depends on nothing else, so a resumed run replays exactly
+the batches an uninterrupted run would have seen, whatever the number of workers.
+
+Evaluation: rank r reads positions r, r+W, r+2W, ... of the dataset, padded to the
+same length on every rank (collectives inside the model, as in ZeRO-3, need equal
+batch counts); padded positions are flagged invalid and never counted.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch.utils.data import DistributedSampler, Sampler
+
+_MASK = (1 << 62) - 1
+
+
+def sample_seed(run_seed: int, epoch: int, index: int) -> int:
+    return ((run_seed * 1_000_003 + epoch) * 2_654_435_761 + index) & _MASK
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """Yields (index, seed) pairs; `set_epoch(epoch, start=k)` skips the first k samples."""
+
+    def __init__(self, num_samples: int, num_replicas: int, rank: int, seed: int):
+        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def epoch_indices(self) -> list[int]:
+        """Every index this rank reads in the current epoch, from the start of the epoch."""
+        return list(super().__iter__())
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.epoch_indices()[self.start:]:
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def eval_shard(num_samples: int, world_size: int, rank: int) -> tuple[list[int], list[bool]]:
+    """(indices, valid) for this rank: every rank gets ceil(N/W) positions, the excess invalid."""
+    per_rank = math.ceil(num_samples / world_size)
+    positions = [rank + k * world_size for k in range(per_rank)]
+    return [p % num_samples for p in positions], [p < num_samples for p in positions]
+
+
+class EvalShardSampler(Sampler):
+    """Yields (index, valid) pairs of `eval_shard`."""
+
+    def __init__(self, num_samples: int, world_size: int, rank: int):
+        self.indices, self.valid = eval_shard(num_samples, world_size, rank)
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        return iter(zip(self.indices, self.valid))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """The global torch RNG seeded with `seed`; the caller's RNG state is restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
