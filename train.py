@@ -5,7 +5,7 @@
     accelerate launch train.py -c CONFIG.yaml ...
 
 With no -c: CIFAR-10, ResNet-18 (CIFAR stem). Starting in a run directory that holds
-checkpoints resumes it. Exit codes: 0 done, 2 bad config or input, 1 failure.
+checkpoints resumes it. Fine-tuning: finetune.init_from=RUN_DIR|FILE [finetune.freeze=...]. Exit codes: 0 done, 2 bad config or input, 1 failure.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     # Imports after argument parsing: `--help` and config errors answer at once.
-    from visiontrain import backends, config, dist, logs, rundir
+    from visiontrain import backends, config, dist, finetune, logs, rundir
     from visiontrain.data import build_data
     from visiontrain.engine import Trainer
     from visiontrain.models import build_model
@@ -57,7 +57,9 @@ def main(argv: list[str]) -> int:
              run_dir, cfg.model.name, runtime.device.type, runtime.world_size, runtime.launcher,
              cfg.train.batch_size, data.train.steps_per_epoch)
 
-    trainer = Trainer(cfg, runtime, data, build_model(cfg.model), run_dir)
+    model = build_model(cfg.model)
+    init = finetune.prepare_model(model, cfg.finetune)  # finetune.init_from, finetune.freeze
+    trainer = Trainer(cfg, runtime, data, model, run_dir, init)
     trainer.resume_if_possible()
     summary = trainer.fit()
     if runtime.is_main:

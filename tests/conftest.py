@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+# Real images beside the checkout (../shared/datasets), or where VISIONTRAIN_SHARED_DATASETS says.
+SHARED_DATASETS = Path(os.environ.get("VISIONTRAIN_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 
 @pytest.fixture(scope="session")

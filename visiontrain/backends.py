@@ -213,8 +213,9 @@ class DeepSpeedBackend:
             raise UsageError(
                 f"checkpoint {path} holds ZeRO-{manifest.get('zero_stage')} optimizer shards of "
                 f"{manifest.get('world_size')} processes; this run has {self.runtime.world_size}. Resume with "
-                f"{manifest.get('world_size')} processes, or continue from its weights only: "
-                f"`python -m visiontrain.checkpoint export {path.parent.parent}` writes weights.safetensors")
+                f"{manifest.get('world_size')} processes, or continue from its weights only in a new run directory: "
+                f"finetune.init_from={path.parent.parent} (or `python -m visiontrain.checkpoint export "
+                f"{path.parent.parent}` for weights.safetensors)")
         try:
             _, client = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
                                                     load_optimizer_states=True, load_lr_scheduler_states=False)

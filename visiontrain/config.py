@@ -57,6 +57,12 @@ class DataConfig:
     ramp_start_epoch: int = 0
     ramp_end_epoch: int = 0
     res_multiple: int = 32
+    # Part of a dataset (ffcv and torchvision backends): these class indices, renumbered
+    # 0..k-1 in this order (empty = all), and this fraction of each class's training
+    # samples, drawn with subset_seed (independent of run.seed: every run sees the same).
+    classes: List[int] = field(default_factory=list)
+    train_fraction: float = 1.0
+    subset_seed: int = 0
     synthetic_train_samples: int = 2048  # synthetic backend: random tensors made on the device
     synthetic_val_samples: int = 512
 
@@ -81,6 +87,7 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     no_decay_bn_bias: bool = True  # no weight decay on BatchNorm parameters and biases
+    backbone_lr_mult: float = 1.0  # lr of every parameter outside the classifier head, relative to optim.lr
 
 
 @dataclass
@@ -104,6 +111,22 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.999
     eval_every_epochs: int = 1
+    monitor: str = "top1"  # validation metric that decides the best checkpoint: top1 | top5 | loss
+    # Stop after this many evaluations without improvement of `monitor` (0 = off);
+    # an early-stopped run ends with its best checkpoint's weights.
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0  # smaller improvements do not count
+    restore_best: bool = False  # end every run with the best checkpoint's weights (implied by early stopping)
+
+
+@dataclass
+class FinetuneConfig:
+    # Starting weights: a run directory (its weights.safetensors, else its newest checkpoint),
+    # a .safetensors file, or a torchvision ResNet state dict (.pth/.pt). Empty = random init.
+    init_from: str = ""
+    use_ema: bool = False  # a run directory's EMA weights
+    keep_head: bool = False  # refuse a classifier head of another class count instead of replacing it
+    freeze: str = "none"  # none | backbone (linear probe) | stages:K (stem + first K stages) | bn
 
 
 @dataclass
@@ -126,6 +149,7 @@ class LogConfig:
     progress_bar: bool = True
     tensorboard: bool = True
     plots: bool = True
+    report: bool = True  # evaluation report of the final weights in RUN_DIR/eval/
     # Each rank writes the sample indices it drew per epoch to ranks/ (data-order audits).
     sample_ids: bool = False
 
@@ -140,6 +164,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -151,7 +176,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule.name": ("cosine", "step", "triangular", "constant"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "backend.name": ("ddp", "deepspeed"),
+    "train.monitor": ("top1", "top5", "loss"),
 }
+FREEZE_POLICIES = "none, backbone, stages:K (K = 1..4), bn"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -162,7 +189,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         if "=" not in item:
             raise UsageError(f"override {item!r} is not of the form section.key=value")
-        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"in override {item!r}")
+        key, _, value = item.partition("=")
+        dotted = item if value else f"{key}=''"  # `key=` means the empty string, not null
+        merged = _merge(merged, OmegaConf.from_dotlist([dotted]), f"in override {item!r}")
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
     return cfg
@@ -285,6 +314,18 @@ def validate(cfg: Config) -> None:
                f"need 0 <= data.ramp_start_epoch ({d.ramp_start_epoch}) <= data.ramp_end_epoch <= train.epochs")
     _check(d.synthetic_train_samples >= 1, "data.synthetic_train_samples", d.synthetic_train_samples, "must be >= 1")
     _check(d.synthetic_val_samples >= 1, "data.synthetic_val_samples", d.synthetic_val_samples, "must be >= 1")
+    _check(all(c >= 0 for c in d.classes) and len(set(d.classes)) == len(d.classes), "data.classes", d.classes,
+           "distinct class indices >= 0 (empty = all classes)")
+    _check(0 < d.train_fraction <= 1, "data.train_fraction", d.train_fraction, "must be in (0, 1]")
+    _check(o.backbone_lr_mult >= 0, "optim.backbone_lr_mult", o.backbone_lr_mult, "must be >= 0 (1 = same lr)")
+    _check(t.early_stop_patience >= 0, "train.early_stop_patience", t.early_stop_patience, "must be >= 0 (0 = off)")
+    _check(t.early_stop_min_delta >= 0, "train.early_stop_min_delta", t.early_stop_min_delta, "must be >= 0")
+    f = cfg.finetune
+    _check(parse_freeze(f.freeze) is not None, "finetune.freeze", f.freeze, f"allowed {FREEZE_POLICIES}")
+    _check(bool(f.init_from) or not f.use_ema, "finetune.use_ema", f.use_ema,
+           "only read with finetune.init_from (a run directory)")
+    _check(bool(f.init_from) or not f.keep_head, "finetune.keep_head", f.keep_head,
+           "only read with finetune.init_from")
     c = cfg.checkpoint
     _check(c.every_epochs >= 0, "checkpoint.every_epochs", c.every_epochs, "must be >= 0 (0 = only at the end)")
     _check(c.every_steps >= 0, "checkpoint.every_steps", c.every_steps, "must be >= 0 (0 = off)")
@@ -298,6 +339,16 @@ def validate(cfg: Config) -> None:
     else:
         _check(not cfg.backend.deepspeed_config, "backend.deepspeed_config", cfg.backend.deepspeed_config,
                "only read with backend.name=deepspeed; set that too, or leave it empty")
+
+
+def parse_freeze(policy: str) -> tuple[str, int] | None:
+    """'stages:2' -> ('stages', 2); 'none'/'backbone'/'bn' -> (policy, 0); anything else -> None."""
+    if policy in ("none", "backbone", "bn"):
+        return policy, 0
+    name, _, count = policy.partition(":")
+    if name == "stages" and count.isdigit() and 1 <= int(count) <= 4:
+        return name, int(count)
+    return None
 
 
 def validate_for_world(cfg: Config, world_size: int) -> int:

@@ -28,7 +28,9 @@ from visiontrain.config import Config, to_yaml
 from visiontrain.data import DataBundle
 from visiontrain.dist import Runtime, all_gather_objects
 from visiontrain.errors import TrainingFailed
-from visiontrain.metrics import RunningStats, evaluate
+from visiontrain.finetune import keep_frozen_bn_in_eval
+from visiontrain.metrics import RunningStats, evaluate, predict
+from visiontrain.report import write_report
 from visiontrain.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,18 @@ class TrainerState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
-    best_top1: float = -1.0
+    best_value: float | None = None  # of train.monitor, at the best evaluation
+    best_top1: float = -1.0  # val top-1 at the best evaluation
     best_epoch: int = 0
+    evals_since_best: int = 0
+    stopped_early: bool = False
 
 
 class Trainer:
-    def __init__(self, cfg: Config, runtime: Runtime, data: DataBundle, model: nn.Module, run_dir: Path):
+    def __init__(self, cfg: Config, runtime: Runtime, data: DataBundle, model: nn.Module, run_dir: Path,
+                 init: dict[str, Any] | None = None):
         self.cfg, self.runtime, self.data, self.run_dir = cfg, runtime, data, Path(run_dir)
+        self.init = init or {}  # where the starting weights came from (fine-tuning)
         self.device = runtime.device
         self.backend = build_backend(cfg, runtime, data.train.micro_batch)
         self.model = model.to(self.device, memory_format=self.backend.param_memory_format)
@@ -131,19 +138,45 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         start = time.perf_counter()
         epochs = self.cfg.train.epochs
-        while self.state.epoch < epochs:
+        while self.state.epoch < epochs and not self.state.stopped_early:
             epoch = self.state.epoch
             self.train_one_epoch(epoch)
             self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
-            done = self.state.epoch == epochs
             improved = False
-            if done or self.state.epoch % self.cfg.train.eval_every_epochs == 0:
+            if self.state.epoch == epochs or self.state.epoch % self.cfg.train.eval_every_epochs == 0:
                 improved = self.run_evaluation()
+                self.state.stopped_early = self._should_stop_early()
+            done = self.state.epoch == epochs or self.state.stopped_early
             every = self.cfg.checkpoint.every_epochs
             self.save_checkpoint(periodic=done or (every > 0 and self.state.epoch % every == 0), best=improved)
-        if not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
+        if self.cfg.train.restore_best or self.cfg.train.early_stop_patience:
+            self.restore_best()
+        elif not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
             self.run_evaluation()
         return self.finish(time.perf_counter() - start)
+
+    def _should_stop_early(self) -> bool:
+        patience = self.cfg.train.early_stop_patience
+        if not patience or self.state.evals_since_best < patience:
+            return False
+        log.info("early stop after epoch %d: val %s has not improved for %d evaluations (best %.4f at epoch %d)",
+                 self.state.epoch, self.cfg.train.monitor, patience, self.state.best_value, self.state.best_epoch)
+        self.metrics.write("early_stop", epoch=self.state.epoch, step=self.state.step,
+                           monitor=self.cfg.train.monitor, best=self.state.best_value,
+                           best_epoch=self.state.best_epoch)
+        return True
+
+    def restore_best(self) -> None:
+        """Load the best checkpoint's weights (and EMA) and evaluate them: the run ends with them."""
+        best = self.store.best_entry()
+        if best is None:
+            raise TrainingFailed(f"train.restore_best: no best checkpoint in {self.store.dir}")
+        state = self.backend.load(best)
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        log.info("restored the best checkpoint %s (epoch %d)", best, self.state.best_epoch)
+        self.metrics.write("restore_best", epoch=self.state.best_epoch, step=self.state.step, checkpoint=str(best))
+        self.run_evaluation()
 
     def train_one_epoch(self, epoch: int) -> None:
         cfg, loader = self.cfg, self.data.train
@@ -152,6 +185,7 @@ class Trainer:
         loader.set_epoch(epoch, start=micro)
         self._record_sample_ids(epoch, micro)
         self.train_model.train()
+        keep_frozen_bn_in_eval(self.model)
         bar = logs.progress_bar(self.runtime.is_main and cfg.log.progress_bar, self.steps_per_epoch,
                                 micro // accum, f"epoch {epoch + 1}/{cfg.train.epochs}")
         window_start, window_images = time.perf_counter(), 0
@@ -201,7 +235,8 @@ class Trainer:
         self.tb.scalars("epoch", {k: record[k] for k in ("loss", "top1", "top5", "img_per_s")}, self.state.step)
 
     def _lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The highest group lr (the head's, when optim.backbone_lr_mult < 1)."""
+        return max(group["lr"] for group in self.optimizer.param_groups)
 
     def _log_window(self, epoch: int, images: int, seconds: float, bar) -> None:
         """Read the device-side sums (a sync), check the loss is finite, log one train event."""
@@ -263,10 +298,22 @@ class Trainer:
                                                    lr=self._lr(), **ema_val)
             self.tb.scalars("val_ema", ema_val, self.state.step)
             log.info("    EMA val top1 %.2f%%", ema_val["top1"])
-        if val["top1"] > self.state.best_top1:
-            self.state.best_top1, self.state.best_epoch = val["top1"], self.state.epoch
-            return True
-        return False
+        return self._track_best(val)
+
+    def _track_best(self, val: dict[str, Any]) -> bool:
+        """True if val improved train.monitor by more than train.early_stop_min_delta."""
+        monitor, delta = self.cfg.train.monitor, self.cfg.train.early_stop_min_delta
+        value, best = val[monitor], self.state.best_value
+        if monitor == "loss":
+            improved = best is None or value < best - delta
+        else:
+            improved = best is None or value > best + delta
+        if improved:
+            self.state.best_value, self.state.best_top1, self.state.best_epoch = value, val["top1"], self.state.epoch
+            self.state.evals_since_best = 0
+        else:
+            self.state.evals_since_best += 1
+        return improved
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
@@ -310,19 +357,31 @@ class Trainer:
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
+    def write_final_report(self) -> None:
+        """The evaluation report of the final weights, in RUN_DIR/eval/ (python -m visiontrain.evaluate's)."""
+        predictions = predict(self.train_model, self.data.val, self.backend.autocast, self.runtime.world_size,
+                              self.backend.prepare_inputs)
+        if self.runtime.is_main:
+            out = self.run_dir / "eval"
+            write_report(out, predictions, self.data.class_names,
+                         {"weights": str(self.run_dir), "data": self.cfg.data.path, "split": "val", "tta": "none"})
+            log.info("evaluation report: %s", out / "report.md")
+
     def finish(self, seconds: float) -> dict[str, Any]:
         self._average_bn_buffers()
+        if self.cfg.log.report:
+            self.write_final_report()
         weights = self.backend.full_state_dict()  # a collective under ZeRO-3
         ranks = all_gather_objects({"rank": self.runtime.rank, "params_sha256": self.digest(weights),
                                     "train_samples_per_epoch": self.steps_per_epoch * self.data.train.accum_steps
                                     * self.data.train.micro_batch}, self.runtime.world_size)
         summary: dict[str, Any] = {}
         if self.runtime.is_main:
-            export_weights(weights, self.run_dir / "weights.safetensors",
-                           {"model": self.cfg.model.name, "num_classes": str(self.cfg.model.num_classes)})
+            about = {"model": self.cfg.model.name, "num_classes": str(self.cfg.model.num_classes),
+                     "width": str(self.cfg.model.width)}
+            export_weights(weights, self.run_dir / "weights.safetensors", about)
             if self.ema is not None:
-                export_weights(plain_state_dict(self.ema.module), self.run_dir / "weights_ema.safetensors",
-                               {"model": self.cfg.model.name, "num_classes": str(self.cfg.model.num_classes)})
+                export_weights(plain_state_dict(self.ema.module), self.run_dir / "weights_ema.safetensors", about)
             summary = {
                 "status": "completed",
                 "run_dir": str(self.run_dir),
@@ -334,11 +393,17 @@ class Trainer:
                 "backend": self.backend.name,
                 "zero_stage": getattr(self.backend, "stage", None),
                 "global_batch_size": self.cfg.train.batch_size,
+                "train_samples": self.data.train_samples,
                 "precision": self.cfg.train.precision,
+                "init": self.init or None,
                 "final": _metrics_only(self.last_val),
                 "final_ema": _metrics_only(self.last_val_ema) or None,
                 "best_top1": self.state.best_top1,
                 "best_epoch": self.state.best_epoch,
+                "monitor": self.cfg.train.monitor,
+                "best_value": self.state.best_value,
+                "stopped_early": self.state.stopped_early,
+                "restored_best": bool(self.cfg.train.restore_best or self.cfg.train.early_stop_patience),
                 "wall_time_s": seconds,
                 "train_time_s": self.train_seconds,
                 "train_img_per_s": self.train_images / self.train_seconds if self.train_seconds else None,

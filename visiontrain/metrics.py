@@ -7,8 +7,12 @@ padding added to give ranks equal batch counts is never counted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from visiontrain.dist import all_gather_objects
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,3 +68,42 @@ def evaluate(model: torch.nn.Module, loader, autocast, device: torch.device, wor
         stats.update(F.cross_entropy(logits, labels, reduction="none"), logits, labels, valid)
     model.train(was_training)
     return stats.reduce(world_size)
+
+
+@dataclass
+class Predictions:
+    """Per-sample results of one evaluation pass, rows in dataset-index order."""
+
+    indices: torch.Tensor  # int64 [N]
+    labels: torch.Tensor  # int64 [N]
+    logits: torch.Tensor  # float32 [N, C]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, autocast, world_size: int, prepare_inputs=lambda images: images,
+            tta_flip: bool = False) -> Predictions:
+    """Logits of every eval sample, gathered from all ranks (every rank gets the whole set).
+
+    With `tta_flip`, the logits are the mean over the image and its horizontal mirror.
+    Logits stay on the device until the pass ends (no sync per batch).
+    """
+    was_training = model.training
+    model.eval()
+    logits_parts, label_parts, valid_parts = [], [], []
+    for images, labels, valid in loader:
+        with autocast():
+            logits = model(prepare_inputs(images)).float()
+            if tta_flip:
+                logits = (logits + model(prepare_inputs(images.flip(3))).float()) / 2
+        logits_parts.append(logits)
+        label_parts.append(labels)
+        valid_parts.append(valid)
+    model.train(was_training)
+    valid = torch.cat(valid_parts).cpu()
+    local = Predictions(torch.tensor(loader.sample_indices[: len(valid)], dtype=torch.long)[valid],
+                        torch.cat(label_parts).cpu()[valid], torch.cat(logits_parts).cpu()[valid])
+    parts = all_gather_objects(local, world_size)
+    indices = torch.cat([p.indices for p in parts])
+    order = torch.argsort(indices)
+    return Predictions(indices[order], torch.cat([p.labels for p in parts])[order],
+                       torch.cat([p.logits for p in parts])[order])

@@ -107,6 +107,14 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 CIFAR_MODEL_NAMES: tuple[str, ...] = ("cifar_resnet18", "resnet9")
+HEAD = "fc"  # every model's classifier: the part fine-tuning replaces and optim.backbone_lr_mult spares
+
+
+def stem_and_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(stem modules, residual stages in input-to-output order): what finetune.freeze=stages:K counts."""
+    if isinstance(model, ResNet9):
+        return [model.prep], [model.layer1, model.layer2, model.layer3]
+    return [model.conv1, model.bn1], [model.layer1, model.layer2, model.layer3, model.layer4]
 
 
 def last_bn_of_residual_branches(model: nn.Module) -> list[nn.BatchNorm2d]:

@@ -15,25 +15,40 @@ import torch
 from torch import nn
 
 from visiontrain.config import OptimConfig, ScheduleConfig
+from visiontrain.errors import UsageError
+from visiontrain.models import HEAD
 
 
 def param_groups(
-    named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float, no_decay_bn_bias: bool
+    named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, no_decay_bn_bias: bool,
+    backbone_lr_mult: float = 1.0,
 ) -> list[dict]:
-    """Split trainable parameters into decayed and non-decayed (BN/bias: any 1-D tensor) groups."""
-    decay, no_decay = [], []
-    for _, param in named_params:
+    """Trainable parameters in up to four groups: head or backbone, decayed or not (BN/bias: 1-D tensors).
+
+    Each group carries its own peak `lr` (backbone: lr * backbone_lr_mult); the schedule
+    scales every group by the same factor, so warmup applies to all of them.
+    """
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in named_params:
         if not param.requires_grad:
             continue  # frozen parameters get no optimizer state
-        (no_decay if no_decay_bn_bias and param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+        part = "head" if name.startswith(HEAD + ".") else "backbone"
+        decayed = not (no_decay_bn_bias and param.ndim <= 1)
+        groups.setdefault((part, decayed), []).append(param)
+    return [
+        {"params": params, "name": f"{part}{'' if decayed else '_no_decay'}",
+         "lr": lr * (backbone_lr_mult if part == "backbone" else 1.0),
+         "weight_decay": weight_decay if decayed else 0.0}
+        for (part, decayed), params in sorted(groups.items(), key=lambda item: (item[0][0] != "backbone",
+                                                                                   not item[0][1]))
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model.named_parameters(), cfg.weight_decay, cfg.no_decay_bn_bias)
+    groups = param_groups(model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.no_decay_bn_bias,
+                          cfg.backbone_lr_mult)
+    if not groups:
+        raise UsageError("no parameter is trainable (finetune.freeze left nothing to train)")
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)

@@ -43,6 +43,11 @@ def test_run_directory_holds_every_documented_file(single_run):
     env = summary["environment"]
     assert env["packages"]["torch"] == torch.__version__.split("+")[0] and env["device_count"] == 1
     assert env["git_commit"] is None or len(env["git_commit"]) == 40
+    # The evaluation report of the final weights: the same numbers as the final val event.
+    report = read_json(single_run / "eval" / "eval.json")
+    assert report["samples"] == 110 and report["top1"] == pytest.approx(summary["final"]["top1"])
+    assert len((single_run / "eval" / "predictions.csv").read_text().splitlines()) == 1 + 110
+    assert {"report.md", "confusion.png", "per_class.png"} <= {p.name for p in (single_run / "eval").iterdir()}
 
 
 def test_exported_weights_load_into_a_fresh_model_strictly(single_run):

@@ -127,4 +127,4 @@ def test_cli_missing_data_names_the_data_prep_command(tmp_path):
 
 def test_config_dataclass_has_every_documented_section():
     assert set(yaml.safe_load(to_yaml(Config()))) == {
-        "run", "data", "model", "optim", "schedule", "train", "checkpoint", "backend", "log"}
+        "run", "data", "model", "optim", "schedule", "train", "checkpoint", "backend", "finetune", "log"}

@@ -5,6 +5,7 @@ import torch
 
 from visiontrain.config import OptimConfig, ScheduleConfig
 from visiontrain.models import ModelConfig, build_model
+from visiontrain.errors import UsageError
 from visiontrain.optim import build_optimizer, build_scheduler, lr_factor
 
 
@@ -49,12 +50,32 @@ def test_scheduler_steps_per_iteration_on_the_optimizer():
 def test_no_weight_decay_on_bn_and_bias_when_asked():
     model = build_model(ModelConfig(name="resnet18"))
     opt = build_optimizer(model, OptimConfig(weight_decay=5e-4, no_decay_bn_bias=True))
-    decayed, plain = opt.param_groups
-    assert decayed["weight_decay"] == 5e-4 and all(p.ndim > 1 for p in decayed["params"])
-    assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
-    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert sorted(groups) == ["backbone", "backbone_no_decay", "head", "head_no_decay"]
+    for name in ("backbone", "head"):
+        assert groups[name]["weight_decay"] == 5e-4 and all(p.ndim > 1 for p in groups[name]["params"])
+        plain = groups[f"{name}_no_decay"]
+        assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     single = build_optimizer(model, OptimConfig(weight_decay=5e-4, no_decay_bn_bias=False))
-    assert len(single.param_groups) == 1
+    assert [g["name"] for g in single.param_groups] == ["backbone", "head"]
+
+
+def test_backbone_lr_mult_scales_every_group_but_the_head_and_warmup_applies_to_all():
+    model = build_model(ModelConfig(name="resnet18", num_classes=5))
+    opt = build_optimizer(model, OptimConfig(lr=0.4, backbone_lr_mult=0.1))
+    head_params = {id(p) for p in model.fc.parameters()}
+    for group in opt.param_groups:
+        in_head = {id(p) in head_params for p in group["params"]}
+        assert in_head == {group["name"].startswith("head")}
+        assert group["lr"] == pytest.approx(0.4 if group["name"].startswith("head") else 0.04)
+    sched = build_scheduler(opt, ScheduleConfig(name="constant", warmup_epochs=1), steps_per_epoch=2, epochs=3)
+    firsts = {g["name"]: g["lr"] for g in opt.param_groups}
+    opt.step()
+    sched.step()
+    seconds = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert firsts["head"] == pytest.approx(0.2) and firsts["backbone"] == pytest.approx(0.02)
+    assert seconds["head"] == pytest.approx(0.4) and seconds["backbone"] == pytest.approx(0.04)
 
 
 def test_sgd_is_nesterov_and_adamw_uses_betas():
@@ -69,3 +90,9 @@ def test_frozen_parameters_get_no_optimizer_group_entry():
     model[0].requires_grad_(False)
     opt = build_optimizer(model, OptimConfig())
     assert sum(len(g["params"]) for g in opt.param_groups) == 2
+
+
+def test_nothing_trainable_is_a_usage_error():
+    model = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(UsageError, match="no parameter is trainable"):
+        build_optimizer(model, OptimConfig())

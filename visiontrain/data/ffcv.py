@@ -26,9 +26,10 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 
 from visiontrain.config import Config, DataConfig
-from visiontrain.data import DataBundle, check_num_classes, optimizer_steps_per_epoch
+from visiontrain.data import DataBundle, optimizer_steps_per_epoch
 from visiontrain.data.ffcv_ops import SeededCutout, SeededFlip, SeededRandomResizedCropDecoder, SeededTranslate
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
+from visiontrain.data.subset import Relabel, check_num_classes, select
 from visiontrain.data.transforms import DeviceNormalizer, mean_uint8
 from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
@@ -67,11 +68,12 @@ def _device_ops(device: torch.device) -> list:
 
 
 class FFCVTrainLoader:
-    def __init__(self, cfg: Config, runtime: Runtime, path: Path, num_samples: int, micro_batch: int, steps: int):
+    def __init__(self, cfg: Config, runtime: Runtime, path: Path, indices: list[int], relabel: Relabel,
+                 micro_batch: int, steps: int):
         d = cfg.data
         self.steps_per_epoch, self.micro_batch, self.accum_steps = steps, micro_batch, cfg.train.grad_accum_steps
-        self.data_cfg = d
-        self.sampler = ResumableDistributedSampler(num_samples, runtime.world_size, runtime.rank, cfg.run.seed)
+        self.data_cfg, self.relabel = d, relabel
+        self.sampler = ResumableDistributedSampler(indices, runtime.world_size, runtime.rank, cfg.run.seed)
         self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
         seed = cfg.run.seed
         if d.recipe == "imagenet":
@@ -122,15 +124,17 @@ class FFCVTrainLoader:
                 torch.set_num_threads(self.torch_threads)
             if count >= self._remaining:
                 break
-            yield self.normalize(images), labels.to(device, dtype=torch.long, copy=True)
+            yield self.normalize(images), self.relabel(labels.to(device, dtype=torch.long, copy=True))
 
 
 class FFCVEvalLoader:
-    def __init__(self, cfg: Config, runtime: Runtime, path: Path, num_samples: int, micro_batch: int):
+    def __init__(self, cfg: Config, runtime: Runtime, path: Path, samples: list[int], relabel: Relabel,
+                 micro_batch: int):
         d = cfg.data
-        self.num_samples = num_samples
-        indices, valid = eval_shard(num_samples, runtime.world_size, runtime.rank)
+        self.num_samples, self.relabel = len(samples), relabel
+        indices, valid = eval_shard(samples, runtime.world_size, runtime.rank)
         self.order = np.array(indices, dtype=np.uint64)
+        self.sample_indices = list(indices)
         self.valid = torch.tensor(valid, dtype=torch.bool, device=runtime.device)
         self.micro_batch = micro_batch
         self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
@@ -155,7 +159,7 @@ class FFCVEvalLoader:
                 torch.set_num_threads(self.torch_threads)
             start = batch * self.micro_batch
             valid = self.valid[start : start + images.shape[0]]
-            yield self.normalize(images), labels.to(device, dtype=torch.long, copy=True), valid
+            yield self.normalize(images), self.relabel(labels.to(device, dtype=torch.long, copy=True)), valid
 
 
 def _missing(path: Path, name: str) -> UsageError:
@@ -164,18 +168,18 @@ def _missing(path: Path, name: str) -> UsageError:
     return UsageError(f"no {name} in data.path={path} (data.backend=ffcv); create it with `{hint}`")
 
 
-def build_ffcv_data(cfg: Config, runtime: Runtime, micro_batch: int) -> DataBundle:
+def build_ffcv_data(cfg: Config, runtime: Runtime, micro_batch: int, train: bool = True) -> DataBundle:
     d = cfg.data
     path = Path(d.path)
-    files = {name: path / name for name in ("train.beton", "val.beton", "meta.json")}
+    splits = ("train", "val") if train else ("val",)
+    files = {name: path / name for name in [f"{split}.beton" for split in splits] + ["meta.json"]}
     for name, file in files.items():
         if not file.is_file():
             raise _missing(path, name)
     meta = json.loads(files["meta.json"].read_text())
     class_names = list(meta["class_names"])
-    check_num_classes(cfg, class_names, path)
     if d.recipe == "cifar":
-        for split in ("train", "val"):
+        for split in splits:
             size = meta.get("splits", {}).get(split, {}).get("image_size", {})
             sides = {size.get(k, {}).get(e) for k in ("width", "height") for e in ("min", "max")}
             wanted = d.image_size if split == "train" else d.val_image_size
@@ -183,12 +187,23 @@ def build_ffcv_data(cfg: Config, runtime: Runtime, micro_batch: int) -> DataBund
                 raise UsageError(f"data.recipe=cifar reads {split}.beton images as they are, but they are not all "
                                  f"{wanted}x{wanted} (data.image_size / data.val_image_size); sizes seen: "
                                  f"{sorted(s for s in sides if s is not None)}; use data.recipe=imagenet to crop")
-    train_samples = int(Reader(str(files["train.beton"])).num_samples)
-    val_samples = int(Reader(str(files["val.beton"])).num_samples)
-    steps = optimizer_steps_per_epoch(train_samples, runtime.world_size, micro_batch, cfg.train.grad_accum_steps,
-                                      "train.batch_size")
+    chosen = select(d, class_names, beton_labels(files["train.beton"]) if train else None,
+                    beton_labels(files["val.beton"]))
+    check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
+    relabel = Relabel(chosen.label_map, runtime.device)
+    train_loader = None
+    if train:
+        steps = optimizer_steps_per_epoch(len(chosen.train_indices), runtime.world_size, micro_batch,
+                                          cfg.train.grad_accum_steps, "train.batch_size")
+        train_loader = FFCVTrainLoader(cfg, runtime, files["train.beton"], chosen.train_indices, relabel,
+                                       micro_batch, steps)
     return DataBundle(
-        FFCVTrainLoader(cfg, runtime, files["train.beton"], train_samples, micro_batch, steps),
-        FFCVEvalLoader(cfg, runtime, files["val.beton"], val_samples, micro_batch),
-        len(class_names), class_names, train_samples,
+        train_loader, FFCVEvalLoader(cfg, runtime, files["val.beton"], chosen.val_indices, relabel, micro_batch),
+        len(chosen.class_names), chosen.class_names, len(chosen.train_indices),
     )
+
+
+def beton_labels(path: Path) -> np.ndarray:
+    """Every sample's label, read from the file's metadata table (no image is decoded)."""
+    reader = Reader(str(path))
+    return reader.metadata[f"f{reader.field_names.index('label')}"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import DistributedSampler, Sampler
@@ -27,11 +27,20 @@ def sample_seed(run_seed: int, epoch: int, index: int) -> int:
     return ((run_seed * 1_000_003 + epoch) * 2_654_435_761 + index) & _MASK
 
 
-class ResumableDistributedSampler(DistributedSampler):
-    """Yields (index, seed) pairs; `set_epoch(epoch, start=k)` skips the first k samples."""
+def _pool(samples: int | Sequence[int]) -> Sequence[int]:
+    """Dataset indices to draw from: 0..N-1, or a subset (`data.classes`, `data.train_fraction`)."""
+    return range(samples) if isinstance(samples, int) else list(samples)
 
-    def __init__(self, num_samples: int, num_replicas: int, rank: int, seed: int):
-        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+
+class ResumableDistributedSampler(DistributedSampler):
+    """Yields (index, seed) pairs; `set_epoch(epoch, start=k)` skips the first k samples.
+
+    `samples` is the dataset size, or the dataset indices to draw from.
+    """
+
+    def __init__(self, samples: int | Sequence[int], num_replicas: int, rank: int, seed: int):
+        self.pool = _pool(samples)
+        super().__init__(self.pool, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -40,7 +49,7 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def epoch_indices(self) -> list[int]:
         """Every index this rank reads in the current epoch, from the start of the epoch."""
-        return list(super().__iter__())
+        return [self.pool[position] for position in super().__iter__()]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for index in self.epoch_indices()[self.start:]:
@@ -50,18 +59,19 @@ class ResumableDistributedSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def eval_shard(num_samples: int, world_size: int, rank: int) -> tuple[list[int], list[bool]]:
+def eval_shard(samples: int | Sequence[int], world_size: int, rank: int) -> tuple[list[int], list[bool]]:
     """(indices, valid) for this rank: every rank gets ceil(N/W) positions, the excess invalid."""
-    per_rank = math.ceil(num_samples / world_size)
+    pool = _pool(samples)
+    per_rank = math.ceil(len(pool) / world_size)
     positions = [rank + k * world_size for k in range(per_rank)]
-    return [p % num_samples for p in positions], [p < num_samples for p in positions]
+    return [pool[p % len(pool)] for p in positions], [p < len(pool) for p in positions]
 
 
 class EvalShardSampler(Sampler):
     """Yields (index, valid) pairs of `eval_shard`."""
 
-    def __init__(self, num_samples: int, world_size: int, rank: int):
-        self.indices, self.valid = eval_shard(num_samples, world_size, rank)
+    def __init__(self, samples: int | Sequence[int], world_size: int, rank: int):
+        self.indices, self.valid = eval_shard(samples, world_size, rank)
 
     def __iter__(self) -> Iterator[tuple[int, bool]]:
         return iter(zip(self.indices, self.valid))

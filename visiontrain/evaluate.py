@@ -1,0 +1,112 @@
+"""Evaluate trained weights on a dataset's validation split and write a report.
+
+    python -m visiontrain.evaluate --weights RUN_DIR [--data PATH] [--tta flip] [--out DIR]
+    python -m visiontrain.evaluate --weights FILE --data PATH [-c CONFIG] [section.key=value ...]
+
+RUN_DIR: the run's config.yaml describes the model and data (data.classes included);
+its weights.safetensors (or newest checkpoint; --ema for EMA weights) are evaluated and
+the report lands in RUN_DIR/eval/ with its training curves. FILE: a .safetensors
+written by train.py (it records model.name/num_classes/width) or a torchvision
+state dict (give model.name=... model.num_classes=...). The data backend and recipe
+come from the config (data.backend=torchvision for image folders). One process.
+Exit codes: 0 done, 2 bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from visiontrain.errors import UsageError, run_cli
+
+log = logging.getLogger("visiontrain")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m visiontrain.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="run directory, .safetensors or torchvision .pth")
+    parser.add_argument("--data", help="dataset directory (default: the run's data.path)")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="flip: average the logits of each image and its mirror")
+    parser.add_argument("--ema", action="store_true", help="a run directory's EMA weights")
+    parser.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/eval or FILE's eval_<name>/)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("-c", "--config", help="config for FILE weights (model and data settings)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    return parser.parse_args(argv)
+
+
+def weights_metadata(path: Path) -> list[str]:
+    """model.* overrides recorded in a .safetensors written by train.py (empty for others)."""
+    if path.suffix != ".safetensors":
+        return []
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return []  # unreadable: the weights loader reports it with the path
+    keys = {"model": "model.name", "num_classes": "model.num_classes", "width": "model.width"}
+    return [f"{keys[key]}={meta[key]}" for key in keys if key in meta]
+
+
+def resolve_config(args: argparse.Namespace):
+    from visiontrain import config
+
+    weights = Path(args.weights)
+    run_dir = weights if weights.is_dir() else None
+    base = args.config
+    if base is None and run_dir is not None and (run_dir / "config.yaml").is_file():
+        base = str(run_dir / "config.yaml")
+    overrides = weights_metadata(weights) + list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    # What only matters to training is switched off: this process trains nothing.
+    overrides += ["finetune.init_from=", "finetune.use_ema=false", "finetune.keep_head=false",
+                  "finetune.freeze=none", "backend.name=ddp", "backend.deepspeed_config=", "model.compile=false"]
+    return config.load_config(base, overrides), run_dir
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} is invalid: must be >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import torch
+
+    from visiontrain.backends import autocast_factory
+    from visiontrain.config import FinetuneConfig
+    from visiontrain.data import build_data
+    from visiontrain.dist import Runtime, select_device
+    from visiontrain.finetune import load_initial_weights
+    from visiontrain.metrics import predict
+    from visiontrain.models import build_model
+    from visiontrain.report import write_report
+
+    cfg, run_dir = resolve_config(args)
+    device = select_device(cfg.run.device, 0)
+    runtime = Runtime(accelerator=None, device=device, rank=0, world_size=1, local_rank=0, launcher="single")
+    model = build_model(cfg.model)
+    info = load_initial_weights(model, FinetuneConfig(init_from=args.weights, use_ema=args.ema, keep_head=True),
+                                key="--weights")
+    model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
+    data = build_data(cfg, runtime, args.batch_size, train=False)
+    predictions = predict(model, data.val, autocast_factory(cfg.train.precision, device), 1, tta_flip=args.tta == "flip")
+    weights = Path(args.weights)
+    out = args.out or (run_dir / "eval" if run_dir else weights.with_name(f"eval_{weights.stem}"))
+    about = {"weights": info["init_from"], "data": cfg.data.path, "split": "val", "tta": args.tta,
+             "model": cfg.model.name}
+    result = write_report(out, predictions, data.class_names, about,
+                          metrics_jsonl=run_dir / "metrics.jsonl" if run_dir else None)
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+          f"({result['samples']} samples, tta {args.tta})")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
