@@ -134,6 +134,9 @@ class CheckpointConfig:
     every_epochs: int = 1  # 0 = only at the end
     every_steps: int = 0  # 0 = off
     keep_last: int = 2  # the best-by-val-top1 checkpoint is kept in addition
+    # On SIGUSR1/SIGTERM: checkpoint at the next step boundary and exit with code 3. With
+    # several processes, ranks agree on a stop request every this many steps (one all-reduce).
+    signal_check_steps: int = 10
 
 
 @dataclass
@@ -330,6 +333,7 @@ def validate(cfg: Config) -> None:
     _check(c.every_epochs >= 0, "checkpoint.every_epochs", c.every_epochs, "must be >= 0 (0 = only at the end)")
     _check(c.every_steps >= 0, "checkpoint.every_steps", c.every_steps, "must be >= 0 (0 = off)")
     _check(c.keep_last >= 1, "checkpoint.keep_last", c.keep_last, "must be >= 1")
+    _check(c.signal_check_steps >= 1, "checkpoint.signal_check_steps", c.signal_check_steps, "must be >= 1")
     _check(cfg.log.every_steps >= 1, "log.every_steps", cfg.log.every_steps, "must be >= 1")
     _check(bool(cfg.run.dir.strip()), "run.dir", cfg.run.dir, "must be a directory path")
     if cfg.backend.name == "deepspeed":

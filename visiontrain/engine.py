@@ -27,11 +27,12 @@ from visiontrain.checkpoint import CheckpointStore, export_weights, plain_state_
 from visiontrain.config import Config, to_yaml
 from visiontrain.data import DataBundle
 from visiontrain.dist import Runtime, all_gather_objects
-from visiontrain.errors import TrainingFailed
+from visiontrain.errors import Preempted, TrainingFailed
 from visiontrain.finetune import keep_frozen_bn_in_eval
 from visiontrain.metrics import RunningStats, evaluate, predict
 from visiontrain.report import write_report
 from visiontrain.optim import build_optimizer, build_scheduler
+from visiontrain.preemption import PreemptionWatch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class Trainer:
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep_last)
         self.last_checkpoint: Path | None = None
+        self._saved_step = -1  # step of the last checkpoint this process wrote
+        self.preemption = PreemptionWatch(runtime.world_size, self.device, cfg.checkpoint.signal_check_steps).install()
         self.metrics = logs.MetricsLog(self.run_dir / "metrics.jsonl", runtime.world_size, runtime.is_main)
         self.tb: logs.TensorBoard | None = None
         self.last_val: dict[str, Any] = {}
@@ -149,6 +152,8 @@ class Trainer:
             done = self.state.epoch == epochs or self.state.stopped_early
             every = self.cfg.checkpoint.every_epochs
             self.save_checkpoint(periodic=done or (every > 0 and self.state.epoch % every == 0), best=improved)
+            if not done and self.preemption.stop_now(self.state.step, boundary=True):
+                self.stop_for_signal()
         if self.cfg.train.restore_best or self.cfg.train.early_stop_patience:
             self.restore_best()
         elif not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
@@ -221,6 +226,9 @@ class Trainer:
                 window_start, window_images = time.perf_counter(), 0
             if cfg.checkpoint.every_steps and self.state.step % cfg.checkpoint.every_steps == 0:
                 self.save_checkpoint(periodic=True, best=False)
+            if self.preemption.stop_now(self.state.step):
+                bar.close()
+                self.stop_for_signal()
         if window_images:
             self._log_window(epoch, window_images, time.perf_counter() - window_start, bar)
         bar.close()
@@ -329,10 +337,24 @@ class Trainer:
             "world_size": self.runtime.world_size,
         }
 
+    def stop_for_signal(self) -> None:
+        """Checkpoint this step (unless just done) and stop with exit code 3; a restart resumes here."""
+        if self._saved_step != self.state.step:
+            self.save_checkpoint(periodic=True, best=False)
+        name = self.preemption.signal_name or "a signal on another rank"
+        log.warning("stopping on %s after step %d (epoch %d); checkpoint %s", name, self.state.step,
+                    self.state.epoch + 1, self.last_checkpoint)
+        self.metrics.write("preempted", epoch=self.state.epoch, step=self.state.step, signal=name)
+        self.tb.close()
+        self.runtime.barrier()
+        raise Preempted(f"stopped on {name} after step {self.state.step}; start the same command again to resume "
+                        f"from {self.run_dir}")
+
     def save_checkpoint(self, periodic: bool, best: bool) -> None:
         if not (periodic or best):
             return
         self._check_finite()
+        self._saved_step = self.state.step
         path = self.backend.save(self.store, self.checkpoint_state(), self.state.step, periodic=periodic, best=best)
         if self.runtime.is_main:
             self.metrics.write("checkpoint", epoch=self.state.epoch, step=self.state.step, path=str(path),

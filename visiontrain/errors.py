@@ -1,7 +1,8 @@
 """Exceptions that entry points turn into exit codes, and the wrapper that does it.
 
 Exit codes (a user-facing contract): 0 success, 2 bad usage/config/input (one line
-naming the bad value), 1 any other failure.
+naming the bad value), 1 any other failure, 3 stopped on request (SIGUSR1/SIGTERM)
+after writing a checkpoint: run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ class TrainingFailed(Exception):
     exit_code = 1
 
 
+class Preempted(Exception):
+    """Stopped on a signal after writing a checkpoint; the run resumes when started again. Exit code 3."""
+
+    exit_code = 3
+
+
 def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
     """Run `main(argv)` and map exceptions to exit codes with a one-line message."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         return int(main(argv) or 0)
-    except (UsageError, TrainingFailed) as err:
+    except (UsageError, TrainingFailed, Preempted) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
     except KeyboardInterrupt:

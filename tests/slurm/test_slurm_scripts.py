@@ -1,0 +1,103 @@
+"""slurm/*.sh against a real SLURM cluster: world size, pipeline dependency, preemption."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import ROOT, read_json, read_jsonl, tiny_args
+from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged
+from tests.slurm.conftest import CPU_JOB, job_field, sbatch, wait_for_state
+from visiontrain.config import ModelConfig
+from visiontrain.models import build_model
+
+pytestmark = pytest.mark.slow
+
+
+def overrides(shapes_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return tiny_args(shapes_dir, run_dir, "data.num_workers=0", *extra)[2:]  # without "-c CONFIG"
+
+
+def test_finetune_script_runs_two_tasks_that_form_a_world_of_two(slurm, shapes_dir, tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "start.safetensors"
+    save_file(build_model(ModelConfig(name="resnet9", width=8)).state_dict(), str(weights))
+    run_dir = tmp_path / "finetune"
+    job, rc = sbatch(slurm, "slurm/finetune.sh", "configs/demo/train.yaml",
+                     *overrides(shapes_dir, run_dir, f"finetune.init_from={weights}", "train.epochs=1"),
+                     options=(*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"))
+    log = (run_dir / f"slurm-{job}.log").read_text()
+    assert rc == 0, log[-3000:]
+    summary = read_json(run_dir / "summary.json")
+    assert summary["world_size"] == 2 and summary["launcher"] == "slurm"
+    assert len({r["params_sha256"] for r in summary["ranks"]}) == 1
+    assert summary["init"]["init_from"] == str(weights)
+    assert "2 task(s), head node" in log
+
+
+def test_pipeline_runs_finetuning_after_pretraining_from_its_weights(slurm, shapes_dir, tmp_path):
+    pipeline_dir = tmp_path / "pipeline"
+    tiny = " ".join(o for o in overrides(shapes_dir, tmp_path, "train.epochs=1") if not o.startswith("run.dir="))
+    job, rc = sbatch(slurm, "slurm/pipeline.sh", "configs/demo/train.yaml", "configs/demo/train.yaml",
+                     options=(f"--output={tmp_path}/pipeline-%j.out",),
+                     extra_env={"PIPELINE_DIR": str(pipeline_dir), "PRETRAIN_OVERRIDES": tiny,
+                                "FINETUNE_OVERRIDES": tiny,
+                                "SBATCH_ARGS": " ".join([*CPU_JOB, f"--output={tmp_path}/job-%j.out"])})
+    out = (tmp_path / f"pipeline-{job}.out").read_text()
+    assert rc == 0, out
+    ids = [line.split("job ")[1].split()[0].rstrip(",") for line in out.splitlines() if ": job " in line]
+    pretrain_job, finetune_job = ids
+    assert job_field(slurm, finetune_job, "Dependency") in (f"afterok:{pretrain_job}(unfulfilled)", "(null)")
+    assert wait_for_state(slurm, pretrain_job, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
+    assert wait_for_state(slurm, finetune_job, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
+    pre, fine = read_json(pipeline_dir / "pretrain" / "summary.json"), read_json(pipeline_dir / "finetune" / "summary.json")
+    assert fine["init"]["init_from"] == str(pipeline_dir / "pretrain" / "weights.safetensors")
+    # The dependency held: fine-tuning started after pretraining had written its summary.
+    first_event = read_jsonl(pipeline_dir / "finetune" / "metrics.jsonl")[0]["time"]
+    assert first_event > (pipeline_dir / "pretrain" / "summary.json").stat().st_mtime
+    assert pre["world_size"] == fine["world_size"] == 2
+
+
+def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(slurm, shapes_dir, tmp_path):
+    extra = ("train.epochs=3", "checkpoint.signal_check_steps=2")
+    options = (*CPU_JOB, f"--output={tmp_path}/slurm-%j.out")
+    reference = tmp_path / "reference"
+    _, rc = sbatch(slurm, "slurm/pretrain.sh", "configs/demo/train.yaml", *overrides(shapes_dir, reference, *extra),
+                   options=options)
+    assert rc == 0
+
+    run_dir = tmp_path / "preempted"
+    job, _ = sbatch(slurm, "slurm/pretrain.sh", "configs/demo/train.yaml", *overrides(shapes_dir, run_dir, *extra),
+                    options=options, wait=False)
+    deadline = time.time() + 240
+    while not _checkpoint_logged(run_dir, epoch=1):
+        assert time.time() < deadline, "no epoch-1 checkpoint"
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True)  # batch shell and every task
+    deadline = time.time() + 120
+    while job_field(slurm, job, "Restarts") in ("", "0"):
+        assert time.time() < deadline, "the job was not requeued"
+        time.sleep(0.2)
+    # SLURM holds a requeued job ~2 minutes before it may start again; release it now.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True)
+    assert wait_for_state(slurm, job, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
+    events = read_jsonl(run_dir / "metrics.jsonl")
+    assert [e["signal"] for e in events if e["event"] == "preempted"] == ["SIGUSR1"]
+    assert len([e for e in events if e["event"] == "resume"]) == 1
+    log = (run_dir / f"slurm-{job}.log").read_text()
+    assert "requeueing job" in log and "(restart 1)" in log
+    _assert_identical_continuation(reference, run_dir)
+
+
+def test_missing_config_and_gpus_on_a_node_without_them_are_refused(slurm, tmp_path):
+    job, rc = sbatch(slurm, "slurm/pretrain.sh", "configs/missing.yaml",
+                     options=(*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"))
+    assert rc == 2 and "config configs/missing.yaml does not exist" in (tmp_path / f"slurm-{job}.out").read_text()
+    result = subprocess.run(["sbatch", "slurm/pretrain.sh", "configs/demo/train.yaml"], cwd=ROOT, env=slurm,
+                            capture_output=True, text=True)  # the default asks for 8 GPUs per node
+    assert result.returncode != 0 and "Invalid generic resource" in result.stderr
