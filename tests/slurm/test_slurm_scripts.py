@@ -23,21 +23,35 @@ def overrides(shapes_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return tiny_args(shapes_dir, run_dir, "data.num_workers=0", *extra)[2:]  # without "-c CONFIG"
 
 
-def test_finetune_script_runs_two_tasks_that_form_a_world_of_two(slurm, shapes_dir, tmp_path):
+EXTRA = ("train.epochs=3", "checkpoint.signal_check_steps=2")
+
+
+@pytest.fixture(scope="module")
+def start_weights(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    weights = tmp_path / "start.safetensors"
-    save_file(build_model(ModelConfig(name="resnet9", width=8)).state_dict(), str(weights))
-    run_dir = tmp_path / "finetune"
+    path = tmp_path_factory.mktemp("weights") / "start.safetensors"
+    save_file(build_model(ModelConfig(name="resnet9", width=8)).state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, shapes_dir, start_weights, tmp_path_factory) -> tuple[Path, str]:
+    """A 2-task fine-tuning job run to the end: (run dir, job id)."""
+    run_dir = tmp_path_factory.mktemp("slurm-runs") / "uninterrupted"
     job, rc = sbatch(slurm, "slurm/finetune.sh", "configs/demo/train.yaml",
-                     *overrides(shapes_dir, run_dir, f"finetune.init_from={weights}", "train.epochs=1"),
-                     options=(*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"))
-    log = (run_dir / f"slurm-{job}.log").read_text()
-    assert rc == 0, log[-3000:]
+                     *overrides(shapes_dir, run_dir, f"finetune.init_from={start_weights}", *EXTRA),
+                     options=(*CPU_JOB, f"--output={run_dir.parent}/slurm-%j.out"))
+    assert rc == 0, (run_dir / f"slurm-{job}.log").read_text()[-3000:]
+    return run_dir, job
+
+
+def test_finetune_script_runs_two_tasks_that_form_a_world_of_two(uninterrupted, start_weights):
+    run_dir, job = uninterrupted
     summary = read_json(run_dir / "summary.json")
     assert summary["world_size"] == 2 and summary["launcher"] == "slurm"
     assert len({r["params_sha256"] for r in summary["ranks"]}) == 1
-    assert summary["init"]["init_from"] == str(weights)
-    assert "2 task(s), head node" in log
+    assert summary["init"]["init_from"] == str(start_weights)
+    assert "2 task(s), head node" in (run_dir / f"slurm-{job}.log").read_text()
 
 
 def test_pipeline_runs_finetuning_after_pretraining_from_its_weights(slurm, shapes_dir, tmp_path):
@@ -55,7 +69,8 @@ def test_pipeline_runs_finetuning_after_pretraining_from_its_weights(slurm, shap
     assert job_field(slurm, finetune_job, "Dependency") in (f"afterok:{pretrain_job}(unfulfilled)", "(null)")
     assert wait_for_state(slurm, pretrain_job, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
     assert wait_for_state(slurm, finetune_job, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
-    pre, fine = read_json(pipeline_dir / "pretrain" / "summary.json"), read_json(pipeline_dir / "finetune" / "summary.json")
+    pre = read_json(pipeline_dir / "pretrain" / "summary.json")
+    fine = read_json(pipeline_dir / "finetune" / "summary.json")
     assert fine["init"]["init_from"] == str(pipeline_dir / "pretrain" / "weights.safetensors")
     # The dependency held: fine-tuning started after pretraining had written its summary.
     first_event = read_jsonl(pipeline_dir / "finetune" / "metrics.jsonl")[0]["time"]
@@ -63,16 +78,12 @@ def test_pipeline_runs_finetuning_after_pretraining_from_its_weights(slurm, shap
     assert pre["world_size"] == fine["world_size"] == 2
 
 
-def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(slurm, shapes_dir, tmp_path):
-    extra = ("train.epochs=3", "checkpoint.signal_check_steps=2")
+def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(slurm, shapes_dir, start_weights,
+                                                                     uninterrupted, tmp_path):
     options = (*CPU_JOB, f"--output={tmp_path}/slurm-%j.out")
-    reference = tmp_path / "reference"
-    _, rc = sbatch(slurm, "slurm/pretrain.sh", "configs/demo/train.yaml", *overrides(shapes_dir, reference, *extra),
-                   options=options)
-    assert rc == 0
-
     run_dir = tmp_path / "preempted"
-    job, _ = sbatch(slurm, "slurm/pretrain.sh", "configs/demo/train.yaml", *overrides(shapes_dir, run_dir, *extra),
+    job, _ = sbatch(slurm, "slurm/finetune.sh", "configs/demo/train.yaml",
+                    *overrides(shapes_dir, run_dir, f"finetune.init_from={start_weights}", *EXTRA),
                     options=options, wait=False)
     deadline = time.time() + 240
     while not _checkpoint_logged(run_dir, epoch=1):
@@ -91,7 +102,20 @@ def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(slurm, sha
     assert len([e for e in events if e["event"] == "resume"]) == 1
     log = (run_dir / f"slurm-{job}.log").read_text()
     assert "requeueing job" in log and "(restart 1)" in log
-    _assert_identical_continuation(reference, run_dir)
+    _assert_identical_continuation(uninterrupted[0], run_dir)
+
+
+def test_failed_pretraining_cancels_the_pipelines_finetuning(slurm, tmp_path):
+    job, rc = sbatch(slurm, "slurm/pipeline.sh", "configs/demo/train.yaml", "configs/demo/train.yaml",
+                     options=(f"--output={tmp_path}/pipeline-%j.out",),
+                     extra_env={"PIPELINE_DIR": str(tmp_path / "p"), "PRETRAIN_OVERRIDES": "optim.lr=-1",
+                                "SBATCH_ARGS": " ".join([*CPU_JOB, f"--output={tmp_path}/job-%j.out"])})
+    out = (tmp_path / f"pipeline-{job}.out").read_text()
+    pretrain_job, finetune_job = [line.split("job ")[1].split()[0].rstrip(",") for line in out.splitlines()
+                                  if ": job " in line]
+    assert wait_for_state(slurm, pretrain_job, ("COMPLETED", "FAILED", "CANCELLED")) == "FAILED"
+    assert job_field(slurm, pretrain_job, "ExitCode") == "2:0"  # the config error, before any training
+    assert wait_for_state(slurm, finetune_job, ("COMPLETED", "FAILED", "CANCELLED")) == "CANCELLED"
 
 
 def test_missing_config_and_gpus_on_a_node_without_them_are_refused(slurm, tmp_path):
