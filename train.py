@@ -3,9 +3,12 @@
     python train.py [-c CONFIG.yaml] [section.key=value ...]
     torchrun --nproc_per_node N train.py -c CONFIG.yaml ...
     accelerate launch train.py -c CONFIG.yaml ...
+    srun python train.py -c CONFIG.yaml ...     (one SLURM task per GPU; see slurm/)
 
 With no -c: CIFAR-10, ResNet-18 (CIFAR stem). Starting in a run directory that holds
-checkpoints resumes it. Fine-tuning: finetune.init_from=RUN_DIR|FILE [finetune.freeze=...]. Exit codes: 0 done, 2 bad config or input, 1 failure.
+checkpoints resumes it. Fine-tuning: finetune.init_from=RUN_DIR|FILE [finetune.freeze=...].
+Exit codes: 0 done, 2 bad config or input, 3 stopped on SIGUSR1/SIGTERM with a
+checkpoint (run it again to resume), 1 failure.
 """
 
 from __future__ import annotations
