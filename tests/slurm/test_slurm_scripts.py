@@ -91,10 +91,12 @@ def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(slurm, sha
         time.sleep(0.05)
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True)  # batch shell and every task
     deadline = time.time() + 120
-    while job_field(slurm, job, "Restarts") in ("", "0"):
+    while job_field(slurm, job, "Restarts") in ("", "0") or job_field(slurm, job, "JobState") != "PENDING":
         assert time.time() < deadline, "the job was not requeued"
         time.sleep(0.2)
-    # SLURM holds a requeued job ~2 minutes before it may start again; release it now.
+    # SLURM holds a requeued job ~2 minutes before it may start again; release it sooner, but
+    # not within the second of the requeue (slurmd refuses a credential from the same second).
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True)
     assert wait_for_state(slurm, job, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
     events = read_jsonl(run_dir / "metrics.jsonl")
