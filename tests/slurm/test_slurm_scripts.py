@@ -120,10 +120,13 @@ def test_failed_pretraining_cancels_the_pipelines_finetuning(slurm, tmp_path):
     assert wait_for_state(slurm, finetune_job, ("COMPLETED", "FAILED", "CANCELLED")) == "CANCELLED"
 
 
-def test_missing_config_and_gpus_on_a_node_without_them_are_refused(slurm, tmp_path):
+def test_missing_config_or_mode_and_gpus_on_a_node_without_them_are_refused(slurm, tmp_path):
     job, rc = sbatch(slurm, "slurm/pretrain.sh", "configs/missing.yaml",
                      options=(*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"))
     assert rc == 2 and "config configs/missing.yaml does not exist" in (tmp_path / f"slurm-{job}.out").read_text()
+    job, rc = sbatch(slurm, "slurm/benchmark.sh", options=(*CPU_JOB[:1], "--gpus-per-node=0", "--cpus-per-task=1",
+                                                          f"--output={tmp_path}/slurm-%j.out"))
+    assert rc == 2 and "usage: sbatch slurm/benchmark.sh MODE" in (tmp_path / f"slurm-{job}.out").read_text()
     result = subprocess.run(["sbatch", "slurm/pretrain.sh", "configs/demo/train.yaml"], cwd=ROOT, env=slurm,
                             capture_output=True, text=True)  # the default asks for 8 GPUs per node
     assert result.returncode != 0 and "Invalid generic resource" in result.stderr
