@@ -1,5 +1,8 @@
 """Throughput benchmarks.
 
+    python -m visiontrain.bench step  [-c CONFIG] [key=value ...] [--sweep key=a,b ...] [--nproc N] [--out DIR]
+    python -m visiontrain.bench e2e   [-c CONFIG] [key=value ...] [--sweep key=a,b ...] [--nproc N] [--out DIR]
+    python -m visiontrain.bench scaling --nproc 1,2,4 [--of step|e2e] [-c CONFIG] [key=value ...] [--out DIR]
     python -m visiontrain.bench overhead [--steps 10] [--rounds 12] [section.key=value ...]
     python -m visiontrain.bench loader [--workers 2] [--epochs 3] [--res 160 192] [--out DIR]
     python -m visiontrain.bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--backends ddp zero1 ...]
@@ -40,9 +43,32 @@ def main(argv: list[str]) -> int:
     memory.add_argument("--steps", type=int, default=3)
     memory.add_argument("--backends", nargs="+", default=["ddp", "zero1", "zero2", "zero3"])
     memory.add_argument("--optim", default="sgd", choices=("sgd", "adamw"))
+    for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
+                            ("e2e", "the configured loader + training steps, as train.py runs them"),
+                            ("scaling", "step or e2e at several process counts: images/s and efficiency vs linear")):
+        throughput = sub.add_parser(name, help=help_text)
+        throughput.add_argument("-c", "--config", help="YAML config (train.py's defaults otherwise)")
+        throughput.add_argument("overrides", nargs="*", metavar="section.key=value",
+                                help="fixed overrides; train.batch_size is per device; backend=ddp|zero0..zero3")
+        throughput.add_argument("--sweep", nargs="+", default=[], metavar="section.key=v1,v2",
+                                help="measure every combination of these values")
+        if name == "scaling":
+            throughput.add_argument("--of", dest="inner", choices=("step", "e2e"), default="step")
+            throughput.add_argument("--nproc", default="1,2", help="process counts, comma-separated (default 1,2)")
+        else:
+            throughput.add_argument("--nproc", default="1", help="processes (GPUs) per point (default 1)")
+        throughput.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
+        throughput.add_argument("--repeats", type=int, default=5, help="timed repeats per point (median reported)")
+        throughput.add_argument("--warmup-steps", type=int, default=10, help="untimed first steps (compilation)")
+        throughput.add_argument("--no-bare", dest="bare", action="store_false",
+                                help="step mode: skip the bare PyTorch loop reference")
+        throughput.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' table)")
+        throughput.add_argument("--out", type=Path, help=f"output directory (default runs/bench/{name})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    if args.mode in ("step", "e2e", "scaling"):
+        return throughput_main(args, argv)
     if args.mode == "overhead":
         from visiontrain.bench.overhead import measure, report
 
@@ -60,6 +86,39 @@ def main(argv: list[str]) -> int:
                                 args.out)
         print(loader_bench.report(rows))
     return 0
+
+
+def throughput_main(args: argparse.Namespace, argv: list[str]) -> int:
+    from visiontrain.bench import results, runner
+    from visiontrain.bench.sweep import expand
+    from visiontrain.errors import UsageError
+
+    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:
+            raise UsageError(f"{flag} {value} is invalid: at least 1 is needed")
+    if args.warmup_steps < 0:
+        raise UsageError(f"--warmup-steps {args.warmup_steps} is invalid: 0 or more")
+    inner = args.inner if args.mode == "scaling" else args.mode
+    nprocs = runner.parse_nproc(args.nproc)
+    if args.mode != "scaling" and len(nprocs) > 1:
+        raise UsageError(f"--nproc {args.nproc!r}: {args.mode} takes one process count; use the scaling mode for several")
+    points = expand(args.overrides, args.sweep)
+    runner.check_points(args.config, inner, points, nprocs)
+    out = args.out or Path("runs/bench") / args.mode
+    records = runner.run(inner, args.config, points, nprocs, args.steps, args.repeats, args.warmup_steps, args.bare,
+                         args.peak_tflops)
+    if args.mode == "scaling":
+        runner.add_scaling_efficiency(records)
+    settings = {"inner_mode": inner, "config": args.config, "overrides": args.overrides, "sweep": args.sweep,
+                "nproc": nprocs, "steps": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup_steps,
+                "bare": args.bare and inner == "step", "peak_tflops": args.peak_tflops,
+                "threads_per_process": int(os.environ.get("OMP_NUM_THREADS", runner.threads_per_process(nprocs)))}
+    doc = results.write(out, args.mode, "python -m visiontrain.bench " + " ".join(argv), runner.environment(),
+                        settings, records)
+    print(results.table(doc["points"]))
+    print(f"results: {out}/results.json, results.md, *.png")
+    failed = [r for r in records if "error" in r]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Does this GPU machine run visiontrain's CUDA paths? Numerics of bf16 / channels-last /
+# compile against float64, short train.py runs on synthetic data (DDP bf16 with compile,
+# fp16 with the GradScaler, DeepSpeed ZeRO-2 fp16 and ZeRO-3 bf16, a resume), and, when
+# CIFAR_DIR names an image-folder dataset (train/ and val/), the same ResNet-9 trained in
+# fp32, bf16 + channels-last, the same compiled, and fp16: their accuracies should agree.
+#
+#   [CIFAR_DIR=DIR] [PARTS="numerics train learn"] scripts/gpu_check.sh OUT_DIR
+set -uo pipefail
+OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR}
+PY=${PYTHON:-python}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+status=0
+PARTS=${PARTS:-numerics train learn}
+if [[ $PARTS == *numerics* ]]; then "$PY" scripts/gpu_numerics.py || status=1; fi
+COMMON="schedule.warmup_epochs=0 data.backend=synthetic model.name=cifar_resnet18 train.batch_size=256 data.synthetic_train_samples=8192 log.progress_bar=false"
+train() {  # train NAME OVERRIDES...
+    local name=$1; shift
+    if "$PY" train.py $COMMON run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1; then
+        echo "$name: ok, last epoch $(grep '"event": "epoch"' "$OUT/$name/metrics.jsonl" | tail -1 | grep -o '"img_per_s": [0-9.]*')"
+    else
+        status=1; echo "$name: FAILED"; tail -5 "$OUT/$name.log"
+    fi
+}
+if [[ $PARTS == *train* ]]; then
+train ddp_bf16_compile train.epochs=3 train.precision=bf16 model.compile=true
+train ddp_fp16 train.epochs=3 train.precision=fp16
+train zero2_fp16 train.epochs=3 train.precision=fp16 backend.name=deepspeed backend.deepspeed_config=configs/deepspeed/zero2.json
+train zero3_bf16 train.epochs=3 train.precision=bf16 backend.name=deepspeed backend.deepspeed_config=configs/deepspeed/zero3.json
+# Resume: two epochs, then the same run dir asked for three: it continues from epoch 2.
+train resume train.epochs=2 train.precision=bf16
+train resume train.epochs=3 train.precision=bf16
+grep -q '"resume"' "$OUT/resume/metrics.jsonl" && echo "resume: continued from its checkpoint" || { status=1; echo "resume: did not resume"; }
+fi
+if [[ $PARTS == *learn* && -n ${CIFAR_DIR:-} ]]; then
+    LEARN="data.backend=torchvision data.path=$CIFAR_DIR model.name=resnet9 train.batch_size=512 train.epochs=8 data.num_workers=$(( $(nproc) - 1 )) log.progress_bar=false"
+    for variant in "fp32:train.precision=fp32 model.channels_last=false" "bf16_cl:train.precision=bf16" \
+                   "bf16_cl_compile:train.precision=bf16 model.compile=true" "fp16_cl:train.precision=fp16"; do
+        name=learn_${variant%%:*}
+        if "$PY" train.py $LEARN run.dir="$OUT/$name" ${variant#*:} > "$OUT/$name.log" 2>&1; then
+            echo "$name: $(grep -o 'done: val top1 [0-9.]*%' "$OUT/$name.log")"
+        else
+            status=1; echo "$name: FAILED"; tail -5 "$OUT/$name.log"
+        fi
+    done
+fi
+exit $status

@@ -1,0 +1,138 @@
+"""The throughput benchmark's parts: sweeps, FLOPs and MFU, timing, scaling, CLI checks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from visiontrain.bench import flops, runner
+from visiontrain.bench.__main__ import main as bench_main
+from visiontrain.bench.sweep import expand
+from visiontrain.bench.throughput import TimedLoader, _per_step, _percentile
+from visiontrain.errors import UsageError, run_cli
+
+
+def test_sweep_is_the_cartesian_product_in_order_with_fixed_overrides_first():
+    points = expand(["model.name=resnet9"], ["train.precision=fp32,bf16", "model.channels_last=false,true"])
+    assert [p.label for p in points] == [
+        "train.precision=fp32 model.channels_last=false", "train.precision=fp32 model.channels_last=true",
+        "train.precision=bf16 model.channels_last=false", "train.precision=bf16 model.channels_last=true"]
+    assert all(p.overrides[0] == "model.name=resnet9" and len(p.overrides) == 3 for p in points)
+    assert [p.label for p in expand([], [])] == ["default"]
+
+
+@pytest.mark.parametrize("fixed, sweep, message", [
+    ([], ["train.precision"], "not of the form"),
+    ([], ["train.precision=fp32,"], "not of the form"),
+    ([], ["a.b=1", "a.b=2"], "twice"),
+    (["train.precision=bf16"], ["train.precision=fp32,bf16"], "also swept"),
+])
+def test_sweep_rejects_malformed_items(fixed, sweep, message):
+    with pytest.raises(UsageError, match=message):
+        expand(fixed, sweep)
+
+
+def test_flops_of_a_linear_layer_are_counted_exactly_and_tripled_for_training():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5, bias=False))
+    assert flops.forward_flops(model, torch.randn(2, 3, 4, 4)) == 2 * 2 * 48 * 5
+    per_image = flops.train_flops_per_image(model, 4, torch.device("cpu"))
+    assert per_image == 3 * 2 * 48 * 5
+    # 1e9 images/s x 1440 FLOPs = 1.44 TFLOP/s on a 2.88 TFLOP/s device: half its peak.
+    assert flops.mfu(1e9, per_image, 2.88) == pytest.approx(0.5)
+    assert flops.mfu(1e9, per_image, None) is None
+
+
+def test_peak_table_matches_device_names_and_precisions():
+    assert flops.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert flops.peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert flops.peak_tflops("NVIDIA H200", "fp16") == 989.0
+    assert torch.backends.cudnn.allow_tf32  # PyTorch's default: fp32 convolutions run as TF32
+    assert flops.peak_tflops("NVIDIA A100-SXM4-80GB", "fp32") == 156.0
+    assert flops.peak_tflops("Tesla V100-SXM2-32GB", "bf16") is None
+    assert flops.peak_tflops("Some Future GPU", "bf16") is None
+    assert flops.peak_tflops(None, "bf16") is None
+
+
+def test_backend_aliases_name_the_deepspeed_configs():
+    assert runner.expand_aliases(["backend=ddp", "optim.lr=0.1"]) == ["backend.name=ddp", "optim.lr=0.1"]
+    name, config = runner.expand_aliases(["backend=zero2"])
+    assert name == "backend.name=deepspeed" and config.endswith("zero2.json")
+    assert runner.DEEPSPEED_CONFIGS.joinpath("zero2.json").is_file()
+    with pytest.raises(UsageError, match="zero5.*allowed: ddp, zero0, zero1, zero2, zero3"):
+        runner.expand_aliases(["backend=zero5"])
+
+
+def test_process_counts_parse_and_refuse_nonsense():
+    assert runner.parse_nproc("4,1,2,2") == [1, 2, 4]
+    for bad in ("0", "a,b", "", "1,-2"):
+        with pytest.raises(UsageError, match="--nproc"):
+            runner.parse_nproc(bad)
+
+
+def test_scaling_efficiency_is_per_process_throughput_relative_to_the_smallest_count():
+    records = [{"label": "a", "world_size": 1, "images_per_s": 100.0},
+               {"label": "a", "world_size": 4, "images_per_s": 300.0},
+               {"label": "b", "world_size": 2, "images_per_s": 50.0},
+               {"label": "b", "world_size": 4, "images_per_s": 100.0},
+               {"label": "a", "world_size": 8, "error": "out of memory"}]
+    runner.add_scaling_efficiency(records)
+    assert [r.get("scaling_efficiency") for r in records] == [1.0, 0.75, 1.0, 1.0, None]
+    assert records[3]["scaling_base_world_size"] == 2
+
+
+class _SlowLoader:
+    """3 batches per epoch, each taking 10 ms to produce."""
+
+    steps_per_epoch, micro_batch, accum_steps = 3, 2, 1
+
+    def __init__(self):
+        self.epochs = []
+
+    def set_epoch(self, epoch, start=0):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        for i in range(3):
+            time.sleep(0.01)
+            yield torch.full((2,), float(i)), torch.zeros(2)
+
+
+def test_timed_loader_spans_epochs_and_records_handoffs_and_waiting():
+    inner = _SlowLoader()
+    loader = TimedLoader(inner, torch.device("cpu"))
+    loader.plan(4)
+    assert [int(images[0]) for images, _ in loader] == [0, 1, 2, 0]
+    assert len(loader.step_seconds()) == 4 and loader.wait_s >= 0.04
+    loader.plan(3)  # the next repeat continues the same iteration: no restart at batch 0
+    assert [int(images[0]) for images, _ in loader] == [1, 2, 0]
+    assert inner.epochs == [0, 1, 2]
+    assert all(s >= 0 for s in loader.step_seconds())
+
+
+def test_step_times_sum_micro_batches_and_percentiles_interpolate():
+    assert _per_step([1.0, 2.0, 3.0, 4.0], 2) == [3.0, 7.0]
+    assert _per_step([1.0, 2.0], 1) == [1.0, 2.0]
+    assert _percentile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
+    assert _percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 0.9) == pytest.approx(9.1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["step", "optim.lrr=0.1"], "optim.lrr"),
+    (["step", "--sweep", "train.precision=fp8"], "fp8"),
+    (["step", "--nproc", "1,2"], "scaling mode"),
+    (["scaling", "--nproc", "0"], "--nproc"),
+    (["step", "--steps", "0"], "--steps"),
+    (["step", "train.batch_size=0"], "batch_size"),
+    (["e2e", "-c", "missing.yaml"], "missing.yaml"),
+    (["step", "run.device=cuda"], "cuda"),
+])
+def test_bad_benchmark_input_is_one_line_and_exit_2_before_any_run(argv, message, tmp_path, capsys):
+    if "run.device=cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert run_cli(bench_main, argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

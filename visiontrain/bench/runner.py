@@ -1,0 +1,168 @@
+"""Runs throughput points, each in its own processes, and collects their records.
+
+Every point starts fresh processes (`python -m visiontrain.bench.throughput`, under
+torchrun when it has several): compiled graphs, allocator state and peak-memory counters
+of one point never leak into the next, and a point that fails (say, out of memory at the
+largest batch of a sweep) is recorded as failed while the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from visiontrain.bench.sweep import Point
+from visiontrain.errors import UsageError
+
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+# `backend=NAME` in overrides and sweeps: the training backend in one word.
+BACKEND_ALIASES = {"ddp": ["backend.name=ddp"]} | {
+    f"zero{stage}": ["backend.name=deepspeed", f"backend.deepspeed_config={DEEPSPEED_CONFIGS / f'zero{stage}.json'}"]
+    for stage in range(4)
+}
+
+
+def expand_aliases(overrides: tuple[str, ...] | list[str]) -> list[str]:
+    expanded = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key != "backend":
+            expanded.append(item)
+        elif value in BACKEND_ALIASES:
+            expanded += BACKEND_ALIASES[value]
+        else:
+            raise UsageError(f"backend={value!r} is not a benchmark backend; allowed: {', '.join(BACKEND_ALIASES)}")
+    return expanded
+
+
+def parse_nproc(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--nproc {text!r} is not a comma-separated list of process counts >= 1")
+    return sorted(set(counts))
+
+
+def check_points(config: str | None, mode: str, points: list[Point], nprocs: list[int]) -> None:
+    """Every point's config must load and fit every process count: fail before running any."""
+    from visiontrain.bench.throughput import point_config
+    from visiontrain.config import validate_for_world
+
+    if config is not None and not Path(config).is_file():
+        raise UsageError(f"config file {config!r} does not exist")
+    for point in points:
+        for nproc in nprocs:
+            cfg = point_config({"config": config, "mode": mode, "overrides": expand_aliases(point.overrides)}, nproc)
+            validate_for_world(cfg, nproc)
+            if cfg.run.device == "cuda" and not torch.cuda.is_available():
+                raise UsageError("run.device=cuda but this machine has no CUDA device; use run.device=auto or cpu")
+            if cfg.run.device != "cpu" and torch.cuda.is_available() and nproc > torch.cuda.device_count():
+                raise UsageError(f"--nproc {nproc} is more processes than the {torch.cuda.device_count()} "
+                                 "GPU(s) of this machine")
+
+
+def environment() -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "hostname": socket.gethostname(), "python": platform.python_version(), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "platform": platform.platform(),
+        "gpu": None, "gpu_count": 0, "driver": None,
+    }
+    if torch.cuda.is_available():
+        env.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count(), driver=_driver_version(),
+                   gpu_memory_mib=torch.cuda.get_device_properties(0).total_memory // 2**20)
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.split("\n")[0].strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def threads_per_process(nprocs: list[int]) -> int:
+    """Same CPU threads for every process count, so CPU scaling compares like with like."""
+    return max(1, (os.cpu_count() or 1) // max(nprocs))
+
+
+def run_point(spec: dict[str, Any], nproc: int, threads: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "record.json"
+        spec_path.write_text(json.dumps(spec))
+        worker = ["-m", "visiontrain.bench.throughput", str(spec_path), str(out_path)]
+        if nproc == 1:
+            cmd = [sys.executable, *worker]
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                   *worker]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode == 0 and out_path.is_file():
+            return json.loads(out_path.read_text())
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    if proc.returncode == 2 and errors:
+        raise UsageError(errors[-1][len("error: "):])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+    return {"label": spec["label"], "mode": spec["mode"], "overrides": spec["overrides"], "world_size": nproc,
+            "error": reason.strip()[-500:], "returncode": proc.returncode}
+
+
+def run(mode: str, config: str | None, points: list[Point], nprocs: list[int], steps: int, repeats: int,
+        warmup_steps: int, bare: bool, peak_tflops: float | None,
+        progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    threads = threads_per_process(nprocs)
+    records = []
+    total = len(points) * len(nprocs)
+    for point in points:
+        for nproc in nprocs:
+            spec = {"mode": mode, "config": config, "overrides": expand_aliases(point.overrides),
+                    "label": point.label, "steps": steps, "repeats": repeats, "warmup_steps": warmup_steps,
+                    "bare": bare, "peak_tflops": peak_tflops}
+            record = run_point(spec, nproc, threads)
+            records.append(record)
+            where = f" x{nproc}" if len(nprocs) > 1 or nproc > 1 else ""
+            if "error" in record:
+                progress(f"[{len(records)}/{total}] {point.label}{where}: FAILED ({record['error']})")
+            else:
+                progress(f"[{len(records)}/{total}] {point.label}{where}: {record['images_per_s']:.1f} img/s, "
+                         f"step p50 {record['step_ms_p50']:.1f} ms")
+    return records
+
+
+def add_scaling_efficiency(records: list[dict[str, Any]]) -> None:
+    """Per label: images/s per process relative to the smallest process count measured (1.0 = linear)."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if "error" not in record:
+            by_label.setdefault(record["label"], []).append(record)
+    for group in by_label.values():
+        base = min(group, key=lambda r: r["world_size"])
+        base_per_process = base["images_per_s"] / base["world_size"]
+        for record in group:
+            record["scaling_efficiency"] = record["images_per_s"] / record["world_size"] / base_per_process
+            record["scaling_base_world_size"] = base["world_size"]
