@@ -190,7 +190,13 @@ def _plain_runtime(info: LaunchInfo, device: torch.device) -> Runtime:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend, init_method="env://")
     import deepspeed
+    import deepspeed.ops
 
+    if device.type == "cpu":
+        # DeepSpeed's CPU backend otherwise compiles a shared-memory all-reduce with g++ on
+        # first use (about a minute per fresh install). It serves inference all-reduces only;
+        # training traffic goes through the torch.distributed (gloo) group above.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend)  # adopts the group above; its config reads the world size
     return Runtime(accelerator=None, device=device, rank=info.rank, world_size=info.world_size,
                    local_rank=info.local_rank, launcher=info.launcher)
