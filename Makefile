@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
+# Two test processes: most tests wait on single-threaded process start-up or on the SLURM
+# scheduler, so two keep both cores busy. Tests that share a module fixture, a SLURM cluster
+# or a fixed port run in one process (xdist_group marks).
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
+
 test: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PYTHON) -m visiontrain.bench overhead

@@ -47,28 +47,31 @@ def main(argv: list[str]) -> int:
 
     runtime = dist.init_runtime(cfg.run.device, cfg.backend.find_unused_parameters,
                                 use_accelerate=cfg.backend.name == "ddp")
-    backends.resolve_deepspeed_config(cfg, runtime, micro_batch)  # DeepSpeed's checks, before writing
-    logs.setup_logging(runtime.rank)
-    dist.seed_everything(cfg.run.seed)
-    if cfg.run.deterministic:
-        import torch
+    try:
+        backends.resolve_deepspeed_config(cfg, runtime, micro_batch)  # DeepSpeed's checks, before writing
+        logs.setup_logging(runtime.rank)
+        dist.seed_everything(cfg.run.seed)
+        if cfg.run.deterministic:
+            import torch
 
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    data = build_data(cfg, runtime, micro_batch)
-    run_dir = rundir.write_config(cfg, runtime, resuming)
-    log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch",
-             run_dir, cfg.model.name, runtime.device.type, runtime.world_size, runtime.launcher,
-             cfg.train.batch_size, data.train.steps_per_epoch)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        data = build_data(cfg, runtime, micro_batch)
+        run_dir = rundir.write_config(cfg, runtime, resuming)
+        log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch",
+                 run_dir, cfg.model.name, runtime.device.type, runtime.world_size, runtime.launcher,
+                 cfg.train.batch_size, data.train.steps_per_epoch)
 
-    model = build_model(cfg.model)
-    init = finetune.prepare_model(model, cfg.finetune)  # finetune.init_from, finetune.freeze
-    trainer = Trainer(cfg, runtime, data, model, run_dir, init)
-    trainer.resume_if_possible()
-    summary = trainer.fit()
-    if runtime.is_main:
-        final = summary["final"]
-        log.info("done: val top1 %.2f%% (best %.2f%% at epoch %d); run dir %s",
-                 final["top1"], summary["best_top1"], summary["best_epoch"], run_dir)
+        model = build_model(cfg.model)
+        init = finetune.prepare_model(model, cfg.finetune)  # finetune.init_from, finetune.freeze
+        trainer = Trainer(cfg, runtime, data, model, run_dir, init)
+        trainer.resume_if_possible()
+        summary = trainer.fit()
+        if runtime.is_main:
+            final = summary["final"]
+            log.info("done: val top1 %.2f%% (best %.2f%% at epoch %d); run dir %s",
+                     final["top1"], summary["best_top1"], summary["best_epoch"], run_dir)
+    finally:
+        dist.shutdown()
     return 0
 
 

@@ -180,6 +180,14 @@ def init_runtime(device_request: str, find_unused_parameters: bool = False, use_
     )
 
 
+def shutdown() -> None:
+    """Leave the process group at the end of a run, also a failed one. Left to interpreter
+    exit, gloo's threads can abort a rank after a run that succeeded ("terminate called
+    without an active exception", exit code 134), and the job would count as failed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _plain_runtime(info: LaunchInfo, device: torch.device) -> Runtime:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if info.world_size == 1:

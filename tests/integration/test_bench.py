@@ -55,8 +55,6 @@ def test_step_sweep_writes_every_point_with_timing_flops_mfu_and_the_bare_refere
         assert len(p["repeat_images_per_s"]) == 2
         assert p["images_per_s_min"] <= p["images_per_s"] <= p["images_per_s_max"] and p["images_per_s"] > 0
         assert 0 < p["step_ms_p50"] <= p["step_ms_p90"]
-        # Throughput and step time describe the same steps (loose: wall time adds the epoch's end).
-        assert 8 / (p["step_ms_p50"] / 1000) == pytest.approx(p["images_per_s"], rel=0.6)
         assert 0 <= p["data_wait_fraction"] < 0.5  # batches already on the device
         assert p["train_gflops_per_image"] * 1e9 == pytest.approx(expected_flops)
         assert p["achieved_tflops_per_device"] == pytest.approx(p["images_per_s"] * expected_flops / 1e12)

@@ -15,7 +15,7 @@ from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, t
 from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged, _train_until
 from visiontrain.checkpoint import read_weights
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("accelerate")]
 
 # 400 samples, global batch 16 over 2 ranks: 25 optimizer steps in one epoch, one loss logged per step.
 EQUIVALENCE = ("train.epochs=1", "train.batch_size=16", "schedule.warmup_epochs=0.2", "optim.lr=0.1",

@@ -13,7 +13,7 @@ from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
 from visiontrain.checkpoint import load_checkpoint, read_weights
 from visiontrain.errors import UsageError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("finetune")]
 
 # Task A: shapes 0-4 (bar, circle, crescent, cross, hollow_square), all labels.
 # Task B: shapes 5-9 (hollow_triangle, ring, square, star, triangle), 10% of the labels.

@@ -17,7 +17,7 @@ from visiontrain.config import load_config
 from visiontrain.logs import EVENT_KEYS
 from visiontrain.models import build_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
 COMPARED = ("event", "epoch", "step", "lr", "loss", "top1", "top5")
 
 
@@ -91,7 +91,7 @@ def test_two_cpu_processes_form_a_world_of_two_with_identical_parameters(shapes_
 def test_accelerate_launch_forms_a_world_of_two_and_refuses_the_cpu_trap(shapes_dir, tmp_path):
     run_dir = tmp_path / "acc"
     ok(run_train(tiny_args(shapes_dir, run_dir, "train.epochs=1", "schedule.warmup_epochs=0"),
-                 launcher="accelerate --multi_gpu --num_processes 2"))
+                 launcher="accelerate --multi_gpu --num_processes 2 --main_process_port 29517"))  # not test_deepspeed's 29500
     assert read_json(run_dir / "summary.json")["world_size"] == 2
     trap = run_train(tiny_args(shapes_dir, tmp_path / "trap"), launcher="accelerate --num_processes 2")
     assert trap.returncode != 0 and "started 1 process although --num_processes > 1" in trap.stderr

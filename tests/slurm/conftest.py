@@ -9,8 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import PYTHON, ROOT, tiny_args
+from visiontrain.config import ModelConfig
+from visiontrain.models import build_model
 
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
 
@@ -63,3 +67,29 @@ def wait_for_state(env: dict[str, str], job: str, states: tuple[str, ...], timeo
             return state
         time.sleep(0.5)
     raise AssertionError(f"job {job} never reached {states} (last: {job_field(env, job, 'JobState')})")
+
+
+def overrides(shapes_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return tiny_args(shapes_dir, run_dir, "data.num_workers=0", *extra)[2:]  # without "-c CONFIG"
+
+
+EXTRA = ("train.epochs=3", "checkpoint.signal_check_steps=2")
+
+
+@pytest.fixture(scope="session")
+def start_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "start.safetensors"
+    save_file(build_model(ModelConfig(name="resnet9", width=8)).state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(slurm, shapes_dir, start_weights, tmp_path_factory) -> tuple[Path, str]:
+    """A 2-task fine-tuning job run to the end: (run dir, job id)."""
+    run_dir = tmp_path_factory.mktemp("slurm-runs") / "uninterrupted"
+    job, rc = sbatch(slurm, "slurm/finetune.sh", "configs/demo/train.yaml",
+                     *overrides(shapes_dir, run_dir, f"finetune.init_from={start_weights}", *EXTRA),
+                     options=(*CPU_JOB, f"--output={run_dir.parent}/slurm-%j.out"))
+    assert rc == 0, (run_dir / f"slurm-{job}.log").read_text()[-3000:]
+    return run_dir, job

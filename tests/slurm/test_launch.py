@@ -12,11 +12,10 @@ import pytest
 
 from tests.conftest import PYTHON, ROOT, read_json, read_jsonl
 from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged
-from tests.slurm.conftest import job_field, wait_for_state
-from tests.slurm.test_slurm_scripts import EXTRA, overrides, start_weights, uninterrupted  # noqa: F401 (fixtures)
+from tests.slurm.conftest import EXTRA, job_field, overrides, wait_for_state
 from visiontrain.config import load_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 CONFIG = "configs/demo/train.yaml"
 
 
@@ -74,7 +73,7 @@ def test_failed_pretraining_cancels_the_finetuning_and_exits_1(slurm, shapes_dir
 
 
 def test_usr1_checkpoints_requeues_through_submitit_and_ends_like_an_uninterrupted_run(
-        slurm, shapes_dir, start_weights, uninterrupted, tmp_path):  # noqa: F811 (fixtures)
+        slurm, shapes_dir, start_weights, uninterrupted, tmp_path):
     run_dir = tmp_path / "preempted"
     result = launch(slurm, "submit", "-c", CONFIG,
                     *overrides(shapes_dir, run_dir, f"finetune.init_from={start_weights}", *EXTRA),

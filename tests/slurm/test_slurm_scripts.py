@@ -7,42 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from tests.conftest import ROOT, read_json, read_jsonl, tiny_args
 from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged
-from tests.slurm.conftest import CPU_JOB, job_field, sbatch, wait_for_state
-from visiontrain.config import ModelConfig
-from visiontrain.models import build_model
+from tests.slurm.conftest import CPU_JOB, EXTRA, job_field, overrides, sbatch, wait_for_state
 
-pytestmark = pytest.mark.slow
-
-
-def overrides(shapes_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return tiny_args(shapes_dir, run_dir, "data.num_workers=0", *extra)[2:]  # without "-c CONFIG"
-
-
-EXTRA = ("train.epochs=3", "checkpoint.signal_check_steps=2")
-
-
-@pytest.fixture(scope="module")
-def start_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "start.safetensors"
-    save_file(build_model(ModelConfig(name="resnet9", width=8)).state_dict(), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(slurm, shapes_dir, start_weights, tmp_path_factory) -> tuple[Path, str]:
-    """A 2-task fine-tuning job run to the end: (run dir, job id)."""
-    run_dir = tmp_path_factory.mktemp("slurm-runs") / "uninterrupted"
-    job, rc = sbatch(slurm, "slurm/finetune.sh", "configs/demo/train.yaml",
-                     *overrides(shapes_dir, run_dir, f"finetune.init_from={start_weights}", *EXTRA),
-                     options=(*CPU_JOB, f"--output={run_dir.parent}/slurm-%j.out"))
-    assert rc == 0, (run_dir / f"slurm-{job}.log").read_text()[-3000:]
-    return run_dir, job
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def test_finetune_script_runs_two_tasks_that_form_a_world_of_two(uninterrupted, start_weights):
