@@ -42,7 +42,8 @@ def test_step_sweep_writes_every_point_with_timing_flops_mfu_and_the_bare_refere
     assert run_cli(bench_main, argv) == 0
     doc = _results(out)
     assert doc["schema_version"] == 1 and doc["mode"] == "step"
-    assert {"torch", "cuda", "gpu", "driver", "cpu_count", "cpu_model", "hostname"} <= set(doc["environment"])
+    assert {"torch", "cuda", "gpu", "driver", "cpu_count", "cpu_model", "hostname", "git_commit", "packages"} \
+        <= set(doc["environment"])
     assert doc["environment"]["torch"] == torch.__version__
     points = doc["points"]
     assert [p["label"] for p in points] == ["model.channels_last=false", "model.channels_last=true"]

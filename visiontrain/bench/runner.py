@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -73,35 +72,21 @@ def check_points(config: str | None, mode: str, points: list[Point], nprocs: lis
 
 
 def environment() -> dict[str, Any]:
+    """train.py's environment record (logs.environment), in the benchmark's documented keys."""
+    from visiontrain.logs import environment as run_environment
+
+    cuda = torch.cuda.is_available()
+    base = run_environment(torch.device("cuda" if cuda else "cpu"))
     env: dict[str, Any] = {
-        "hostname": socket.gethostname(), "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-        "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "platform": platform.platform(),
+        "hostname": base["hostname"], "python": base["python"], "torch": torch.__version__, "cuda": base["cuda"],
+        "cudnn": base["cudnn"], "cpu_count": base["cpu_count"], "cpu_model": base["cpu"],
+        "platform": platform.platform(), "git_commit": base["git_commit"], "packages": base["packages"],
         "gpu": None, "gpu_count": 0, "driver": None,
     }
-    if torch.cuda.is_available():
-        env.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count(), driver=_driver_version(),
+    if cuda:
+        env.update(gpu=base["device_name"], gpu_count=base["device_count"], driver=base["driver"],
                    gpu_memory_mib=torch.cuda.get_device_properties(0).total_memory // 2**20)
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _driver_version() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-        return out.stdout.split("\n")[0].strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def threads_per_process(nprocs: list[int]) -> int:
