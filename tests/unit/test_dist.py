@@ -45,3 +45,15 @@ def test_launcher_precision_and_compile_flags_must_not_contradict_the_config():
     check_launcher({"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", False)
     with pytest.raises(UsageError, match="model.compile=true"):
         check_launcher({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}, "fp32", False)
+
+
+def test_shutdown_leaves_the_process_group_so_exit_does_not_tear_gloo_down():
+    import torch.distributed as torch_dist
+
+    from visiontrain.dist import _free_port, shutdown
+
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    assert torch_dist.is_initialized()
+    shutdown()
+    assert not torch_dist.is_initialized()
+    shutdown()  # nothing to leave: a no-op
