@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -21,7 +21,11 @@ demo: $(STAMP)
 # or a fixed port run in one process (xdist_group marks).
 PYTEST_WORKERS ?= -n 2 --dist loadgroup
 
-test: $(STAMP)
+# Lint first: a style error fails in seconds, before the suite's minutes.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)

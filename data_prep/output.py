@@ -7,14 +7,11 @@ final name. An existing output is refused unless `force` is given.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from visiontrain import fileio
 from visiontrain.errors import UsageError
 
 WRITER_VERSION = 1
@@ -26,23 +23,9 @@ def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
     if out.exists() and not force:
         raise UsageError(f"output {out} already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
-    try:
+    with fileio.atomic_dir(out) as tmp:
         yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    (directory / "meta.json").write_text(json.dumps({"writer_version": WRITER_VERSION, **meta}, indent=2) + "\n")
+    fileio.write_json(directory / "meta.json", {"writer_version": WRITER_VERSION, **meta})

@@ -28,7 +28,7 @@ class Samples:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, keep: list[int]) -> "Samples":
+    def subset(self, keep: list[int]) -> Samples:
         return Samples(self.class_names, [self.labels[i] for i in keep],
                        [self.paths[i] for i in keep] if self.paths else [],
                        self.array[keep] if self.array is not None else None)

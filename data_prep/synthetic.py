@@ -116,7 +116,7 @@ def write_image_folder(out: Path, classes: list[str], per_class: dict[str, int],
     counts: dict[str, dict[str, int]] = {}
     for split_index, (split, count) in enumerate(per_class.items()):
         counts[split] = {}
-        for label, shape in enumerate(classes):
+        for shape in classes:
             # One generator per (seed, split, class): splits never share images, output is reproducible.
             rng = np.random.default_rng([seed, split_index, SHAPES.index(shape)])
             folder = out / split / shape

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from visiontrain.errors import UsageError, run_cli
+from visiontrain.fileio import write_json
 
 PREFIXES = ("pretrain:", "finetune:")
 
@@ -74,12 +75,12 @@ def _resources(args):
 
 def _run_dir(config: str | None, overrides: list[str], nproc: int) -> str:
     """The job's run directory, after checking its config as train.py will (exit 2 here, not on a node)."""
-    from visiontrain.config import load_config, validate_for_world
+    from visiontrain.config import BatchPlan, load_config
 
     if config is not None and not Path(config).is_file():
         raise UsageError(f"config file {config!r} does not exist")
     cfg = load_config(config, overrides)
-    validate_for_world(cfg, nproc)
+    BatchPlan.for_world(cfg.train, nproc)
     return str(Path(cfg.run.dir).resolve())
 
 
@@ -115,7 +116,7 @@ def submit(args) -> int:
     states = follow(args.cluster, tracked, args.poll)
     if args.sweep:
         print(sweep_table(tracked, states))
-        (Path(base) / "sweep.json").write_text(json.dumps(sweep_rows(tracked, states), indent=2) + "\n")
+        write_json(Path(base) / "sweep.json", sweep_rows(tracked, states))
     return _verdict(states)
 
 

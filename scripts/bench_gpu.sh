@@ -27,12 +27,12 @@ bench() {  # bench NAME MODE ARGS...: one benchmark into OUT/NAME, table appende
     { echo "## $name"; echo; tail -n +4 "$OUT/$name/results.md" 2>/dev/null; echo; } >> "$OUT/summary.md"
 }
 
-R50="model.name=resnet50 model.num_classes=1000 data.image_size=224 data.val_image_size=224 train.batch_size=256"
+R50="model.name=resnet50 model.num_classes=1000 data.image_size=224 data.val_image_size=224 batch_per_device=256"
 if [[ $PART == step || $PART == all ]]; then
     bench r50_step step $R50 --sweep train.precision=fp32,bf16 model.channels_last=false,true
     bench r50_compile step $R50 train.precision=bf16 model.compile=true
-    bench r50_zero2 step $R50 train.precision=bf16 backend=zero2
-    bench cifar_step step train.batch_size=512 train.precision=bf16 \
+    bench r50_zero2 step $R50 train.precision=bf16 strategy=zero2
+    bench cifar_step step batch_per_device=512 train.precision=bf16 \
         --sweep model.name=cifar_resnet18,resnet9 model.compile=false,true
 fi
 
@@ -58,9 +58,9 @@ for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
     batch = {"data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 10000).tolist()}
     (out / name).write_bytes(pickle.dumps(batch))
 EOF
-    IMAGENET="data.backend=torchvision data.path=$data/imagenet data.recipe=imagenet data.num_workers=$WORKERS"
+    IMAGENET="data.loader=torchvision data.path=$data/imagenet data.recipe=imagenet data.num_workers=$WORKERS"
     bench r50_e2e e2e $R50 model.num_classes=200 train.precision=bf16 $IMAGENET
-    bench cifar_e2e e2e data.backend=torchvision data.path=$data/cifar data.num_workers=$WORKERS \
-        train.batch_size=512 train.precision=bf16 --sweep model.name=cifar_resnet18,resnet9
+    bench cifar_e2e e2e data.loader=torchvision data.path=$data/cifar data.num_workers=$WORKERS \
+        batch_per_device=512 train.precision=bf16 --sweep model.name=cifar_resnet18,resnet9
 fi
 exit $status

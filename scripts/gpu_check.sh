@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 status=0
 PARTS=${PARTS:-numerics train learn}
 if [[ $PARTS == *numerics* ]]; then "$PY" scripts/gpu_numerics.py || status=1; fi
-COMMON="schedule.warmup_epochs=0 data.backend=synthetic model.name=cifar_resnet18 train.batch_size=256 data.synthetic_train_samples=8192 log.progress_bar=false"
+COMMON="schedule.warmup_epochs=0 data.loader=random model.name=cifar_resnet18 train.batch_size=256 data.random_train_samples=8192 log.progress_bar=false"
 train() {  # train NAME OVERRIDES...
     local name=$1; shift
     if "$PY" train.py $COMMON run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1; then
@@ -26,15 +26,15 @@ train() {  # train NAME OVERRIDES...
 if [[ $PARTS == *train* ]]; then
 train ddp_bf16_compile train.epochs=3 train.precision=bf16 model.compile=true
 train ddp_fp16 train.epochs=3 train.precision=fp16
-train zero2_fp16 train.epochs=3 train.precision=fp16 backend.name=deepspeed backend.deepspeed_config=configs/deepspeed/zero2.json
-train zero3_bf16 train.epochs=3 train.precision=bf16 backend.name=deepspeed backend.deepspeed_config=configs/deepspeed/zero3.json
+train zero2_fp16 train.epochs=3 train.precision=fp16 parallel.strategy=deepspeed parallel.deepspeed_config=configs/deepspeed/zero2.json
+train zero3_bf16 train.epochs=3 train.precision=bf16 parallel.strategy=deepspeed parallel.deepspeed_config=configs/deepspeed/zero3.json
 # Resume: two epochs, then the same run dir asked for three: it continues from epoch 2.
 train resume train.epochs=2 train.precision=bf16
 train resume train.epochs=3 train.precision=bf16
 grep -q '"resume"' "$OUT/resume/metrics.jsonl" && echo "resume: continued from its checkpoint" || { status=1; echo "resume: did not resume"; }
 fi
 if [[ $PARTS == *learn* && -n ${CIFAR_DIR:-} ]]; then
-    LEARN="data.backend=torchvision data.path=$CIFAR_DIR model.name=resnet9 train.batch_size=512 train.epochs=8 data.num_workers=$(( $(nproc) - 1 )) log.progress_bar=false"
+    LEARN="data.loader=torchvision data.path=$CIFAR_DIR model.name=resnet9 train.batch_size=512 train.epochs=8 data.num_workers=$(( $(nproc) - 1 )) log.progress_bar=false"
     for variant in "fp32:train.precision=fp32 model.channels_last=false" "bf16_cl:train.precision=bf16" \
                    "bf16_cl_compile:train.precision=bf16 model.compile=true" "fp16_cl:train.precision=fp16"; do
         name=learn_${variant%%:*}

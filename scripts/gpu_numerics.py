@@ -26,7 +26,6 @@ from visiontrain.config import ModelConfig  # noqa: E402
 from visiontrain.models import build_model  # noqa: E402
 
 
-
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref).norm() / ref.norm()).item()
 
@@ -84,7 +83,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("error: no CUDA device", file=sys.stderr)
         return 2
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}")
     ok = check("cifar_resnet18", 10, 32, 128) & check("resnet50", 1000, 224, 32)
     return 0 if ok else 1
 

@@ -71,9 +71,17 @@ def read_beton(path: Path, size: int | None = None):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def tiny_args(data_dir: Path, run_dir: Path, *extra: str, backend: str = "torchvision") -> list[str]:
+def build_loaders(cfg, runtime, micro_batch: int):
+    """The loaders of `cfg` for this runtime, `micro_batch` images per batch, no accumulation."""
+    from visiontrain.config import BatchPlan
+    from visiontrain.data import build_data
+
+    return build_data(cfg, runtime, BatchPlan.of_micro_batch(micro_batch, runtime.world_size))
+
+
+def tiny_args(data_dir: Path, run_dir: Path, *extra: str, loader: str = "torchvision") -> list[str]:
     """train.py arguments for a run of a few seconds on the tiny dataset."""
-    return ["-c", "configs/demo/train.yaml", f"data.backend={backend}", f"data.path={data_dir}", f"run.dir={run_dir}",
+    return ["-c", "configs/demo/train.yaml", f"data.loader={loader}", f"data.path={data_dir}", f"run.dir={run_dir}",
             "data.image_size=16", "data.val_image_size=16", "data.crop_padding=2", "data.num_workers=0",
             "model.width=8", "train.batch_size=64", "train.epochs=2", "schedule.warmup_epochs=0.5",
             "log.progress_bar=false", "log.every_steps=2", *extra]

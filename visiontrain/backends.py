@@ -1,5 +1,5 @@
 """How gradients are computed, reduced and applied, and how a run is saved: one interface,
-two backends. The engine never branches on the backend.
+two backends. The trainer never branches on the backend.
 
 - `ddp`: accelerate wraps the model in DistributedDataParallel (a plain module on one
   process). Mixed precision is explicit: torch.autocast for bf16/fp16 and a GradScaler
@@ -21,7 +21,6 @@ full_state_dict; `autocast` and `param_memory_format` attributes.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 from functools import partial
@@ -31,8 +30,9 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
-from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint, load_checkpoint
-from visiontrain.config import Config
+from visiontrain import deepspeed_config
+from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint, load_checkpoint, read_manifest, write_manifest
+from visiontrain.config import BatchPlan, Config
 from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
 
@@ -49,13 +49,13 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], Conte
 class DDPBackend:
     name = "ddp"
 
-    def __init__(self, cfg: Config, runtime: Runtime):
+    def __init__(self, cfg: Config, runtime: Runtime, plan: BatchPlan):
         self.runtime = runtime
         self.accelerator = runtime.accelerator
         self.autocast = autocast_factory(cfg.train.precision, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type) if cfg.train.precision == "fp16" else None
         self.grad_clip_norm = cfg.train.grad_clip_norm
-        self.accum = cfg.train.grad_accum_steps
+        self.accum = plan.accum_steps
         self.compile_model = cfg.model.compile
         self.param_memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
 
@@ -114,7 +114,7 @@ class DDPBackend:
     def load(self, path: Path) -> dict[str, Any]:
         if path.is_dir():
             raise CorruptCheckpoint(f"checkpoint {path} is a DeepSpeed checkpoint; resume it with "
-                                    "backend.name=deepspeed")
+                                    "parallel.strategy=deepspeed")
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -130,11 +130,9 @@ class DeepSpeedBackend:
     name = "deepspeed"
 
     def __init__(self, cfg: Config, runtime: Runtime, ds_config: dict[str, Any]):
-        from visiontrain.deepspeed_config import zero_stage
-
         self.runtime = runtime
         self.ds_config = ds_config
-        self.stage = zero_stage(ds_config)
+        self.stage = deepspeed_config.zero_stage(ds_config)
         self.fp16 = cfg.train.precision == "fp16"
         # bf16: torch.autocast over fp32 weights; fp16: DeepSpeed's half-precision engine.
         self.autocast = autocast_factory("bf16", runtime.device) if cfg.train.precision == "bf16" \
@@ -199,16 +197,16 @@ class DeepSpeedBackend:
         self.runtime.barrier()
         path = None
         if self.runtime.is_main:
-            (tmp / "visiontrain.json").write_text(json.dumps(
-                {"step": step, "world_size": self.runtime.world_size, "zero_stage": self.stage}) + "\n")
+            write_manifest(tmp, step, self.runtime.world_size, self.stage)
             path = store.commit_dir(tmp, step, periodic=periodic, best=best)
         self.runtime.barrier()
         return path
 
     def load(self, path: Path) -> dict[str, Any]:
         if not path.is_dir():
-            raise CorruptCheckpoint(f"checkpoint {path} was written by backend ddp; resume it with backend.name=ddp")
-        manifest = _read_manifest(path)
+            raise CorruptCheckpoint(f"checkpoint {path} was written by the ddp strategy; resume it with "
+                                    "parallel.strategy=ddp")
+        manifest = read_manifest(path)
         if self.stage > 0 and manifest.get("world_size") != self.runtime.world_size:
             raise UsageError(
                 f"checkpoint {path} holds ZeRO-{manifest.get('zero_stage')} optimizer shards of "
@@ -236,28 +234,11 @@ class DeepSpeedBackend:
         return {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "visiontrain.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise CorruptCheckpoint(f"checkpoint {path} is unreadable (no visiontrain.json)") from None
-
-
-def resolve_deepspeed_config(cfg: Config, runtime: Runtime, micro_batch: int) -> dict[str, Any] | None:
-    """The complete DeepSpeed config (checked), or None for DDP. Call before writing anything."""
-    if cfg.backend.name != "deepspeed":
-        return None
-    from visiontrain import deepspeed_config
-
+def build_backend(cfg: Config, runtime: Runtime, plan: BatchPlan) -> DDPBackend | DeepSpeedBackend:
+    """The run's backend. DeepSpeed's JSON is completed and checked here, once: call it before writing anything."""
+    if cfg.parallel.strategy != "deepspeed":
+        return DDPBackend(cfg, runtime, plan)
     if cfg.train.precision == "fp16" and runtime.device.type == "cpu":
-        raise UsageError("train.precision=fp16 with backend.name=deepspeed needs a GPU (DeepSpeed's CPU accelerator "
-                         "has no fp16); use bf16 or fp32")
-    return deepspeed_config.build(cfg, runtime.world_size, micro_batch)
-
-
-def build_backend(cfg: Config, runtime: Runtime, micro_batch: int):
-    ds_config = resolve_deepspeed_config(cfg, runtime, micro_batch)
-    if ds_config is not None:
-        return DeepSpeedBackend(cfg, runtime, ds_config)
-    return DDPBackend(cfg, runtime)
-
+        raise UsageError("train.precision=fp16 with parallel.strategy=deepspeed needs a GPU (DeepSpeed's CPU "
+                         "accelerator has no fp16); use bf16 or fp32")
+    return DeepSpeedBackend(cfg, runtime, deepspeed_config.build(cfg, plan))

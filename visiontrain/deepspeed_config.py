@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from visiontrain.config import Config
+from visiontrain.config import BatchPlan, Config
 from visiontrain.errors import UsageError
 
 # JSON key -> the config key that owns it
@@ -70,16 +70,17 @@ def _enabled(section: Any) -> bool:
 
 def read_json(path: str) -> dict[str, Any]:
     if not path:
-        raise UsageError("backend.name=deepspeed needs backend.deepspeed_config (e.g. configs/deepspeed/zero2.json)")
+        raise UsageError("parallel.strategy=deepspeed needs parallel.deepspeed_config "
+                         "(e.g. configs/deepspeed/zero2.json)")
     file = Path(path)
     if not file.is_file():
-        raise UsageError(f"backend.deepspeed_config={path} does not exist")
+        raise UsageError(f"parallel.deepspeed_config={path} does not exist")
     try:
         loaded = json.loads(file.read_text())
     except json.JSONDecodeError as err:
-        raise UsageError(f"backend.deepspeed_config={path} is not valid JSON: {err}") from None
+        raise UsageError(f"parallel.deepspeed_config={path} is not valid JSON: {err}") from None
     if not isinstance(loaded, dict):
-        raise UsageError(f"backend.deepspeed_config={path} must hold a JSON object")
+        raise UsageError(f"parallel.deepspeed_config={path} must hold a JSON object")
     return loaded
 
 
@@ -87,19 +88,19 @@ def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-def build(cfg: Config, world_size: int, micro_batch: int) -> dict[str, Any]:
+def build(cfg: Config, plan: BatchPlan) -> dict[str, Any]:
     """The complete DeepSpeed config for this run, or a UsageError naming the offending key."""
-    path = cfg.backend.deepspeed_config
+    path = cfg.parallel.deepspeed_config
     user = read_json(path)
     auto = _find_auto(user, "")
     if auto:
-        raise UsageError(f"backend.deepspeed_config={path}: '{auto}' is \"auto\"; give an explicit value "
+        raise UsageError(f"parallel.deepspeed_config={path}: '{auto}' is \"auto\"; give an explicit value "
                          "(\"auto\" needs a transformer model config)")
     t = cfg.train
     ours: dict[str, Any] = {
-        "train_batch_size": t.batch_size,
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": t.grad_accum_steps,
+        "train_batch_size": plan.global_batch,
+        "train_micro_batch_size_per_gpu": plan.micro_batch,
+        "gradient_accumulation_steps": plan.accum_steps,
         "gradient_clipping": t.grad_clip_norm,
     }
     if t.precision == "fp16":
@@ -108,22 +109,22 @@ def build(cfg: Config, world_size: int, micro_batch: int) -> dict[str, Any]:
         if key not in user:
             continue
         if key in ("optimizer", "scheduler"):
-            raise UsageError(f"backend.deepspeed_config={path}: remove '{key}'; the {key} comes from {owner} "
+            raise UsageError(f"parallel.deepspeed_config={path}: remove '{key}'; the {key} comes from {owner} "
                              "in the run config (one setting, not two)")
         if key in ("bf16", "torch_autocast", "amp"):
             if _enabled(user[key]):
-                raise UsageError(f"backend.deepspeed_config={path}: remove '{key}': precision is set by train.precision "
-                                 "only (bf16 runs torch.autocast over DeepSpeed's fp32 weights)")
+                raise UsageError(f"parallel.deepspeed_config={path}: remove '{key}': precision is set by "
+                                 "train.precision only (bf16 runs torch.autocast over DeepSpeed's fp32 weights)")
             continue
         if key == "fp16":
             if _enabled(user[key]) != (t.precision == "fp16"):
-                raise UsageError(f"backend.deepspeed_config={path}: 'fp16' contradicts train.precision="
+                raise UsageError(f"parallel.deepspeed_config={path}: 'fp16' contradicts train.precision="
                                  f"{t.precision}; precision is set by train.precision only")
             if t.precision == "fp16":
                 ours["fp16"] = {**ours["fp16"], **user[key]}  # loss-scaling details may come from the JSON
             continue
         if user[key] != ours[key]:
-            raise UsageError(f"backend.deepspeed_config={path}: '{key}' = {user[key]!r} contradicts {owner} "
+            raise UsageError(f"parallel.deepspeed_config={path}: '{key}' = {user[key]!r} contradicts {owner} "
                              f"(which gives {ours[key]!r}); set {owner} and leave the key out of the JSON")
     merged = {**user, **ours, "zero_allow_untested_optimizer": True, "steps_per_print": user.get("steps_per_print",
                                                                                                  10**9)}
@@ -131,7 +132,7 @@ def build(cfg: Config, world_size: int, micro_batch: int) -> dict[str, Any]:
     _validate_with_deepspeed(merged, path)
     stage = zero_stage(merged)
     if stage not in (0, 1, 2, 3):
-        raise UsageError(f"backend.deepspeed_config={path}: zero_optimization.stage = {stage}; allowed 0, 1, 2, 3")
+        raise UsageError(f"parallel.deepspeed_config={path}: zero_optimization.stage = {stage}; allowed 0, 1, 2, 3")
     if stage == 3 and t.ema:
         raise UsageError("train.ema=true is not supported with ZeRO stage 3 (parameters are partitioned across "
                          "ranks); use ZeRO 0-2 or train.ema=false")
@@ -148,10 +149,10 @@ def _validate_with_deepspeed(merged: dict[str, Any], path: str) -> None:
     except Exception as err:  # pydantic ValidationError, AssertionError, ValueError: all are bad input
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         detail = "; ".join(lines[:3]) if lines else type(err).__name__
-        raise UsageError(f"backend.deepspeed_config={path} is rejected by DeepSpeed: {detail}") from None
+        raise UsageError(f"parallel.deepspeed_config={path} is rejected by DeepSpeed: {detail}") from None
     unknown = sorted(set(merged) - tracked.read)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(tracked.read), n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UsageError(f"backend.deepspeed_config={path}: unknown key '{unknown[0]}' (DeepSpeed would ignore "
+        raise UsageError(f"parallel.deepspeed_config={path}: unknown key '{unknown[0]}' (DeepSpeed would ignore "
                          f"it){hint}")

@@ -13,14 +13,13 @@ explicitly, otherwise N CPU processes can each believe they are alone.
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping
 
-import numpy as np
 import torch
 
+from visiontrain.config import ParallelConfig
 from visiontrain.errors import UsageError
 
 
@@ -41,31 +40,6 @@ def _int(environ: Mapping[str, str], key: str, default: int) -> int:
 def is_srun_task(environ: Mapping[str, str]) -> bool:
     """True inside a task started by srun (not the sbatch shell: it has no step task count)."""
     return "SLURM_PROCID" in environ and "SLURM_STEP_NUM_TASKS" in environ
-
-
-def check_launcher(environ: Mapping[str, str], precision: str, compile_model: bool) -> None:
-    """Refuse launcher settings that would be silently ignored or would contradict the config."""
-    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in environ
-    if launched_by_accelerate and "MASTER_ADDR" in environ and "RANK" not in environ:
-        # accelerate's simple launcher: more processes were asked for, one was started.
-        raise UsageError(
-            "accelerate launch started 1 process although --num_processes > 1 was asked for (no GPU found); "
-            "for several CPU processes use `accelerate launch --multi_gpu --num_processes N` or "
-            "`torchrun --nproc_per_node N`"
-        )
-    launcher_precision = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(
-        environ.get("ACCELERATE_MIXED_PRECISION", "no"), environ.get("ACCELERATE_MIXED_PRECISION"))
-    if launcher_precision not in ("fp32", precision):
-        raise UsageError(
-            f"accelerate launch --mixed_precision {environ['ACCELERATE_MIXED_PRECISION']} contradicts "
-            f"train.precision={precision}; set train.precision (the one precision setting) and drop the flag"
-        )
-    dynamo = environ.get("ACCELERATE_DYNAMO_BACKEND", "no").lower()
-    if dynamo not in ("no", ""):
-        raise UsageError(
-            f"accelerate launch --dynamo_backend {dynamo} is not used by train.py; "
-            f"set model.compile=true instead (now {str(compile_model).lower()})"
-        )
 
 
 def detect_launch(environ: Mapping[str, str] = os.environ) -> LaunchInfo:
@@ -143,27 +117,28 @@ class Runtime:
             torch.distributed.barrier()
 
 
-def init_runtime(device_request: str, find_unused_parameters: bool = False, use_accelerate: bool = True) -> Runtime:
+def init_runtime(device_request: str, parallel: ParallelConfig | None = None) -> Runtime:
     """Join the process group (if any) and return this process's Runtime.
 
-    DDP runs go through accelerate. DeepSpeed runs (`use_accelerate=False`) get a plain
-    torch process group, also for one process (DeepSpeed requires one), and no Accelerator.
+    DDP runs go through accelerate. DeepSpeed runs get a plain torch process group, also
+    for one process (DeepSpeed requires one), and no Accelerator.
     """
+    parallel = parallel or ParallelConfig()
     info = detect_launch()
     export_torch_env(info)
     device = select_device(device_request, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if not use_accelerate:
+    if parallel.strategy == "deepspeed":
         return _plain_runtime(info, device)
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    # Precision is handled by the engine (torch.autocast + GradScaler), not accelerate:
+    # Precision is handled by the backend (torch.autocast + GradScaler), not accelerate:
     # accelerate's fp16 on CPU silently runs fp32.
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision="no",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=parallel.find_unused_parameters)],
     )
     if accelerator.num_processes != info.world_size:
         raise RuntimeError(
@@ -218,40 +193,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def apply_launcher_backend(cfg, environ: Mapping[str, str]) -> None:
-    """`accelerate launch` with a DeepSpeed config selects our DeepSpeed backend with its JSON.
-
-    accelerate's own DeepSpeed settings must agree with the run config: each setting has
-    one home, and a launcher flag never silently overrides or is silently ignored.
-    """
-    if environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
-        return
-    json_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
-    if not json_file:
-        raise UsageError("accelerate launch selected DeepSpeed without a deepspeed_config_file; use an accelerate "
-                         "config with one, e.g. configs/accelerate/deepspeed_zero2.yaml")
-    if cfg.backend.deepspeed_config and os.path.abspath(cfg.backend.deepspeed_config) != os.path.abspath(json_file):
-        raise UsageError(f"accelerate's deepspeed_config_file {json_file} contradicts backend.deepspeed_config="
-                         f"{cfg.backend.deepspeed_config}; keep one")
-    for variable, key, value in (("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "train.grad_accum_steps",
-                                  cfg.train.grad_accum_steps),
-                                 ("ACCELERATE_GRADIENT_CLIPPING", "train.grad_clip_norm", cfg.train.grad_clip_norm)):
-        if variable in environ and float(environ[variable]) != float(value):
-            raise UsageError(f"accelerate's {variable.lower()} = {environ[variable]} contradicts {key}={value}; "
-                             f"set {key} only")
-    cfg.backend.name = "deepspeed"
-    cfg.backend.deepspeed_config = json_file
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def all_gather_objects(obj: object, world_size: int) -> list:
     if world_size == 1:
         return [obj]
     gathered: list = [None] * world_size
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
+
+
+def average_buffers(module: torch.nn.Module, world_size: int) -> None:
+    """Make floating-point buffers (BatchNorm running statistics) identical on all ranks: their mean."""
+    if world_size == 1:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            torch.distributed.all_reduce(buf)
+            buf /= world_size
+
+
+def all_ranks_agree(ok: bool, world_size: int, device: torch.device) -> bool:
+    """True on every rank if `ok` is true on every rank (one tiny all-reduce)."""
+    if world_size == 1:
+        return ok
+    flag = torch.tensor([int(ok)], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())

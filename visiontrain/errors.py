@@ -25,9 +25,22 @@ class TrainingFailed(Exception):
 
 
 class Preempted(Exception):
-    """Stopped on a signal after writing a checkpoint; the run resumes when started again. Exit code 3."""
+    """Stopped on a signal after writing a checkpoint; the run resumes when started again. Exit code 3.
+
+    `signal` names the signal this process received ("SIGUSR1", "SIGTERM"), or "" when
+    another rank received it: launchers decide from it whether to requeue.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, signal: str = ""):
+        super().__init__(message)
+        self.signal = signal
+
+
+def report_error(err: UsageError | TrainingFailed | Preempted) -> None:
+    """The one line a user reads: no traceback for errors we can name."""
+    print(f"error: {err}", file=sys.stderr, flush=True)
 
 
 def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
@@ -36,7 +49,7 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     try:
         return int(main(argv) or 0)
     except (UsageError, TrainingFailed, Preempted) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        report_error(err)
         return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ its weights.safetensors (or newest checkpoint; --ema for EMA weights) are evalua
 the report lands in RUN_DIR/eval/ with its training curves. FILE: a .safetensors
 written by train.py (it records model.name/num_classes/width) or a torchvision
 state dict (give model.name=... model.num_classes=...). The data backend and recipe
-come from the config (data.backend=torchvision for image folders). One process.
+come from the config (data.loader=torchvision for image folders). One process.
 Exit codes: 0 done, 2 bad arguments or input.
 """
 
@@ -67,7 +67,7 @@ def resolve_config(args: argparse.Namespace):
         overrides.append(f"data.path={args.data}")
     # What only matters to training is switched off: this process trains nothing.
     overrides += ["finetune.init_from=", "finetune.use_ema=false", "finetune.keep_head=false",
-                  "finetune.freeze=none", "backend.name=ddp", "backend.deepspeed_config=", "model.compile=false"]
+                  "finetune.freeze=none", "parallel.strategy=ddp", "parallel.deepspeed_config=", "model.compile=false"]
     return config.load_config(base, overrides), run_dir
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from visiontrain.backends import autocast_factory
-    from visiontrain.config import FinetuneConfig
+    from visiontrain.config import BatchPlan, FinetuneConfig
     from visiontrain.data import build_data
     from visiontrain.dist import Runtime, select_device
     from visiontrain.finetune import load_initial_weights
@@ -94,8 +94,9 @@ def main(argv: list[str]) -> int:
     info = load_initial_weights(model, FinetuneConfig(init_from=args.weights, use_ema=args.ema, keep_head=True),
                                 key="--weights")
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
-    data = build_data(cfg, runtime, args.batch_size, train=False)
-    predictions = predict(model, data.val, autocast_factory(cfg.train.precision, device), 1, tta_flip=args.tta == "flip")
+    data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)
+    predictions = predict(model, data.val, autocast_factory(cfg.train.precision, device), 1,
+                          tta_flip=args.tta == "flip")
     weights = Path(args.weights)
     out = args.out or (run_dir / "eval" if run_dir else weights.with_name(f"eval_{weights.stem}"))
     about = {"weights": info["init_from"], "data": cfg.data.path, "split": "val", "tta": args.tta,

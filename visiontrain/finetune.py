@@ -24,10 +24,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint, consolidated_weights
+from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint
 from visiontrain.config import FREEZE_POLICIES, FinetuneConfig, parse_freeze
 from visiontrain.errors import UsageError
 from visiontrain.models import HEAD, stem_and_stages
+from visiontrain.weights import consolidated_weights
 
 log = logging.getLogger(__name__)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DeepSpeed and torch.compile

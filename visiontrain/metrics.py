@@ -107,3 +107,19 @@ def predict(model: torch.nn.Module, loader, autocast, world_size: int, prepare_i
     order = torch.argsort(indices)
     return Predictions(indices[order], torch.cat([p.labels for p in parts])[order],
                        torch.cat([p.logits for p in parts])[order])
+
+
+def gather_sums(stats: dict[str, RunningStats], world_size: int) -> dict[str, torch.Tensor]:
+    """Every rank's running sums, one row per rank (a collective): a resumed rank continues from its own."""
+    rows = all_gather_objects([s.sums.cpu() for s in stats.values()], world_size)
+    return {name: torch.stack([row[i] for row in rows]) for i, name in enumerate(stats)}
+
+
+def restore_sums(stats: dict[str, RunningStats], saved: dict[str, torch.Tensor], rank: int, world_size: int) -> None:
+    """Undo `gather_sums`. At another process count only the totals matter: rank 0 carries them."""
+    for name, target in stats.items():
+        rows = saved[name]
+        if rows.shape[0] == world_size:
+            target.sums.copy_(rows[rank])
+        else:
+            target.sums.copy_(rows.sum(0) if rank == 0 else torch.zeros_like(rows[0]))

@@ -8,14 +8,15 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from visiontrain.config import ModelConfig
+if TYPE_CHECKING:  # config imports this module's registry to validate model.name
+    from visiontrain.config import ModelConfig
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:

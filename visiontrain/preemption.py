@@ -25,7 +25,7 @@ class PreemptionWatch:
         self.requested = False
         self.signal_name = ""
 
-    def install(self) -> "PreemptionWatch":
+    def install(self) -> PreemptionWatch:
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
         return self

@@ -6,21 +6,22 @@
 - report.md: the same as tables, plus the most frequent confusions;
 - confusion.png (row-normalized heatmap), per_class.png (per-class accuracy);
 - predictions.csv: index, label, predicted, confidence (softmax of the prediction), names;
-- curves.png: the training curves, when the metrics of a run are given.
-Files are written under temporary names and renamed, so a report is whole or absent.
+- curves.png: the training curves, when the metrics of a run are given (`plot_curves`
+  also draws a run's own curves.png).
+Every file is written atomically (visiontrain.fileio), so each is whole or absent.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from visiontrain import fileio
+from visiontrain.logs import read_metrics
 from visiontrain.metrics import Predictions, topk_correct
 
 FILES = ("eval.json", "report.md", "confusion.png", "per_class.png", "predictions.csv")
@@ -77,25 +78,15 @@ def write_report(out_dir: Path, predictions: Predictions, class_names: list[str]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {**about, **summarize(predictions, class_names)}
-    _atomic(out_dir / "eval.json", lambda path: path.write_text(json.dumps(result, indent=2) + "\n"))
-    _atomic(out_dir / "predictions.csv", lambda path: _write_predictions(path, predictions, class_names))
-    _atomic(out_dir / "report.md", lambda path: path.write_text(_markdown(result)))
-    _atomic(out_dir / "confusion.png", lambda path: _plot_confusion(path, result))
-    _atomic(out_dir / "per_class.png", lambda path: _plot_per_class(path, result))
+    fileio.write_json(out_dir / "eval.json", result)
+    with fileio.atomic_path(out_dir / "predictions.csv") as tmp:
+        _write_predictions(tmp, predictions, class_names)
+    fileio.write_text(out_dir / "report.md", _markdown(result))
+    _plot_confusion(out_dir / "confusion.png", result)
+    _plot_per_class(out_dir / "per_class.png", result)
     if metrics_jsonl is not None and metrics_jsonl.is_file():
-        from visiontrain.logs import plot_curves
-
         plot_curves(metrics_jsonl, out_dir / "curves.png")
     return result
-
-
-def _atomic(final: Path, write) -> None:
-    tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")  # keeps the suffix for matplotlib
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_predictions(path: Path, predictions: Predictions, class_names: list[str]) -> None:
@@ -131,12 +122,25 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot_confusion(path: Path, result: dict[str, Any]) -> None:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only: no display, and no GUI toolkit to import
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    try:
+        with fileio.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        _pyplot().close(fig)
+
+
+def _plot_confusion(path: Path, result: dict[str, Any]) -> None:
+    plt = _pyplot()
     matrix = torch.tensor(result["confusion_matrix"], dtype=torch.float64)
     rows = (matrix / matrix.sum(1, keepdim=True).clamp(min=1)).numpy()
     names, n = result["class_names"], len(result["class_names"])
@@ -156,16 +160,11 @@ def _plot_confusion(path: Path, result: dict[str, Any]) -> None:
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix (top-1 {result['top1']:.2f}%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_per_class(path: Path, result: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     per_class = sorted(result["per_class"], key=lambda c: c["recall"])
     fig, ax = plt.subplots(figsize=(8, min(2 + 0.25 * len(per_class), 40)))
     ax.barh([c["class"] for c in per_class], [100 * c["recall"] for c in per_class], color="tab:blue")
@@ -174,5 +173,27 @@ def _plot_per_class(path: Path, result: dict[str, Any]) -> None:
     ax.set_xlabel("accuracy (recall) %")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def plot_curves(metrics_path: Path, out_path: Path) -> None:
+    """Training loss by step and val top-1 by epoch, from metrics.jsonl."""
+    plt = _pyplot()
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r["event"] == "train"]
+    val = [r for r in records if r["event"] == "val"]
+    val_ema = [r for r in records if r["event"] == "val_ema"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    ax_loss.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val loss")
+    ax_acc.plot([r["step"] for r in train], [r["top1"] for r in train], alpha=0.6, label="train top-1")
+    ax_acc.plot([r["step"] for r in val], [r["top1"] for r in val], "o-", label="val top-1")
+    if val_ema:
+        ax_acc.plot([r["step"] for r in val_ema], [r["top1"] for r in val_ema], "s--", label="val top-1 (EMA)")
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("optimizer step")
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, out_path)

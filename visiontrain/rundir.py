@@ -7,9 +7,9 @@ weights.safetensors (+ weights_ema.safetensors with EMA), ranks/ (sample-id audi
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+from visiontrain import fileio
 from visiontrain.checkpoint import CheckpointStore
 from visiontrain.config import Config, to_yaml
 from visiontrain.dist import Runtime
@@ -43,9 +43,8 @@ def write_config(cfg: Config, runtime: Runtime, resuming: bool) -> Path:
         if resuming and config_file.is_file() and config_file.read_text() != text:
             log.warning("the config differs from the one this run started with; "
                         "the previous one is kept as config.previous.yaml")
-            os.replace(config_file, path / "config.previous.yaml")
-        tmp = config_file.with_name(".config.yaml.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, config_file)
+            # A second name for the old file, not a rename: config.yaml never goes missing.
+            fileio.link(config_file, path / "config.previous.yaml")
+        fileio.write_text(config_file, text)
     runtime.barrier()
     return path

@@ -15,11 +15,11 @@ from visiontrain.errors import run_cli
 from visiontrain.models import build_model
 
 pytestmark = pytest.mark.slow
-TINY = ["model.name=resnet9", "model.width=8", "data.image_size=16", "train.batch_size=8", "train.precision=fp32"]
+TINY = ["model.name=resnet9", "model.width=8", "data.image_size=16", "batch_per_device=8", "train.precision=fp32"]
 QUICK = ["--steps", "3", "--repeats", "2", "--warmup-steps", "1"]
 POINT_FIELDS = {
     "label", "mode", "overrides", "world_size", "device", "model", "image_size", "batch_per_device", "global_batch",
-    "precision", "channels_last", "compile", "backend", "data_backend", "steps", "repeats", "warmup_steps",
+    "precision", "channels_last", "compile", "strategy", "data_loader", "steps", "repeats", "warmup_steps",
     "warmup_s", "images_per_s", "images_per_s_min", "images_per_s_max", "images_per_s_per_device",
     "repeat_images_per_s", "step_ms_p50", "step_ms_p90", "data_wait_fraction", "peak_memory_mib", "memory_kind",
     "train_gflops_per_image", "achieved_tflops_per_device", "peak_tflops_per_device", "mfu", "bare_images_per_s",
@@ -52,7 +52,7 @@ def test_step_sweep_writes_every_point_with_timing_flops_mfu_and_the_bare_refere
     expected_flops = train_flops_per_image(build_model(ModelConfig(name="resnet9", width=8)), 16, torch.device("cpu"))
     for p in points:
         assert set(p) == POINT_FIELDS
-        assert p["world_size"] == 1 and p["batch_per_device"] == 8 and p["data_backend"] == "synthetic"
+        assert p["world_size"] == 1 and p["batch_per_device"] == 8 and p["data_loader"] == "random"
         assert len(p["repeat_images_per_s"]) == 2
         assert p["images_per_s_min"] <= p["images_per_s"] <= p["images_per_s_max"] and p["images_per_s"] > 0
         assert 0 < p["step_ms_p50"] <= p["step_ms_p90"]
@@ -84,11 +84,11 @@ def test_scaling_runs_one_and_two_processes_with_a_fixed_per_device_batch(tmp_pa
 
 def test_e2e_reads_the_dataset_through_its_loader_and_reports_the_wait(shapes_dir, tmp_path):
     out = tmp_path / "e2e"
-    argv = ["e2e", *TINY, "data.backend=torchvision", f"data.path={shapes_dir}", "data.num_workers=1",
+    argv = ["e2e", *TINY, "data.loader=torchvision", f"data.path={shapes_dir}", "data.num_workers=1",
             "data.val_image_size=16", *QUICK, "--out", str(out)]
     assert run_cli(bench_main, argv) == 0
     (point,) = _results(out)["points"]
-    assert point["data_backend"] == "torchvision" and point["mode"] == "e2e"
+    assert point["data_loader"] == "torchvision" and point["mode"] == "e2e"
     assert 0 <= point["data_wait_fraction"] <= 1
     assert point["bare_images_per_s"] is None  # the bare reference is a step-mode measurement
     assert point["images_per_s"] > 0
@@ -96,7 +96,7 @@ def test_e2e_reads_the_dataset_through_its_loader_and_reports_the_wait(shapes_di
 
 def test_a_missing_dataset_stops_with_exit_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["e2e", *TINY, "data.backend=torchvision", f"data.path={tmp_path / 'nowhere'}", *QUICK, "--out", str(out)]
+    argv = ["e2e", *TINY, "data.loader=torchvision", f"data.path={tmp_path / 'nowhere'}", *QUICK, "--out", str(out)]
     assert run_cli(bench_main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0]

@@ -13,7 +13,7 @@ import torchvision
 
 from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
 from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged, _train_until
-from visiontrain.checkpoint import read_weights
+from visiontrain.weights import read_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("accelerate")]
 
@@ -23,7 +23,7 @@ EQUIVALENCE = ("train.epochs=1", "train.batch_size=16", "schedule.warmup_epochs=
 
 
 def deepspeed(stage: int) -> tuple[str, str]:
-    return "backend.name=deepspeed", f"backend.deepspeed_config=configs/deepspeed/zero{stage}.json"
+    return "parallel.strategy=deepspeed", f"parallel.deepspeed_config=configs/deepspeed/zero{stage}.json"
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -58,7 +58,7 @@ def test_zero_stage_trains_exactly_like_ddp(ddp_reference, zero_runs, stage):
     parameter within 1e-5 of DDP's, at every ZeRO stage (ZeRO-3 included; on CPU they come out identical)."""
     run = zero_runs[stage]
     summary = read_json(run / "summary.json")
-    assert (summary["backend"], summary["zero_stage"], summary["world_size"]) == ("deepspeed", stage, 2)
+    assert (summary["strategy"], summary["zero_stage"], summary["world_size"]) == ("deepspeed", stage, 2)
     reference, ours = losses(ddp_reference), losses(run)
     assert len(ours) == len(reference) == 25
     assert ours == pytest.approx(reference, rel=1e-4)
@@ -132,7 +132,7 @@ def test_accelerate_launch_with_the_deepspeed_config_runs_bf16_and_ema(shapes_di
                            "train.ema=true", "train.ema_decay=0.9"),
                  launcher="accelerate --config_file configs/accelerate/deepspeed_zero2.yaml --num_processes 2"))
     summary = read_json(run_dir / "summary.json")
-    assert (summary["backend"], summary["zero_stage"], summary["world_size"], summary["precision"]) == \
+    assert (summary["strategy"], summary["zero_stage"], summary["world_size"], summary["precision"]) == \
         ("deepspeed", 2, 2, "bf16")
     assert [e["event"] for e in read_jsonl(run_dir / "metrics.jsonl")].count("val_ema") == 1
     assert (run_dir / "weights_ema.safetensors").is_file()
@@ -154,15 +154,15 @@ BAD_JSON_CASES = {
 }
 _CHECKER = """
 import json, sys
-from visiontrain.config import load_config
+from visiontrain.config import BatchPlan, ParallelConfig, load_config
 from visiontrain.deepspeed_config import build
 from visiontrain.dist import init_runtime
 from visiontrain.errors import UsageError
-init_runtime("cpu", use_accelerate=False)
+init_runtime("cpu", ParallelConfig(strategy="deepspeed"))
 for name, path, extra in json.loads(sys.argv[1]):
-    cfg = load_config(None, ["backend.name=deepspeed", f"backend.deepspeed_config={path}", *extra])
+    cfg = load_config(None, ["parallel.strategy=deepspeed", f"parallel.deepspeed_config={path}", *extra])
     try:
-        build(cfg, 1, cfg.train.batch_size)
+        build(cfg, BatchPlan.for_world(cfg.train, 1))
         print("CASE " + json.dumps([name, None]))
     except UsageError as err:
         print("CASE " + json.dumps([name, str(err)]))
@@ -186,13 +186,13 @@ def test_bad_deepspeed_configs_are_one_line_usage_errors(tmp_path):
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (("backend.deepspeed_config=configs/deepspeed/zero9.json",), "backend.deepspeed_config=configs/deepspeed/zero9.json "
-                                                                 "does not exist"),
-    (("backend.deepspeed_config=configs/deepspeed/zero2.json", "model.compile=true"),
-     "config key 'model.compile' = True is invalid: not supported with backend.name=deepspeed; use ddp"),
+    (("parallel.deepspeed_config=configs/deepspeed/zero9.json",),
+     "parallel.deepspeed_config=configs/deepspeed/zero9.json does not exist"),
+    (("parallel.deepspeed_config=configs/deepspeed/zero2.json", "model.compile=true"),
+     "config key 'model.compile' = True is invalid: not supported with parallel.strategy=deepspeed; use ddp"),
 ])
 def test_train_py_refuses_bad_deepspeed_input_with_exit_2_writing_nothing(shapes_dir, tmp_path, extra, expected):
     run_dir = tmp_path / "run"
-    result = run_train(tiny_args(shapes_dir, run_dir, "backend.name=deepspeed", *extra))
+    result = run_train(tiny_args(shapes_dir, run_dir, "parallel.strategy=deepspeed", *extra))
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"error: {expected}"
     assert not run_dir.exists()

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
-from visiontrain.checkpoint import load_checkpoint, read_weights
+from visiontrain.checkpoint import load_checkpoint
 from visiontrain.errors import UsageError
+from visiontrain.weights import read_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("finetune")]
 
@@ -25,7 +26,7 @@ TRANSFER_MARGIN = 20.0
 
 
 def args(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["-c", "configs/demo/train.yaml", "data.backend=torchvision", f"data.path={data}", f"run.dir={run_dir}",
+    return ["-c", "configs/demo/train.yaml", "data.loader=torchvision", f"data.path={data}", f"run.dir={run_dir}",
             "data.num_workers=0",
             "data.image_size=24", "data.val_image_size=24", "log.progress_bar=false", "log.tensorboard=false",
             "log.plots=false", *extra]
@@ -130,7 +131,7 @@ def test_evaluate_cli_on_a_run_dir_a_file_and_a_torchvision_state_dict(transfer_
     weights = tmp_path / "a.safetensors"
     weights.write_bytes((pretrained / "weights.safetensors").read_bytes())
     evaluate(["--weights", str(weights), "--data", str(transfer_data), "-c", "configs/demo/train.yaml",
-              "data.backend=torchvision", "data.classes=[0,1,2,3,4]", "data.image_size=24", "data.val_image_size=24"])
+              "data.loader=torchvision", "data.classes=[0,1,2,3,4]", "data.image_size=24", "data.val_image_size=24"])
     assert read_json(tmp_path / "eval_a" / "eval.json")["top1"] == pytest.approx(plain["top1"])
 
     # A torchvision state dict: the user names the model.
@@ -139,7 +140,7 @@ def test_evaluate_cli_on_a_run_dir_a_file_and_a_torchvision_state_dict(transfer_
     pth = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), pth)
     evaluate(["--weights", str(pth), "--data", str(transfer_data), "-c", "configs/demo/train.yaml",
-              "data.backend=torchvision", "model.name=resnet18", "model.width=64", "data.image_size=24",
+              "data.loader=torchvision", "model.name=resnet18", "model.width=64", "data.image_size=24",
               "data.val_image_size=24"])
     assert read_json(tmp_path / "eval_r18" / "eval.json")["samples"] == 300
 

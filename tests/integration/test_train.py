@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
-from visiontrain.checkpoint import load_checkpoint, read_weights
+from visiontrain.checkpoint import load_checkpoint
 from visiontrain.config import load_config
 from visiontrain.logs import EVENT_KEYS
 from visiontrain.models import build_model
+from visiontrain.weights import read_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
 COMPARED = ("event", "epoch", "step", "lr", "loss", "top1", "top5")
@@ -73,10 +74,10 @@ def test_resume_false_refuses_an_existing_run_dir(single_run):
     assert (single_run / "metrics.jsonl").read_text() == before
 
 
-@pytest.mark.parametrize("backend", ["torchvision", "ffcv"])
-def test_two_cpu_processes_form_a_world_of_two_with_identical_parameters(shapes_dir, tmp_path, backend):
+@pytest.mark.parametrize("loader", ["torchvision", "ffcv"])
+def test_two_cpu_processes_form_a_world_of_two_with_identical_parameters(shapes_dir, tmp_path, loader):
     run_dir = tmp_path / "ddp"
-    ok(run_train(tiny_args(shapes_dir, run_dir, "log.sample_ids=true", backend=backend), nproc=2))
+    ok(run_train(tiny_args(shapes_dir, run_dir, "log.sample_ids=true", loader=loader), nproc=2))
     summary = read_json(run_dir / "summary.json")
     assert summary["world_size"] == 2 and summary["launcher"] == "torchrun"
     digests = {r["params_sha256"] for r in summary["ranks"]}
@@ -91,7 +92,8 @@ def test_two_cpu_processes_form_a_world_of_two_with_identical_parameters(shapes_
 def test_accelerate_launch_forms_a_world_of_two_and_refuses_the_cpu_trap(shapes_dir, tmp_path):
     run_dir = tmp_path / "acc"
     ok(run_train(tiny_args(shapes_dir, run_dir, "train.epochs=1", "schedule.warmup_epochs=0"),
-                 launcher="accelerate --multi_gpu --num_processes 2 --main_process_port 29517"))  # not test_deepspeed's 29500
+                 # a port other than test_deepspeed's 29500
+                 launcher="accelerate --multi_gpu --num_processes 2 --main_process_port 29517"))
     assert read_json(run_dir / "summary.json")["world_size"] == 2
     trap = run_train(tiny_args(shapes_dir, tmp_path / "trap"), launcher="accelerate --num_processes 2")
     assert trap.returncode != 0 and "started 1 process although --num_processes > 1" in trap.stderr
@@ -166,14 +168,14 @@ def test_sigkill_after_the_half_way_checkpoint_then_restart_is_bit_exact(shapes_
 
 # The torchvision backend only: the loop's resume is backend-independent, and FFCV's
 # replay of a resumed epoch is tested at the loader level (test_ffcv_loader.py).
-@pytest.mark.parametrize("backend", ["torchvision"])
-def test_mid_epoch_checkpoint_resume_with_two_processes_is_bit_exact(shapes_dir, tmp_path, backend):
+@pytest.mark.parametrize("loader", ["torchvision"])
+def test_mid_epoch_checkpoint_resume_with_two_processes_is_bit_exact(shapes_dir, tmp_path, loader):
     args = ("train.epochs=2", "checkpoint.every_steps=4", "data.num_workers=1", "data.cutout=4")
     reference = tmp_path / "reference"
-    ok(run_train(tiny_args(shapes_dir, reference, *args, backend=backend), nproc=2))
+    ok(run_train(tiny_args(shapes_dir, reference, *args, loader=loader), nproc=2))
     killed = tmp_path / "killed"
-    _train_until(tiny_args(shapes_dir, killed, *args, backend=backend), 2, lambda: _checkpoint_logged(killed, step=4))
-    result = ok(run_train(tiny_args(shapes_dir, killed, *args, backend=backend), nproc=2))
+    _train_until(tiny_args(shapes_dir, killed, *args, loader=loader), 2, lambda: _checkpoint_logged(killed, step=4))
+    result = ok(run_train(tiny_args(shapes_dir, killed, *args, loader=loader), nproc=2))
     assert "(epoch 0, step 4, 4 micro-batches into the epoch)" in result.stderr
     _assert_identical_continuation(reference, killed)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, read_json, read_jsonl, tiny_args
+from tests.conftest import ROOT, read_json, read_jsonl
 from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged
 from tests.slurm.conftest import CPU_JOB, EXTRA, job_field, overrides, sbatch, wait_for_state
 

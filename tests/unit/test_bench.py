@@ -56,13 +56,18 @@ def test_peak_table_matches_device_names_and_precisions():
     assert flops.peak_tflops(None, "bf16") is None
 
 
-def test_backend_aliases_name_the_deepspeed_configs():
-    assert runner.expand_aliases(["backend=ddp", "optim.lr=0.1"]) == ["backend.name=ddp", "optim.lr=0.1"]
-    name, config = runner.expand_aliases(["backend=zero2"])
-    assert name == "backend.name=deepspeed" and config.endswith("zero2.json")
+def test_strategy_aliases_name_the_deepspeed_configs():
+    assert runner.expand_aliases(["strategy=ddp", "optim.lr=0.1"]) == ["parallel.strategy=ddp", "optim.lr=0.1"]
+    name, config = runner.expand_aliases(["strategy=zero2"])
+    assert name == "parallel.strategy=deepspeed" and config.endswith("zero2.json")
     assert runner.DEEPSPEED_CONFIGS.joinpath("zero2.json").is_file()
     with pytest.raises(UsageError, match="zero5.*allowed: ddp, zero0, zero1, zero2, zero3"):
-        runner.expand_aliases(["backend=zero5"])
+        runner.expand_aliases(["strategy=zero5"])
+
+
+def test_old_backend_alias_still_works_with_a_warning_naming_strategy():
+    with pytest.warns(FutureWarning, match="backend=zero2 is deprecated.*use strategy=zero2"):
+        assert runner.expand_aliases(["backend=zero2"]) == runner.expand_aliases(["strategy=zero2"])
 
 
 def test_process_counts_parse_and_refuse_nonsense():
@@ -86,7 +91,7 @@ def test_scaling_efficiency_is_per_process_throughput_relative_to_the_smallest_c
 class _SlowLoader:
     """3 batches per epoch, each taking 10 ms to produce."""
 
-    steps_per_epoch, micro_batch, accum_steps = 3, 2, 1
+    steps_per_epoch, micro_batch, batches_per_epoch = 3, 2, 3
 
     def __init__(self):
         self.epochs = []
@@ -125,7 +130,8 @@ def test_step_times_sum_micro_batches_and_percentiles_interpolate():
     (["step", "--nproc", "1,2"], "scaling mode"),
     (["scaling", "--nproc", "0"], "--nproc"),
     (["step", "--steps", "0"], "--steps"),
-    (["step", "train.batch_size=0"], "batch_size"),
+    (["step", "batch_per_device=0"], "batch_per_device='0' is invalid"),
+    (["step", "train.batch_size=64", "batch_per_device=8"], "give one of them"),
     (["e2e", "-c", "missing.yaml"], "missing.yaml"),
     (["step", "run.device=cuda"], "cuda"),
 ])

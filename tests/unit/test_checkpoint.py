@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from visiontrain.checkpoint import (CheckpointStore, CorruptCheckpoint, export_weights, load_checkpoint,
-                                    plain_state_dict, read_weights)
+from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint, load_checkpoint
 from visiontrain.errors import UsageError
+from visiontrain.weights import export_weights, plain_state_dict, read_weights
 
 
 def state(step: int) -> dict:

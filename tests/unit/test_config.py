@@ -1,12 +1,10 @@
-from pathlib import Path
 
 import pytest
 import yaml
 
-from visiontrain.config import Config, all_keys, load_config, to_yaml, validate_for_world
-from visiontrain.errors import UsageError
-
 from tests.conftest import ROOT, run_train
+from visiontrain.config import BatchPlan, Config, all_keys, load_config, to_yaml
+from visiontrain.errors import UsageError
 
 
 def error_of(*overrides: str, path=None) -> str:
@@ -20,12 +18,13 @@ def error_of(*overrides: str, path=None) -> str:
 def test_defaults_are_the_documented_cifar10_resnet18_run_on_ffcv():
     cfg = load_config()
     assert (cfg.model.name, cfg.model.num_classes, cfg.data.path) == ("cifar_resnet18", 10, "data/cifar10")
-    assert cfg.data.backend == "ffcv"
+    assert cfg.data.loader == "ffcv"
 
 
 def test_yaml_then_overrides_with_types(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("optim:\n  lr: 0.3\ntrain:\n  epochs: 5\nschedule:\n  milestones: [1, 2]\n  name: step\n  warmup_epochs: 1\n")
+    path.write_text("optim:\n  lr: 0.3\ntrain:\n  epochs: 5\n"
+                    "schedule:\n  milestones: [1, 2]\n  name: step\n  warmup_epochs: 1\n")
     cfg = load_config(path, ["optim.lr=0.2", "train.epochs=3", "model.channels_last=false"])
     assert cfg.optim.lr == 0.2 and isinstance(cfg.optim.lr, float)
     assert cfg.train.epochs == 3 and cfg.model.channels_last is False
@@ -33,7 +32,8 @@ def test_yaml_then_overrides_with_types(tmp_path):
 
 
 def test_unknown_key_suggests_the_closest_valid_key():
-    assert error_of("optim.lrr=0.1") == "unknown config key 'optim.lrr' in override 'optim.lrr=0.1'; did you mean 'optim.lr'?"
+    assert error_of("optim.lrr=0.1") == \
+        "unknown config key 'optim.lrr' in override 'optim.lrr=0.1'; did you mean 'optim.lr'?"
     assert "did you mean 'train'" in error_of("trian.epochs=3")
 
 
@@ -60,8 +60,8 @@ def test_wrong_type_names_key_and_value(override, key):
     ("train.epochs=0", "train.epochs", ">= 1"),
     ("model.name=resnt50", "model.name", "did you mean 'resnet50'"),
     ("train.precision=fp8", "train.precision", "fp32, bf16, fp16"),
-    ("data.backend=tfrecord", "data.backend", "ffcv, torchvision, synthetic"),
-    ("data.progressive_resizing=true", "data.progressive_resizing", "needs data.backend=ffcv and data.recipe=imagenet"),
+    ("data.loader=tfrecord", "data.loader", "ffcv, torchvision, random"),
+    ("data.progressive_resizing=true", "data.progressive_resizing", "needs data.loader=ffcv and data.recipe=imagenet"),
     ("schedule.warmup_epochs=30", "schedule.warmup_epochs", "train.epochs"),
     ("train.label_smoothing=1.5", "train.label_smoothing", "[0, 1)"),
 ])
@@ -81,9 +81,62 @@ def test_override_without_equals_sign_is_refused():
 
 def test_global_batch_must_divide_over_world_and_accumulation():
     cfg = load_config(None, ["train.batch_size=96", "train.grad_accum_steps=2"])
-    assert validate_for_world(cfg, 2) == 24
+    assert BatchPlan.for_world(cfg.train, 2) == BatchPlan(global_batch=96, world_size=2, accum_steps=2, micro_batch=24)
     with pytest.raises(UsageError, match="train.batch_size.*divisible by world size x train.grad_accum_steps = 5 x 2"):
-        validate_for_world(cfg, 5)
+        BatchPlan.for_world(cfg.train, 5)
+    assert BatchPlan.for_world(cfg.train, 2).steps_per_epoch(1000) == 10  # 500 per rank // 24 // 2
+    with pytest.raises(UsageError, match="do not fill one optimizer step of 96 images"):
+        BatchPlan.for_world(cfg.train, 2).steps_per_epoch(95)
+
+
+@pytest.mark.parametrize("old, new, value, expected", [
+    ("data.backend", "data.loader", "torchvision", "torchvision"),
+    ("data.backend", "data.loader", "synthetic", "random"),
+    ("data.synthetic_train_samples", "data.random_train_samples", "64", 64),
+    ("backend.name", "parallel.strategy", "deepspeed", "deepspeed"),
+    ("backend.find_unused_parameters", "parallel.find_unused_parameters", "true", True),
+])
+def test_renamed_keys_work_for_one_release_with_a_warning_naming_the_new_key(old, new, value, expected, tmp_path):
+    extra = ["parallel.deepspeed_config=configs/deepspeed/zero2.json"] if value == "deepspeed" else []
+    section, key = new.split(".")
+    with pytest.warns(FutureWarning, match=f"'{old}'.*deprecated.*use '{new}'"):
+        cfg = load_config(None, [f"{old}={value}", *extra])
+    assert getattr(getattr(cfg, section), key) == expected
+    old_section, old_key = old.split(".")
+    path = tmp_path / "old.yaml"  # a run dir's config.yaml written before the rename
+    path.write_text(f"{old_section}:\n  {old_key}: {value}\n" + "".join(
+        f"{e.split('.')[0]}:\n  {e.split('.')[1].split('=')[0]}: {e.split('=')[1]}\n" for e in extra))
+    with pytest.warns(FutureWarning, match=f"use '{new}'"):
+        assert getattr(getattr(load_config(path), section), key) == expected
+
+
+def test_accelerate_deepspeed_config_selects_the_deepspeed_strategy():
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "configs/deepspeed/zero2.json"}
+    cfg = load_config(None, [], env)
+    assert (cfg.parallel.strategy, cfg.parallel.deepspeed_config) == ("deepspeed", "configs/deepspeed/zero2.json")
+    with pytest.raises(UsageError, match="contradicts parallel.deepspeed_config"):
+        load_config(None, ["parallel.strategy=deepspeed", "parallel.deepspeed_config=configs/deepspeed/zero3.json"],
+                    env)
+    with pytest.raises(UsageError, match="gradient_accumulation_steps = 4 contradicts train.grad_accum_steps=1"):
+        load_config(None, [], {**env, "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"})
+
+
+def test_accelerate_starting_one_cpu_process_for_many_is_refused():
+    env = {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "False", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29500"}
+    with pytest.raises(UsageError, match="started 1 process although --num_processes > 1"):
+        load_config(None, ["train.precision=fp32"], env)
+    load_config(None, ["train.precision=fp32"], {**env, "RANK": "0", "WORLD_SIZE": "2"})  # --multi_gpu: fine
+
+
+def test_launcher_precision_and_compile_flags_must_not_contradict_the_config():
+    with pytest.raises(UsageError, match="contradicts train.precision=fp32"):
+        load_config(None, ["train.precision=fp32"], {"ACCELERATE_MIXED_PRECISION": "bf16"})
+    load_config(None, ["train.precision=bf16"], {"ACCELERATE_MIXED_PRECISION": "bf16"})
+    with pytest.raises(UsageError, match="model.compile=true"):
+        load_config(None, ["train.precision=fp32"], {"ACCELERATE_MIXED_PRECISION": "no",
+                                                     "ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"})
+
 
 
 def test_saved_yaml_reloads_to_the_same_config(tmp_path):
@@ -118,13 +171,14 @@ def test_cli_missing_data_names_the_data_prep_command(tmp_path):
     result = run_train([f"run.dir={run_dir}", f"data.path={cifar}"])
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: no train.beton in data.path={cifar} (data.backend=ffcv); "
+        f"error: no train.beton in data.path={cifar} (data.loader=ffcv); "
         f"create it with `python -m data_prep cifar10 --out {cifar}`")
-    other = run_train([f"run.dir={run_dir}", "data.backend=torchvision", f"data.path={tmp_path / 'nothing'}"])
-    assert other.returncode == 2 and "no dataset at data.path=" in other.stderr and "python -m data_prep" in other.stderr
+    other = run_train([f"run.dir={run_dir}", "data.loader=torchvision", f"data.path={tmp_path / 'nothing'}"])
+    assert other.returncode == 2
+    assert "no dataset at data.path=" in other.stderr and "python -m data_prep" in other.stderr
     assert not run_dir.exists()
 
 
 def test_config_dataclass_has_every_documented_section():
     assert set(yaml.safe_load(to_yaml(Config()))) == {
-        "run", "data", "model", "optim", "schedule", "train", "checkpoint", "backend", "finetune", "log"}
+        "run", "data", "model", "optim", "schedule", "train", "checkpoint", "parallel", "finetune", "log"}

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import build_loaders
 from visiontrain.config import DataConfig, load_config
-from visiontrain.data import build_data
-from visiontrain.data.transforms import Cutout, DeviceNormalizer, eval_transform, train_transform
+from visiontrain.data.augment import AsIs, Cutout, Recipe, eval_recipe, train_recipe
+from visiontrain.data.base import DeviceNormalizer
+from visiontrain.data.torchvision import EvalTransform, TrainTransform
 from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
 
@@ -21,13 +23,13 @@ def runtime(rank: int = 0, world: int = 1) -> Runtime:
 
 
 def tiny_cfg(path: Path, *extra: str):
-    return load_config("configs/demo/train.yaml", ["data.backend=torchvision", f"data.path={path}",
+    return load_config("configs/demo/train.yaml", ["data.loader=torchvision", f"data.path={path}",
                                                    "data.image_size=16", "data.val_image_size=16",
                                                    "data.crop_padding=2", "data.num_workers=0", *extra])
 
 
 def test_image_folder_batches_arrive_normalized_channels_last_on_device(shapes_dir):
-    bundle = build_data(tiny_cfg(shapes_dir), runtime(), micro_batch=32)
+    bundle = build_loaders(tiny_cfg(shapes_dir), runtime(), 32)
     assert bundle.num_classes == 10 and bundle.train_samples == 400 and bundle.class_names[0] == "bar"
     assert bundle.train.steps_per_epoch == 400 // 32
     bundle.train.set_epoch(0)
@@ -42,7 +44,7 @@ def test_image_folder_batches_arrive_normalized_channels_last_on_device(shapes_d
 def test_augmentation_depends_only_on_seed_epoch_and_index(shapes_dir):
     """Same batches with 0 or 2 workers, and a mid-epoch start replays the tail exactly."""
     def epoch_batches(workers: int, start: int = 0):
-        bundle = build_data(tiny_cfg(shapes_dir, f"data.num_workers={workers}", "data.cutout=4"), runtime(), 32)
+        bundle = build_loaders(tiny_cfg(shapes_dir, f"data.num_workers={workers}", "data.cutout=4"), runtime(), 32)
         bundle.train.set_epoch(3, start=start)
         return [images for images, _ in bundle.train]
 
@@ -58,7 +60,7 @@ def test_ranks_read_disjoint_training_samples(shapes_dir):
     cfg = tiny_cfg(shapes_dir)
     shards = []
     for rank in range(2):
-        bundle = build_data(cfg, runtime(rank, 2), micro_batch=16)
+        bundle = build_loaders(cfg, runtime(rank, 2), 16)
         bundle.train.set_epoch(0)
         shards.append(set(bundle.train.epoch_indices()))
     assert not shards[0] & shards[1] and len(shards[0]) == len(shards[1]) == 192
@@ -82,9 +84,9 @@ def test_cifar_pickle_layout_is_read_with_its_class_names(tmp_path):
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with open(root / "batches.meta", "wb") as f:
         pickle.dump({"label_names": names}, f)
-    cfg = load_config(None, ["data.backend=torchvision", f"data.path={tmp_path / 'cifar'}", "data.num_workers=0",
+    cfg = load_config(None, ["data.loader=torchvision", f"data.path={tmp_path / 'cifar'}", "data.num_workers=0",
                              "model.channels_last=false"])
-    bundle = build_data(cfg, runtime(), micro_batch=16)
+    bundle = build_loaders(cfg, runtime(), 16)
     assert bundle.class_names == names and bundle.train_samples == 80
     images, labels, valid = next(iter(bundle.val))
     mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
@@ -105,9 +107,9 @@ def test_cifar_batch_with_foreign_objects_is_refused(tmp_path):
     with open(root / "data_batch_1", "wb") as f:
         pickle.dump({"data": _Smuggled(), "labels": []}, f)
     (root / "test_batch").write_bytes((root / "data_batch_1").read_bytes())
-    cfg = load_config(None, ["data.backend=torchvision", f"data.path={tmp_path}"])
+    cfg = load_config(None, ["data.loader=torchvision", f"data.path={tmp_path}"])
     with pytest.raises(UsageError, match="is not a CIFAR-10 batch file.*posix.getcwd"):
-        build_data(cfg, runtime(), micro_batch=16)
+        build_loaders(cfg, runtime(), 16)
 
 
 def test_val_classes_must_match_train_classes(shapes_dir, tmp_path):
@@ -115,26 +117,27 @@ def test_val_classes_must_match_train_classes(shapes_dir, tmp_path):
     shutil.copytree(shapes_dir, broken)
     shutil.rmtree(broken / "val" / "star")
     with pytest.raises(UsageError, match="differ from the training classes.*star"):
-        build_data(tiny_cfg(broken), runtime(), 32)
+        build_loaders(tiny_cfg(broken), runtime(), 32)
 
 
 def test_num_classes_must_match_the_dataset(shapes_dir):
     with pytest.raises(UsageError, match="model.num_classes' = 5 but the dataset .* has 10 classes"):
-        build_data(tiny_cfg(shapes_dir, "model.num_classes=5"), runtime(), 32)
+        build_loaders(tiny_cfg(shapes_dir, "model.num_classes=5"), runtime(), 32)
 
 
 def test_batch_larger_than_the_dataset_is_a_usage_error(shapes_dir):
     with pytest.raises(UsageError, match="do not fill one optimizer step"):
-        build_data(tiny_cfg(shapes_dir), runtime(), micro_batch=1024)
+        build_loaders(tiny_cfg(shapes_dir), runtime(), 1024)
 
 
 def test_cutout_fills_one_square_with_the_mean_colour():
-    torch.manual_seed(0)
-    image = torch.full((3, 16, 16), 7, dtype=torch.uint8)
-    out = Cutout(4, (1, 2, 3))(image)
-    changed = (out != image).any(dim=0)
-    assert int(changed.sum()) == 16
-    assert out[:, changed].unique(dim=1).tolist() == [[1], [2], [3]]
+    images = [np.full((16, 16, 3), 7, dtype=np.uint8)] * 50
+    out = TrainTransform(Recipe(AsIs(16), (Cutout(4, (1, 2, 3)),)), seed=0)(images, np.arange(50, dtype=np.uint64), 0)
+    changed = (out != 7).any(dim=1)
+    assert (changed.sum(dim=(1, 2)) == 16).all()
+    assert out.permute(1, 0, 2, 3)[:, changed].unique(dim=1).tolist() == [[1], [2], [3]]
+    squares = {tuple(torch.nonzero(mask).min(dim=0).values.tolist()) for mask in changed}
+    assert len(squares) > 10  # the square moves from image to image
 
 
 def test_imagenet_recipe_sizes():
@@ -142,8 +145,9 @@ def test_imagenet_recipe_sizes():
 
     cfg = DataConfig(recipe="imagenet", image_size=64, val_image_size=56, val_crop_ratio=0.875)
     photo = Image.new("RGB", (300, 200), (10, 20, 30))
-    assert train_transform(cfg)(photo).shape == (3, 64, 64)
-    assert eval_transform(cfg)(photo).shape == (3, 56, 56)
+    indices = np.array([0], dtype=np.uint64)
+    assert TrainTransform(train_recipe(cfg), seed=0)([photo], indices, 0).shape == (1, 3, 64, 64)
+    assert EvalTransform(eval_recipe(cfg))([photo]).shape == (1, 3, 56, 56)
 
 
 def test_device_normalizer_matches_the_formula():

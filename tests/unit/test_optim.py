@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from visiontrain.config import OptimConfig, ScheduleConfig
-from visiontrain.models import ModelConfig, build_model
+from visiontrain.config import ModelConfig, OptimConfig, ScheduleConfig
 from visiontrain.errors import UsageError
+from visiontrain.models import build_model
 from visiontrain.optim import build_optimizer, build_scheduler, lr_factor
 
 

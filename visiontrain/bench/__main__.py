@@ -5,7 +5,7 @@
     python -m visiontrain.bench scaling --nproc 1,2,4 [--of step|e2e] [-c CONFIG] [key=value ...] [--out DIR]
     python -m visiontrain.bench overhead [--steps 10] [--rounds 12] [section.key=value ...]
     python -m visiontrain.bench loader [--workers 2] [--epochs 3] [--res 160 192] [--out DIR]
-    python -m visiontrain.bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--backends ddp zero1 ...]
+    python -m visiontrain.bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--strategies ddp zero1 ...]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m visiontrain.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
-    overhead = sub.add_parser("overhead", help="train.py's engine vs a bare PyTorch loop, same model and batches")
+    overhead = sub.add_parser("overhead", help="train.py's trainer vs a bare PyTorch loop, same model and batches")
     overhead.add_argument("--steps", type=int, default=10, help="steps per round")
     overhead.add_argument("--rounds", type=int, default=12, help="alternating rounds (plus one warm-up)")
     overhead.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     memory.add_argument("--image-size", type=int, default=64)
     memory.add_argument("--batch", type=int, default=4, help="images per rank per step")
     memory.add_argument("--steps", type=int, default=3)
-    memory.add_argument("--backends", nargs="+", default=["ddp", "zero1", "zero2", "zero3"])
+    memory.add_argument("--strategies", nargs="+", default=["ddp", "zero1", "zero2", "zero3"])
     memory.add_argument("--optim", default="sgd", choices=("sgd", "adamw"))
     for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
                             ("e2e", "the configured loader + training steps, as train.py runs them"),
@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
         throughput = sub.add_parser(name, help=help_text)
         throughput.add_argument("-c", "--config", help="YAML config (train.py's defaults otherwise)")
         throughput.add_argument("overrides", nargs="*", metavar="section.key=value",
-                                help="fixed overrides; train.batch_size is per device; backend=ddp|zero0..zero3")
+                                help="fixed overrides; batch_per_device=N (images per device per step); "
+                                     "strategy=ddp|zero0..zero3")
         throughput.add_argument("--sweep", nargs="+", default=[], metavar="section.key=v1,v2",
                                 help="measure every combination of these values")
         if name == "scaling":
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
     elif args.mode == "memory":
         from visiontrain.bench import memory as memory_bench
 
-        results = memory_bench.run(args.model, args.nproc, args.image_size, args.batch, args.steps, args.backends,
+        results = memory_bench.run(args.model, args.nproc, args.image_size, args.batch, args.steps, args.strategies,
                                    args.optim)
         print(memory_bench.report(results, args.model, args.nproc, args.optim))
     else:
@@ -101,7 +102,8 @@ def throughput_main(args: argparse.Namespace, argv: list[str]) -> int:
     inner = args.inner if args.mode == "scaling" else args.mode
     nprocs = runner.parse_nproc(args.nproc)
     if args.mode != "scaling" and len(nprocs) > 1:
-        raise UsageError(f"--nproc {args.nproc!r}: {args.mode} takes one process count; use the scaling mode for several")
+        raise UsageError(f"--nproc {args.nproc!r}: {args.mode} takes one process count; "
+                         "use the scaling mode for several")
     points = expand(args.overrides, args.sweep)
     runner.check_points(args.config, inner, points, nprocs)
     out = args.out or Path("runs/bench") / args.mode

@@ -14,7 +14,6 @@ excluded). Workloads:
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import statistics
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visiontrain.config import load_config
+from visiontrain import fileio
+from visiontrain.config import BatchPlan, load_config
 from visiontrain.data import build_data
 from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
@@ -132,7 +132,7 @@ def epoch_rates(bundles: dict, epochs: int) -> dict[str, list[float]]:
 
 def _cfg(backend: str, path: Path, recipe: str, res: int, batch: int, workers: int):
     mean_std = [f"data.mean={IMAGENET_MEAN}", f"data.std={IMAGENET_STD}"] if recipe == "imagenet" else []
-    return load_config(None, [f"data.backend={backend}", f"data.path={path}", f"data.recipe={recipe}",
+    return load_config(None, [f"data.loader={backend}", f"data.path={path}", f"data.recipe={recipe}",
                               f"data.image_size={res}", f"data.val_image_size={res}", f"data.num_workers={workers}",
                               f"train.batch_size={batch}", "data.crop_padding=2", "model.num_classes=200"
                               if recipe == "imagenet" else "model.num_classes=10", *mean_std])
@@ -148,22 +148,24 @@ def run(shared: Path, work: Path, workers: int, epochs: int, imagenet_samples: i
     rows = []
     imagenet = prepare_imagenet(shared, work, imagenet_samples, workers)
     for res in resolutions:
-        bundles = {name: build_data(_cfg(backend, imagenet[name], "imagenet", res, 256, workers), runtime, 256)
+        bundles = {name: build_data(_cfg(backend, imagenet[name], "imagenet", res, 256, workers), runtime,
+                                    BatchPlan.of_micro_batch(256))
                    for name, backend in (("ffcv", "ffcv"), ("resized", "torchvision"), ("originals", "torchvision"))}
         rates = epoch_rates(bundles, epochs)
         rows.append(_row(f"imagenet-like, {imagenet_samples} samples, res {res}", rates, workers,
                          {"ffcv": "ffcv (.beton, 256 px jpg)", "resized": "torchvision (same 256 px jpgs)",
                           "originals": "torchvision (original photos)"}, baseline="resized"))
     cifar = prepare_cifar(shared, work, workers)
-    bundles = {name: build_data(_cfg(name, cifar[name], "cifar", 32, 512, workers), runtime, 512)
+    bundles = {name: build_data(_cfg(name, cifar[name], "cifar", 32, 512, workers), runtime,
+                                BatchPlan.of_micro_batch(512))
                for name in ("ffcv", "torchvision")}
     rows.append(_row("cifar10, 50000 samples, raw 32x32", epoch_rates(bundles, epochs), workers,
                      {"ffcv": "ffcv (.beton, raw)", "torchvision": "torchvision (python batches)"},
                      baseline="torchvision"))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "loader_results.json").write_text(json.dumps({"workers": workers, "epochs": epochs, "rows": rows,
-                                                             "cpu_count": os.cpu_count()}, indent=2) + "\n")
+        fileio.write_json(out / "loader_results.json", {"workers": workers, "epochs": epochs, "rows": rows,
+                                                        "cpu_count": os.cpu_count()})
     return rows
 
 

@@ -1,10 +1,11 @@
-"""Engine overhead: train.py's training loop against a bare PyTorch loop.
+"""Trainer overhead: train.py's training loop against a bare PyTorch loop.
 
 Both run the same model, batches (random tensors already on the device), optimizer,
 schedule, precision and memory format, in one process, alternating round by round and
-swapping which goes first each round, so that machine noise and drift hit both alike. The engine side is `Trainer.train_one_epoch`
-exactly as train.py runs it (device-side metrics, non-finite tracking, periodic log
-reads, metrics.jsonl and TensorBoard writes). Reported: median seconds per step of
+swapping which goes first each round, so that machine noise and drift hit both alike.
+The trainer side is `Trainer.train_one_epoch` exactly as train.py runs it, built by
+`run.build_run` (device-side metrics, non-finite tracking, periodic log reads,
+metrics.jsonl and TensorBoard writes). Reported: median seconds per step of
 each, and the median over rounds of the paired throughput ratio engine / bare
 (1.0 = no overhead; pairing cancels the slow drift of a shared machine).
 """
@@ -19,14 +20,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from visiontrain.config import load_config, validate_for_world
-from visiontrain.data import build_data
-from visiontrain.dist import Runtime, init_runtime, seed_everything
-from visiontrain.engine import Trainer
+from visiontrain.config import load_config
+from visiontrain.dist import Runtime
 from visiontrain.models import build_model
 from visiontrain.optim import build_optimizer, build_scheduler
+from visiontrain.run import build_run, seed_everything
 
-DEFAULTS = ["data.backend=synthetic", "data.image_size=32", "model.name=resnet9", "model.width=32",
+DEFAULTS = ["data.loader=random", "data.image_size=32", "model.name=resnet9", "model.width=32",
             "train.batch_size=128", "train.precision=fp32", "train.epochs=1000", "schedule.warmup_epochs=0",
             "log.progress_bar=false"]
 
@@ -68,29 +68,25 @@ def _timed(device: torch.device, work) -> float:
 
 def measure(overrides: list[str], steps: int, rounds: int, runtime: Runtime | None = None) -> OverheadResult:
     cfg = load_config(None, DEFAULTS + list(overrides))
-    cfg.data.synthetic_train_samples = cfg.train.batch_size * steps
-    runtime = runtime or init_runtime(cfg.run.device)
-    micro = validate_for_world(cfg, runtime.world_size)
+    cfg.data.random_train_samples = cfg.train.batch_size * steps
     with tempfile.TemporaryDirectory() as run_dir:
-        seed_everything(cfg.run.seed)
         cfg.run.dir = run_dir
-        data = build_data(cfg, runtime, micro)
-        trainer = Trainer(cfg, runtime, data, build_model(cfg.model), run_dir)
-        trainer.resume_if_possible()  # opens the logs, as train.py does
+        run = build_run(cfg, runtime=runtime)
+        trainer, device = run.trainer, run.runtime.device
 
         seed_everything(cfg.run.seed)
         fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-        bare_model = build_model(cfg.model).to(runtime.device, memory_format=fmt)
+        bare_model = build_model(cfg.model).to(device, memory_format=fmt)
         bare_opt = build_optimizer(bare_model, cfg.optim)
         bare_sched = build_scheduler(bare_opt, cfg.schedule, steps, cfg.train.epochs)
-        batches = list(data.train)
+        batches = list(run.data.train)
 
         def run_engine(round_index: int) -> float:
             trainer.state.batch_in_epoch = 0  # what fit() does between epochs
-            return _timed(runtime.device, lambda: trainer.train_one_epoch(round_index))
+            return _timed(device, lambda: trainer.train_one_epoch(round_index))
 
         def run_bare() -> float:
-            return _timed(runtime.device, lambda: bare_loop(bare_model, bare_opt, bare_sched, batches,
+            return _timed(device, lambda: bare_loop(bare_model, bare_opt, bare_sched, batches,
                                                             trainer.backend.autocast, cfg.train.label_smoothing))
 
         engine_times, bare_times = [], []

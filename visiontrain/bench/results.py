@@ -4,11 +4,11 @@ table) and PNG charts (throughput per point; scaling efficiency), in one directo
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from visiontrain import fileio
 
 SCHEMA_VERSION = 1
 
@@ -65,20 +65,14 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write(out_dir: Path, mode: str, command: str, environment: dict[str, Any], settings: dict[str, Any],
           records: list[dict[str, Any]]) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"schema_version": SCHEMA_VERSION, "mode": mode, "command": command,
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment, "settings": settings,
            "points": records}
-    _atomic_write(out_dir / "results.json", json.dumps(doc, indent=2) + "\n")
-    _atomic_write(out_dir / "results.md", markdown(doc))
+    fileio.write_json(out_dir / "results.json", doc)
+    fileio.write_text(out_dir / "results.md", markdown(doc))
     ok = [r for r in records if "error" not in r]
     if ok:
         throughput_chart(ok, out_dir / "throughput.png")
@@ -104,7 +98,8 @@ def throughput_chart(records: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("images/s (all devices; median, range over repeats)")
     ax.set_title(f"training throughput: {records[0]['model']}, {records[0]['device']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -132,5 +127,6 @@ def scaling_chart(records: list[dict[str, Any]], path: Path) -> None:
     right.set_ylim(0, 110)
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -14,6 +14,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +24,10 @@ from visiontrain.bench.sweep import Point
 from visiontrain.errors import UsageError
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
-# `backend=NAME` in overrides and sweeps: the training backend in one word.
-BACKEND_ALIASES = {"ddp": ["backend.name=ddp"]} | {
-    f"zero{stage}": ["backend.name=deepspeed", f"backend.deepspeed_config={DEEPSPEED_CONFIGS / f'zero{stage}.json'}"]
+# `strategy=NAME` in overrides and sweeps: the parallel strategy (and ZeRO stage) in one word.
+STRATEGY_ALIASES = {"ddp": ["parallel.strategy=ddp"]} | {
+    f"zero{stage}": ["parallel.strategy=deepspeed",
+                     f"parallel.deepspeed_config={DEEPSPEED_CONFIGS / f'zero{stage}.json'}"]
     for stage in range(4)
 }
 
@@ -34,12 +36,16 @@ def expand_aliases(overrides: tuple[str, ...] | list[str]) -> list[str]:
     expanded = []
     for item in overrides:
         key, _, value = item.partition("=")
-        if key != "backend":
+        if key == "backend":
+            warnings.warn(f"the benchmark's backend={value} is deprecated and will be removed in the next release; "
+                          f"use strategy={value}", FutureWarning, stacklevel=2)
+            key = "strategy"
+        if key != "strategy":
             expanded.append(item)
-        elif value in BACKEND_ALIASES:
-            expanded += BACKEND_ALIASES[value]
+        elif value in STRATEGY_ALIASES:
+            expanded += STRATEGY_ALIASES[value]
         else:
-            raise UsageError(f"backend={value!r} is not a benchmark backend; allowed: {', '.join(BACKEND_ALIASES)}")
+            raise UsageError(f"strategy={value!r} is not a benchmark strategy; allowed: {', '.join(STRATEGY_ALIASES)}")
     return expanded
 
 
@@ -56,14 +62,14 @@ def parse_nproc(text: str) -> list[int]:
 def check_points(config: str | None, mode: str, points: list[Point], nprocs: list[int]) -> None:
     """Every point's config must load and fit every process count: fail before running any."""
     from visiontrain.bench.throughput import point_config
-    from visiontrain.config import validate_for_world
+    from visiontrain.config import BatchPlan
 
     if config is not None and not Path(config).is_file():
         raise UsageError(f"config file {config!r} does not exist")
     for point in points:
         for nproc in nprocs:
             cfg = point_config({"config": config, "mode": mode, "overrides": expand_aliases(point.overrides)}, nproc)
-            validate_for_world(cfg, nproc)
+            BatchPlan.for_world(cfg.train, nproc)
             if cfg.run.device == "cuda" and not torch.cuda.is_available():
                 raise UsageError("run.device=cuda but this machine has no CUDA device; use run.device=auto or cpu")
             if cfg.run.device != "cpu" and torch.cuda.is_available() and nproc > torch.cuda.device_count():
@@ -73,7 +79,7 @@ def check_points(config: str | None, mode: str, points: list[Point], nprocs: lis
 
 def environment() -> dict[str, Any]:
     """train.py's environment record (logs.environment), in the benchmark's documented keys."""
-    from visiontrain.logs import environment as run_environment
+    from visiontrain.environment import environment as run_environment
 
     cuda = torch.cuda.is_available()
     base = run_environment(torch.device("cuda" if cuda else "cpu"))

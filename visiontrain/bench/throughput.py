@@ -42,7 +42,8 @@ class TimedLoader:
 
     def __init__(self, inner, device: torch.device):
         self.inner, self.device = inner, device
-        self.steps_per_epoch, self.micro_batch, self.accum_steps = inner.steps_per_epoch, inner.micro_batch, inner.accum_steps
+        self.steps_per_epoch, self.micro_batch = inner.steps_per_epoch, inner.micro_batch
+        self.batches_per_epoch = inner.batches_per_epoch
         self._planned = 0
         self._source = None  # one endless iteration, alive across repeats
         self.wait_s = 0.0
@@ -117,21 +118,41 @@ def _peak_memory_mib(device: torch.device) -> tuple[float, str]:
 
 
 def point_config(spec: dict[str, Any], world_size: int):
-    """The config of a point: train.batch_size is per device in the benchmark."""
+    """The config of a point. train.batch_size is the global batch, as in train.py; `batch_per_device=N`
+    sets N images per device instead (the global batch then grows with the process count)."""
     from visiontrain.config import load_config
 
-    cfg = load_config(spec.get("config"), list(spec["overrides"]) + BENCH_OVERRIDES)
-    cfg.train.batch_size *= world_size
+    overrides, per_device = split_batch_per_device(spec["overrides"])
+    cfg = load_config(spec.get("config"), overrides + BENCH_OVERRIDES)
+    if per_device:
+        cfg.train.batch_size = per_device * world_size
     if spec["mode"] == "step":
-        cfg.data.backend = "synthetic"
-        cfg.data.synthetic_train_samples = STEP_POOL_BATCHES * cfg.train.batch_size
-        cfg.data.synthetic_val_samples = cfg.train.batch_size
+        cfg.data.loader = "random"
+        cfg.data.random_train_samples = STEP_POOL_BATCHES * cfg.train.batch_size
+        cfg.data.random_val_samples = cfg.train.batch_size
     return cfg
 
 
-def _bare_reference(cfg, runtime, pool, steps: int, label_smoothing: float):
-    """A hand-written loop over the same device batches: the engine's overhead reference."""
-    from visiontrain.backends import autocast_factory
+def split_batch_per_device(overrides: list[str]) -> tuple[list[str], int | None]:
+    """(config overrides, the `batch_per_device=N` value or None)."""
+    from visiontrain.errors import UsageError
+
+    rest, per_device = [], None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key != "batch_per_device":
+            rest.append(item)
+        elif value.isdigit() and int(value) >= 1:
+            per_device = int(value)
+        else:
+            raise UsageError(f"batch_per_device={value!r} is invalid: a whole number >= 1")
+    if per_device and any(item.startswith("train.batch_size=") for item in rest):
+        raise UsageError("train.batch_size (global) and batch_per_device both given: give one of them")
+    return rest, per_device
+
+
+def _bare_reference(cfg, runtime, autocast, pool, steps: int, label_smoothing: float):
+    """A hand-written loop over the same device batches: the trainer's overhead reference."""
     from visiontrain.bench.overhead import bare_loop
     from visiontrain.models import build_model
     from visiontrain.optim import build_optimizer, build_scheduler
@@ -146,42 +167,31 @@ def _bare_reference(cfg, runtime, pool, steps: int, label_smoothing: float):
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if cfg.model.compile:
         train_model = torch.compile(train_model)
-    autocast = autocast_factory(cfg.train.precision, runtime.device)
     batches = [pool[i % len(pool)] for i in range(steps)]
     return lambda: bare_loop(train_model, optimizer, scheduler, batches, autocast, label_smoothing)
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     """Run one point in this process (one rank of it); rank 0 returns the record."""
-    from visiontrain import backends, dist
+    from visiontrain import dist
     from visiontrain.bench.flops import mfu, peak_tflops, train_flops_per_image
-    from visiontrain.config import validate_for_world
-    from visiontrain.data import build_data
-    from visiontrain.engine import Trainer
     from visiontrain.models import build_model
+    from visiontrain.run import build_run
 
-    launch = dist.detect_launch()
-    cfg = point_config(spec, launch.world_size)
-    runtime = dist.init_runtime(cfg.run.device, cfg.backend.find_unused_parameters,
-                                use_accelerate=cfg.backend.name == "ddp")
-    micro = validate_for_world(cfg, runtime.world_size)
-    ds_config = backends.resolve_deepspeed_config(cfg, runtime, micro)
-    backend = "ddp" if ds_config is None else f"zero{ds_config['zero_optimization']['stage']}"
-    device = runtime.device
-    dist.seed_everything(cfg.run.seed)
-    data = build_data(cfg, runtime, micro)
-    model = build_model(cfg.model)
-    flops_per_image = train_flops_per_image(model, cfg.data.image_size, torch.device("cpu"))
+    cfg = point_config(spec, dist.detect_launch().world_size)
     steps, repeats, warmup = spec["steps"], spec["repeats"], spec["warmup_steps"]
-    accum = data.train.accum_steps
-    images_per_step = micro * accum * runtime.world_size
+    flops_per_image = train_flops_per_image(build_model(cfg.model), cfg.data.image_size, torch.device("cpu"))
 
     with tempfile.TemporaryDirectory() as run_dir:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        trainer = Trainer(cfg, runtime, data, model, Path(run_dir))
-        trainer.resume_if_possible()  # opens the logs, as train.py does
-        loader = TimedLoader(data.train, device)
+        cfg.run.dir = run_dir
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        run = build_run(cfg)
+        runtime, trainer, device, accum = run.runtime, run.trainer, run.runtime.device, run.plan.accum_steps
+        stage = getattr(trainer.backend, "stage", None)
+        strategy = "ddp" if stage is None else f"zero{stage}"
+        images_per_step = run.plan.global_batch
+        loader = TimedLoader(run.data.train, device)
         trainer.data.train = loader
 
         def engine_run(batches: int, epoch: int) -> float:
@@ -193,7 +203,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         peak_mib, memory_kind = _peak_memory_mib(device)
         bare = None
         if spec.get("bare") and spec["mode"] == "step":
-            bare = _bare_reference(cfg, runtime, loader.inner.pool, steps, cfg.train.label_smoothing)
+            bare = _bare_reference(cfg, runtime, trainer.backend.autocast, loader.inner.pool, steps,
+                                   cfg.train.label_smoothing)
             _timed(device, bare)  # warm-up (and compilation) of the reference
 
         engine_ips, bare_ips, step_s, wait_fraction = [], [], [], []
@@ -221,10 +232,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     record = {
         "label": spec["label"], "mode": spec["mode"], "overrides": list(spec["overrides"]),
         "world_size": runtime.world_size, "device": device_name or "cpu",
-        "model": cfg.model.name, "image_size": cfg.data.image_size, "batch_per_device": micro * accum,
+        "model": cfg.model.name, "image_size": cfg.data.image_size, "batch_per_device": run.plan.micro_batch * accum,
         "global_batch": images_per_step, "precision": cfg.train.precision,
-        "channels_last": cfg.model.channels_last, "compile": cfg.model.compile, "backend": backend,
-        "data_backend": cfg.data.backend, "steps": steps, "repeats": repeats, "warmup_steps": max(1, warmup),
+        "channels_last": cfg.model.channels_last, "compile": cfg.model.compile, "strategy": strategy,
+        "data_loader": cfg.data.loader, "steps": steps, "repeats": repeats, "warmup_steps": max(1, warmup),
         "warmup_s": warmup_s,
         "images_per_s": ips, "images_per_s_min": min(engine_ips), "images_per_s_max": max(engine_ips),
         "images_per_s_per_device": per_device, "repeat_images_per_s": engine_ips,

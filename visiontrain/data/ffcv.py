@@ -1,10 +1,11 @@
 """The FFCV backend: train.beton / val.beton / meta.json written by `python -m data_prep`.
 
-Same contract as the torchvision backend:
+Same contract as the torchvision loader:
 - Data order: the same per-epoch permutation and rank split (torch's DistributedSampler
   with drop_last; no sample twice in an epoch), able to start mid-epoch on resume. It
   reaches FFCV as a custom TraversalOrder.
-- Augmentation: the same recipes, with reproducible randomness (`ffcv_ops`).
+- Augmentation: the recipes of `augment.py`, each op mapped to a seeded FFCV operation
+  (`ffcv_ops`) that produces the torchvision loader's pixels.
 - Output: uint8 pixels, normalized to float on the device, channels-last if asked.
 - Evaluation: padded equal shards with padding masked out.
 Progressive resizing (imagenet recipe) changes the decoder's output size each epoch.
@@ -25,12 +26,19 @@ from ffcv.reader import Reader
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 
-from visiontrain.config import Config, DataConfig
-from visiontrain.data import DataBundle, optimizer_steps_per_epoch
-from visiontrain.data.ffcv_ops import SeededCutout, SeededFlip, SeededRandomResizedCropDecoder, SeededTranslate
+from visiontrain.config import BatchPlan, Config, DataConfig
+from visiontrain.data import augment
+from visiontrain.data.augment import AsIs, Cutout, Flip, PixelOp, RandomResizedCrop, ResizeCenterCrop, Sizing, Translate
+from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
+from visiontrain.data.ffcv_ops import (
+    EpochCell,
+    SeededCutout,
+    SeededFlip,
+    SeededRandomResizedCropDecoder,
+    SeededTranslate,
+)
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
 from visiontrain.data.subset import Relabel, check_num_classes, select
-from visiontrain.data.transforms import DeviceNormalizer, mean_uint8
 from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
 
@@ -41,7 +49,7 @@ class FixedOrder(TraversalOrder):
     def __init__(self, order_for_epoch: Callable[[int], np.ndarray]):
         self.order_for_epoch = order_for_epoch
 
-    def __call__(self, loader) -> "FixedOrder":
+    def __call__(self, loader) -> FixedOrder:
         super().__init__(loader)
         return self
 
@@ -63,58 +71,71 @@ def resolution_for_epoch(epoch: int, d: DataConfig) -> int:
     return max(d.min_res, int(res) // d.res_multiple * d.res_multiple)
 
 
+def decoder_for(sizing: Sizing, seed: int, epoch: EpochCell):
+    match sizing:
+        case AsIs():
+            return SimpleRGBImageDecoder()
+        case ResizeCenterCrop(size, ratio):
+            return CenterCropRGBImageDecoder((size, size), ratio=ratio)
+        case RandomResizedCrop(size, scale, ratio):
+            return SeededRandomResizedCropDecoder((size, size), seed, epoch, scale, ratio)
+    raise TypeError(f"no FFCV decoder for {sizing!r}")
+
+
+def operation_for(op: PixelOp, seed: int, epoch: EpochCell):
+    match op:
+        case Flip():
+            return SeededFlip(seed, epoch)
+        case Translate(padding, fill):
+            return SeededTranslate(padding, fill, seed, epoch)
+        case Cutout(size, fill):
+            return SeededCutout(size, fill, seed, epoch)
+    raise TypeError(f"no FFCV operation for {op!r}")
+
+
 def _device_ops(device: torch.device) -> list:
     return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
 
 
-class FFCVTrainLoader:
+def _loader(path: Path, d: DataConfig, device: torch.device, micro_batch: int, image_ops: list, order: FixedOrder,
+            drop_last: bool) -> Loader:
+    device_ops = _device_ops(device)
+    threads = torch.get_num_threads()
+    loader = Loader(
+        str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache, order=order,
+        drop_last=drop_last, batches_ahead=d.batches_ahead,
+        pipelines={"image": image_ops + [ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
+                   "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
+    torch.set_num_threads(threads)  # FFCV sets torch's thread count to its own
+    return loader
+
+
+class FFCVTrainLoader(SampledTrainLoader):
     def __init__(self, cfg: Config, runtime: Runtime, path: Path, indices: list[int], relabel: Relabel,
-                 micro_batch: int, steps: int):
-        d = cfg.data
-        self.steps_per_epoch, self.micro_batch, self.accum_steps = steps, micro_batch, cfg.train.grad_accum_steps
+                 plan: BatchPlan):
+        d, seed = cfg.data, cfg.run.seed
+        super().__init__(ResumableDistributedSampler(indices, runtime.world_size, runtime.rank, seed), plan)
         self.data_cfg, self.relabel = d, relabel
-        self.sampler = ResumableDistributedSampler(indices, runtime.world_size, runtime.rank, cfg.run.seed)
         self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
-        seed = cfg.run.seed
-        if d.recipe == "imagenet":
-            self.decoder = SeededRandomResizedCropDecoder((d.image_size, d.image_size), seed)
-            ops = [self.decoder] + ([SeededFlip(seed)] if d.flip else [])
-        else:
-            self.decoder = None
-            ops = [SimpleRGBImageDecoder()] + ([SeededFlip(seed)] if d.flip else [])
-            if d.crop_padding:
-                ops.append(SeededTranslate(d.crop_padding, mean_uint8(d), seed))
-            if d.cutout:
-                ops.append(SeededCutout(d.cutout, mean_uint8(d), seed))
-        device_ops = _device_ops(runtime.device)
-        threads = torch.get_num_threads()
-        self.loader = Loader(
-            str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache,
-            order=FixedOrder(self._order), drop_last=True, batches_ahead=d.batches_ahead,
-            pipelines={"image": ops + [ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
-                       "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
-        self.torch_threads = threads
-        torch.set_num_threads(threads)  # FFCV sets torch's thread count to its own
-        self._remaining = steps * self.accum_steps
+        recipe = augment.train_recipe(d)
+        self.epoch = EpochCell()
+        self.decoder = decoder_for(recipe.sizing, seed, self.epoch)
+        self.torch_threads = torch.get_num_threads()
+        self.loader = _loader(path, d, runtime.device, plan.micro_batch,
+                              [self.decoder] + [operation_for(op, seed, self.epoch) for op in recipe.ops],
+                              FixedOrder(self._order), drop_last=True)
 
     def _order(self, epoch: int) -> np.ndarray:
         self.sampler.set_epoch(epoch, self.sampler.start)
         return np.array([index for index, _ in self.sampler], dtype=np.uint64)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch, start * self.micro_batch)
+        super().set_epoch(epoch, start)
         self.loader.next_epoch = epoch
-        self._remaining = self.steps_per_epoch * self.accum_steps - start
-        if self.decoder is not None:
+        self.epoch.set(epoch)
+        if isinstance(self.decoder, SeededRandomResizedCropDecoder):
             res = resolution_for_epoch(epoch, self.data_cfg)
             self.decoder.output_size = (res, res)
-
-    @property
-    def resolution(self) -> int | None:
-        return self.decoder.output_size[0] if self.decoder is not None else self.data_cfg.image_size
-
-    def epoch_indices(self) -> list[int]:
-        return self.sampler.epoch_indices()[: self.steps_per_epoch * self.accum_steps * self.micro_batch]
 
     def __iter__(self):
         device = self.normalize.device
@@ -138,19 +159,10 @@ class FFCVEvalLoader:
         self.valid = torch.tensor(valid, dtype=torch.bool, device=runtime.device)
         self.micro_batch = micro_batch
         self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
-        if d.recipe == "imagenet":
-            decoder = CenterCropRGBImageDecoder((d.val_image_size, d.val_image_size), ratio=d.val_crop_ratio)
-        else:
-            decoder = SimpleRGBImageDecoder()
-        device_ops = _device_ops(runtime.device)
-        threads = torch.get_num_threads()
-        self.loader = Loader(
-            str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache,
-            order=FixedOrder(lambda epoch: self.order), drop_last=False, batches_ahead=d.batches_ahead,
-            pipelines={"image": [decoder, ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
-                       "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
-        self.torch_threads = threads
-        torch.set_num_threads(threads)
+        recipe = augment.eval_recipe(d)  # no random op: no seed
+        self.torch_threads = torch.get_num_threads()
+        self.loader = _loader(path, d, runtime.device, micro_batch, [decoder_for(recipe.sizing, 0, EpochCell())],
+                              FixedOrder(lambda epoch: self.order), drop_last=False)
 
     def __iter__(self):
         device = self.normalize.device
@@ -165,10 +177,10 @@ class FFCVEvalLoader:
 def _missing(path: Path, name: str) -> UsageError:
     hint = (f"python -m data_prep cifar10 --out {path}" if path.name == "cifar10"
             else f"python -m data_prep {{cifar10,imagenet,folder}} ... --out {path}")
-    return UsageError(f"no {name} in data.path={path} (data.backend=ffcv); create it with `{hint}`")
+    return UsageError(f"no {name} in data.path={path} (data.loader=ffcv); create it with `{hint}`")
 
 
-def build_ffcv_data(cfg: Config, runtime: Runtime, micro_batch: int, train: bool = True) -> DataBundle:
+def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
     d = cfg.data
     path = Path(d.path)
     splits = ("train", "val") if train else ("val",)
@@ -178,27 +190,24 @@ def build_ffcv_data(cfg: Config, runtime: Runtime, micro_batch: int, train: bool
             raise _missing(path, name)
     meta = json.loads(files["meta.json"].read_text())
     class_names = list(meta["class_names"])
-    if d.recipe == "cifar":
-        for split in splits:
-            size = meta.get("splits", {}).get(split, {}).get("image_size", {})
-            sides = {size.get(k, {}).get(e) for k in ("width", "height") for e in ("min", "max")}
-            wanted = d.image_size if split == "train" else d.val_image_size
-            if sides != {wanted}:
-                raise UsageError(f"data.recipe=cifar reads {split}.beton images as they are, but they are not all "
-                                 f"{wanted}x{wanted} (data.image_size / data.val_image_size); sizes seen: "
-                                 f"{sorted(s for s in sides if s is not None)}; use data.recipe=imagenet to crop")
+    for split in splits:
+        sizing = (augment.train_recipe(d) if split == "train" else augment.eval_recipe(d)).sizing
+        size = meta.get("splits", {}).get(split, {}).get("image_size", {})
+        sides = {size.get(k, {}).get(e) for k in ("width", "height") for e in ("min", "max")}
+        if isinstance(sizing, AsIs) and sides != {sizing.size}:
+            raise UsageError(f"data.recipe={d.recipe} reads {split}.beton images as they are, but they are not all "
+                             f"{sizing.size}x{sizing.size} (data.image_size / data.val_image_size); sizes seen: "
+                             f"{sorted(s for s in sides if s is not None)}; use data.recipe=imagenet to crop")
     chosen = select(d, class_names, beton_labels(files["train.beton"]) if train else None,
                     beton_labels(files["val.beton"]))
     check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
     relabel = Relabel(chosen.label_map, runtime.device)
     train_loader = None
     if train:
-        steps = optimizer_steps_per_epoch(len(chosen.train_indices), runtime.world_size, micro_batch,
-                                          cfg.train.grad_accum_steps, "train.batch_size")
-        train_loader = FFCVTrainLoader(cfg, runtime, files["train.beton"], chosen.train_indices, relabel,
-                                       micro_batch, steps)
+        train_loader = FFCVTrainLoader(cfg, runtime, files["train.beton"], chosen.train_indices, relabel, plan)
     return DataBundle(
-        train_loader, FFCVEvalLoader(cfg, runtime, files["val.beton"], chosen.val_indices, relabel, micro_batch),
+        train_loader, FFCVEvalLoader(cfg, runtime, files["val.beton"], chosen.val_indices, relabel,
+                                     plan.micro_batch),
         len(chosen.class_names), chosen.class_names, len(chosen.train_indices),
     )
 

@@ -1,10 +1,10 @@
-"""Which samples each rank reads, in which order, and with which augmentation seed.
+"""Which samples each rank reads, and in which order.
 
 Training: torch's DistributedSampler (a seeded permutation per epoch, drop_last so
-that no sample is seen twice in an epoch), able to start mid-epoch on resume.
-Each item carries a per-sample seed derived from (run seed, epoch, index): the
-augmentation of a sample depends on nothing else, so a resumed run replays exactly
-the batches an uninterrupted run would have seen, whatever the number of workers.
+that no sample is seen twice in an epoch), able to start mid-epoch on resume. The
+order fixes every batch's composition, and with it the augmentation draws
+(`seeded.py`): a resumed run replays exactly the batches an uninterrupted run would
+have seen, whatever the number of workers.
 
 Evaluation: rank r reads positions r, r+W, r+2W, ... of the dataset, padded to the
 same length on every rank (collectives inside the model, as in ZeRO-3, need equal
@@ -14,17 +14,9 @@ batch counts); padded positions are flagged invalid and never counted.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Iterator, Sequence
 
-import torch
 from torch.utils.data import DistributedSampler, Sampler
-
-_MASK = (1 << 62) - 1
-
-
-def sample_seed(run_seed: int, epoch: int, index: int) -> int:
-    return ((run_seed * 1_000_003 + epoch) * 2_654_435_761 + index) & _MASK
 
 
 def _pool(samples: int | Sequence[int]) -> Sequence[int]:
@@ -33,7 +25,8 @@ def _pool(samples: int | Sequence[int]) -> Sequence[int]:
 
 
 class ResumableDistributedSampler(DistributedSampler):
-    """Yields (index, seed) pairs; `set_epoch(epoch, start=k)` skips the first k samples.
+    """Yields (index, epoch) pairs (the epoch keys the sample's augmentation);
+    `set_epoch(epoch, start=k)` skips the first k samples.
 
     `samples` is the dataset size, or the dataset indices to draw from.
     """
@@ -52,8 +45,9 @@ class ResumableDistributedSampler(DistributedSampler):
         return [self.pool[position] for position in super().__iter__()]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        # The epoch travels with each index: persistent DataLoader workers never see set_epoch.
         for index in self.epoch_indices()[self.start:]:
-            yield index, sample_seed(self.seed, self.epoch, index)
+            yield index, self.epoch
 
     def __len__(self) -> int:
         return self.num_samples - self.start
@@ -79,10 +73,3 @@ class EvalShardSampler(Sampler):
     def __len__(self) -> int:
         return len(self.indices)
 
-
-@contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """The global torch RNG seeded with `seed`; the caller's RNG state is restored afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

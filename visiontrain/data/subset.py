@@ -79,6 +79,7 @@ class Relabel:
 
 def check_num_classes(num_classes: int, class_names: list[str], path, d: DataConfig) -> None:
     if len(class_names) != num_classes:
-        what = f"data.classes keeps {len(class_names)}" if d.classes else f"the dataset at {path} has {len(class_names)}"
+        kept = len(class_names)
+        what = f"data.classes keeps {kept}" if d.classes else f"the dataset at {path} has {kept}"
         raise UsageError(f"config key 'model.num_classes' = {num_classes} but {what} classes")
 

@@ -1,22 +1,58 @@
-"""The torchvision backend: image folders and CIFAR-10's pickle batches via a DataLoader.
+"""The torchvision loader: image folders and CIFAR-10's pickle batches via a torch DataLoader.
 
 Layouts accepted at `data.path`:
 - `train/<class>/*` and `val/<class>/*` image folders (torchvision's ImageFolder rules);
 - CIFAR-10's `cifar-10-batches-py/` (or its contents): data_batch_1..5 and test_batch.
+
+Augmentation: the recipes of `augment.py`. Each op maps to a batch function drawing from
+`seeded.py`'s hash of (seed, op, epoch, sample index), like FFCV's operations, so for the
+same seed, epoch and sample both loaders produce the same pixels. The DataLoader fetches
+whole batches (a batch sampler + `BatchDataset.__getitems__`): the kernels run once per
+batch. Evaluation (no randomness) uses torchvision's resize and centre crop per image.
 """
 
 from __future__ import annotations
 
 import pickle
+from functools import partial
+from itertools import islice
 from pathlib import Path
+from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
 
-from visiontrain.data.sampling import seeded_rng
+from visiontrain.config import BatchPlan, Config
+from visiontrain.data import augment
+from visiontrain.data.augment import (
+    AsIs,
+    Cutout,
+    Flip,
+    PixelOp,
+    RandomResizedCrop,
+    Recipe,
+    ResizeCenterCrop,
+    Sizing,
+    Translate,
+)
+from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
+from visiontrain.data.sampling import EvalShardSampler, ResumableDistributedSampler
+from visiontrain.data.seeded import (
+    SALT_CROP,
+    cutout_batch,
+    flip_batch,
+    frozen,
+    random_resized_crop,
+    sample_keys,
+    translate_batch,
+)
+from visiontrain.data.subset import Relabel, check_num_classes, select
+from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
 
 
@@ -125,34 +161,182 @@ def open_sources(path: Path) -> tuple[SampleSource, SampleSource]:
     )
 
 
-class AugmentedDataset(Dataset):
-    """Items are keyed by (index, seed) or (index, valid) pairs from the samplers."""
+def _to_size(size: int) -> list:
+    # No-ops on images already at `size`; resizes anything else.
+    return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
 
-    def __init__(self, source: SampleSource, transform, train: bool):
-        self.source, self.transform, self.train = source, transform, train
+
+class _AsIs:
+    """`AsIs` for files of any size: images already `size` x `size` are copied as they are."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.fit = v2.Compose(_to_size(size))
+
+    def __call__(self, images: list, indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        batch = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
+        for k, image in enumerate(images):
+            pixels = np.asarray(image)
+            if pixels.shape[:2] != (self.size, self.size):
+                pixels = self.fit(v2.functional.to_image(pixels)).permute(1, 2, 0).numpy()
+            batch[k] = pixels
+        return batch
+
+
+class _RandomResizedCrop:
+    """`RandomResizedCrop` as FFCV's decoder does it: the same crop draws, then OpenCV's INTER_AREA resize."""
+
+    def __init__(self, op: RandomResizedCrop):
+        self.size = op.size
+        self.params = (float(op.scale[0]), float(op.scale[1]), float(np.log(op.ratio[0])), float(np.log(op.ratio[1])))
+
+    def __call__(self, images: list, indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        keys = sample_keys(indices, seed, SALT_CROP, epoch)
+        batch = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
+        for k, image in enumerate(images):
+            pixels = np.asarray(image)
+            i, j, h, w = random_resized_crop(keys[k], pixels.shape[0], pixels.shape[1], *self.params)
+            batch[k] = cv2.resize(pixels[i : i + h, j : j + w], (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return batch
+
+
+def _sizing(sizing: Sizing):
+    """(source images, dataset indices, seed, epoch) -> NHWC uint8 batch."""
+    match sizing:
+        case AsIs(size):
+            return _AsIs(size)
+        case RandomResizedCrop():
+            return _RandomResizedCrop(sizing)
+    raise TypeError(f"{sizing!r} is not a training sizing step of the torchvision loader")
+
+
+def _pixel_op(op: PixelOp):
+    """(NHWC uint8 batch, dataset indices, seed, epoch) -> batch; may work in place."""
+    match op:
+        case Flip():
+            return flip_batch
+        case Translate(padding, fill):
+            return partial(translate_batch, pad=padding, fill=frozen(np.uint8(fill)))
+        case Cutout(size, fill):
+            return partial(cutout_batch, size=size, fill=frozen(np.uint8(fill)))
+    raise TypeError(f"no torchvision implementation of {op!r}")
+
+
+class TrainTransform:
+    """A training `Recipe` on one batch: source images (PIL or HWC arrays) -> NCHW uint8 (channels-last memory)."""
+
+    def __init__(self, recipe: Recipe, seed: int):
+        self.seed = seed
+        self.sizing = _sizing(recipe.sizing)
+        self.ops = [_pixel_op(op) for op in recipe.ops]
+
+    def __call__(self, images: list, indices: Sequence[int], epoch: int) -> torch.Tensor:
+        indices = frozen(np.uint64(indices))
+        batch = self.sizing(images, indices, self.seed, epoch)
+        for op in self.ops:
+            batch = op(batch, indices, self.seed, epoch)
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+
+class EvalTransform:
+    """An evaluation `Recipe` (no random op), image by image: source images -> NCHW uint8."""
+
+    def __init__(self, recipe: Recipe):
+        to_uint8 = [v2.ToImage(), v2.ToDtype(torch.uint8)]
+        match recipe.sizing:
+            case AsIs(size):
+                self.transform = v2.Compose(to_uint8 + _to_size(size))
+            case ResizeCenterCrop(size, ratio):
+                self.transform = v2.Compose([v2.Resize(round(size / ratio), antialias=True), v2.CenterCrop(size)]
+                                            + to_uint8)
+            case _:
+                raise TypeError(f"{recipe.sizing!r} is not an evaluation sizing step of the torchvision loader")
+
+    def __call__(self, images: list) -> torch.Tensor:
+        return torch.stack([self.transform(image).as_subclass(torch.Tensor) for image in images])
+
+
+class BatchDataset(Dataset):
+    """Whole batches of sampler items -> (NCHW uint8 images, labels, valid).
+
+    Items are (index, epoch) for training (`ResumableDistributedSampler`) and (index, valid)
+    for evaluation (`EvalShardSampler`, whose padding is not valid).
+    """
+
+    def __init__(self, source: SampleSource, transform: TrainTransform | EvalTransform):
+        self.source, self.transform = source, transform
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int | bool]):
-        index, extra = key
-        label = self.source.labels[index]
-        if self.train:
-            with seeded_rng(extra):
-                image = self.transform(self.source.load(index))
-            return image.as_subclass(torch.Tensor), label
-        image = self.transform(self.source.load(index))
-        return image.as_subclass(torch.Tensor), label, extra
+    def __getitems__(self, items: list[tuple[int, int | bool]]):
+        indices = [index for index, _ in items]
+        images = [self.source.load(index) for index in indices]
+        labels = torch.tensor([self.source.labels[index] for index in indices])
+        if isinstance(self.transform, TrainTransform):
+            return self.transform(images, indices, epoch=items[0][1]), labels, torch.ones(len(items), dtype=torch.bool)
+        return self.transform(images), labels, torch.tensor([valid for _, valid in items])
 
 
-def make_loader(dataset: AugmentedDataset, sampler, batch_size: int, num_workers: int, pin: bool, drop_last: bool):
+def _whole_batch(batch):
+    return batch  # `__getitems__` made the batch; nothing to collate
+
+
+def make_loader(dataset: BatchDataset, batches: BatchSampler, num_workers: int, pin: bool) -> DataLoader:
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=batches,
+        collate_fn=_whole_batch,
         num_workers=num_workers,
         pin_memory=pin,
-        drop_last=drop_last,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+class TorchvisionTrainLoader(SampledTrainLoader):
+    def __init__(self, loader: DataLoader, sampler: ResumableDistributedSampler, normalize: DeviceNormalizer,
+                 relabel: Relabel, plan: BatchPlan):
+        super().__init__(sampler, plan)
+        self.loader, self.normalize, self.relabel = loader, normalize, relabel
+
+    def __iter__(self):
+        device = self.normalize.device
+        for images, labels, _ in islice(self.loader, self._remaining):
+            yield self.normalize(images), self.relabel(labels.to(device, non_blocking=True))
+
+
+class TorchvisionEvalLoader:
+    def __init__(self, loader: DataLoader, sampler: EvalShardSampler, num_samples: int, normalize: DeviceNormalizer,
+                 relabel: Relabel):
+        self.loader, self.num_samples, self.normalize, self.relabel = loader, num_samples, normalize, relabel
+        self.sample_indices = list(sampler.indices)
+
+    def __iter__(self):
+        device = self.normalize.device
+        for images, labels, valid in self.loader:
+            yield (self.normalize(images), self.relabel(labels.to(device, non_blocking=True)),
+                   valid.to(device, non_blocking=True))
+
+
+def build_torchvision_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
+    d = cfg.data
+    path = Path(d.path)
+    train_src, val_src = open_sources(path)
+    chosen = select(d, train_src.class_names, train_src.labels if train else None, val_src.labels)
+    check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
+    relabel = Relabel(chosen.label_map, runtime.device)
+    normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
+    pin = runtime.device.type == "cuda"
+    val_sampler = EvalShardSampler(chosen.val_indices, runtime.world_size, runtime.rank)
+    val = TorchvisionEvalLoader(
+        make_loader(BatchDataset(val_src, EvalTransform(augment.eval_recipe(d))),
+                    BatchSampler(val_sampler, plan.micro_batch, drop_last=False), d.num_workers, pin),
+        val_sampler, len(chosen.val_indices), normalize, relabel)
+    train_loader = None
+    if train:
+        sampler = ResumableDistributedSampler(chosen.train_indices, runtime.world_size, runtime.rank, cfg.run.seed)
+        loader = make_loader(BatchDataset(train_src, TrainTransform(augment.train_recipe(d), cfg.run.seed)),
+                             BatchSampler(sampler, plan.micro_batch, drop_last=True), d.num_workers, pin)
+        train_loader = TorchvisionTrainLoader(loader, sampler, normalize, relabel, plan)
+    return DataBundle(train_loader, val, len(chosen.class_names), chosen.class_names, len(chosen.train_indices))

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from tests.conftest import ok, read_jsonl, run_train, tiny_args
-from visiontrain.checkpoint import read_weights
-from visiontrain.config import load_config, validate_for_world
-from visiontrain.data import build_data
-from visiontrain.dist import init_runtime, seed_everything
-from visiontrain.engine import Trainer
+from visiontrain.config import load_config
+from visiontrain.dist import init_runtime
+from visiontrain.run import build_run
+from visiontrain.trainer import Trainer
+from visiontrain.weights import read_weights
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +27,11 @@ def linear_model() -> nn.Module:
 
 def train_one_epoch(shapes_dir, tmp_path, runtime, *overrides: str) -> Trainer:
     cfg = load_config("configs/demo/train.yaml", [
-        "data.backend=torchvision", f"data.path={shapes_dir}", f"run.dir={tmp_path}", "data.image_size=16",
+        "data.loader=torchvision", f"data.path={shapes_dir}", f"run.dir={tmp_path}", "data.image_size=16",
         "data.val_image_size=16",
         "data.num_workers=0", "train.batch_size=64", "train.epochs=2", "schedule.warmup_epochs=0",
         "log.progress_bar=false", "log.tensorboard=false", "model.channels_last=false", *overrides])
-    tmp_path.mkdir(parents=True)
-    seed_everything(0)
-    data = build_data(cfg, runtime, validate_for_world(cfg, 1))
-    trainer = Trainer(cfg, runtime, data, linear_model(), tmp_path)
-    trainer.resume_if_possible()
+    trainer = build_run(cfg, model=linear_model(), runtime=runtime).trainer
     trainer.train_one_epoch(0)
     return trainer
 
@@ -43,11 +39,13 @@ def train_one_epoch(shapes_dir, tmp_path, runtime, *overrides: str) -> Trainer:
 def test_two_accumulated_micro_batches_equal_one_full_batch(shapes_dir, tmp_path, runtime):
     full = train_one_epoch(shapes_dir, tmp_path / "full", runtime)
     accum = train_one_epoch(shapes_dir, tmp_path / "accum", runtime, "train.grad_accum_steps=2")
-    assert accum.data.train.micro_batch == 32 and full.data.train.micro_batch == 64
+    assert accum.data.train.micro_batch == accum.plan.micro_batch == 32
+    assert full.data.train.micro_batch == full.plan.micro_batch == 64
     assert accum.state.step == full.state.step == 6  # optimizer steps, not micro-batches
     for a, b in zip(full.model.parameters(), accum.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    moved = sum(float((p - q).detach().abs().sum()) for p, q in zip(full.model.parameters(), linear_model().parameters()))
+    moved = sum(float((p - q).detach().abs().sum())
+                for p, q in zip(full.model.parameters(), linear_model().parameters()))
     assert moved > 1e-3  # the comparison is not between two untrained models
 
 

@@ -1,14 +1,14 @@
-"""The training loop: epochs, the hot step, evaluation, checkpoints and the run's end.
+"""The training loop: epochs, the hot step, evaluation, checkpoints and resume.
 
 Hot-loop rules: no host-device sync per step. Loss and accuracy accumulate on the
 device and are read every `log.every_steps` steps (and before any checkpoint, so a
 checkpoint is never written after a non-finite loss). The step at which the loss
 first became non-finite is recorded on the device, so the error can name it.
+The run's end (report, exported weights, summary.json) is `run_end.finish_run`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -22,49 +22,47 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from visiontrain import logs
-from visiontrain.backends import build_backend
-from visiontrain.checkpoint import CheckpointStore, export_weights, plain_state_dict
-from visiontrain.config import Config, to_yaml
+from visiontrain.best import BestTracker
+from visiontrain.checkpoint import CheckpointStore
+from visiontrain.config import BatchPlan, Config, to_yaml
 from visiontrain.data import DataBundle
-from visiontrain.dist import Runtime, all_gather_objects
+from visiontrain.dist import Runtime, all_ranks_agree, average_buffers
 from visiontrain.errors import Preempted, TrainingFailed
 from visiontrain.finetune import keep_frozen_bn_in_eval
-from visiontrain.metrics import RunningStats, evaluate, predict
-from visiontrain.report import write_report
+from visiontrain.metrics import RunningStats, evaluate, gather_sums, restore_sums
 from visiontrain.optim import build_optimizer, build_scheduler
 from visiontrain.preemption import PreemptionWatch
+from visiontrain.run_end import finish_run
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainerState:
+class Progress:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
-    best_value: float | None = None  # of train.monitor, at the best evaluation
-    best_top1: float = -1.0  # val top-1 at the best evaluation
-    best_epoch: int = 0
-    evals_since_best: int = 0
     stopped_early: bool = False
 
 
 class Trainer:
-    def __init__(self, cfg: Config, runtime: Runtime, data: DataBundle, model: nn.Module, run_dir: Path,
-                 init: dict[str, Any] | None = None):
-        self.cfg, self.runtime, self.data, self.run_dir = cfg, runtime, data, Path(run_dir)
+    """Built by `run.build_run`, which every entry point calls; `fit()` trains to the end."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, plan: BatchPlan, data: DataBundle, model: nn.Module,
+                 backend, run_dir: Path, init: dict[str, Any] | None = None):
+        self.cfg, self.runtime, self.plan, self.data, self.run_dir = cfg, runtime, plan, data, Path(run_dir)
         self.init = init or {}  # where the starting weights came from (fine-tuning)
         self.device = runtime.device
-        self.backend = build_backend(cfg, runtime, data.train.micro_batch)
+        self.backend = backend
         self.model = model.to(self.device, memory_format=self.backend.param_memory_format)
         # EMA before wrapping: it averages the plain module's parameters and BN buffers.
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
-                    if cfg.train.ema else None)
+        self.ema = self._new_ema() if cfg.train.ema else None
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.steps_per_epoch = data.train.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
         self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)
-        self.state = TrainerState()
+        self.state = Progress()
+        self.best = BestTracker(cfg.train)
         self.window = RunningStats(self.device)  # since the last train log event
         self.epoch_stats = RunningStats(self.device)
         self._step_on_device = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -91,12 +89,12 @@ class Trainer:
         if self.ema is not None:
             if state.get("ema") is None:
                 log.warning("checkpoint %s has no EMA weights; the EMA restarts from the current model", path)
-                self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema_decay),
-                                         use_buffers=True)
+                self.ema = self._new_ema()
             else:
                 self.ema.load_state_dict(state["ema"])
-        self.state = TrainerState(**state["trainer"])
-        self._restore_stats(state["stats"])
+        self.state = Progress(**{key: state["trainer"][key] for key in asdict(Progress())})
+        self.best.load_state_dict(state["trainer"])
+        restore_sums(self._running_stats(), state["stats"], self.runtime.rank, self.runtime.world_size)
         self._step_on_device.fill_(self.state.step)
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
@@ -109,25 +107,14 @@ class Trainer:
         self.metrics.write("resume", epoch=self.state.epoch, step=self.state.step, checkpoint=str(path))
         return True
 
-    def _gathered_stats(self) -> dict[str, torch.Tensor]:
-        """Every rank's running sums (rows by rank): a resumed rank continues from its own."""
-        rows = all_gather_objects([self.window.sums.cpu(), self.epoch_stats.sums.cpu()], self.runtime.world_size)
-        return {"window": torch.stack([r[0] for r in rows]), "epoch": torch.stack([r[1] for r in rows])}
+    def _new_ema(self) -> AveragedModel:
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema_decay), use_buffers=True)
 
-    def _restore_stats(self, stats: dict[str, torch.Tensor]) -> None:
-        for name, target in (("window", self.window), ("epoch", self.epoch_stats)):
-            rows = stats[name]
-            if rows.shape[0] == self.runtime.world_size:
-                target.sums.copy_(rows[self.runtime.rank])
-            else:  # another process count: the totals are what matter; rank 0 carries them
-                target.sums.copy_(rows.sum(0) if self.runtime.is_main else torch.zeros_like(rows[0]))
+    def _running_stats(self) -> dict[str, RunningStats]:
+        return {"window": self.window, "epoch": self.epoch_stats}
 
     def _all_ranks_agree(self, ok: bool) -> bool:
-        if self.runtime.world_size == 1:
-            return ok
-        flag = torch.tensor([int(ok)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item())
+        return all_ranks_agree(ok, self.runtime.world_size, self.device)
 
     def _open_logs(self, purge_step: int) -> None:
         if self.runtime.is_main:
@@ -148,7 +135,9 @@ class Trainer:
             improved = False
             if self.state.epoch == epochs or self.state.epoch % self.cfg.train.eval_every_epochs == 0:
                 improved = self.run_evaluation()
-                self.state.stopped_early = self._should_stop_early()
+                self.state.stopped_early = self.best.should_stop()
+                if self.state.stopped_early:
+                    self._log_early_stop()
             done = self.state.epoch == epochs or self.state.stopped_early
             every = self.cfg.checkpoint.every_epochs
             self.save_checkpoint(periodic=done or (every > 0 and self.state.epoch % every == 0), best=improved)
@@ -158,18 +147,14 @@ class Trainer:
             self.restore_best()
         elif not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
             self.run_evaluation()
-        return self.finish(time.perf_counter() - start)
+        return finish_run(self, time.perf_counter() - start)
 
-    def _should_stop_early(self) -> bool:
-        patience = self.cfg.train.early_stop_patience
-        if not patience or self.state.evals_since_best < patience:
-            return False
+    def _log_early_stop(self) -> None:
+        best = self.best.state
         log.info("early stop after epoch %d: val %s has not improved for %d evaluations (best %.4f at epoch %d)",
-                 self.state.epoch, self.cfg.train.monitor, patience, self.state.best_value, self.state.best_epoch)
-        self.metrics.write("early_stop", epoch=self.state.epoch, step=self.state.step,
-                           monitor=self.cfg.train.monitor, best=self.state.best_value,
-                           best_epoch=self.state.best_epoch)
-        return True
+                 self.state.epoch, self.best.monitor, self.best.patience, best.best_value, best.best_epoch)
+        self.metrics.write("early_stop", epoch=self.state.epoch, step=self.state.step, monitor=self.best.monitor,
+                           best=best.best_value, best_epoch=best.best_epoch)
 
     def restore_best(self) -> None:
         """Load the best checkpoint's weights (and EMA) and evaluate them: the run ends with them."""
@@ -179,13 +164,13 @@ class Trainer:
         state = self.backend.load(best)
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        log.info("restored the best checkpoint %s (epoch %d)", best, self.state.best_epoch)
-        self.metrics.write("restore_best", epoch=self.state.best_epoch, step=self.state.step, checkpoint=str(best))
+        log.info("restored the best checkpoint %s (epoch %d)", best, self.best.state.best_epoch)
+        self.metrics.write("restore_best", epoch=self.best.state.best_epoch, step=self.state.step, checkpoint=str(best))
         self.run_evaluation()
 
     def train_one_epoch(self, epoch: int) -> None:
         cfg, loader = self.cfg, self.data.train
-        accum = loader.accum_steps
+        accum = self.plan.accum_steps
         micro = self.state.batch_in_epoch
         loader.set_epoch(epoch, start=micro)
         self._record_sample_ids(epoch, micro)
@@ -276,19 +261,10 @@ class Trainer:
             )
 
     # ------------------------------------------------------------- evaluation
-    def _average_bn_buffers(self) -> None:
-        """Make BatchNorm running statistics identical on all ranks (their mean), as timm does."""
-        if self.runtime.world_size == 1:
-            return
-        for buf in self.model.buffers():
-            if buf.is_floating_point():
-                torch.distributed.all_reduce(buf)
-                buf /= self.runtime.world_size
-
     def run_evaluation(self) -> bool:
         """Evaluate the model (and EMA); log val events; True if val top-1 improved."""
         self._check_finite()
-        self._average_bn_buffers()
+        average_buffers(self.model, self.runtime.world_size)  # as timm does: every rank evaluates the same model
         t0 = time.perf_counter()
         val = evaluate(self.train_model, self.data.val, self.backend.autocast, self.device, self.runtime.world_size,
                        self.backend.prepare_inputs)
@@ -306,22 +282,7 @@ class Trainer:
                                                    lr=self._lr(), **ema_val)
             self.tb.scalars("val_ema", ema_val, self.state.step)
             log.info("    EMA val top1 %.2f%%", ema_val["top1"])
-        return self._track_best(val)
-
-    def _track_best(self, val: dict[str, Any]) -> bool:
-        """True if val improved train.monitor by more than train.early_stop_min_delta."""
-        monitor, delta = self.cfg.train.monitor, self.cfg.train.early_stop_min_delta
-        value, best = val[monitor], self.state.best_value
-        if monitor == "loss":
-            improved = best is None or value < best - delta
-        else:
-            improved = best is None or value > best + delta
-        if improved:
-            self.state.best_value, self.state.best_top1, self.state.best_epoch = value, val["top1"], self.state.epoch
-            self.state.evals_since_best = 0
-        else:
-            self.state.evals_since_best += 1
-        return improved
+        return self.best.update(val, self.state.epoch)
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
@@ -329,8 +290,8 @@ class Trainer:
         return {
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "trainer": asdict(self.state),
-            "stats": self._gathered_stats(),  # a collective: every rank calls checkpoint_state
+            "trainer": {**asdict(self.state), **self.best.state_dict()},
+            "stats": gather_sums(self._running_stats(), self.runtime.world_size),  # a collective: every rank calls
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "config": to_yaml(self.cfg),
@@ -348,7 +309,7 @@ class Trainer:
         self.tb.close()
         self.runtime.barrier()
         raise Preempted(f"stopped on {name} after step {self.state.step}; start the same command again to resume "
-                        f"from {self.run_dir}")
+                        f"from {self.run_dir}", signal=self.preemption.signal_name)
 
     def save_checkpoint(self, periodic: bool, best: bool) -> None:
         if not (periodic or best):
@@ -361,7 +322,6 @@ class Trainer:
                                best=best)
             self.last_checkpoint = path
 
-    # -------------------------------------------------------------------- end
     def _record_sample_ids(self, epoch: int, start: int) -> None:
         if not self.cfg.log.sample_ids:
             return
@@ -370,78 +330,3 @@ class Trainer:
         with open(out / f"rank{self.runtime.rank}_samples.jsonl", "a") as f:
             f.write(json.dumps({"epoch": epoch, "start": start, "indices": self.data.train.epoch_indices()})
                     + "\n")
-
-    @staticmethod
-    def digest(state_dict: dict[str, torch.Tensor]) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in state_dict.items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
-
-    def write_final_report(self) -> None:
-        """The evaluation report of the final weights, in RUN_DIR/eval/ (python -m visiontrain.evaluate's)."""
-        predictions = predict(self.train_model, self.data.val, self.backend.autocast, self.runtime.world_size,
-                              self.backend.prepare_inputs)
-        if self.runtime.is_main:
-            out = self.run_dir / "eval"
-            write_report(out, predictions, self.data.class_names,
-                         {"weights": str(self.run_dir), "data": self.cfg.data.path, "split": "val", "tta": "none"})
-            log.info("evaluation report: %s", out / "report.md")
-
-    def finish(self, seconds: float) -> dict[str, Any]:
-        self._average_bn_buffers()
-        if self.cfg.log.report:
-            self.write_final_report()
-        weights = self.backend.full_state_dict()  # a collective under ZeRO-3
-        ranks = all_gather_objects({"rank": self.runtime.rank, "params_sha256": self.digest(weights),
-                                    "train_samples_per_epoch": self.steps_per_epoch * self.data.train.accum_steps
-                                    * self.data.train.micro_batch}, self.runtime.world_size)
-        summary: dict[str, Any] = {}
-        if self.runtime.is_main:
-            about = {"model": self.cfg.model.name, "num_classes": str(self.cfg.model.num_classes),
-                     "width": str(self.cfg.model.width)}
-            export_weights(weights, self.run_dir / "weights.safetensors", about)
-            if self.ema is not None:
-                export_weights(plain_state_dict(self.ema.module), self.run_dir / "weights_ema.safetensors", about)
-            summary = {
-                "status": "completed",
-                "run_dir": str(self.run_dir),
-                "model": self.cfg.model.name,
-                "epochs": self.state.epoch,
-                "steps": self.state.step,
-                "world_size": self.runtime.world_size,
-                "launcher": self.runtime.launcher,
-                "backend": self.backend.name,
-                "zero_stage": getattr(self.backend, "stage", None),
-                "global_batch_size": self.cfg.train.batch_size,
-                "train_samples": self.data.train_samples,
-                "precision": self.cfg.train.precision,
-                "init": self.init or None,
-                "final": _metrics_only(self.last_val),
-                "final_ema": _metrics_only(self.last_val_ema) or None,
-                "best_top1": self.state.best_top1,
-                "best_epoch": self.state.best_epoch,
-                "monitor": self.cfg.train.monitor,
-                "best_value": self.state.best_value,
-                "stopped_early": self.state.stopped_early,
-                "restored_best": bool(self.cfg.train.restore_best or self.cfg.train.early_stop_patience),
-                "wall_time_s": seconds,
-                "train_time_s": self.train_seconds,
-                "train_img_per_s": self.train_images / self.train_seconds if self.train_seconds else None,
-                "train_img_per_s_per_device": (self.train_images / self.train_seconds / self.runtime.world_size
-                                               if self.train_seconds else None),
-                "ranks": ranks,
-                "environment": logs.environment(self.device),
-            }
-            logs.write_json(self.run_dir / "summary.json", summary)
-            if self.cfg.log.plots:
-                logs.plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
-        self.tb.close()
-        self.runtime.barrier()
-        return summary
-
-
-def _metrics_only(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record[k] for k in ("epoch", "step", "loss", "top1", "top5", "samples") if k in record}
-

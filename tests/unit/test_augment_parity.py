@@ -1,0 +1,150 @@
+"""One augmentation description (`augment.py`), two loaders: FFCV and torchvision produce the same pixels.
+
+Both read the shapes dataset: PNG files for torchvision, the same pixels stored raw in the
+.beton for FFCV, so no decoder difference can hide a difference in augmentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+
+import cv2
+import numpy as np
+import torch
+
+from tests.conftest import PYTHON, ROOT, build_loaders
+from visiontrain.config import load_config
+from visiontrain.data import augment
+from visiontrain.data.base import DeviceNormalizer
+from visiontrain.data.seeded import SALT_CROP, SALT_FLIP, random_resized_crop, sample_keys, uniform
+from visiontrain.data.torchvision import open_sources
+from visiontrain.dist import Runtime
+
+CPU = torch.device("cpu")
+RUNTIME = Runtime(accelerator=None, device=CPU, rank=0, world_size=1, local_rank=0, launcher="single")
+PLAIN = ("data.flip=false", "data.crop_padding=0", "data.cutout=0")
+NORMALIZE = DeviceNormalizer([0.5] * 3, [0.25] * 3, CPU, channels_last=True)  # the demo config's mean and std
+
+
+def cfg_for(path, loader: str, *extra: str):
+    return load_config("configs/demo/train.yaml", [
+        f"data.loader={loader}", f"data.path={path}", "data.image_size=16", "data.val_image_size=16",
+        "data.num_workers=1", "run.seed=5", *extra])
+
+
+def epoch(path, loader: str, *extra: str, number: int = 1, start: int = 0, batch: int = 32) -> list[torch.Tensor]:
+    train = build_loaders(cfg_for(path, loader, *extra), RUNTIME, batch).train
+    train.set_epoch(number, start)
+    return [images.clone() for images, _ in train]
+
+
+def identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_cifar_recipe_flip_translate_cutout_gives_identical_batches_in_both_loaders(shapes_dir):
+    recipe = ("data.crop_padding=2", "data.cutout=4")
+    ffcv = epoch(shapes_dir, "ffcv", *recipe)
+    tv = epoch(shapes_dir, "torchvision", *recipe)
+    assert len(ffcv) == 400 // 32 and identical(ffcv, tv)
+    plain = epoch(shapes_dir, "torchvision", *PLAIN)
+    assert all(not torch.equal(a, p) for a, p in zip(tv, plain))  # every batch was augmented
+    # Augmentation does not depend on how samples are batched: micro-batches of 16 (gradient
+    # accumulation) see exactly the pixels of the batches of 32 they make up.
+    halves = epoch(shapes_dir, "ffcv", *recipe, batch=16)
+    assert identical([torch.cat(halves[i : i + 2]) for i in range(0, 24, 2)], ffcv)
+    # A resumed epoch.
+    ffcv_tail = epoch(shapes_dir, "ffcv", *recipe, number=2, start=5)
+    tv_tail = epoch(shapes_dir, "torchvision", *recipe, number=2, start=5)
+    assert len(tv_tail) == len(ffcv) - 5 and identical(ffcv_tail, tv_tail)
+    assert identical(epoch(shapes_dir, "torchvision", *recipe, number=2)[5:], tv_tail)
+    assert not torch.equal(tv_tail[0], tv[5])  # epoch 2 draws afresh
+
+
+def test_imagenet_recipe_draws_the_same_crops_and_gives_identical_pixels(shapes_dir):
+    """Exact equality, no tolerance: both loaders crop with `seeded.random_resized_crop` under the same keys
+    and resize with OpenCV's INTER_AREA (FFCV's `resize_crop` calls cv::resize with it). On a .beton written
+    with --write-mode jpg they would differ by JPEG decoding: FFCV decodes with libjpeg-turbo's fast integer
+    DCT (TJFLAG_FASTDCT) its own re-encoded copy, torchvision the original file with PIL."""
+    recipe = ("data.recipe=imagenet",)
+    tv_loader = build_loaders(cfg_for(shapes_dir, "torchvision", *recipe), RUNTIME, 32).train
+    tv_loader.set_epoch(1)
+    tv = [images.clone() for images, _ in tv_loader]
+    ffcv = epoch(shapes_dir, "ffcv", *recipe)
+    assert len(tv) == 12 and identical(ffcv, tv)
+
+    # The crop parameters, rebuilt from the raw pixels of the first batch: what both loaders did.
+    indices = np.array(tv_loader.epoch_indices()[:32], dtype=np.uint64)
+    source = open_sources(shapes_dir)[0]
+    crop_keys, flip_keys = sample_keys(indices, 5, SALT_CROP, 1), sample_keys(indices, 5, SALT_FLIP, 1)
+    ratio = (float(np.log(3 / 4)), float(np.log(4 / 3)))
+    raw, expected, crops = [], [], set()
+    for k, index in enumerate(indices):
+        pixels = np.asarray(source.load(int(index)))
+        i, j, h, w = random_resized_crop(crop_keys[k], 16, 16, 0.08, 1.0, *ratio)
+        image = cv2.resize(pixels[i : i + h, j : j + w], (16, 16), interpolation=cv2.INTER_AREA)
+        expected.append(image[:, ::-1] if uniform(flip_keys[k], 0) < 0.5 else image)
+        raw.append(pixels)
+        crops.add((i, j, h, w))
+    as_batch = lambda images: NORMALIZE(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))  # noqa: E731
+    assert torch.equal(tv[0], as_batch(expected)) and len(crops) > 20
+    assert not torch.equal(tv[0], as_batch(raw))
+
+
+def test_one_edit_of_the_recipe_changes_both_loaders(shapes_dir, monkeypatch):
+    """Translate padding 4 -> 2, edited in the recipe object that `augment.train_recipe` returns."""
+    recipe = ("data.crop_padding=4", "data.flip=false")
+    before = {loader: epoch(shapes_dir, loader, *recipe) for loader in ("ffcv", "torchvision")}
+    derive = augment.train_recipe
+
+    def edited(d):
+        r = derive(d)
+        ops = tuple(dataclasses.replace(op, padding=2) if isinstance(op, augment.Translate) else op for op in r.ops)
+        return dataclasses.replace(r, ops=ops)
+
+    monkeypatch.setattr(augment, "train_recipe", edited)
+    after = {loader: epoch(shapes_dir, loader, *recipe) for loader in ("ffcv", "torchvision")}
+    plain = epoch(shapes_dir, "torchvision", *PLAIN)
+    assert identical(before["ffcv"], before["torchvision"]) and identical(after["ffcv"], after["torchvision"])
+    for loader in ("ffcv", "torchvision"):
+        assert all(not torch.equal(b, a) for b, a in zip(before[loader], after[loader]))
+        assert all(not torch.equal(a, p) for a, p in zip(after[loader], plain))
+    # A shift right by d px leaves d columns of the fill colour (mean, 128) on the left: at most 2 now, up to 4 before.
+    fill = NORMALIZE(torch.full((1, 3, 1, 1), 128, dtype=torch.uint8))
+    three_fill_columns = lambda images: (torch.cat(images)[..., :3] == fill).all(dim=(1, 2, 3))  # noqa: E731
+    assert three_fill_columns(before["torchvision"]).any() and not three_fill_columns(after["torchvision"]).any()
+
+
+AFTER_FFCV = """
+import sys, numpy as np, torch
+from visiontrain.config import BatchPlan, load_config
+from visiontrain.data import build_data, seeded
+from visiontrain.data.augment import AsIs, Cutout, Flip, RandomResizedCrop, Recipe, Translate
+from visiontrain.data.torchvision import TrainTransform
+from visiontrain.dist import Runtime
+
+runtime = Runtime(accelerator=None, device=torch.device("cpu"), rank=0, world_size=1, local_rank=0, launcher="single")
+images = [np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)] * 8
+ops = (Flip(), Translate(2, (1, 2, 3)), Cutout(4, (1, 2, 3)))
+transforms = [TrainTransform(Recipe(AsIs(16), ops), 0), TrainTransform(Recipe(RandomResizedCrop(8), ops), 0)]
+before = [t(images, range(8), 0) for t in transforms]
+for os_cache in ("true", "false"):  # FFCV's two memory managers, each changing shared numba types
+    build_data(load_config("configs/demo/train.yaml", ["data.loader=ffcv", f"data.path={sys.argv[1]}",
+                                                       "data.image_size=16", "data.val_image_size=16",
+                                                       f"data.os_cache={os_cache}"]),
+               runtime, BatchPlan.of_micro_batch(32))
+for name in ("sample_keys", "random_resized_crop", "flip_batch", "translate_batch", "cutout_batch"):
+    getattr(seeded, name).nopython_signatures  # a KeyError once a type its overloads are keyed by has changed
+assert all(torch.equal(t(images, range(8), 0), b) for t, b in zip(transforms, before))
+print("kernels intact")
+"""
+
+
+def test_building_an_ffcv_loader_leaves_the_shared_kernels_working(shapes_dir):
+    """FFCV 1.0.2 turns numba's shared uint8[::1] and uint64[::1] types read-only when it builds a Loader
+    (`seeded.frozen` says how that breaks compiled functions); the torchvision loader's kernels, compiled
+    before in the same process, must survive it. A fresh process: in this one, FFCV ran already."""
+    result = subprocess.run([PYTHON, "-c", AFTER_FFCV, str(shapes_dir)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "kernels intact" in result.stdout, result.stderr[-3000:]

@@ -1,0 +1,146 @@
+"""Reproducible random draws for augmentation, and the pixel kernels both file loaders run.
+
+Every random choice is a pure function of (run seed, operation salt, epoch, sample
+index): `sample_keys` hashes them with splitmix64 into one key per sample and
+`uniform(key, n)` is the n-th number of that sample's stream. Global generators (numba's
+per-thread one in FFCV, torch's in DataLoader workers) depend on thread scheduling and
+system entropy instead; these draws replay exactly in a resumed run, with any number of
+threads or processes, and are the same in the FFCV and the torchvision loader. They do
+not depend on how samples are grouped into batches: accumulated micro-batches augment
+exactly like the full batch, and so does another number of processes.
+
+Only numba and numpy here: a machine without FFCV's native libraries imports this module.
+The per-sample kernels are shared: `ffcv_ops` loops over them in FFCV's parallel loop, the
+`*_batch` functions below in a plain loop (DataLoader workers are already one process per core).
+Vectors handed to these functions from outside FFCV must be `frozen` (see there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_U = np.uint64
+# Salts keep the draws of different operations independent.
+SALT_FLIP, SALT_TRANSLATE, SALT_CUTOUT, SALT_CROP = 1, 2, 3, 4
+
+
+def frozen(values) -> np.ndarray:
+    """`values` as a read-only array, the only kind of 1-D array to pass to these functions from outside FFCV.
+
+    FFCV 1.0.2's memory managers set `mutable = False` on numba's shared type objects of writable
+    `uint8[::1]` and `uint64[::1]` arrays (`t1.mutable = False` in ffcv/memory_managers): every function
+    compiled before for such an array then holds an overload table whose key changed its hash, and the
+    next compilation that reads the table fails with a KeyError (an FFCV pipeline thread dies, the loader
+    hangs). Read-only arrays are typed with other type objects, which FFCV leaves alone.
+    """
+    array = np.array(values)
+    array.flags.writeable = False
+    return array
+
+
+@njit(inline="always")
+def splitmix64(x):
+    z = x + _U(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> _U(30))) * _U(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _U(27))) * _U(0x94D049BB133111EB)
+    return z ^ (z >> _U(31))
+
+
+@njit(inline="always")
+def uniform(key, draw):
+    """The draw-th uniform number in [0, 1) of the stream `key`."""
+    return (splitmix64(key + _U(draw)) >> _U(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def sample_keys(indices, seed, salt, epoch):
+    """One key per sample: a hash of (seed, salt, epoch, sample index)."""
+    stream = splitmix64(splitmix64(_U(seed) ^ splitmix64(_U(salt))) ^ splitmix64(_U(epoch) + _U(0x632BE59BD9B4E019)))
+    keys = np.empty(len(indices), dtype=np.uint64)
+    for i in range(len(indices)):
+        keys[i] = splitmix64(stream + splitmix64(_U(indices[i])))
+    return keys
+
+
+@njit(cache=True)
+def random_resized_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi):
+    """(top, left, h, w) of torchvision's RandomResizedCrop.get_params, drawing from the stream `key`."""
+    area = height * width
+    for attempt in range(10):
+        target_area = area * (scale_lo + (scale_hi - scale_lo) * uniform(key, 4 * attempt))
+        aspect = np.exp(log_ratio_lo + (log_ratio_hi - log_ratio_lo) * uniform(key, 4 * attempt + 1))
+        w = int(round(np.sqrt(target_area * aspect)))
+        h = int(round(np.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = min(int(uniform(key, 4 * attempt + 2) * (height - h + 1)), height - h)
+            j = min(int(uniform(key, 4 * attempt + 3) * (width - w + 1)), width - w)
+            return i, j, h, w
+    # Fallback: the largest centred crop within the aspect-ratio range.
+    in_ratio = width / height
+    if in_ratio < np.exp(log_ratio_lo):
+        w, h = width, int(round(width / np.exp(log_ratio_lo)))
+    elif in_ratio > np.exp(log_ratio_hi):
+        h, w = height, int(round(height * np.exp(log_ratio_hi)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@njit(cache=True)
+def flip_into(image, out, key):
+    """`out` = `image` mirrored left-right with probability 1/2 (FFCV's RandomHorizontalFlip)."""
+    if uniform(key, 0) < 0.5:
+        out[:] = image[:, ::-1]
+    else:
+        out[:] = image
+
+
+@njit(cache=True)
+def translate(image, padded, key, pad, fill):
+    """Shift `image` in place by up to `pad` px each way; uncovered pixels get `fill` (FFCV's RandomTranslate).
+
+    `padded` is scratch space of (h + 2 pad, w + 2 pad, c).
+    """
+    h, w = image.shape[0], image.shape[1]
+    padded[:] = fill
+    padded[pad : pad + h, pad : pad + w] = image
+    dy = min(int(uniform(key, 0) * (2 * pad + 1)), 2 * pad)
+    dx = min(int(uniform(key, 1) * (2 * pad + 1)), 2 * pad)
+    image[:] = padded[dy : dy + h, dx : dx + w]
+
+
+@njit(cache=True)
+def cutout(image, key, size, fill):
+    """Fill one `size` x `size` square lying inside `image` with `fill`, in place (FFCV's Cutout)."""
+    h, w = image.shape[0], image.shape[1]
+    top = min(int(uniform(key, 0) * (h - size + 1)), h - size)
+    left = min(int(uniform(key, 1) * (w - size + 1)), w - size)
+    image[top : top + size, left : left + size] = fill
+
+
+@njit(cache=True)
+def flip_batch(images, indices, seed, epoch):
+    keys = sample_keys(indices, seed, SALT_FLIP, epoch)
+    out = np.empty_like(images)
+    for i in range(images.shape[0]):
+        flip_into(images[i], out[i], keys[i])
+    return out
+
+
+@njit(cache=True)
+def translate_batch(images, indices, seed, epoch, pad, fill):
+    keys = sample_keys(indices, seed, SALT_TRANSLATE, epoch)
+    n, h, w, c = images.shape
+    padded = np.empty((h + 2 * pad, w + 2 * pad, c), dtype=images.dtype)
+    for i in range(n):
+        translate(images[i], padded, keys[i], pad, fill)
+    return images
+
+
+@njit(cache=True)
+def cutout_batch(images, indices, seed, epoch, size, fill):
+    keys = sample_keys(indices, seed, SALT_CUTOUT, epoch)
+    for i in range(images.shape[0]):
+        cutout(images[i], keys[i], size, fill)
+    return images
