@@ -4,6 +4,7 @@
     torchrun --nproc_per_node N train.py -c CONFIG.yaml ...
     accelerate launch train.py -c CONFIG.yaml ...
     srun python train.py -c CONFIG.yaml ...     (one SLURM task per GPU; see slurm/)
+    python train.py --check N -c CONFIG.yaml ... && torchrun --nproc_per_node N train.py -c CONFIG.yaml ...
 
 With no -c: CIFAR-10, ResNet-18 (CIFAR stem). Starting in a run directory that holds
 checkpoints resumes it. Fine-tuning: finetune.init_from=RUN_DIR|FILE [finetune.freeze=...].
@@ -23,15 +24,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", help="YAML config file (defaults: CIFAR-10 ResNet-18)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    return parser.parse_args(argv)
+    parser.add_argument("--check", type=int, metavar="NPROC", dest="check_nproc",
+                        help="only check the config and run dir for NPROC processes (exit 0 or 2) and stop: run it "
+                             "before torchrun or accelerate launch, which report a worker's bad config as a crash")
+    return parser.parse_intermixed_args(argv)  # overrides may stand before and after -c
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     # Imported after argument parsing: `--help` answers at once.
-    from visiontrain.run import train
+    from visiontrain.run import check, train
 
-    train(args.config, args.overrides)
+    if args.check_nproc is not None:
+        print(check(args.config, args.overrides, args.check_nproc))
+    else:
+        train(args.config, args.overrides)
     return 0
 
 

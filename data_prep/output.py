@@ -20,6 +20,8 @@ WRITER_VERSION = 1
 @contextmanager
 def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
     out = Path(out)
+    for leftover in fileio.clean_leftovers(out.parent, stem=out.name):
+        print(f"removed {out.parent / leftover}, left by a run that was killed while writing it")
     if out.exists() and not force:
         raise UsageError(f"output {out} already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)

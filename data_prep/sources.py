@@ -53,6 +53,9 @@ def class_folders(root: Path, what: str = "folder") -> Samples:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UsageError(f"{what} {root} has no class folders (expected {root}/<class>/<images>)")
+    if len(classes) < 2:
+        raise UsageError(f"{what} {root} has one class folder ({classes[0]}): a classifier needs at least 2 "
+                         f"(expected {root}/<class>/<images> for every class)")
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = _files_in(root / name)
@@ -115,7 +118,12 @@ def read_val_labels(path: Path) -> dict[str, str]:
 def imagenet_val(val_root: Path, class_names: list[str], labels_file: Path | None) -> Samples:
     """ILSVRC val: `<wnid>/*.JPEG` folders, or flat files plus a labels file."""
     val_root = _require_dir(val_root, "--val")
+    if labels_file is not None and not labels_file.is_file():
+        raise UsageError(f"--val-labels {labels_file} does not exist")
     if any(p.is_dir() for p in val_root.iterdir()):
+        if labels_file is not None:
+            raise UsageError(f"--val {val_root} has class folders, which give the labels: drop --val-labels "
+                             f"{labels_file} (it is read only for a flat --val folder)")
         return class_folders(val_root, "--val")
     if labels_file is None:
         raise UsageError(f"--val {val_root} holds flat files: pass --val-labels (LOC_val_solution.csv "

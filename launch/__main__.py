@@ -60,7 +60,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     pipeline.add_argument("--finetune", required=True, metavar="CONFIG")
     pipeline.add_argument("overrides", nargs="*", metavar="[pretrain:|finetune:]section.key=value")
     _resources_args(pipeline)
-    return parser.parse_args(argv)
+    # Overrides may stand before and after the options (argparse keeps only the first run of them).
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides += extra
+    return args
 
 
 def _resources(args):

@@ -42,8 +42,9 @@ class Resources:
 def check_resources(cluster: str, res: Resources) -> None:
     if cluster not in CLUSTERS:
         raise UsageError(f"--cluster {cluster!r} is not one of {', '.join(CLUSTERS)}")
+    tasks = res.tasks if res.tasks_per_node is None else res.tasks_per_node  # 0 must not mean "default"
     for flag, value, low in (("--nodes", res.nodes, 1), ("--gpus-per-node", res.gpus_per_node, 0),
-                             ("--tasks-per-node", res.tasks, 1), ("--time", res.time_min, 1)):
+                             ("--tasks-per-node", tasks, 1), ("--time", res.time_min, 1)):
         if value < low:
             raise UsageError(f"{flag} {value} is invalid: at least {low}")
     if res.gpus_per_node and res.tasks != res.gpus_per_node:

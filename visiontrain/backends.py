@@ -31,10 +31,18 @@ import torch
 from torch import nn
 
 from visiontrain import deepspeed_config
-from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint, load_checkpoint, read_manifest, write_manifest
+from visiontrain.checkpoint import (
+    CheckpointStore,
+    CorruptCheckpoint,
+    load_checkpoint,
+    read_manifest,
+    weights_only_loading,
+    write_manifest,
+)
 from visiontrain.config import BatchPlan, Config
 from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
+from visiontrain.fileio import raise_if_disk_full
 
 log = logging.getLogger(__name__)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -116,8 +124,13 @@ class DDPBackend:
             raise CorruptCheckpoint(f"checkpoint {path} is a DeepSpeed checkpoint; resume it with "
                                     "parallel.strategy=deepspeed")
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, other parameter groups
+            raise UsageError(f"checkpoint {path} was written for another model or optimizer "
+                             f"({str(err).strip().splitlines()[-1].strip()[:200]}): choose a new run.dir, or start "
+                             f"from its weights with finetune.init_from={path.parent.parent}") from None
         if self.scaler is not None and state["backend"].get("scaler"):
             self.scaler.load_state_dict(state["backend"]["scaler"])
         return state
@@ -192,8 +205,15 @@ class DeepSpeedBackend:
             shutil.rmtree(tmp, ignore_errors=True)
             store.dir.mkdir(parents=True, exist_ok=True)
         self.runtime.barrier()
-        self.engine.save_checkpoint(str(store.dir), tag=tag, client_state={"visiontrain": state},
-                                    save_latest=False)
+        try:
+            self.engine.save_checkpoint(str(store.dir), tag=tag, client_state={"visiontrain": state},
+                                        save_latest=False)
+        except Exception as err:
+            try:
+                raise_if_disk_full(tmp, err)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay as they were
+            raise
         self.runtime.barrier()
         path = None
         if self.runtime.is_main:
@@ -215,8 +235,9 @@ class DeepSpeedBackend:
                 f"finetune.init_from={path.parent.parent} (or `python -m visiontrain.checkpoint export "
                 f"{path.parent.parent}` for weights.safetensors)")
         try:
-            _, client = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
-                                                    load_optimizer_states=True, load_lr_scheduler_states=False)
+            with weights_only_loading():  # DeepSpeed's reader would unpickle anything
+                _, client = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
+                                                        load_optimizer_states=True, load_lr_scheduler_states=False)
         except Exception as err:  # truncated shard, missing file: the checkpoint is unusable
             raise CorruptCheckpoint(f"checkpoint {path} is unreadable ({type(err).__name__}: "
                                     f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None

@@ -48,7 +48,7 @@ class DataConfig:
     cutout: int = 0  # cifar recipe: side of a square filled with the mean colour; 0 = off
     flip: bool = True  # random horizontal flip (both recipes)
     mean: List[float] = field(default_factory=lambda: list(CIFAR10_MEAN))  # per channel (R, G, B), in [0, 1]
-    std: List[float] = field(default_factory=lambda: list(CIFAR10_STD))  # per channel (R, G, B), > 0
+    std: List[float] = field(default_factory=lambda: list(CIFAR10_STD))  # per channel (R, G, B), in (0, 1]
     num_workers: int = 2  # torchvision: DataLoader processes; ffcv: decoding threads
     os_cache: bool = True  # ffcv: read through the OS page cache (best when the file fits in RAM)
     batches_ahead: int = 3  # ffcv: batches prepared ahead of the training loop
@@ -218,7 +218,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = _current_name(key, value, f"override {item!r}")
         dotted = f"{key}={value}" if value else f"{key}=''"  # `key=` means the empty string, not null
         merged = _merge(merged, OmegaConf.from_dotlist([dotted]), f"in override {item!r}")
-    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    try:
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:  # an interpolation such as ${nope} resolves only here
+        key = getattr(err, "full_key", None) or "?"
+        detail = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+        raise UsageError(f"config key '{key}' cannot be resolved: {detail}; use a plain value or an "
+                         "interpolation of an existing key, e.g. ${train.epochs}") from None
     if environ is not None:
         apply_launcher_settings(cfg, environ)
     validate(cfg)
@@ -306,6 +312,8 @@ def all_keys() -> list[str]:
 
 
 def _read_yaml(path: Path) -> DictConfig:
+    if path.is_dir():
+        raise UsageError(f"config file {path} is a directory; give a YAML file, e.g. configs/cifar10/resnet18.yaml")
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
     try:
@@ -387,8 +395,10 @@ def validate(cfg: Config) -> None:
     _check(0 <= d.crop_padding <= d.image_size // 2, "data.crop_padding", d.crop_padding,
            f"must be in [0, data.image_size/2={d.image_size // 2}]")
     _check(0 <= d.cutout <= d.image_size, "data.cutout", d.cutout, f"must be in [0, data.image_size={d.image_size}]")
-    _check(len(d.mean) == 3, "data.mean", d.mean, "three numbers (R, G, B) in [0, 1]")
-    _check(len(d.std) == 3 and all(v > 0 for v in d.std), "data.std", d.std, "three numbers > 0")
+    _check(len(d.mean) == 3 and all(0 <= v <= 1 for v in d.mean), "data.mean", d.mean,
+           "three numbers (R, G, B) in [0, 1]")
+    _check(len(d.std) == 3 and all(0 < v <= 1 for v in d.std), "data.std", d.std,
+           "three numbers (R, G, B) in (0, 1], as fractions of the pixel range")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     _check(d.batches_ahead >= 1, "data.batches_ahead", d.batches_ahead, "must be >= 1")
     if d.progressive_resizing:

@@ -1,12 +1,14 @@
 """Exceptions that entry points turn into exit codes, and the wrapper that does it.
 
-Exit codes (a user-facing contract): 0 success, 2 bad usage/config/input (one line
-naming the bad value), 1 any other failure, 3 stopped on request (SIGUSR1/SIGTERM)
+Exit codes (a user-facing contract): 0 success, 2 bad usage/config/input or an output
+location that cannot be written: disk full, read-only, no permission (one line naming the
+bad value or path), 1 any other failure, 3 stopped on request (SIGUSR1/SIGTERM)
 after writing a checkpoint: run the same command again to resume.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from typing import Callable
@@ -38,6 +40,17 @@ class Preempted(Exception):
         self.signal = signal
 
 
+# Failures of the machine rather than of the program: the user fixes them (space, another location).
+WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+}
+
+
 def report_error(err: UsageError | TrainingFailed | Preempted) -> None:
     """The one line a user reads: no traceback for errors we can name."""
     print(f"error: {err}", file=sys.stderr, flush=True)
@@ -51,6 +64,14 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     except (UsageError, TrainingFailed, Preempted) as err:
         report_error(err)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in WRITE_FAILURES:
+            traceback.print_exc()
+            return 1
+        where = err.filename or "a file"
+        print(f"error: could not write {where}: {WRITE_FAILURES[err.errno]}; free space or choose another "
+              "location (files written before are intact)", file=sys.stderr, flush=True)
+        return UsageError.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130

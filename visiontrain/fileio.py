@@ -10,8 +10,10 @@ previous file stays as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
 from contextlib import contextmanager
@@ -19,6 +21,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from visiontrain.errors import UsageError
+
+# Less free space than this after a failed write: the disk was full (writers' own errors do not say so).
+DISK_FULL_BYTES = 4 * 2**20
 
 
 class UnreadableFile(UsageError):
@@ -28,6 +33,44 @@ class UnreadableFile(UsageError):
 def _temp_name(final: Path) -> Path:
     # Unique per process and call; keeps the suffix because some writers (matplotlib) pick the format from it.
     return final.with_name(f".{final.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{final.suffix}")
+
+
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
+def clean_leftovers(directory: Path, stem: str | None = None) -> list[str]:
+    """Undo what a killed writer left in `directory` (only for targets named `stem`, if given):
+    temporaries whose process is gone are removed; a directory `replace_dir` had moved aside
+    is put back if its replacement never arrived. Returns the names it removed or restored."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    done = []
+    for entry in sorted(directory.iterdir()):
+        found = _TEMPORARY.match(entry.name)
+        ours = stem is None or (found is not None and found["stem"] == Path(stem).stem)
+        if found and ours and not _process_alive(int(found["pid"])):
+            _remove(entry)
+            done.append(entry.name)
+        elif entry.name.startswith(".") and entry.name.endswith(".old") and stem in (None, entry.name[1:-4]):
+            original = entry.with_name(entry.name[1:-len(".old")])
+            _remove(entry) if original.exists() else os.replace(entry, original)
+            done.append(entry.name)
+    return done
 
 
 def _umask() -> int:
@@ -67,14 +110,31 @@ def atomic_path(final: Path) -> Iterator[Path]:
     final = Path(final)
     tmp = _temp_name(final)
     try:
+        open(tmp, "xb").close()  # an unwritable location fails here, as a plain OSError naming the path
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except Exception as err:
+        raise_if_disk_full(final, err)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def raise_if_disk_full(target: Path, err: BaseException) -> None:
+    """Name a full disk as such: writers such as torch.save report it as their own RuntimeError
+    ("unexpected pos ..."). Call while the failed write's partial output still occupies the disk."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return
+    try:
+        free = shutil.disk_usage(Path(target).parent).free
+    except OSError:
+        return
+    if free < DISK_FULL_BYTES:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from err
 
 
 def write_text(path: Path, text: str) -> None:

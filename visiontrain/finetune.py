@@ -136,8 +136,9 @@ def load_initial_weights(model: nn.Module, cfg: FinetuneConfig, key: str = "fine
         their_classes = theirs.shape[0] if theirs is not None else "no"
         ours = own[f"{HEAD}.weight"].shape[0]
         if cfg.keep_head:
-            raise UsageError(f"{key}={cfg.init_from!r} has a {their_classes}-class head and "
-                             f"model.num_classes={ours} (finetune.keep_head=true)")
+            raise UsageError(f"{key}={cfg.init_from!r} has a {their_classes}-class head and the model "
+                             f"{ours} classes: set model.num_classes={their_classes}" +
+                             (" or drop finetune.keep_head=true" if key.startswith("finetune.") else ""))
         log.info("classifier head replaced: the weights have a %s-class head, the model %d classes",
                  their_classes, ours)
     to_load = {k: v for k, v in weights.items() if head_fits or not is_head(k)}

@@ -16,9 +16,22 @@ from visiontrain import fileio
 EVENT_KEYS = ("event", "epoch", "step", "lr", "loss", "top1", "top5", "img_per_s", "world_size", "time")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is logged: a caller that replaces it (a test
+    capturing output, an in-process tool) gets the lines, and no stale stream is ever written to."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(rank: int) -> None:
     fmt = "%(message)s" if rank == 0 else f"[rank {rank}] %(levelname)s: %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -23,6 +23,7 @@ from visiontrain import dist, finetune, logs, rundir
 from visiontrain.backends import build_backend
 from visiontrain.config import BatchPlan, Config, load_config
 from visiontrain.data import DataBundle, build_data
+from visiontrain.errors import UsageError
 from visiontrain.models import build_model
 from visiontrain.trainer import Trainer
 
@@ -60,15 +61,27 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: dist.Runtime
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     data = build_data(cfg, runtime, plan)
-    run_dir = rundir.write_config(cfg, runtime, resuming)
+    model = model if model is not None else build_model(cfg.model)
+    init = finetune.prepare_model(model, cfg.finetune)  # finetune.init_from, finetune.freeze
+    run_dir = rundir.write_config(cfg, runtime, resuming)  # the first write: every input has been checked
     log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch", run_dir, cfg.model.name,
              runtime.device.type, runtime.world_size, runtime.launcher, plan.global_batch,
              data.train.steps_per_epoch)
-    model = model if model is not None else build_model(cfg.model)
-    init = finetune.prepare_model(model, cfg.finetune)  # finetune.init_from, finetune.freeze
     trainer = Trainer(cfg, runtime, plan, data, model, backend, run_dir, init)
     trainer.resume_if_possible()
     return Run(cfg, runtime, plan, data, trainer)
+
+
+def check(config: str | Path | None, overrides: list[str], world_size: int,
+          environ: Mapping[str, str] = os.environ) -> str:
+    """The checks of a run that need no process group: config, batch plan, run directory. Raises UsageError."""
+    if world_size < 1:
+        raise UsageError(f"--check {world_size}: the number of processes must be >= 1")
+    cfg = load_config(config, overrides, environ)
+    plan = BatchPlan.for_world(cfg.train, world_size)
+    resuming = rundir.check_run_dir(cfg)
+    return (f"ok: {cfg.model.name} on {world_size} process(es), micro-batch {plan.micro_batch} x "
+            f"{plan.accum_steps} accumulation step(s); run dir {cfg.run.dir} ({'resumes' if resuming else 'new'})")
 
 
 def train(config: str | Path | None, overrides: list[str], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:

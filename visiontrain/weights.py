@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from visiontrain import fileio
-from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint, load_checkpoint, read_manifest
+from visiontrain.checkpoint import (
+    CheckpointStore,
+    CorruptCheckpoint,
+    load_checkpoint,
+    read_manifest,
+    weights_only_loading,
+)
 from visiontrain.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -26,8 +33,10 @@ def plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    # safetensors stores dense row-major tensors: channels-last weights are repacked.
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
     with fileio.atomic_path(path) as tmp:
-        save_file(state_dict, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -42,27 +51,34 @@ def consolidated_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str,
         return state["model"], ({k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
                                 if ema else None)
     manifest = read_manifest(path)
-    # DeepSpeed's own files: read with DeepSpeed's loaders (they hold DeepSpeed objects, not only tensors).
-    model_states = path / "mp_rank_00_model_states.pt"
-    client = {}
-    if model_states.is_file():
-        client = torch.load(model_states, map_location="cpu", weights_only=False)
-    if manifest["zero_stage"] == 0:
-        weights = client["module"]
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
-        if not client:
-            client = torch.load(path / "zero_pp_rank_0_mp_rank_00_model_states.pt", map_location="cpu",
-                                weights_only=False)
+    try:
+        with weights_only_loading():
+            weights, client = _deepspeed_weights(path, int(manifest["zero_stage"]))
+    except Exception as err:  # a refused object, a truncated or missing shard: unusable either way
+        raise CorruptCheckpoint(f"checkpoint {path} is unreadable ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
     ema = client.get("visiontrain", {}).get("ema")
     return ({k: v.contiguous() for k, v in weights.items()},
             {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")} if ema else None)
 
 
+def _deepspeed_weights(path: Path, stage: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(fp32 weights, client state) of a DeepSpeed checkpoint directory, read with DeepSpeed's own readers."""
+    model_states = path / "mp_rank_00_model_states.pt"
+    if not model_states.is_file():  # ZeRO-3 names it per rank
+        model_states = path / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    client = torch.load(model_states, map_location="cpu", weights_only=True)
+    if stage == 0:
+        return client["module"], client
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name), client
+
+
 def export_run(run_dir: Path, out: Path | None = None) -> Path:
     """Write weights.safetensors (and weights_ema.safetensors) from a run's newest readable checkpoint."""
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist")
     store = CheckpointStore(run_dir, keep_last=1)
     candidates = store.candidates()
     if not candidates:

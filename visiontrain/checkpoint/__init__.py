@@ -12,12 +12,14 @@ visiontrain.checkpoint export` (in __main__.py) consolidates a run's checkpoint 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -28,10 +30,43 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STEP_ENTRY = re.compile(r"^step_(\d+)(\.pt)?$")
+_UNFINISHED_DIR = re.compile(r"^\.step_\d+\.tmp$")  # DeepSpeed's shards of a save in progress
 
 
 class CorruptCheckpoint(Exception):
     pass
+
+
+# Besides tensors, DeepSpeed's checkpoint files (ZeRO optimizer states) hold these objects:
+# allowed by name, everything else refused, as for our own files.
+DEEPSPEED_STATE_CLASSES = (
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+)
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Inside, every torch.load is weights_only, also DeepSpeed's own readers, which ask for full
+    unpickling: a crafted checkpoint file cannot run code. DeepSpeed's state classes are allowed."""
+    allowed = []
+    for name in DEEPSPEED_STATE_CLASSES:
+        module, _, attribute = name.rpartition(".")
+        with contextlib.suppress(ImportError, AttributeError):
+            allowed.append(getattr(importlib.import_module(module), attribute))
+    saved = {key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD",
+                                                         "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"  # read by torch.load at every call
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
 
 
 MANIFEST = "visiontrain.json"  # inside a DeepSpeed checkpoint directory: step, world size, ZeRO stage
@@ -86,6 +121,15 @@ class CheckpointStore:
 
     def has_any(self) -> bool:
         return bool(self.periodic()) or self.best_entry() is not None
+
+    def remove_unfinished(self) -> list[str]:
+        """DeepSpeed checkpoint directories whose writing was cut short (`.step_N.tmp`); call before any rank saves."""
+        if not self.dir.is_dir():
+            return []
+        unfinished = [p for p in self.dir.iterdir() if _UNFINISHED_DIR.match(p.name)]
+        for path in unfinished:
+            shutil.rmtree(path, ignore_errors=True)
+        return [p.name for p in unfinished]
 
     def candidates(self) -> list[Path]:
         """Every checkpoint to try on resume, newest step first (best placed by its step)."""

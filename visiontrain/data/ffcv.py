@@ -13,7 +13,7 @@ Progressive resizing (imagenet recipe) changes the decoder's output size each ep
 
 from __future__ import annotations
 
-import json
+
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ from ffcv.reader import Reader
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 
+from visiontrain import fileio
 from visiontrain.config import BatchPlan, Config, DataConfig
 from visiontrain.data import augment
 from visiontrain.data.augment import AsIs, Cutout, Flip, PixelOp, RandomResizedCrop, ResizeCenterCrop, Sizing, Translate
@@ -188,8 +189,11 @@ def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool 
     for name, file in files.items():
         if not file.is_file():
             raise _missing(path, name)
-    meta = json.loads(files["meta.json"].read_text())
-    class_names = list(meta["class_names"])
+    meta = fileio.read_json(files["meta.json"], "dataset description")
+    class_names = meta.get("class_names") if isinstance(meta, dict) else None
+    if not isinstance(class_names, list) or len(class_names) < 2:
+        raise UsageError(f"{files['meta.json']} names no class list (class_names, at least 2); write the dataset "
+                         "again with python -m data_prep")
     for split in splits:
         sizing = (augment.train_recipe(d) if split == "train" else augment.eval_recipe(d)).sizing
         size = meta.get("splits", {}).get(split, {}).get("image_size", {})
@@ -198,8 +202,8 @@ def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool 
             raise UsageError(f"data.recipe={d.recipe} reads {split}.beton images as they are, but they are not all "
                              f"{sizing.size}x{sizing.size} (data.image_size / data.val_image_size); sizes seen: "
                              f"{sorted(s for s in sides if s is not None)}; use data.recipe=imagenet to crop")
-    chosen = select(d, class_names, beton_labels(files["train.beton"]) if train else None,
-                    beton_labels(files["val.beton"]))
+    labels = {split: beton_labels(files[f"{split}.beton"], len(class_names)) for split in splits}
+    chosen = select(d, class_names, labels.get("train"), labels["val"])
     check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
     relabel = Relabel(chosen.label_map, runtime.device)
     train_loader = None
@@ -212,7 +216,24 @@ def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool 
     )
 
 
-def beton_labels(path: Path) -> np.ndarray:
-    """Every sample's label, read from the file's metadata table (no image is decoded)."""
-    reader = Reader(str(path))
-    return reader.metadata[f"f{reader.field_names.index('label')}"]
+def beton_labels(path: Path, num_classes: int | None = None) -> np.ndarray:
+    """Every sample's label, read from the file's metadata table (no image is decoded), after the
+    checks that cost nothing: a readable header, whole tables, and labels within meta.json's classes."""
+    rewrite = "write the dataset again with python -m data_prep"
+    try:
+        reader = Reader(str(path))
+    except Exception as err:  # a damaged header fails in numpy or in FFCV's field parsing
+        raise UsageError(f"{path} is not a readable .beton file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'no detail'}); {rewrite}") from None
+    size, table = path.stat().st_size, reader.alloc_table
+    if (len(reader.metadata) != reader.num_samples or len(table) == 0
+            or int(reader.header["alloc_table_ptr"]) > size or int((table["ptr"] + table["size"]).max()) > size):
+        raise UsageError(f"{path} is truncated or damaged ({size} bytes, {reader.num_samples} samples announced); "
+                         f"{rewrite}")
+    if "label" not in reader.field_names:
+        raise UsageError(f"{path} has no 'label' field (fields: {', '.join(reader.field_names)}); {rewrite}")
+    labels = reader.metadata[f"f{reader.field_names.index('label')}"]
+    if num_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UsageError(f"{path} has labels up to {int(labels.max())} but meta.json names {num_classes} classes; "
+                         f"the two files come from different datasets: {rewrite}")
+    return labels

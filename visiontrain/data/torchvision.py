@@ -14,10 +14,11 @@ batch. Evaluation (no randomness) uses torchvision's resize and centre crop per 
 from __future__ import annotations
 
 import pickle
+from contextlib import contextmanager
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -82,8 +83,13 @@ class FolderSource(SampleSource):
         self.labels = [label for _, label in self.samples]
 
     def load(self, index: int) -> Image.Image:
-        with Image.open(self.samples[index][0]) as img:
-            return img.convert("RGB")
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except Exception as err:  # truncated, not an image, a broken chunk: PIL raises many kinds
+            raise UsageError(f"image {path} cannot be read ({type(err).__name__}: {err}); remove or replace it, "
+                             "or write the dataset with python -m data_prep folder, which skips such files") from None
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -294,6 +300,16 @@ def make_loader(dataset: BatchDataset, batches: BatchSampler, num_workers: int, 
     )
 
 
+@contextmanager
+def one_line_worker_errors() -> Iterator[None]:
+    """A DataLoader worker's UsageError arrives with the worker's traceback in its message: keep its last line."""
+    try:
+        yield
+    except UsageError as err:
+        last = str(err).strip().splitlines()[-1]
+        raise UsageError(last.partition("UsageError: ")[2] or last) from None
+
+
 class TorchvisionTrainLoader(SampledTrainLoader):
     def __init__(self, loader: DataLoader, sampler: ResumableDistributedSampler, normalize: DeviceNormalizer,
                  relabel: Relabel, plan: BatchPlan):
@@ -302,8 +318,9 @@ class TorchvisionTrainLoader(SampledTrainLoader):
 
     def __iter__(self):
         device = self.normalize.device
-        for images, labels, _ in islice(self.loader, self._remaining):
-            yield self.normalize(images), self.relabel(labels.to(device, non_blocking=True))
+        with one_line_worker_errors():
+            for images, labels, _ in islice(self.loader, self._remaining):
+                yield self.normalize(images), self.relabel(labels.to(device, non_blocking=True))
 
 
 class TorchvisionEvalLoader:
@@ -314,9 +331,10 @@ class TorchvisionEvalLoader:
 
     def __iter__(self):
         device = self.normalize.device
-        for images, labels, valid in self.loader:
-            yield (self.normalize(images), self.relabel(labels.to(device, non_blocking=True)),
-                   valid.to(device, non_blocking=True))
+        with one_line_worker_errors():
+            for images, labels, valid in self.loader:
+                yield (self.normalize(images), self.relabel(labels.to(device, non_blocking=True)),
+                       valid.to(device, non_blocking=True))
 
 
 def build_torchvision_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
