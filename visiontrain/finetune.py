@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint
+from visiontrain.checkpoint import CheckpointStore
 from visiontrain.config import FREEZE_POLICIES, FinetuneConfig, parse_freeze
 from visiontrain.errors import UsageError
 from visiontrain.models import HEAD, stem_and_stages
-from visiontrain.weights import consolidated_weights
+from visiontrain.weights import newest_consolidated_weights
 
 log = logging.getLogger(__name__)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DeepSpeed and torch.compile
@@ -67,17 +67,14 @@ def _from_run_dir(run_dir: Path, use_ema: bool, key: str) -> tuple[dict[str, tor
     if not candidates:
         raise UsageError(f"{key} is a directory with neither {exported.name} nor checkpoints/; "
                          f"is it a run directory?")
-    for checkpoint in candidates:
-        try:
-            weights, ema = consolidated_weights(checkpoint)
-        except CorruptCheckpoint as err:
-            log.warning("%s; trying the previous checkpoint", err)
-            continue
-        if use_ema and ema is None:
-            raise UsageError(f"finetune.use_ema=true but {checkpoint} has no EMA weights "
-                             f"(the run did not set train.ema=true)")
-        return (ema if use_ema else weights), str(checkpoint)
-    raise UsageError(f"{key}: no readable checkpoint in {store.dir}")
+    found = newest_consolidated_weights(store)
+    if found is None:
+        raise UsageError(f"{key}: no readable checkpoint in {store.dir}")
+    weights, ema, checkpoint = found
+    if use_ema and ema is None:
+        raise UsageError(f"finetune.use_ema=true but {checkpoint} has no EMA weights "
+                         f"(the run did not set train.ema=true)")
+    return (ema if use_ema else weights), str(checkpoint)
 
 
 def _read_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:

@@ -75,6 +75,19 @@ def _deepspeed_weights(path: Path, stage: int) -> tuple[dict[str, torch.Tensor],
     return get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name), client
 
 
+def newest_consolidated_weights(store: CheckpointStore) -> tuple[dict, dict | None, Path] | None:
+    """(weights, EMA weights or None, checkpoint) of the newest checkpoint that reads; unreadable ones are
+    skipped with a warning naming them. None if no checkpoint reads."""
+    for path in store.candidates():
+        try:
+            weights, ema = consolidated_weights(path)
+        except CorruptCheckpoint as err:
+            log.warning("%s; trying the previous checkpoint", err)
+            continue
+        return weights, ema, path
+    return None
+
+
 def export_run(run_dir: Path, out: Path | None = None) -> Path:
     """Write weights.safetensors (and weights_ema.safetensors) from a run's newest readable checkpoint."""
     if not Path(run_dir).is_dir():
@@ -84,12 +97,9 @@ def export_run(run_dir: Path, out: Path | None = None) -> Path:
     if not candidates:
         raise UsageError(f"{run_dir} holds no checkpoints (expected {run_dir}/checkpoints/step_*)")
     out = Path(out) if out else Path(run_dir) / "weights.safetensors"
-    for path in candidates:
-        try:
-            weights, ema = consolidated_weights(path)
-        except CorruptCheckpoint as err:
-            log.warning("%s; trying the previous checkpoint", err)
-            continue
+    found = newest_consolidated_weights(store)
+    if found is not None:
+        weights, ema, path = found
         export_weights(weights, out, {"checkpoint": str(path)})
         if ema is not None:
             export_weights(ema, out.with_name(out.stem + "_ema.safetensors"), {"checkpoint": str(path)})
