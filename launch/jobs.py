@@ -16,7 +16,7 @@ import signal
 
 import submitit
 
-from visiontrain.errors import Preempted, TrainingFailed, UsageError, report_error
+from visiontrain.errors import Preempted, TrainingFailed, UsageError, describe_os_error, report_error
 
 
 class TrainFailed(RuntimeError):
@@ -54,6 +54,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         except (UsageError, TrainingFailed) as err:
             report_error(err)
             raise TrainFailed(f"training {self.describe()} failed (exit code {err.exit_code}): {err}") from None
+        except OSError as err:  # a full disk or a refused path: one line, as train.py prints it
+            line = describe_os_error(err)
+            if line is None:
+                raise
+            raise TrainFailed(f"training {self.describe()} failed: {line}") from None
         return "done"
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

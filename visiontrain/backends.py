@@ -212,7 +212,8 @@ class DeepSpeedBackend:
             try:
                 raise_if_disk_full(tmp, err)
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay as they were
+                if self.runtime.is_main:  # the others may still be writing their shards into it
+                    shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay as they were
             raise
         self.runtime.barrier()
         path = None

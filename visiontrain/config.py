@@ -254,6 +254,8 @@ def _renamed_yaml(loaded: DictConfig, where: str) -> DictConfig:
         for key, value in values.items():
             new_key, value = _current_name(f"{section}.{key}", value, f"in {where}")
             new_section, _, new_name = new_key.partition(".")
+            if new_name in renamed.get(new_section, {}):
+                raise UsageError(f"{where} sets '{new_key}' twice, once under its old name; keep '{new_key}'")
             renamed.setdefault(new_section, {})[new_name] = value
     return OmegaConf.create(renamed)
 

@@ -24,7 +24,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from visiontrain import config
+from visiontrain import config, fileio
 
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 COMMAND = "python -m visiontrain.config_docs"
@@ -192,7 +192,7 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    fileio.write_text(args.out, text)
     print(f"wrote {args.out}")
     return 0
 

@@ -41,14 +41,27 @@ class Preempted(Exception):
 
 
 # Failures of the machine rather than of the program: the user fixes them (space, another location).
-WRITE_FAILURES = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
+FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
+REFUSED = {
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "it is a directory",
 }
+
+
+def describe_os_error(err: OSError) -> str | None:
+    """The one line for a full disk or a refused path, or None for other OS errors."""
+    where = err.filename or "a file"
+    if err.errno in FULL:
+        return f"could not write {where}: {FULL[err.errno]}; free space or choose another location " \
+               "(files written before are intact)"
+    if err.errno == errno.EROFS:
+        return f"could not write {where}: read-only file system; choose another location"
+    if err.errno in REFUSED:
+        return f"cannot use {where}: {REFUSED[err.errno]}; choose another location or fix its permissions"
+    return None
 
 
 def report_error(err: UsageError | TrainingFailed | Preempted) -> None:
@@ -65,12 +78,11 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
         report_error(err)
         return err.exit_code
     except OSError as err:
-        if err.errno not in WRITE_FAILURES:
+        line = describe_os_error(err)
+        if line is None:
             traceback.print_exc()
             return 1
-        where = err.filename or "a file"
-        print(f"error: could not write {where}: {WRITE_FAILURES[err.errno]}; free space or choose another "
-              "location (files written before are intact)", file=sys.stderr, flush=True)
+        print(f"error: {line}", file=sys.stderr, flush=True)
         return UsageError.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)

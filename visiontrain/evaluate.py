@@ -7,7 +7,7 @@ RUN_DIR: the run's config.yaml describes the model and data (data.classes includ
 its weights.safetensors (or newest checkpoint; --ema for EMA weights) are evaluated and
 the report lands in RUN_DIR/eval/ with its training curves. FILE: a .safetensors
 written by train.py (it records model.name/num_classes/width) or a torchvision
-state dict (give model.name=... model.num_classes=...). The data backend and recipe
+state dict (give model.name=... model.num_classes=...). The data loader and recipe
 come from the config (data.loader=torchvision for image folders). One process.
 Exit codes: 0 done, 2 bad arguments or input.
 """

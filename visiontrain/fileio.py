@@ -117,6 +117,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as err:
+        # Name the file the user asked for, not our hidden temporary (or nothing, as a failed write says).
+        raise OSError(err.errno, err.strerror, str(final)) from err
     except Exception as err:
         raise_if_disk_full(final, err)
         raise
@@ -193,7 +196,10 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """A temporary directory beside `final`, renamed over it when the block ends normally, else removed."""
     final = Path(final)
     tmp = _temp_name(final)
-    tmp.mkdir()  # mode 0o777 minus the umask, as the finished directory should have (mkdtemp's is 0700)
+    try:
+        tmp.mkdir()  # mode 0o777 minus the umask, as the finished directory should have (mkdtemp's is 0700)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(final)) from err
     try:
         yield tmp
         replace_dir(tmp, final)

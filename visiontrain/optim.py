@@ -1,7 +1,7 @@
 """Optimizer with parameter groups, and the per-iteration learning-rate schedule.
 
 The schedule is a pure function of the optimizer step (`lr_factor`), wrapped in
-`torch.optim.lr_scheduler.LambdaLR` and stepped by the engine once per optimizer
+`torch.optim.lr_scheduler.LambdaLR` and stepped by the trainer once per optimizer
 step. It is never handed to accelerate, whose prepared schedulers step once per
 process (DESIGN.md).
 """

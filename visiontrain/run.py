@@ -52,7 +52,7 @@ def seed_everything(seed: int) -> None:
 def build_run(cfg: Config, model: nn.Module | None = None, runtime: dist.Runtime | None = None) -> Run:
     """Join the process group, build loaders, model and trainer, and resume from the run dir if it has
     checkpoints. `model` replaces the configured architecture (tests); `runtime` reuses a process group."""
-    plan = BatchPlan.for_world(cfg.train, dist.detect_launch().world_size)
+    plan = BatchPlan.for_world(cfg.train, runtime.world_size if runtime else dist.detect_launch().world_size)
     resuming = rundir.check_run_dir(cfg)
     runtime = runtime or dist.init_runtime(cfg.run.device, cfg.parallel)
     backend = build_backend(cfg, runtime, plan)  # DeepSpeed's JSON is checked here, before anything is written

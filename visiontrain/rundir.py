@@ -57,7 +57,11 @@ def _check_same_shape(cfg: Config, path: Path) -> None:
     saved_file = path / "config.yaml"
     if not saved_file.is_file():
         return
-    saved = load_config(saved_file)
+    try:
+        saved = load_config(saved_file)
+    except UsageError as err:
+        raise UsageError(f"the run's own {saved_file} no longer loads ({err}); move it aside to resume with "
+                         "the config given now") from None
 
     def value(c: Config, key: str):
         section, name = key.split(".")

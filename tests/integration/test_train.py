@@ -167,8 +167,8 @@ def test_sigkill_after_the_half_way_checkpoint_then_restart_is_bit_exact(shapes_
     _assert_identical_continuation(reference, killed)
 
 
-# The torchvision backend only: the loop's resume is backend-independent, and FFCV's
-# replay of a resumed epoch is tested at the loader level (test_ffcv_loader.py).
+# The torchvision loader only: the loop's resume is loader-independent, and FFCV's
+# replay of a resumed epoch is tested at the loader level (test_augment_parity.py, test_ffcv_loader.py).
 @pytest.mark.parametrize("loader", ["torchvision"])
 def test_mid_epoch_checkpoint_resume_with_two_processes_is_bit_exact(shapes_dir, tmp_path, loader):
     args = ("train.epochs=2", "checkpoint.every_steps=4", "data.num_workers=1", "data.cutout=4")

@@ -11,6 +11,7 @@ import subprocess
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import PYTHON, ROOT, build_loaders
@@ -60,6 +61,22 @@ def test_cifar_recipe_flip_translate_cutout_gives_identical_batches_in_both_load
     assert len(tv_tail) == len(ffcv) - 5 and identical(ffcv_tail, tv_tail)
     assert identical(epoch(shapes_dir, "torchvision", *recipe, number=2)[5:], tv_tail)
     assert not torch.equal(tv_tail[0], tv[5])  # epoch 2 draws afresh
+
+
+@pytest.mark.parametrize("loader", ["ffcv", "torchvision"])
+def test_one_loader_over_consecutive_epochs_equals_fresh_loaders(shapes_dir, loader):
+    """A run keeps its loader for all epochs: epoch 2 after epoch 1 (a resumed epoch tail first) must draw
+    exactly what a fresh loader draws for epoch 2 (FFCV's operations read the epoch from the loader's cell)."""
+    recipe = ("data.crop_padding=2", "data.cutout=4")
+    train = build_loaders(cfg_for(shapes_dir, loader, *recipe), RUNTIME, 32).train
+    seen = {}
+    for number, start in ((1, 5), (2, 0), (3, 0)):
+        train.set_epoch(number, start)
+        seen[number] = [images.clone() for images, _ in train]
+    assert len(seen[1]) == len(seen[2]) - 5
+    assert identical(seen[2], epoch(shapes_dir, loader, *recipe, number=2))
+    assert identical(seen[3], epoch(shapes_dir, loader, *recipe, number=3))
+    assert not torch.equal(seen[2][0], seen[3][0])
 
 
 def test_imagenet_recipe_draws_the_same_crops_and_gives_identical_pixels(shapes_dir):

@@ -110,6 +110,13 @@ def test_renamed_keys_work_for_one_release_with_a_warning_naming_the_new_key(old
         assert getattr(getattr(load_config(path), section), key) == expected
 
 
+def test_a_key_given_under_its_old_and_its_new_name_is_refused(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("data:\n  loader: torchvision\n  backend: ffcv\n")
+    with pytest.warns(FutureWarning), pytest.raises(UsageError, match="sets 'data.loader' twice"):
+        load_config(path)
+
+
 def test_accelerate_deepspeed_config_selects_the_deepspeed_strategy():
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "configs/deepspeed/zero2.json"}
     cfg = load_config(None, [], env)

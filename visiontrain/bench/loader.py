@@ -1,4 +1,4 @@
-"""Data-loader throughput: the FFCV backend against the torchvision backend.
+"""Data-loader throughput: the FFCV loader against the torchvision loader.
 
 Both loaders are built by `build_data`, exactly as train.py builds them, with the same
 images, recipe, output (float, normalized, channels-last) and worker count, and are
@@ -130,9 +130,9 @@ def epoch_rates(bundles: dict, epochs: int) -> dict[str, list[float]]:
     return rates
 
 
-def _cfg(backend: str, path: Path, recipe: str, res: int, batch: int, workers: int):
+def _cfg(loader: str, path: Path, recipe: str, res: int, batch: int, workers: int):
     mean_std = [f"data.mean={IMAGENET_MEAN}", f"data.std={IMAGENET_STD}"] if recipe == "imagenet" else []
-    return load_config(None, [f"data.loader={backend}", f"data.path={path}", f"data.recipe={recipe}",
+    return load_config(None, [f"data.loader={loader}", f"data.path={path}", f"data.recipe={recipe}",
                               f"data.image_size={res}", f"data.val_image_size={res}", f"data.num_workers={workers}",
                               f"train.batch_size={batch}", "data.crop_padding=2", "model.num_classes=200"
                               if recipe == "imagenet" else "model.num_classes=10", *mean_std])
@@ -148,9 +148,9 @@ def run(shared: Path, work: Path, workers: int, epochs: int, imagenet_samples: i
     rows = []
     imagenet = prepare_imagenet(shared, work, imagenet_samples, workers)
     for res in resolutions:
-        bundles = {name: build_data(_cfg(backend, imagenet[name], "imagenet", res, 256, workers), runtime,
+        bundles = {name: build_data(_cfg(loader, imagenet[name], "imagenet", res, 256, workers), runtime,
                                     BatchPlan.of_micro_batch(256))
-                   for name, backend in (("ffcv", "ffcv"), ("resized", "torchvision"), ("originals", "torchvision"))}
+                   for name, loader in (("ffcv", "ffcv"), ("resized", "torchvision"), ("originals", "torchvision"))}
         rates = epoch_rates(bundles, epochs)
         rows.append(_row(f"imagenet-like, {imagenet_samples} samples, res {res}", rates, workers,
                          {"ffcv": "ffcv (.beton, 256 px jpg)", "resized": "torchvision (same 256 px jpgs)",

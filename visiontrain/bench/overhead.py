@@ -6,7 +6,7 @@ swapping which goes first each round, so that machine noise and drift hit both a
 The trainer side is `Trainer.train_one_epoch` exactly as train.py runs it, built by
 `run.build_run` (device-side metrics, non-finite tracking, periodic log reads,
 metrics.jsonl and TensorBoard writes). Reported: median seconds per step of
-each, and the median over rounds of the paired throughput ratio engine / bare
+each, and the median over rounds of the paired throughput ratio trainer / bare
 (1.0 = no overhead; pairing cancels the slow drift of a shared machine).
 """
 
@@ -45,7 +45,7 @@ class OverheadResult:
 
 
 def bare_loop(model, optimizer, scheduler, batches, autocast, label_smoothing: float) -> None:
-    """What a user would write by hand: the reference the engine is compared with."""
+    """What a user would write by hand: the reference the trainer is compared with."""
     for images, labels in batches:
         with autocast():
             logits = model(images)
@@ -111,8 +111,8 @@ def measure(overrides: list[str], steps: int, rounds: int, runtime: Runtime | No
 def report(result: OverheadResult) -> str:
     ips = result.batch / result.engine_s_per_step, result.batch / result.bare_s_per_step
     return "\n".join([
-        f"engine overhead: {result.rounds} alternating rounds of {result.steps} steps, batch {result.batch}",
-        f"  engine  {1000 * result.engine_s_per_step:8.1f} ms/step  {ips[0]:8.1f} img/s  "
+        f"trainer overhead: {result.rounds} alternating rounds of {result.steps} steps, batch {result.batch}",
+        f"  trainer {1000 * result.engine_s_per_step:8.1f} ms/step  {ips[0]:8.1f} img/s  "
         f"(range {1000 * result.engine_spread[0]:.1f}-{1000 * result.engine_spread[1]:.1f} ms)",
         f"  bare    {1000 * result.bare_s_per_step:8.1f} ms/step  {ips[1]:8.1f} img/s  "
         f"(range {1000 * result.bare_spread[0]:.1f}-{1000 * result.bare_spread[1]:.1f} ms)",

@@ -57,7 +57,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"`{doc['command']}`",
         "",
         f"{s['steps']} timed steps x {s['repeats']} repeats per point after {s['warmup_steps']} warm-up step(s); "
-        "img/s is the median over repeats (range in brackets); train.batch_size is per device.",
+        "img/s is the median over repeats (range in brackets); batch/device is the per-device batch.",
         "",
         table(doc["points"]),
         "",

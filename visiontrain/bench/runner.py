@@ -78,7 +78,7 @@ def check_points(config: str | None, mode: str, points: list[Point], nprocs: lis
 
 
 def environment() -> dict[str, Any]:
-    """train.py's environment record (logs.environment), in the benchmark's documented keys."""
+    """train.py's environment record (environment.environment), in the benchmark's documented keys."""
     from visiontrain.environment import environment as run_environment
 
     cuda = torch.cuda.is_available()

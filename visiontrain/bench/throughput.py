@@ -53,7 +53,7 @@ class TimedLoader:
         self._planned, self.wait_s, self.marks = batches, 0.0, []
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """The benchmark, not the engine, decides how many batches a call of train_one_epoch gets."""
+        """The benchmark, not the trainer, decides how many batches a call of train_one_epoch gets."""
 
     def epoch_indices(self) -> list[int]:
         return []
@@ -184,10 +184,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg.run.dir = run_dir
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
         run = build_run(cfg)
         runtime, trainer, device, accum = run.runtime, run.trainer, run.runtime.device, run.plan.accum_steps
+        if device.type == "cuda":  # the peak from here on: model and optimizer state, then the steps
+            torch.cuda.reset_peak_memory_stats(device)
         stage = getattr(trainer.backend, "stage", None)
         strategy = "ddp" if stage is None else f"zero{stage}"
         images_per_step = run.plan.global_batch

@@ -1,4 +1,4 @@
-"""The FFCV backend: train.beton / val.beton / meta.json written by `python -m data_prep`.
+"""The FFCV loader: train.beton / val.beton / meta.json written by `python -m data_prep`.
 
 Same contract as the torchvision loader:
 - Data order: the same per-epoch permutation and rank split (torch's DistributedSampler
@@ -127,8 +127,11 @@ class FFCVTrainLoader(SampledTrainLoader):
                               FixedOrder(self._order), drop_last=True)
 
     def _order(self, epoch: int) -> np.ndarray:
+        # Exactly the samples of the batches to train on: FFCV then ends its epoch by itself. Breaking out of
+        # its iteration instead would leave its prefetching thread, and the batches it holds, alive for good.
         self.sampler.set_epoch(epoch, self.sampler.start)
-        return np.array([index for index, _ in self.sampler], dtype=np.uint64)
+        order = np.array([index for index, _ in self.sampler], dtype=np.uint64)
+        return order[: self._remaining * self.micro_batch]
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         super().set_epoch(epoch, start)
@@ -144,8 +147,6 @@ class FFCVTrainLoader(SampledTrainLoader):
             if count == 0:
                 # FFCV's epoch thread set torch's intra-op threads to its worker count.
                 torch.set_num_threads(self.torch_threads)
-            if count >= self._remaining:
-                break
             yield self.normalize(images), self.relabel(labels.to(device, dtype=torch.long, copy=True))
 
 

@@ -1,10 +1,10 @@
 """Which samples each rank reads, and in which order.
 
 Training: torch's DistributedSampler (a seeded permutation per epoch, drop_last so
-that no sample is seen twice in an epoch), able to start mid-epoch on resume. The
-order fixes every batch's composition, and with it the augmentation draws
-(`seeded.py`): a resumed run replays exactly the batches an uninterrupted run would
-have seen, whatever the number of workers.
+that no sample is seen twice in an epoch), able to start mid-epoch on resume. Each
+index travels with its epoch, which keys its augmentation draws (`seeded.py`): a
+resumed run replays exactly the batches an uninterrupted run would have seen,
+whatever the number of workers.
 
 Evaluation: rank r reads positions r, r+W, r+2W, ... of the dataset, padded to the
 same length on every rank (collectives inside the model, as in ZeRO-3, need equal
