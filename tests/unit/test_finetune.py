@@ -88,7 +88,8 @@ def test_torchvision_state_dict_with_another_head_replaces_the_head(tmp_path, ca
 def test_keep_head_refuses_another_class_count(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file(cifar18(num_classes=10).state_dict(), str(path))
-    with pytest.raises(UsageError, match="10-class head and model.num_classes=5 .finetune.keep_head=true."):
+    with pytest.raises(UsageError, match="10-class head and the model 5 classes: set model.num_classes=10 or drop "
+                                         "finetune.keep_head=true"):
         load_initial_weights(cifar18(num_classes=5), FinetuneConfig(init_from=str(path), keep_head=True))
 
 
