@@ -10,6 +10,7 @@ decodes.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def _inspect(path: Path) -> tuple[int, int, np.ndarray, np.ndarray, int] | str:
     return width, height, flat.sum(0), (flat**2).sum(0), flat.shape[0]
 
 
+def _default_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def worker_pool(workers: int):
+    """Forked decoding workers that stop on SIGTERM: a forked worker inherits its parent's Python signal
+    handlers, and a caller's catching SIGTERM handler (a training run in the same process) would make
+    Pool.terminate(), which every `with` block calls, wait for ever."""
+    return mp.get_context("fork").Pool(max(1, workers), initializer=_default_signals)
+
+
 def scan(samples: Samples, workers: int, on_bad: str, split: str) -> ScanResult:
     """Decode every sample once; stop at the first bad file (on_bad='stop') or skip and count them."""
     if samples.array is not None:
@@ -56,7 +69,7 @@ def scan(samples: Samples, workers: int, on_bad: str, split: str) -> ScanResult:
                           flat.shape[0])
     good, bad, widths, heights = [], [], [], []
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
-    with mp.get_context("fork").Pool(max(1, workers)) as pool:
+    with worker_pool(workers) as pool:
         results = pool.imap(_inspect, samples.paths, chunksize=64)
         for index, result in enumerate(tqdm(results, total=len(samples), desc=f"scan {split}", unit="img")):
             if isinstance(result, str):

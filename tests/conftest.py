@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -15,6 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 # Real images beside the checkout (../shared/datasets), or where VISIONTRAIN_SHARED_DATASETS says.
 SHARED_DATASETS = Path(os.environ.get("VISIONTRAIN_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Training in this process installs SIGTERM/SIGUSR1 handlers: a test that leaves them behind would
+    change how later tests' child processes stop."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,15 @@ class PreemptionWatch:
         self.signal_name = ""
 
     def install(self) -> PreemptionWatch:
-        for sig in SIGNALS:
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
         return self
+
+    def uninstall(self) -> None:
+        """Give the signals back to whoever had them (a process that goes on after training: a launcher,
+        a test, a tool; processes it forks later must still die on SIGTERM)."""
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         self.requested = True

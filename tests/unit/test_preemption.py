@@ -3,11 +3,14 @@
 import os
 import signal
 import socket
+import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.conftest import ROOT
 from visiontrain.preemption import PreemptionWatch
 
 
@@ -50,3 +53,37 @@ def test_one_process_stops_at_the_next_step_on_sigterm():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def test_the_watch_gives_the_signals_back_when_training_ends():
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    watch = PreemptionWatch(1, torch.device("cpu"), every_steps=10).install()
+    assert all(signal.getsignal(sig) == watch._handle for sig in previous)
+    watch.uninstall()
+    assert {sig: signal.getsignal(sig) for sig in previous} == previous
+
+
+_POOL_UNDER_A_SIGTERM_HANDLER = """
+import os, signal, time
+from data_prep.beton import worker_pool
+signal.signal(signal.SIGTERM, lambda *args: None)  # what a training run leaves in its process
+pool = worker_pool(1)
+worker = pool._pool[0]
+pool.apply(os.getpid)
+os.kill(worker.pid, signal.SIGTERM)
+deadline = time.time() + 10
+while worker.exitcode is None and time.time() < deadline:
+    time.sleep(0.05)
+print("stopped" if worker.exitcode is not None else "still running", flush=True)
+for process in pool._pool:  # the pool replaced the stopped worker: end every one, whatever their handlers
+    os.kill(process.pid, signal.SIGKILL)
+os._exit(0)  # no pool shutdown: it is what would hang
+"""
+
+
+def test_data_prep_workers_stop_on_sigterm_in_a_process_that_catches_it():
+    """data_prep's pool is terminated (SIGTERM) at the end of every scan: workers that inherited a training
+    run's catching handler would never stop, and the scan would wait for them for ever."""
+    result = subprocess.run([sys.executable, "-c", _POOL_UNDER_A_SIGTERM_HANDLER], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.strip() == "stopped", result.stderr[-2000:]
