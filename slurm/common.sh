@@ -61,9 +61,7 @@ run_train() {
          "$tasks_per_node task(s), head node $(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)," \
          "run dir $run_dir"
     local rc=0
-    # --kill-on-bad-exit: a rank that fails (say, rank 0 on a full disk) ends the step instead of
-    # leaving the others waiting in a collective until the timeout.
-    srun --export=ALL --kill-on-bad-exit=1 python train.py -c "$config" run.dir="$run_dir" "$@" || rc=$?
+    srun --export=ALL python train.py -c "$config" run.dir="$run_dir" "$@" || rc=$?
     if [[ $rc -eq 3 ]]; then
         echo "$(date +%T) stopped with a checkpoint: requeueing job $SLURM_JOB_ID; it resumes from $run_dir"
         scontrol requeue "$SLURM_JOB_ID"

@@ -26,15 +26,11 @@ class PreemptionWatch:
         self.signal_name = ""
 
     def install(self) -> PreemptionWatch:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        # Kept until the process ends: a second signal after the stop (SLURM may send several) must not
+        # reach another handler (submitit's would requeue from every rank).
+        for sig in SIGNALS:
+            signal.signal(sig, self._handle)
         return self
-
-    def uninstall(self) -> None:
-        """Give the signals back to whoever had them (a process that goes on after training: a launcher,
-        a test, a tool; processes it forks later must still die on SIGTERM)."""
-        for sig, handler in getattr(self, "_previous", {}).items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         self.requested = True

@@ -126,12 +126,6 @@ class Trainer:
 
     # -------------------------------------------------------------- main loop
     def fit(self) -> dict[str, Any]:
-        try:
-            return self._fit()
-        finally:
-            self.preemption.uninstall()
-
-    def _fit(self) -> dict[str, Any]:
         start = time.perf_counter()
         epochs = self.cfg.train.epochs
         while self.state.epoch < epochs and not self.state.stopped_early:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,16 +23,25 @@ def markdown_files() -> list[Path]:
     return [README, *sorted(DOCS.glob("*.md"))]
 
 
-def test_configuration_reference_is_current():
-    generated = config_docs.render()
+@pytest.fixture(scope="module")
+def rendered() -> str:
+    """config_docs.render() in a fresh interpreter: CPython 3.11's ast.parse (inspect.getsource) can fail
+    with "AST constructor recursion depth mismatch" inside a long-lived test process."""
+    result = subprocess.run([sys.executable, "-c", "import sys\nfrom visiontrain.config_docs import render\n"
+                             "sys.stdout.write(render())"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def test_configuration_reference_is_current(rendered):
+    generated = rendered
     current = config_docs.OUTPUT.read_text(encoding="utf-8") if config_docs.OUTPUT.is_file() else ""
     assert current == generated, (
         f"{config_docs.OUTPUT.relative_to(ROOT)} is stale or missing: run `python -m visiontrain.config_docs`"
     )
 
 
-def test_configuration_reference_lists_every_key_once_with_its_default():
-    text = config_docs.render()
+def test_configuration_reference_lists_every_key_once_with_its_default(rendered):
+    text = rendered
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w.]+)` \|.*$", text, re.MULTILINE)}
     keys = config.all_keys()
     assert keys, "the config has no keys"

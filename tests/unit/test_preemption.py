@@ -55,14 +55,6 @@ def test_one_process_stops_at_the_next_step_on_sigterm():
             signal.signal(sig, handler)
 
 
-def test_the_watch_gives_the_signals_back_when_training_ends():
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
-    watch = PreemptionWatch(1, torch.device("cpu"), every_steps=10).install()
-    assert all(signal.getsignal(sig) == watch._handle for sig in previous)
-    watch.uninstall()
-    assert {sig: signal.getsignal(sig) for sig in previous} == previous
-
-
 _POOL_UNDER_A_SIGTERM_HANDLER = """
 import os, signal, time
 from data_prep.beton import worker_pool
