@@ -13,7 +13,6 @@ Progressive resizing (imagenet recipe) changes the decoder's output size each ep
 
 from __future__ import annotations
 
-
 from pathlib import Path
 from typing import Callable
 

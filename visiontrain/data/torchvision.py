@@ -8,7 +8,7 @@ Augmentation: the recipes of `augment.py`. Each op maps to a batch function draw
 `seeded.py`'s hash of (seed, op, epoch, sample index), like FFCV's operations, so for the
 same seed, epoch and sample both loaders produce the same pixels. The DataLoader fetches
 whole batches (a batch sampler + `BatchDataset.__getitems__`): the kernels run once per
-batch. Evaluation (no randomness) uses torchvision's resize and centre crop per image.
+batch. Evaluation (no randomness) is `preprocess.py`'s per-image step, shared with prediction.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from visiontrain.data.augment import (
     PixelOp,
     RandomResizedCrop,
     Recipe,
-    ResizeCenterCrop,
     Sizing,
     Translate,
 )
 from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
+from visiontrain.data.preprocess import EvalPreprocess, UnreadableImage, read_image
 from visiontrain.data.sampling import EvalShardSampler, ResumableDistributedSampler
 from visiontrain.data.seeded import (
     SALT_CROP,
@@ -83,13 +83,11 @@ class FolderSource(SampleSource):
         self.labels = [label for _, label in self.samples]
 
     def load(self, index: int) -> Image.Image:
-        path = self.samples[index][0]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except Exception as err:  # truncated, not an image, a broken chunk: PIL raises many kinds
-            raise UsageError(f"image {path} cannot be read ({type(err).__name__}: {err}); remove or replace it, "
-                             "or write the dataset with python -m data_prep folder, which skips such files") from None
+            return read_image(self.samples[index][0])
+        except UnreadableImage as err:
+            raise UsageError(f"{err}; remove or replace it, or write the dataset with python -m data_prep folder, "
+                             "which skips such files") from None
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -245,21 +243,14 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """An evaluation `Recipe` (no random op), image by image: source images -> NCHW uint8."""
+    """An evaluation `Recipe` (no random op), image by image: source images -> NCHW uint8. The per-image step is
+    `preprocess.EvalPreprocess`, which python -m visiontrain.predict applies to image files."""
 
     def __init__(self, recipe: Recipe):
-        to_uint8 = [v2.ToImage(), v2.ToDtype(torch.uint8)]
-        match recipe.sizing:
-            case AsIs(size):
-                self.transform = v2.Compose(to_uint8 + _to_size(size))
-            case ResizeCenterCrop(size, ratio):
-                self.transform = v2.Compose([v2.Resize(round(size / ratio), antialias=True), v2.CenterCrop(size)]
-                                            + to_uint8)
-            case _:
-                raise TypeError(f"{recipe.sizing!r} is not an evaluation sizing step of the torchvision loader")
+        self.preprocess = EvalPreprocess.from_recipe(recipe)
 
     def __call__(self, images: list) -> torch.Tensor:
-        return torch.stack([self.transform(image).as_subclass(torch.Tensor) for image in images])
+        return self.preprocess.batch(images)
 
 
 class BatchDataset(Dataset):
