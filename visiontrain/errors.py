@@ -8,6 +8,7 @@ after writing a checkpoint: run the same command again to resume.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 import traceback
@@ -22,6 +23,13 @@ class UsageError(Exception):
 
 class TrainingFailed(Exception):
     """Training itself went wrong (non-finite loss, ...). Exit code 1, no traceback."""
+
+    exit_code = 1
+
+
+class CheckFailed(Exception):
+    """A result failed its own verification (an exported model disagrees with the original). Exit code 1,
+    no traceback; whatever failed was not kept."""
 
     exit_code = 1
 
@@ -64,7 +72,14 @@ def describe_os_error(err: OSError) -> str | None:
     return None
 
 
-def report_error(err: UsageError | TrainingFailed | Preempted) -> None:
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UsageErrors: one line and exit code 2 through `run_cli`, also in-process."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def report_error(err: UsageError | TrainingFailed | CheckFailed | Preempted) -> None:
     """The one line a user reads: no traceback for errors we can name."""
     print(f"error: {err}", file=sys.stderr, flush=True)
 
@@ -74,7 +89,7 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     argv = sys.argv[1:] if argv is None else argv
     try:
         return int(main(argv) or 0)
-    except (UsageError, TrainingFailed, Preempted) as err:
+    except (UsageError, TrainingFailed, CheckFailed, Preempted) as err:
         report_error(err)
         return err.exit_code
     except OSError as err:

@@ -39,38 +39,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def weights_metadata(path: Path) -> list[str]:
-    """model.* overrides recorded in a .safetensors written by train.py (empty for others)."""
-    if path.suffix != ".safetensors":
-        return []
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception:
-        return []  # unreadable: the weights loader reports it with the path
-    keys = {"model": "model.name", "num_classes": "model.num_classes", "width": "model.width"}
-    return [f"{keys[key]}={meta[key]}" for key in keys if key in meta]
-
-
-def resolve_config(args: argparse.Namespace):
-    from visiontrain import config
-
-    weights = Path(args.weights)
-    run_dir = weights if weights.is_dir() else None
-    base = args.config
-    if base is None and run_dir is not None and (run_dir / "config.yaml").is_file():
-        base = str(run_dir / "config.yaml")
-    overrides = weights_metadata(weights) + list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={args.data}")
-    # What only matters to training is switched off: this process trains nothing.
-    overrides += ["finetune.init_from=", "finetune.use_ema=false", "finetune.keep_head=false",
-                  "finetune.freeze=none", "parallel.strategy=ddp", "parallel.deepspeed_config=", "model.compile=false"]
-    return config.load_config(base, overrides), run_dir
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.batch_size < 1:
@@ -86,8 +54,11 @@ def main(argv: list[str]) -> int:
     from visiontrain.metrics import predict
     from visiontrain.models import build_model
     from visiontrain.report import write_report
+    from visiontrain.trained import resolve_config
 
-    cfg, run_dir = resolve_config(args)
+    weights = Path(args.weights)
+    cfg, _ = resolve_config(weights, args.config, args.overrides, data=args.data)
+    run_dir = weights if weights.is_dir() else None
     device = select_device(cfg.run.device, 0)
     runtime = Runtime(accelerator=None, device=device, rank=0, world_size=1, local_rank=0, launcher="single")
     model = build_model(cfg.model)
@@ -97,7 +68,6 @@ def main(argv: list[str]) -> int:
     data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)
     predictions = predict(model, data.val, autocast_factory(cfg.train.precision, device), 1,
                           tta_flip=args.tta == "flip")
-    weights = Path(args.weights)
     out = args.out or (run_dir / "eval" if run_dir else weights.with_name(f"eval_{weights.stem}"))
     about = {"weights": info["init_from"], "data": cfg.data.path, "split": "val", "tta": args.tta,
              "model": cfg.model.name}

@@ -83,6 +83,7 @@ def _summary(trainer: Trainer, seconds: float, ranks: list[dict[str, Any]]) -> d
         "zero_stage": getattr(trainer.backend, "stage", None),
         "global_batch_size": trainer.plan.global_batch,
         "train_samples": trainer.data.train_samples,
+        "class_names": list(trainer.data.class_names),  # the model's outputs, in order (export, predict)
         "precision": cfg.train.precision,
         "init": trainer.init or None,
         "final": _metrics_only(trainer.last_val),

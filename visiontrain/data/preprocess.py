@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from visiontrain.data.augment import AsIs, Recipe, ResizeCenterCrop
@@ -36,6 +37,21 @@ def read_image(path: Path) -> Image.Image:
             return img.convert("RGB")
     except Exception as err:  # truncated, not an image, a broken chunk, a directory: PIL raises many kinds
         raise UnreadableImage(f"image {path} cannot be read ({type(err).__name__}: {err})") from None
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """Files named on a command line, and the image files (by extension, recursively) under folders named
+    there, in the order given (each folder sorted); UsageError naming a path that does not exist."""
+    found: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise UsageError(f"{name} does not exist: give image files or folders of images")
+    return found
 
 
 @dataclass(frozen=True)
