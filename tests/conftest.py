@@ -122,3 +122,24 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def pytest_report_header(config) -> list[str]:
+    """The software the suite ran with, next to the lock it should match (make setup installs the lock)."""
+    from importlib import metadata
+
+    from visiontrain.lock import differences_from_lock
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "missing"
+
+    names = ("torch", "torchvision", "numpy", "ffcv", "deepspeed", "accelerate", "submitit", "onnxruntime")
+    packages = ", ".join(f"{name} {version(name)}" for name in names)
+    differs = differences_from_lock(include_missing=True)
+    lock = ("no lock file" if differs is None else "installed as locked" if not differs
+            else "DIFFERS FROM THE LOCK: " + ", ".join(f"{n} {d['installed']} (locked {d['locked']})"
+                                                        for n, d in sorted(differs.items())))
+    return [f"packages: {packages}", f"requirements/constraints.txt: {lock}"]

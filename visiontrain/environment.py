@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from visiontrain.lock import differences_from_lock
+
 
 def _version(package: str) -> str | None:
     try:
@@ -49,6 +51,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": {p: _version(p) for p in ("torch", "torchvision", "accelerate", "numpy", "deepspeed",
                                                    "ffcv", "submitit", "visiontrain")},
+        # Packages whose versions differ from the lock's ({} = installed exactly as locked).
+        "differs_from_lock": differences_from_lock(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device_type": device.type,
