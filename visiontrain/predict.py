@@ -178,10 +178,10 @@ def main(argv: list[str]) -> int:
     predictions, skipped, model_seconds = predict_files(predictor, files, args.batch_size, args.topk,
                                                         args.tta == "flip", args.strict, progress)
     seconds = time.perf_counter() - began
+    if not predictions:
+        raise UsageError(f"none of the {len(files)} files is a readable image ({skipped[0][1]}); nothing written")
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    if not predictions:
-        raise UsageError(f"none of the {len(files)} files is a readable image; nothing written")
     if args.out is not None:
         fileio.write_text(args.out, render(predictions, skipped, args.out.suffix.lower()))
     else:

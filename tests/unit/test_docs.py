@@ -138,7 +138,7 @@ def test_link_check_finds_missing_files_and_headings(tmp_path):
 
 
 def test_docs_pages_exist():
-    for name in ("data", "training", "deepspeed", "finetuning", "cluster", "benchmarks", "configuration"):
+    for name in ("data", "training", "deepspeed", "finetuning", "deploy", "cluster", "benchmarks", "configuration"):
         assert (DOCS / f"{name}.md").is_file(), name
 
 

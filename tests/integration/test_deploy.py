@@ -1,0 +1,198 @@
+"""Deployment end to end on real CIFAR-10 JPEGs: a model trained on them, fine-tuned, exported to every
+format and checked, and `predict` giving exactly the evaluation's predictions, with PyTorch and ONNX Runtime."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import PYTHON, ROOT, ok, read_json, run_train
+from visiontrain import export as export_module
+from visiontrain.data.torchvision import FolderSource
+from visiontrain.errors import run_cli
+from visiontrain.export import SUFFIXES, compare, images_from_files, load_exported
+from visiontrain.export import main as export_main
+from visiontrain.predict import main as predict_main
+from visiontrain.trained import load_trained
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]
+
+FINETUNE_CLASSES = ["data.classes=[0,1,2,3,4]", "model.num_classes=5"]
+
+
+def train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["-c", "configs/demo/train.yaml", "data.loader=torchvision", f"data.path={data}", f"run.dir={run_dir}",
+            "data.num_workers=0", "model.width=8", "train.batch_size=50", "schedule.warmup_epochs=1",
+            "log.progress_bar=false", "log.tensorboard=false", "log.plots=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def cifar_split(cifar_slice, tmp_path_factory) -> Path:
+    """The shared CIFAR-10 slice as train/ (20 JPEGs per class) and val/ (10 per class) folders."""
+    out = tmp_path_factory.mktemp("cifar_split")
+    for path in sorted((cifar_slice / "train").glob("*/*.jpg")):
+        split = "train" if int(path.stem) < 20 else "val"
+        (out / split / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, out / split / path.parent.name / path.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cifar_run(cifar_split, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "cifar"
+    ok(run_train(train_args(cifar_split, run_dir, "train.epochs=4")))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def finetuned_run(cifar_split, cifar_run, tmp_path_factory) -> Path:
+    """The CIFAR run fine-tuned on 5 of its classes (a new head), with EMA weights."""
+    run_dir = tmp_path_factory.mktemp("runs") / "finetuned"
+    ok(run_train(train_args(cifar_split, run_dir, "train.epochs=2", f"finetune.init_from={cifar_run}",
+                            "train.ema=true", *FINETUNE_CLASSES)))
+    return run_dir
+
+
+def cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    code = run_cli(main, argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    return {p["path"]: p for p in json.loads(path.read_text())["predictions"]}
+
+
+def test_predict_gives_the_evaluation_predictions_with_pytorch_and_onnx(cifar_split, cifar_run, tmp_path, capsys):
+    # The evaluation report the run wrote: one row per validation image, in the dataset's order.
+    with open(cifar_run / "eval" / "predictions.csv") as f:
+        evaluated = list(csv.DictReader(f))
+    files = [path for path, _ in FolderSource(cifar_split / "val").samples]
+    assert len(evaluated) == len(files) == 100
+    expected = {files[int(row["index"])]: row for row in evaluated}
+
+    code, out, err = cli(predict_main, ["--model", str(cifar_run), str(cifar_split / "val"), "--batch-size", "32",
+                                        "--out", str(tmp_path / "torch.json")], capsys)
+    assert code == 0, err
+    assert re.search(r"predicted 100 images \(0 skipped\) in .* images/s .*pytorch on cpu, batch 32", out)
+    ours = read_predictions(tmp_path / "torch.json")
+    assert set(ours) == set(expected)
+    assert all(ours[p]["top"][0]["class"] == expected[p]["predicted_name"] for p in ours)
+    assert all(abs(ours[p]["top"][0]["probability"] - float(expected[p]["confidence"])) < 1e-5 for p in ours)
+    accuracy = 100 * sum(ours[p]["top"][0]["class"] == Path(p).parent.name for p in ours) / len(ours)
+    evaluation = read_json(cifar_run / "eval" / "eval.json")
+    assert accuracy == pytest.approx(evaluation["top1"]) == pytest.approx(read_json(cifar_run / "summary.json")
+                                                                          ["final"]["top1"])
+    assert len({p["top"][0]["class"] for p in ours.values()}) >= 3  # a model that predicts, not a constant
+    assert accuracy > 10  # above chance on 100 images of 10 classes (4 short epochs)
+
+    # The ONNX export, through ONNX Runtime and the JSON contract alone: the same predictions.
+    code, out, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                                       "--check-images", str(cifar_split / "val")], capsys)
+    assert code == 0, err
+    code, out, err = cli(predict_main, ["--model", str(tmp_path / "m.onnx"), str(cifar_split / "val"),
+                                        "--batch-size", "32", "--out", str(tmp_path / "onnx.json")], capsys)
+    assert code == 0 and "onnxruntime on cpu, batch 32" in out, err
+    onnx = read_predictions(tmp_path / "onnx.json")
+    assert [onnx[p]["top"][0]["class"] for p in files] == [ours[p]["top"][0]["class"] for p in files]
+    assert max(abs(a["probability"] - b["probability"]) for p in files
+               for a, b in zip(onnx[p]["top"], ours[p]["top"])) < 1e-5
+
+    # The README's example: ONNX Runtime, PIL, numpy and the JSON file, nothing of this package.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"\*\*Deploy\*\*.*?```python\n(.*?)```", readme, re.DOTALL).group(1)
+    image = files[37]
+    run = subprocess.run([PYTHON, "-c", example.replace("model.onnx", str(tmp_path / "m.onnx"))
+                          .replace("cat.jpg", str(image))], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[0] == ours[image]["top"][0]["class"]
+
+
+def test_fine_tuned_run_exports_to_every_format_with_its_contract(cifar_split, finetuned_run, tmp_path):
+    summary = read_json(finetuned_run / "summary.json")
+    trained = load_trained(finetuned_run)
+    images = images_from_files([str(cifar_split / "val")], trained, 16)
+    for fmt, suffix in SUFFIXES.items():
+        out = tmp_path / f"model{suffix}"
+        result = subprocess.run([PYTHON, "-m", "visiontrain.export", str(finetuned_run), "--format", fmt, "--out",
+                                 str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        contract = json.loads(out.with_name(out.name + ".json").read_text())
+        assert contract["class_names"] == ["airplane", "automobile", "bird", "cat", "deer"]
+        assert contract["training_run"]["val_top1"] == summary["final"]["top1"]
+        assert contract["input"]["image_size"] == 32 and contract["input"]["mean"] == [0.5, 0.5, 0.5]
+        assert contract["onnx_opset"] == (18 if fmt == "onnx" else None)
+        assert contract["export_check"]["images"] == 32 and contract["export_check"]["max_rel_diff"] <= 1e-4
+        check = compare(trained.model, load_exported(out, fmt), [images[:1], images[1:8]])
+        print(f"\nfine-tuned resnet9 {fmt}: max |diff| {check.max_abs_diff:.3g}, relative {check.max_rel_diff:.3g}")
+        assert check.max_rel_diff <= 1e-4 and check.top1_agree == 8
+    ema = subprocess.run([PYTHON, "-m", "visiontrain.export", str(finetuned_run), "--format", "onnx", "--ema"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ema.returncode == 0, ema.stderr[-3000:]
+    contract = json.loads((finetuned_run / "export" / "model_ema.onnx.json").read_text())
+    assert contract["model"]["ema"] and contract["training_run"]["val_top1"] == summary["final_ema"]["top1"]
+
+
+def test_a_failed_check_keeps_nothing_and_exits_1(cifar_run, cifar_split, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(export_module.TOLERANCE, "fp32", 0.0)  # ONNX Runtime's float32 sums differ in the last bits
+    out = tmp_path / "m.onnx"
+    code, _, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--out", str(out)], capsys)
+    assert code == 1 and "disagrees with PyTorch" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def one_line(code: int, err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_inputs_end_with_one_line_exit_2_and_nothing_written(cifar_run, cifar_split, tmp_path, capsys):
+    assert cli(export_main, [str(cifar_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                             "--check-count", "4"], capsys)[0] == 0
+    out = tmp_path / "predictions.csv"
+    text_jpg = tmp_path / "notes.jpg"
+    text_jpg.write_text("not an image\n")
+    cat = str(cifar_split / "val" / "cat" / "0020.jpg")
+    three = tmp_path / "three.onnx"
+    shutil.copy(tmp_path / "m.onnx", three)
+    contract = json.loads((tmp_path / "m.onnx.json").read_text())
+    (tmp_path / "three.onnx.json").write_text(json.dumps({**contract, "class_names": ["a", "b", "c"]}))
+    cases = [
+        (predict_main, ["--model", str(cifar_run), str(tmp_path / "missing.jpg")], "missing.jpg does not exist"),
+        (predict_main, ["--model", str(cifar_run), str(text_jpg), cat, "--strict"], "notes.jpg cannot be read"),
+        (predict_main, ["--model", str(cifar_run), str(text_jpg)], "none of the 1 files is a readable image"),
+        (predict_main, ["--model", str(three), cat], "has 10 outputs but its input contract names 3 classes"),
+        (predict_main, ["--model", str(tmp_path / "m.pt2"), cat], "torch.export files are not loaded"),
+        (export_main, [str(cifar_run), "--format", "tflite", "--out", str(tmp_path / "m.tflite")],
+         "invalid choice: 'tflite'"),
+        (export_main, [str(cifar_run), "--format", "onnx", "--ema", "--out", str(tmp_path / "e.onnx")],
+         "has no EMA weights"),
+    ]
+    for main, argv, expected in cases:
+        code, _, err = cli(main, [*argv, "--out", str(out)] if main is predict_main else argv, capsys)
+        assert expected in one_line(code, err), (argv, err)
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json", "notes.jpg", "three.onnx",
+                                                         "three.onnx.json"]
+
+    # Without --strict an unreadable file is listed and skipped; the others are predicted.
+    code, stdout, err = cli(predict_main, ["--model", str(cifar_run), str(text_jpg), cat, "--out", str(out)], capsys)
+    assert code == 0 and f"skipped {text_jpg}: image {text_jpg} cannot be read" in err
+    assert "predicted 1 images (1 skipped)" in stdout
+    rows = list(csv.reader(out.open()))
+    assert rows[0][:3] == ["path", "class_1", "probability_1"] and len(rows[0]) == 11 and rows[1][0] == cat
+    assert sum(float(v) for v in rows[1][2::2]) <= 1.0 + 1e-6
+    torch.testing.assert_close(float(rows[1][2]), max(float(v) for v in rows[1][2::2]))
+
+    # The subprocess entry point: exit code 2 and a single stderr line.
+    bad = subprocess.run([PYTHON, "-m", "visiontrain.predict", "--model", str(cifar_run), str(tmp_path / "nope")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "nope does not exist" in one_line(bad.returncode, bad.stderr)
