@@ -26,8 +26,12 @@ DIR ?= wheelhouse
 PYTHON_VERSION ?=
 TORCH ?=
 HAVE ?=
+ifneq ($(filter wheelhouse,$(MAKECMDGOALS)),)
+ifneq ($(filter-out skip,$(TORCH)),)
+$(error TORCH=$(TORCH) is not understood (TORCH=skip leaves torch out))
+endif
+endif
 wheelhouse: $(STAMP)
-	@case "$(TORCH)" in ""|skip) ;; *) echo "make wheelhouse: TORCH=$(TORCH) is not understood (TORCH=skip leaves torch out)" >&2; exit 2;; esac
 	$(PYTHON) scripts/wheelhouse.py $(DIR) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
 		$(if $(filter skip,$(TORCH)),--skip-torch) $(if $(HAVE),--have $(HAVE))
 

@@ -61,8 +61,17 @@ install_online() {
 }
 
 install_offline() {
-    [[ -f "$WHEELHOUSE/constraints.txt" ]] ||
-        die "WHEELHOUSE=$WHEELHOUSE is not a wheelhouse (no constraints.txt); build one with make wheelhouse"
+    [[ -f "$WHEELHOUSE/constraints.txt" && -f "$WHEELHOUSE/wheelhouse.json" ]] ||
+        die "WHEELHOUSE=$WHEELHOUSE is not a wheelhouse (no constraints.txt, wheelhouse.json); build one with make wheelhouse"
+    # Check the interpreter against the wheelhouse before creating anything.
+    local interpreter="$VENV/bin/python" built_for version
+    [[ -x "$interpreter" ]] || interpreter="$PYTHON"
+    command -v "$interpreter" >/dev/null || die "PYTHON=$PYTHON: no such interpreter"
+    built_for=$(sed -n 's/.*"python_version": "\([0-9.]*\)".*/\1/p' "$WHEELHOUSE/wheelhouse.json")
+    version=$("$interpreter" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [[ "$version" != "$built_for" ]]; then
+        die "the wheelhouse $WHEELHOUSE is for Python $built_for, $interpreter is Python $version: use PYTHON=python$built_for (and a new VENV), or make wheelhouse PYTHON_VERSION=$version"
+    fi
     if [[ ! -x "$VENV/bin/python" ]]; then
         local flags=()
         if ! compgen -G "$WHEELHOUSE/torch-*.whl" >/dev/null; then

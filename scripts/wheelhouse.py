@@ -11,8 +11,9 @@ target Python version and Linux x86_64:
 
 `--skip-torch` leaves out torch, torchvision and everything they need (CUDA libraries, Triton,
 numpy, pillow...): clusters usually provide their own CUDA build of torch, which the target venv
-then sees (make setup creates it with --system-site-packages). `--have FILE` (the target's `pip freeze`) leaves out every package the
-target already has, to keep the folder small; the target's own versions are then used.
+then sees (make setup creates it with --system-site-packages). `--have FILE` (the target's
+`pip freeze`) leaves out every package the target already has, to keep the folder small; the
+target's own versions are then used.
 
 The folder also gets `constraints.txt` (the versions it holds), which make setup installs against.
 Usage: python scripts/wheelhouse.py DIR [--python-version 3.12] [--skip-torch] [--have FILE]
@@ -42,6 +43,11 @@ BUILD_BACKEND = {"setuptools", "wheel"}
 # The oldest glibc whose manylinux wheels are accepted; the FFCV wheel's own tag is set by the
 # glibc of the machine that builds it (see docs/install.md).
 MANYLINUX_MINORS = range(17, 40)
+
+
+def usage_error(message: str) -> None:
+    print(f"wheelhouse: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def canonical(name: str) -> str:
@@ -165,10 +171,10 @@ def main() -> None:
     parser.add_argument("--skip-torch", action="store_true", help="the target provides torch and torchvision")
     parser.add_argument("--have", type=Path, help="the target's `pip freeze`: leave out what it already has")
     args = parser.parse_args()
-    if not re.fullmatch(r"3\.\d+", args.python_version):
-        sys.exit(f"wheelhouse: --python-version {args.python_version!r} is not of the form 3.N (e.g. 3.12)")
+    if not re.fullmatch(r"3\.(1[0-9]|[2-9][0-9])", args.python_version):
+        usage_error(f"--python-version {args.python_version!r} is not a Python this project supports: 3.N, N >= 10")
     if args.have is not None and not args.have.is_file():
-        sys.exit(f"wheelhouse: --have {args.have} is not a file (give the output of `pip freeze` on the target)")
+        usage_error(f"--have {args.have} is not a file (give the output of `pip freeze` on the target)")
     manifest = build(args.out, args.python_version, args.skip_torch, read_have(args.have))
     print(f"wheelhouse: {len(manifest['packages'])} packages, {manifest['bytes'] / 2**20:.0f} MiB in {args.out}")
     for name, reason in sorted(manifest["left_out"].items()):

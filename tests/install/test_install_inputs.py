@@ -1,0 +1,60 @@
+"""Bad input to the install commands: one line naming the value and what is allowed, exit 2, nothing created."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from tests.conftest import PYTHON, ROOT
+
+
+def setup(tmp_path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "VENV": str(tmp_path / "venv"), **env})
+
+
+def assert_one_line_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_setup_refuses_a_folder_that_is_not_a_wheelhouse(tmp_path):
+    result = setup(tmp_path, WHEELHOUSE=str(tmp_path / "nowhere"))
+    assert_one_line_usage_error(result, "nowhere", "not a wheelhouse", "make wheelhouse")
+    assert not (tmp_path / "venv").exists()
+
+
+def test_setup_refuses_a_wheelhouse_for_another_python(tmp_path):
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    (wheelhouse / "constraints.txt").write_text("")
+    (wheelhouse / "wheelhouse.json").write_text(json.dumps({"python_version": "3.99"}))
+    result = setup(tmp_path, WHEELHOUSE=str(wheelhouse), PYTHON=PYTHON)
+    assert_one_line_usage_error(result, "for Python 3.99", "PYTHON=python3.99", "PYTHON_VERSION=3.")
+    assert not (tmp_path / "venv").exists()
+
+
+def test_wheelhouse_refuses_an_unsupported_python_version(tmp_path):
+    for bad in ("3", "3.9", "2.7", "three"):
+        result = subprocess.run([PYTHON, "scripts/wheelhouse.py", str(tmp_path / "out"), "--python-version", bad],
+                                cwd=ROOT, capture_output=True, text=True)
+        assert_one_line_usage_error(result, repr(bad), "3.N, N >= 10")
+    assert not (tmp_path / "out").exists()
+
+
+def test_wheelhouse_refuses_a_missing_have_file(tmp_path):
+    result = subprocess.run([PYTHON, "scripts/wheelhouse.py", str(tmp_path / "out"), "--have", str(tmp_path / "x")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert_one_line_usage_error(result, "--have", "pip freeze")
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_wheelhouse_refuses_an_unknown_torch_setting():
+    result = subprocess.run(["make", "-s", "wheelhouse", "TORCH=cpu", "DIR=/nonexistent/never"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "TORCH=cpu is not understood" in result.stderr
+    assert "TORCH=skip" in result.stderr
