@@ -22,6 +22,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
@@ -205,3 +206,54 @@ def test_two_process_training_step_in_the_offline_venv(offline_venv, shapes_dir,
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] > 0 and summary["train_samples"] == 400
     assert math.isfinite(summary["final"]["loss"])
+
+
+LOAD_AND_DECODE = """
+import ctypes, importlib.util, sys
+path, jpeg_path, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+spec = importlib.util.spec_from_file_location("ffcv._libffcv", path)
+spec.loader.exec_module(importlib.util.module_from_spec(spec))  # the module init: PyModule_Create2
+lib = ctypes.CDLL(path)
+lib.imdecode.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p,
+                         *[ctypes.c_uint32] * 6, ctypes.c_bool, ctypes.c_bool]
+data = open(jpeg_path, "rb").read()
+source = (ctypes.c_ubyte * len(data)).from_buffer_copy(data)
+out = (ctypes.c_ubyte * (height * width * 3))()
+status = lib.imdecode(source, len(data), height, width, out, height, width, 0, 0, 1, 1, False, False)
+sys.stdout.write(f"{sys.version_info.major}.{sys.version_info.minor} {status} {bytes(out).hex()}")
+"""
+
+
+def other_pythons() -> list[str]:
+    """CPython 3.10+ interpreters of other minor versions on this machine (PATH or pyenv)."""
+    found = {}
+    for minor in (10, 11, 12, 13):
+        pyenv = glob.glob(os.path.expanduser(f"~/.pyenv/versions/3.{minor}.*/bin/python3.{minor}"))
+        candidates = [shutil.which(f"python3.{minor}"), *pyenv]
+        for candidate in filter(None, candidates):
+            if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+                found[minor] = candidate
+                break
+    return [path for minor, path in sorted(found.items()) if minor != sys.version_info.minor]
+
+
+def test_ffcv_extension_loads_on_other_python_versions(wheelhouse, cifar_slice, tmp_path):
+    """One abi3 build for every Python >= 3.10: the extension's module init and JPEG decoding work on each."""
+    from PIL import Image
+
+    pythons = other_pythons()
+    if not pythons:
+        pytest.skip("no other CPython 3.10+ on this machine to load the abi3 extension with")
+    (wheel,) = wheelhouse.glob("ffcv-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path / "wheel")
+    extension = tmp_path / "wheel" / "ffcv" / "_libffcv.abi3.so"
+    photo = sorted(cifar_slice.glob("train/*/0000.jpg"))[0]
+    truth = np.asarray(Image.open(photo).convert("RGB"))
+    height, width, _ = truth.shape
+    for python in pythons:
+        result = ok(run_offline(python, "-I", "-c", LOAD_AND_DECODE, extension, photo, str(height), str(width)))
+        version, status, pixels = result.stdout.split(" ")
+        decoded = np.frombuffer(bytes.fromhex(pixels), np.uint8).reshape(height, width, 3)
+        assert status == "0", f"Python {version}: imdecode returned {status}"
+        assert np.abs(decoded.astype(float) - truth).mean() < 2.0, f"Python {version} decoded another image"
