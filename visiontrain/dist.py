@@ -13,8 +13,10 @@ explicitly, otherwise N CPU processes can each believe they are alone.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, MutableMapping
 
 import torch
@@ -57,11 +59,24 @@ def detect_launch(environ: Mapping[str, str] = os.environ) -> LaunchInfo:
             rank=_int(environ, "SLURM_PROCID", 0),
             world_size=_int(environ, "SLURM_STEP_NUM_TASKS", 1),
             local_rank=_int(environ, "SLURM_LOCALID", 0),
-            local_world_size=_int(environ, "SLURM_STEP_TASKS_PER_NODE", 1)
-            if environ.get("SLURM_STEP_TASKS_PER_NODE", "").isdigit() else 1,
+            local_world_size=tasks_on_node(environ.get("SLURM_STEP_TASKS_PER_NODE", "1"),
+                                           _int(environ, "SLURM_NODEID", 0)),
             launcher="slurm",
         )
     return LaunchInfo(rank=0, world_size=1, local_rank=0, local_world_size=1, launcher="single")
+
+
+def tasks_on_node(tasks_per_node: str, node_id: int) -> int:
+    """Tasks on node `node_id` of a SLURM step, from SLURM's compressed list: "2(x3),1" is 2, 2, 2, 1."""
+    counts: list[int] = []
+    for part in tasks_per_node.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not match:
+            raise RuntimeError(f"cannot read SLURM's tasks per node {tasks_per_node!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    if not 0 <= node_id < len(counts):
+        raise RuntimeError(f"SLURM node id {node_id} is outside its tasks per node {tasks_per_node!r}")
+    return counts[node_id]
 
 
 def slurm_head_node(environ: Mapping[str, str]) -> str:
@@ -75,6 +90,18 @@ def slurm_head_node(environ: Mapping[str, str]) -> str:
         return nodelist.split(",")[0] or "127.0.0.1"
 
 
+def slurm_node_address(node: str) -> str:
+    """How SLURM itself reaches `node` (its NodeAddr): an address or a name that resolves across the cluster.
+    The node name alone can resolve to a loopback address on the node itself (a common /etc/hosts line),
+    which would make every other node connect to itself."""
+    try:
+        out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return node
+    match = re.search(r"\bNodeAddr=(\S+)", out)
+    return match.group(1) if match else node
+
+
 def export_torch_env(info: LaunchInfo, environ: MutableMapping[str, str] = os.environ) -> None:
     """Give srun tasks the variables torch.distributed's env:// rendezvous reads."""
     if info.launcher != "slurm":
@@ -83,9 +110,83 @@ def export_torch_env(info: LaunchInfo, environ: MutableMapping[str, str] = os.en
     environ.setdefault("WORLD_SIZE", str(info.world_size))
     environ.setdefault("LOCAL_RANK", str(info.local_rank))
     environ.setdefault("LOCAL_WORLD_SIZE", str(info.local_world_size))
-    environ.setdefault("MASTER_ADDR", slurm_head_node(environ))
+    if "MASTER_ADDR" not in environ:
+        environ["MASTER_ADDR"] = slurm_node_address(slurm_head_node(environ))
     # A port derived from the job id: concurrent jobs sharing a node do not collide.
     environ.setdefault("MASTER_PORT", str(20000 + _int(environ, "SLURM_JOB_ID", 0) % 20000))
+
+
+def spans_nodes(info: LaunchInfo) -> bool:
+    return info.world_size > info.local_world_size
+
+
+def route_to(host: str) -> tuple[str, str]:
+    """(local address, interface name) this machine uses to reach `host` (no packet is sent)."""
+    try:
+        address = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+    except socket.gaierror as err:
+        raise UsageError(f"the rendezvous address MASTER_ADDR={host!r} does not resolve on {socket.gethostname()} "
+                         f"({err.strerror}): set MASTER_ADDR to the head node's address") from None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, 9))
+        local = probe.getsockname()[0]
+    return local, interface_of(local)
+
+
+def interface_of(address: str) -> str:
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == address for a in addresses):
+            return name
+    return ""
+
+
+def outward_interface() -> tuple[str, str]:
+    """(address, interface) other machines reach this one through: the default route's interface,
+    else the only interface that is up besides loopback."""
+    import psutil
+
+    try:
+        with open("/proc/net/route") as table:
+            default = [line.split()[0] for line in table.readlines()[1:] if line.split()[1] == "00000000"]
+    except OSError:
+        default = []
+    stats = psutil.net_if_stats()
+    up = [name for name, st in stats.items() if st.isup and name != "lo" and ipv4_of(name)]
+    candidates = [name for name in default if name in up] or up
+    if len(set(candidates)) != 1:
+        raise UsageError("this node runs the rendezvous but cannot tell which network interface the other nodes "
+                         f"reach it through (up: {', '.join(up) or 'none'}): set GLOO_SOCKET_IFNAME (and "
+                         "NCCL_SOCKET_IFNAME) to it")
+    return ipv4_of(candidates[0]), candidates[0]
+
+
+def ipv4_of(interface: str) -> str:
+    import psutil
+
+    return next((a.address for a in psutil.net_if_addrs().get(interface, []) if a.family == socket.AF_INET), "")
+
+
+def choose_socket_interface(info: LaunchInfo,
+                            environ: MutableMapping[str, str] = os.environ) -> tuple[str, str | None] | None:
+    """For a world that spans nodes, point gloo at the interface that reaches the other nodes.
+
+    Left alone, gloo binds to whatever this host's name resolves to, often 127.0.1.1 (Debian's and
+    Ubuntu's /etc/hosts), and ranks on other nodes then wait for a connection that never comes. On
+    a node that reaches the head node over the network, that is the interface of the route to it;
+    on the head node itself (MASTER_ADDR may resolve to loopback there), the interface that carries
+    the default route, or the only one that is up. An interface given in GLOO_SOCKET_IFNAME is kept.
+    Returns (this node's address, interface), None within one node."""
+    if not spans_nodes(info) or "MASTER_ADDR" not in environ:
+        return None
+    if environ.get("GLOO_SOCKET_IFNAME"):
+        return ipv4_of(environ["GLOO_SOCKET_IFNAME"].split(",")[0]) or None, environ["GLOO_SOCKET_IFNAME"]
+    local, interface = route_to(environ["MASTER_ADDR"])
+    if local.startswith("127."):
+        local, interface = outward_interface()
+    environ["GLOO_SOCKET_IFNAME"] = interface
+    return local, interface
 
 
 def select_device(requested: str, local_rank: int) -> torch.device:
@@ -107,6 +208,10 @@ class Runtime:
     world_size: int
     local_rank: int
     launcher: str
+    host: str = field(default_factory=socket.gethostname)
+    # Across nodes: this node's address toward the head node, and the interface gloo uses.
+    node_address: str | None = None
+    socket_interface: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -126,11 +231,14 @@ def init_runtime(device_request: str, parallel: ParallelConfig | None = None) ->
     parallel = parallel or ParallelConfig()
     info = detect_launch()
     export_torch_env(info)
+    node_address, interface = choose_socket_interface(info) or (None, None)
     device = select_device(device_request, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if parallel.strategy == "deepspeed":
-        return _plain_runtime(info, device)
+        runtime = _plain_runtime(info, device)
+        runtime.node_address, runtime.socket_interface = node_address, interface
+        return runtime
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # Precision is handled by the backend (torch.autocast + GradScaler), not accelerate:
@@ -152,6 +260,8 @@ def init_runtime(device_request: str, parallel: ParallelConfig | None = None) ->
         world_size=accelerator.num_processes,
         local_rank=info.local_rank,
         launcher=info.launcher,
+        node_address=node_address,
+        socket_interface=interface,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 import traceback
 from typing import Callable
@@ -72,6 +73,22 @@ def describe_os_error(err: OSError) -> str | None:
     return None
 
 
+# How gloo and NCCL report that the other end of a connection went away: the process at that end
+# died, was killed, or its node went down.
+LOST_PEER = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|"
+                       r"Connection refused.*(gloo|c10d)|NCCL communicator was aborted", re.IGNORECASE)
+
+
+def describe_lost_peer(err: Exception) -> str | None:
+    """The one line for a collective that failed because another process of the run is gone, or None."""
+    if not isinstance(err, RuntimeError) or not LOST_PEER.search(str(err)):
+        return None
+    address = re.search(r"\[(\d{1,3}(?:\.\d{1,3}){3})\]", str(err))
+    where = f" (at {address.group(1)})" if address else ""
+    return (f"lost contact with another process of this run{where}: it stopped or its node went down; "
+            "its own log says why. Started again, the run resumes from its last checkpoint")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are UsageErrors: one line and exit code 2 through `run_cli`, also in-process."""
 
@@ -102,6 +119,10 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130
-    except Exception:
-        traceback.print_exc()
+    except Exception as err:
+        line = describe_lost_peer(err)
+        if line is None:
+            traceback.print_exc()
+        else:
+            print(f"error: {line}", file=sys.stderr, flush=True)
         return 1

@@ -51,7 +51,8 @@ def finish_run(trainer: Trainer, seconds: float) -> dict[str, Any]:
         write_final_report(trainer)
     weights = trainer.backend.full_state_dict()  # a collective under ZeRO-3
     samples_per_epoch = trainer.steps_per_epoch * trainer.plan.accum_steps * trainer.plan.micro_batch
-    ranks = all_gather_objects({"rank": runtime.rank, "params_sha256": digest(weights),
+    ranks = all_gather_objects({"rank": runtime.rank, "host": runtime.host, "node_address": runtime.node_address,
+                                "socket_interface": runtime.socket_interface, "params_sha256": digest(weights),
                                 "train_samples_per_epoch": samples_per_epoch}, runtime.world_size)
     summary: dict[str, Any] = {}
     if runtime.is_main:

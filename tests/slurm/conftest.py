@@ -1,4 +1,4 @@
-"""A real single-node SLURM cluster for the tests in this folder (scripts/slurm_cluster.sh)."""
+"""Real SLURM test clusters for the tests in this folder (scripts/slurm_cluster.sh): one node, and two nodes."""
 
 from __future__ import annotations
 
@@ -19,21 +19,43 @@ from visiontrain.models import build_model
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
 
 
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory) -> dict[str, str]:
-    """Environment for sbatch/scontrol pointing at a cluster started for this session."""
-    missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(tool) is None]
+def start_cluster(tmp_path_factory, nodes: int, port: int):
+    """Start a test cluster of `nodes` nodes; yields the environment for sbatch/scontrol pointing at it."""
+    missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch", "ip", "nsenter")
+               if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"SLURM TESTS NOT RUN: {', '.join(missing)} not installed (make setup installs slurm-wlm munge)")
+        pytest.skip(f"SLURM TESTS NOT RUN: {', '.join(missing)} not installed (make setup installs them)")
     if os.geteuid() != 0:
         pytest.skip("SLURM TESTS NOT RUN: the test cluster's daemons need root")
-    state = tmp_path_factory.mktemp("slurm-cluster")
-    subprocess.run(["bash", str(CLUSTER_SCRIPT), "start", str(state)], check=True, capture_output=True, text=True,
-                   timeout=120)
-    env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf"), "OMP_NUM_THREADS": "1",
-           "VISIONTRAIN_VENV": str(Path(PYTHON).parents[1])}
-    yield env
-    subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(state)], capture_output=True, timeout=60)
+    state = tmp_path_factory.mktemp(f"slurm-cluster-{nodes}")
+    env = {**os.environ, "SLURM_TEST_PORT": str(port)}
+    started = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start", str(state), "--nodes", str(nodes)],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert started.returncode == 0, started.stderr
+    env = {**env, "SLURM_CONF": str(state / "slurm.conf"), "OMP_NUM_THREADS": "1",
+           "VISIONTRAIN_VENV": str(Path(PYTHON).parents[1]), "CLUSTER_DIR": str(state)}
+    try:
+        yield env
+    finally:
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(state)], capture_output=True, timeout=60, env=env)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A single-node cluster (this machine) for the session."""
+    yield from start_cluster(tmp_path_factory, nodes=1, port=16817)
+
+
+@pytest.fixture(scope="session")
+def slurm2(tmp_path_factory):
+    """A two-node cluster for the session: node1 and node2, each a network namespace with its own address."""
+    yield from start_cluster(tmp_path_factory, nodes=2, port=17817)
+
+
+def cluster_nodes(env: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(name, network namespace, address) of each node of a multi-node test cluster."""
+    lines = (Path(env["CLUSTER_DIR"]) / "nodes").read_text().splitlines()
+    return [tuple(line.split()) for line in lines]
 
 
 # CPU jobs on the test node: 2 tasks, no GPU, one core each.
