@@ -1,5 +1,12 @@
+import io
+import subprocess
+from types import SimpleNamespace
 
-from visiontrain.dist import detect_launch, export_torch_env
+import pytest
+
+from visiontrain import dist
+from visiontrain.dist import choose_socket_interface, detect_launch, export_torch_env, tasks_on_node
+from visiontrain.errors import UsageError, run_cli
 
 
 def test_single_process_without_launcher_variables():
@@ -39,3 +46,109 @@ def test_shutdown_leaves_the_process_group_so_exit_does_not_tear_gloo_down():
     shutdown()
     assert not torch_dist.is_initialized()
     shutdown()  # nothing to leave: a no-op
+
+
+@pytest.mark.parametrize(("spec", "node", "tasks"), [("2", 0, 2), ("1(x2)", 1, 1), ("4(x2),2", 2, 2),
+                                                     ("4(x2),2", 1, 4), ("3,1(x3)", 3, 1)])
+def test_local_world_size_reads_slurms_compressed_tasks_per_node(spec, node, tasks):
+    env = {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "10", "SLURM_STEP_TASKS_PER_NODE": spec,
+           "SLURM_NODEID": str(node)}
+    assert detect_launch(env).local_world_size == tasks
+    assert tasks_on_node(spec, node) == tasks
+
+
+def test_tasks_per_node_that_cannot_be_read_is_an_error_not_a_guess():
+    with pytest.raises(RuntimeError, match="2x3"):
+        tasks_on_node("2x3", 0)
+    with pytest.raises(RuntimeError, match="node id 2"):
+        tasks_on_node("1(x2)", 2)
+
+
+def test_master_addr_is_the_head_nodes_slurm_address(monkeypatch):
+    calls = []
+
+    def scontrol(cmd, **kwargs):
+        calls.append(cmd[1:3])
+        node = "NodeName=nodeA Arch=x86_64\n   NodeAddr=10.1.2.3 NodeHostName=nodeA\n"
+        out = "nodeA\nnodeB\n" if cmd[1:3] == ["show", "hostnames"] else node
+        return subprocess.CompletedProcess(cmd, 0, stdout=out)
+
+    monkeypatch.setattr(dist.subprocess, "run", scontrol)
+    env = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+           "SLURM_NODEID": "1", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[A-B]"}
+    export_torch_env(detect_launch(env), env)
+    assert env["MASTER_ADDR"] == "10.1.2.3"
+    assert calls == [["show", "hostnames"], ["show", "node"]]
+
+
+def test_one_node_leaves_the_socket_interface_alone():
+    env = {"MASTER_ADDR": "127.0.0.1"}
+    one_node = detect_launch({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
+    assert choose_socket_interface(one_node, env) is None
+    assert "GLOO_SOCKET_IFNAME" not in env
+
+
+def test_across_nodes_gloo_gets_the_interface_that_routes_to_the_head_node(monkeypatch):
+    monkeypatch.setattr(dist, "route_to", lambda host: ("10.0.0.12", "eth7"))
+    env = {"MASTER_ADDR": "10.0.0.11"}
+    across = detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"})
+    assert choose_socket_interface(across, env) == ("10.0.0.12", "eth7")
+    assert env["GLOO_SOCKET_IFNAME"] == "eth7"
+
+
+def test_on_the_head_node_a_loopback_master_addr_uses_the_outward_interface(monkeypatch):
+    # MASTER_ADDR=node1 resolves to 127.0.1.1 on node1 itself (Debian's /etc/hosts)
+    monkeypatch.setattr(dist, "route_to", lambda host: ("127.0.0.1", "lo"))
+    monkeypatch.setattr(dist, "outward_interface", lambda: ("10.0.0.11", "eth7"))
+    env = {"MASTER_ADDR": "node1"}
+    head = detect_launch({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"})
+    assert choose_socket_interface(head, env) == ("10.0.0.11", "eth7")
+    assert env["GLOO_SOCKET_IFNAME"] == "eth7"
+
+
+def test_an_interface_the_user_named_is_kept(monkeypatch):
+    monkeypatch.setattr(dist, "route_to", lambda host: pytest.fail("the named interface is used as is"))
+    env = {"MASTER_ADDR": "10.0.0.11", "GLOO_SOCKET_IFNAME": "ib0"}
+    across = detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"})
+    assert choose_socket_interface(across, env)[1] == "ib0"
+    assert env["GLOO_SOCKET_IFNAME"] == "ib0"
+
+
+def test_an_unresolvable_master_addr_is_one_line_naming_it():
+    env = {"MASTER_ADDR": "no-such-host.invalid"}
+    across = detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"})
+    with pytest.raises(UsageError, match="MASTER_ADDR='no-such-host.invalid' does not resolve"):
+        choose_socket_interface(across, env)
+
+
+def test_the_outward_interface_must_be_unambiguous(monkeypatch):
+    import psutil
+
+    up = SimpleNamespace(isup=True)
+    monkeypatch.setattr(psutil, "net_if_stats", lambda: {"lo": up, "eth0": up, "eth1": up})
+    monkeypatch.setattr(dist, "ipv4_of", lambda name: {"eth0": "10.0.0.1", "eth1": "10.1.0.1"}.get(name, ""))
+    monkeypatch.setattr(dist, "open", lambda *a, **k: io.StringIO("Iface\tDestination\tGateway\n"), raising=False)
+    with pytest.raises(UsageError, match="up: eth0, eth1.*GLOO_SOCKET_IFNAME"):
+        dist.outward_interface()
+    routes = "Iface\tDestination\tGateway\neth1\t00000000\t0101000A\neth0\t0000000A\t00000000\n"
+    monkeypatch.setattr(dist, "open", lambda *a, **k: io.StringIO(routes), raising=False)
+    assert dist.outward_interface() == ("10.1.0.1", "eth1")
+
+
+def test_a_lost_peer_is_one_line_naming_its_address(capsys):
+    def collective(argv):
+        raise RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [10.37.89.12]:44188: "
+                           "Connection reset by peer. This is typically caused by a remote worker hanging")
+
+    assert run_cli(collective, []) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "lost contact with another process of this run (at 10.37.89.12)" in err
+
+
+def test_other_runtime_errors_keep_their_traceback(capsys):
+    def broken(argv):
+        raise RuntimeError("shape mismatch")
+
+    assert run_cli(broken, []) == 1
+    assert "Traceback" in capsys.readouterr().err
