@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-FFCV_VERSION = "1.0.2"
+LOCK = Path(__file__).resolve().parent.parent / "requirements" / "constraints.txt"
 # CPython symbols the extension may import: the stable-ABI function FFCV's module init calls.
 ALLOWED_PYTHON_SYMBOLS = {"PyModule_Create2"}
 ABI3_TAG = "cp310-abi3"  # the oldest Python the project supports
@@ -79,13 +79,21 @@ def use_headless_opencv(unpacked: Path) -> None:
     metadata.write_text(patched)
 
 
+def locked_ffcv_version() -> str:
+    match = re.search(r"^ffcv==([^\s;]+)", LOCK.read_text(), re.MULTILINE)
+    if not match:
+        sys.exit(f"build_ffcv_wheel: no ffcv pin in {LOCK}; refresh it with make lock")
+    return match.group(1)
+
+
 def build(out_dir: Path, python: str) -> Path:
+    version = locked_ffcv_version()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ffcv-wheel-") as tmp:
         work = Path(tmp)
-        print(f"build_ffcv_wheel: compiling ffcv=={FFCV_VERSION}", file=sys.stderr)
+        print(f"build_ffcv_wheel: compiling ffcv=={version}", file=sys.stderr)
         run(python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-            "--no-binary", "ffcv", f"ffcv=={FFCV_VERSION}", "-w", work / "compiled")
+            "--no-binary", "ffcv", f"ffcv=={version}", "-w", work / "compiled")
         (compiled,) = (work / "compiled").glob("ffcv-*.whl")
         run(python, "-m", "wheel", "unpack", compiled, "-d", work / "unpacked")
         (unpacked,) = (work / "unpacked").iterdir()

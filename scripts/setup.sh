@@ -23,10 +23,12 @@ pip_install() {
 installed() { "$VENV/bin/python" -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | sort; }
 
 install_system_packages() {
-    # FFCV compiles against libjpeg-turbo and OpenCV (found through pkg-config);
+    # FFCV compiles (g++, Python headers) against libjpeg-turbo and OpenCV (found through pkg-config)
+    # and its wheel is checked with nm (binutils); python3-venv for a Debian python3;
     # the SLURM tests run a real cluster from slurm-wlm and munge; the offline-install tests
     # isolate commands in namespaces (unshare from util-linux, ip from iproute2).
-    local packages=(libturbojpeg0-dev libopencv-dev pkg-config slurm-wlm munge iproute2 util-linux) missing=() pkg
+    local packages=(g++ binutils python3-dev python3-venv libturbojpeg0-dev libopencv-dev pkg-config
+                    slurm-wlm munge iproute2 util-linux) missing=() pkg
     for pkg in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
@@ -74,7 +76,8 @@ install_offline() {
     fi
     if [[ ! -x "$VENV/bin/python" ]]; then
         local flags=()
-        if ! compgen -G "$WHEELHOUSE/torch-*.whl" >/dev/null; then
+        # Packages the wheelhouse left out (TORCH=skip, HAVE=...) come from the target's Python.
+        if grep -q '"uses_target_packages": true' "$WHEELHOUSE/wheelhouse.json"; then
             flags=(--system-site-packages)
         fi
         echo "setup: creating $VENV ${flags[*]}"

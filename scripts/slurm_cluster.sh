@@ -56,7 +56,18 @@ remove_network() {
 
 create_network() {
     rm -f "$dir/nodes"
-    ip link add "$bridge" type bridge
+    if ip link show "$bridge" &>/dev/null; then
+        echo "error: bridge $bridge exists: a cluster with SLURM_TEST_PORT=$port_base is up; stop it with" \
+             "'$0 stop ITS_DIR', or choose another SLURM_TEST_PORT" >&2
+        exit 2
+    fi
+    if ip -4 route show match "$subnet.1" | grep -qv '^default'; then
+        echo "error: $subnet.0/24 is already routed on this machine: set SLURM_TEST_SUBNET to a free" \
+             "10.x.y (the first three octets)" >&2
+        exit 2
+    fi
+    # nf_call_iptables 0: firewalls (Docker's FORWARD policy DROP) must not filter node-to-node traffic.
+    ip link add "$bridge" type bridge nf_call_iptables 0
     echo "bridge $bridge" >> "$dir/network"
     ip addr add "$subnet.1/24" dev "$bridge"
     ip link set "$bridge" up
@@ -98,6 +109,8 @@ start() {
     done
     [[ $(id -u) -eq 0 ]] || { echo "error: the test cluster runs its daemons as root" >&2; exit 2; }
     stop
+    # A start that fails at any point stops what it started (daemons, namespaces, bridge).
+    trap 'status=$?; ((status == 0)) || stop' EXIT
     mkdir -p "$dir/state" "$dir/munge"
     chmod 700 "$dir/munge"
     if [[ ! -f "$dir/munge/munge.key" ]]; then
@@ -116,7 +129,6 @@ start() {
         node_lines="NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN"
     else
         command -v ip >/dev/null || { echo "error: ip not found: install iproute2" >&2; exit 2; }
-        trap 'stop' ERR
         create_network
         controller="$subnet.1"
         node_lines=""
@@ -170,7 +182,8 @@ EOF
               echo "127.0.1.1 node$k"
               awk -v self="node$k" '$1 != self {print $3, $1}' "$dir/nodes"; } > "$dir/hosts-node$k"
             nsenter --net="/run/netns/$(namespace "$k")" unshare --uts --mount --propagation private \
-                sh -c "mount --bind '$dir/hosts-node$k' /etc/hosts && hostname node$k && exec slurmd -N node$k"
+                sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec slurmd -N "$2"' sh \
+                "$dir/hosts-node$k" "node$k"
         done
     fi
     for _ in $(seq 60); do

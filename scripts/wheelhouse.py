@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -136,7 +137,6 @@ def download(pins: dict[str, str], python_version: str, out: Path) -> None:
 
 
 def build(out: Path, python_version: str, skip_torch: bool, have: set[str]) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
     pins = resolve_pins(python_version, f"visiontrain[deploy] @ {ROOT.as_uri()}")
     # The editable install of the project builds with these (make setup WHEELHOUSE=...).
     pins.update({name: lock_version(name) for name in BUILD_BACKEND})
@@ -158,7 +158,9 @@ def build(out: Path, python_version: str, skip_torch: bool, have: set[str]) -> d
         "# The versions this wheelhouse holds (make setup WHEELHOUSE=... installs against them).\n"
         + "".join(f"{name}=={version}\n" for name, version in sorted(kept.items())))
     manifest = {"python_version": python_version, "skip_torch": skip_torch, "packages": kept,
-                "left_out": omitted, "bytes": sum(f.stat().st_size for f in out.glob("*.whl"))}
+                "left_out": omitted, "bytes": sum(f.stat().st_size for f in out.glob("*.whl")),
+                # make setup then makes a venv that sees the target's own packages (--system-site-packages)
+                "uses_target_packages": any(name not in BUILD_TOOLS for name in omitted)}
     (out / "wheelhouse.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -175,7 +177,20 @@ def main() -> None:
         usage_error(f"--python-version {args.python_version!r} is not a Python this project supports: 3.N, N >= 10")
     if args.have is not None and not args.have.is_file():
         usage_error(f"--have {args.have} is not a file (give the output of `pip freeze` on the target)")
-    manifest = build(args.out, args.python_version, args.skip_torch, read_have(args.have))
+    if args.out.exists() and any(args.out.iterdir()):
+        usage_error(f"{args.out} exists and is not empty: remove it or choose another folder (a wheelhouse holds "
+                    "exactly one build)")
+    # Built beside the target and renamed when complete: a failed build leaves no half wheelhouse.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}-", dir=args.out.parent))
+    try:
+        manifest = build(staging, args.python_version, args.skip_torch, read_have(args.have))
+        if args.out.exists():
+            args.out.rmdir()
+        staging.rename(args.out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     print(f"wheelhouse: {len(manifest['packages'])} packages, {manifest['bytes'] / 2**20:.0f} MiB in {args.out}")
     for name, reason in sorted(manifest["left_out"].items()):
         print(f"wheelhouse: left out {name}: {reason}")

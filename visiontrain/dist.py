@@ -12,6 +12,7 @@ explicitly, otherwise N CPU processes can each believe they are alone.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -23,6 +24,8 @@ import torch
 
 from visiontrain.config import ParallelConfig
 from visiontrain.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,11 @@ def tasks_on_node(tasks_per_node: str, node_id: int) -> int:
     for part in tasks_per_node.split(","):
         match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
         if not match:
-            raise RuntimeError(f"cannot read SLURM's tasks per node {tasks_per_node!r}")
+            raise UsageError(f"cannot read SLURM's tasks per node SLURM_STEP_TASKS_PER_NODE={tasks_per_node!r}: "
+                             "expected a list like 2(x3),1")
         counts += [int(match.group(1))] * int(match.group(2) or 1)
     if not 0 <= node_id < len(counts):
-        raise RuntimeError(f"SLURM node id {node_id} is outside its tasks per node {tasks_per_node!r}")
+        raise UsageError(f"SLURM_NODEID={node_id} is outside SLURM_STEP_TASKS_PER_NODE={tasks_per_node!r}")
     return counts[node_id]
 
 
@@ -96,9 +100,12 @@ def slurm_node_address(node: str) -> str:
     which would make every other node connect to itself."""
     try:
         out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.CalledProcessError) as err:
+        log.warning("rendezvous on the head node's name %s: `scontrol show node` failed (%s)", node, err)
         return node
     match = re.search(r"\bNodeAddr=(\S+)", out)
+    if not match:
+        log.warning("rendezvous on the head node's name %s: `scontrol show node` gave no NodeAddr", node)
     return match.group(1) if match else node
 
 
@@ -127,10 +134,19 @@ def route_to(host: str) -> tuple[str, str]:
     except socket.gaierror as err:
         raise UsageError(f"the rendezvous address MASTER_ADDR={host!r} does not resolve on {socket.gethostname()} "
                          f"({err.strerror}): set MASTER_ADDR to the head node's address") from None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((address, 9))
-        local = probe.getsockname()[0]
-    return local, interface_of(local)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))
+            local = probe.getsockname()[0]
+    except OSError as err:
+        raise UsageError(f"no route from {socket.gethostname()} to the rendezvous address MASTER_ADDR={host!r} "
+                         f"({address}: {err.strerror}): set MASTER_ADDR to an address of the head node this node "
+                         "reaches") from None
+    interface = interface_of(local)
+    if not interface:
+        raise UsageError(f"cannot tell which network interface carries {local} (the route to MASTER_ADDR={host!r}): "
+                         "set GLOO_SOCKET_IFNAME")
+    return local, interface
 
 
 def interface_of(address: str) -> str:

@@ -74,14 +74,16 @@ def describe_os_error(err: OSError) -> str | None:
 
 
 # How gloo and NCCL report that the other end of a connection went away: the process at that end
-# died, was killed, or its node went down.
+# died, was killed, or its node went down. Only errors raised by a communication library count.
 LOST_PEER = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|"
-                       r"Connection refused.*(gloo|c10d)|NCCL communicator was aborted", re.IGNORECASE)
+                       r"communicator was aborted", re.IGNORECASE)
+COMMUNICATION = re.compile(r"gloo|nccl|c10d|ProcessGroup", re.IGNORECASE)
 
 
 def describe_lost_peer(err: Exception) -> str | None:
     """The one line for a collective that failed because another process of the run is gone, or None."""
-    if not isinstance(err, RuntimeError) or not LOST_PEER.search(str(err)):
+    message = str(err)
+    if not isinstance(err, RuntimeError) or not (LOST_PEER.search(message) and COMMUNICATION.search(message)):
         return None
     address = re.search(r"\[(\d{1,3}(?:\.\d{1,3}){3})\]", str(err))
     where = f" (at {address.group(1)})" if address else ""

@@ -223,8 +223,9 @@ def main(argv: list[str]) -> int:
     tolerance = TOLERANCE[args.precision]
     started = time.perf_counter()
     with fileio.atomic_path(out) as tmp:
-        opset = export_model(trained.model, args.format, tmp, images[: batch_size or 2], batch_size is None,
-                             args.precision)
+        # A fixed batch is traced at exactly that size (the check images repeated when there are fewer).
+        example = check_batches(images, batch_size)[0] if batch_size else images[:2]
+        opset = export_model(trained.model, args.format, tmp, example, batch_size is None, args.precision)
         result = compare(trained.model, load_exported(tmp, args.format), check_batches(images, batch_size))
         verdict = (f"{args.format} {args.precision}: max |logit difference| {result.max_abs_diff:.3g} "
                    f"({result.max_rel_diff:.3g} of the largest logit, tolerance {tolerance:g}), top-1 agrees on "

@@ -37,7 +37,7 @@ from visiontrain.data.preprocess import EvalPreprocess, UnreadableImage, image_f
 from visiontrain.errors import ArgumentParser, UsageError, run_cli
 from visiontrain.inference import OnnxClassifier, TorchClassifier, inputs, select_device
 
-REFUSED_SUFFIXES = (".pt2", ".jit", ".ts", ".torchscript")
+REFUSED_SUFFIXES = (".pt2", ".jit", ".ts", ".torchscript", ".torchscript.pt")
 OUTPUT_SUFFIXES = (".csv", ".json")
 
 

@@ -196,3 +196,17 @@ def test_bad_inputs_end_with_one_line_exit_2_and_nothing_written(cifar_run, cifa
     bad = subprocess.run([PYTHON, "-m", "visiontrain.predict", "--model", str(cifar_run), str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "nope does not exist" in one_line(bad.returncode, bad.stderr)
+
+
+def test_a_fixed_batch_larger_than_the_check_images_is_the_exported_input_size(cifar_run, cifar_split, tmp_path,
+                                                                                capsys):
+    import onnx
+
+    photos = sorted((cifar_split / "val").rglob("*.jpg"))[:3]
+    out = tmp_path / "fixed.onnx"
+    code, _, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--out", str(out), "--batch-size", "8",
+                                     "--check-images", *map(str, photos)], capsys)
+    assert code == 0, err
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][0] == 8
+    assert json.loads(out.with_name(out.name + ".json").read_text())["input"]["shape"][0] == 8

@@ -29,8 +29,12 @@ def start_cluster(tmp_path_factory, nodes: int, port: int):
         pytest.skip("SLURM TESTS NOT RUN: the test cluster's daemons need root")
     state = tmp_path_factory.mktemp(f"slurm-cluster-{nodes}")
     env = {**os.environ, "SLURM_TEST_PORT": str(port)}
-    started = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start", str(state), "--nodes", str(nodes)],
-                             capture_output=True, text=True, timeout=120, env=env)
+    try:
+        started = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start", str(state), "--nodes", str(nodes)],
+                                 capture_output=True, text=True, timeout=120, env=env)
+    finally:  # a start that failed or hung leaves nothing running
+        if "started" not in locals() or started.returncode != 0:
+            subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(state)], capture_output=True, timeout=60, env=env)
     assert started.returncode == 0, started.stderr
     env = {**env, "SLURM_CONF": str(state / "slurm.conf"), "OMP_NUM_THREADS": "1",
            "VISIONTRAIN_VENV": str(Path(PYTHON).parents[1]), "CLUSTER_DIR": str(state)}

@@ -78,7 +78,11 @@ def test_torchrun_on_two_nodes_gives_the_same_weights(slurm2, two_node_run, shap
     env = {**slurm2, "PYTHONUNBUFFERED": "1"}
     agents = [subprocess.Popen(on_node(slurm2, node, *torchrun, "train.py", *args), env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True) for node in (1, 2)]
-    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    try:
+        outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    finally:  # nothing left running for the next test
+        for agent in agents:
+            agent.kill()
     assert [agent.returncode for agent in agents] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     summary = read_json(run_dir / "summary.json")
     assert summary["launcher"] == "torchrun"

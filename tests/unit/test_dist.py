@@ -58,9 +58,9 @@ def test_local_world_size_reads_slurms_compressed_tasks_per_node(spec, node, tas
 
 
 def test_tasks_per_node_that_cannot_be_read_is_an_error_not_a_guess():
-    with pytest.raises(RuntimeError, match="2x3"):
+    with pytest.raises(UsageError, match="2x3"):
         tasks_on_node("2x3", 0)
-    with pytest.raises(RuntimeError, match="node id 2"):
+    with pytest.raises(UsageError, match="SLURM_NODEID=2"):
         tasks_on_node("1(x2)", 2)
 
 
@@ -152,3 +152,12 @@ def test_other_runtime_errors_keep_their_traceback(capsys):
 
     assert run_cli(broken, []) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_broken_pipe_outside_communication_keeps_its_traceback(capsys):
+    def writer(argv):
+        raise RuntimeError("[Errno 32] Broken pipe while writing the report")
+
+    assert run_cli(writer, []) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "lost contact" not in err

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from tests.conftest import ROOT
 from visiontrain.lock import LOCK, differences_from_lock, locked_versions
