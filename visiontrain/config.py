@@ -38,7 +38,9 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    loader: str = "ffcv"  # ffcv | torchvision | random (random tensors made on the device: no input pipeline)
+    # ffcv | torchvision | device (the whole dataset in device memory, augmented there: CIFAR-sized data)
+    # | random (random tensors made on the device: no input pipeline)
+    loader: str = "ffcv"
     path: str = "data/cifar10"  # ffcv: train.beton/val.beton/meta.json; torchvision: image folders or CIFAR batches
     recipe: str = "cifar"  # cifar (pad-and-translate) | imagenet (random-resized-crop)
     image_size: int = 32  # training resolution
@@ -176,7 +178,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "run.device": ("auto", "cpu", "cuda"),
-    "data.loader": ("ffcv", "torchvision", "random"),
+    "data.loader": ("ffcv", "torchvision", "device", "random"),
     "data.recipe": ("cifar", "imagenet"),
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("cosine", "step", "triangular", "constant"),

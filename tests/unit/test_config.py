@@ -60,7 +60,7 @@ def test_wrong_type_names_key_and_value(override, key):
     ("train.epochs=0", "train.epochs", ">= 1"),
     ("model.name=resnt50", "model.name", "did you mean 'resnet50'"),
     ("train.precision=fp8", "train.precision", "fp32, bf16, fp16"),
-    ("data.loader=tfrecord", "data.loader", "ffcv, torchvision, random"),
+    ("data.loader=tfrecord", "data.loader", "ffcv, torchvision, device, random"),
     ("data.progressive_resizing=true", "data.progressive_resizing", "needs data.loader=ffcv and data.recipe=imagenet"),
     ("schedule.warmup_epochs=30", "schedule.warmup_epochs", "train.epochs"),
     ("train.label_smoothing=1.5", "train.label_smoothing", "[0, 1)"),

@@ -3,7 +3,8 @@
 Where to change what:
 - augmentation: `augment.py`, the recipes described once; both file loaders are built from them;
 - loaders: `ffcv.py` (.beton files; FFCV operations in `ffcv_ops.py`), `torchvision.py`
-  (image folders, CIFAR-10 batches), `random_tensors.py` (data.loader=random: tensors made on the device);
+  (image folders, CIFAR-10 batches), `device.py` (the whole dataset in device memory, augmented there),
+  `random_tensors.py` (data.loader=random: tensors made on the device);
 - random draws of augmentation, shared by both file loaders: `seeded.py`;
 - data order and rank split: `sampling.py`; part of a dataset (classes, fraction): `subset.py`.
 """
@@ -25,6 +26,10 @@ def build_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = Tru
         from visiontrain.data.random_tensors import build_random_data
 
         return build_random_data(cfg, runtime, plan)
+    if cfg.data.loader == "device":
+        from visiontrain.data.device import build_device_data
+
+        return build_device_data(cfg, runtime, plan, train)
     if cfg.data.loader == "ffcv":
         from visiontrain.data.ffcv import build_ffcv_data
 

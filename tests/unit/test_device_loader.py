@@ -1,0 +1,115 @@
+"""data.loader=device: the dataset in device memory, augmented there, pixel-identical to the other loaders."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from tests.conftest import PYTHON, ROOT, build_loaders, ok, read_json, run_train, tiny_args
+from tests.unit.test_augment_parity import cfg_for, epoch, identical
+from visiontrain.data import device as device_module
+from visiontrain.dist import Runtime
+from visiontrain.errors import UsageError
+from visiontrain.weights import read_weights
+
+RECIPE = ("data.crop_padding=2", "data.cutout=4")
+
+
+def rank(r: int, world: int = 2) -> Runtime:
+    return Runtime(accelerator=None, device=torch.device("cpu"), rank=r, world_size=world, local_rank=r,
+                   launcher="torchrun")
+
+
+def test_device_batches_equal_torchvision_and_ffcv_pixel_for_pixel(shapes_dir):
+    on_device = epoch(shapes_dir, "device", *RECIPE)
+    assert len(on_device) == 400 // 32
+    assert identical(on_device, epoch(shapes_dir, "torchvision", *RECIPE))
+    assert identical(on_device, epoch(shapes_dir, "ffcv", *RECIPE))
+    plain = epoch(shapes_dir, "device", "data.flip=false", "data.crop_padding=0", "data.cutout=0")
+    assert all(not torch.equal(a, p) for a, p in zip(on_device, plain))  # every batch was augmented
+    assert not identical(epoch(shapes_dir, "device", *RECIPE, number=2), on_device)  # each epoch draws afresh
+
+
+def test_a_mid_epoch_start_replays_the_rest_of_the_epoch(shapes_dir):
+    full = epoch(shapes_dir, "device", *RECIPE, number=3)
+    tail = epoch(shapes_dir, "device", *RECIPE, number=3, start=5)
+    assert len(tail) == len(full) - 5 and identical(tail, full[5:])
+    assert identical(tail, epoch(shapes_dir, "torchvision", *RECIPE, number=3, start=5))
+
+
+def test_micro_batches_see_the_pixels_of_the_full_batch(shapes_dir):
+    halves = epoch(shapes_dir, "device", *RECIPE, batch=16)
+    assert identical([torch.cat(halves[i:i + 2]) for i in range(0, 24, 2)], epoch(shapes_dir, "device", *RECIPE))
+
+
+def test_each_rank_reads_its_shard_and_evaluation_counts_every_sample_once(shapes_dir):
+    extra = (*RECIPE, "data.classes=[1,3,5,7]", "data.train_fraction=0.5", "model.num_classes=4")
+    seen, val_seen = [], []
+    for r in (0, 1):
+        cfg = cfg_for(shapes_dir, "device", *extra)
+        on_device = build_loaders(cfg, rank(r), 8)
+        reference = build_loaders(cfg_for(shapes_dir, "torchvision", *extra), rank(r), 8)
+        for loader in (on_device.train, reference.train):
+            loader.set_epoch(1)
+        assert on_device.train.epoch_indices() == reference.train.epoch_indices()
+        assert identical([x for x, _ in on_device.train], [x for x, _ in reference.train])
+        labels = torch.cat([y for _, y in on_device.train])
+        assert set(labels.tolist()) <= {0, 1, 2, 3}  # renumbered subset
+        seen += on_device.train.epoch_indices()
+        valid_indices = []
+        for (images, y, valid), (ref_images, ref_y, ref_valid) in zip(on_device.val, reference.val):
+            assert torch.equal(images, ref_images) and torch.equal(y, ref_y) and torch.equal(valid, ref_valid)
+            valid_indices += [i for i, v in zip(on_device.val.sample_indices[len(valid_indices):], valid) if v]
+        val_seen += valid_indices
+        assert on_device.num_classes == 4 and on_device.train_samples == 4 * 20
+    assert len(seen) == len(set(seen)) == 80  # the two shards are disjoint and cover the subset
+    assert sorted(val_seen) == sorted(set(val_seen)) and len(val_seen) == 4 * 11
+
+
+def test_a_dataset_larger_than_half_the_memory_is_one_line_with_its_size(shapes_dir, monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 100_000})())
+    with pytest.raises(UsageError, match=r"data.loader=device needs 0.00 GiB .* host memory \(0.0 GiB available\)"):
+        build_loaders(cfg_for(shapes_dir, "device"), rank(0, 1), 32)
+
+
+def test_the_imagenet_recipe_is_refused_in_one_line(shapes_dir):
+    with pytest.raises(UsageError, match="data.loader=device implements the cifar recipe"):
+        build_loaders(cfg_for(shapes_dir, "device", "data.recipe=imagenet"), rank(0, 1), 32)
+
+
+def test_it_runs_where_ffcv_cannot_be_imported(shapes_dir):
+    """From class folders, with FFCV made unimportable (a GPU node without its native libraries)."""
+    script = (
+        "import sys; sys.modules['ffcv'] = None\n"
+        "from tests.conftest import build_loaders\n"
+        "from tests.unit.test_augment_parity import RUNTIME, cfg_for\n"
+        f"data = build_loaders(cfg_for({str(shapes_dir)!r}, 'device'), RUNTIME, 32)\n"
+        "data.train.set_epoch(0)\n"
+        "print(sum(1 for _ in data.train), 'ffcv' in sys.modules and sys.modules['ffcv'] is not None)\n"
+    )
+    out = ok(subprocess.run([PYTHON, "-c", script], cwd=ROOT, capture_output=True, text=True)).stdout.split()
+    assert out == ["12", "False"]
+
+
+def test_beton_without_ffcv_and_without_folders_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "train.beton").write_bytes(b"")
+    monkeypatch.setitem(__import__("sys").modules, "ffcv", None)
+    cfg = cfg_for(tmp_path, "device")
+    with pytest.raises(UsageError, match="holds .beton files but FFCV cannot be imported"):
+        device_module.read_dataset(cfg, train=True)
+
+
+@pytest.mark.slow
+def test_training_on_the_device_loader_ends_with_the_torchvision_runs_weights(shapes_dir, tmp_path):
+    runs = {}
+    for loader in ("device", "torchvision"):
+        runs[loader] = tmp_path / loader
+        ok(run_train(tiny_args(shapes_dir, runs[loader], "data.num_workers=0", *RECIPE, loader=loader), nproc=2))
+    a, b = (read_weights(runs[name] / "weights.safetensors") for name in ("device", "torchvision"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summary = read_json(runs["device"] / "summary.json")
+    assert summary["world_size"] == 2 and summary["final"]["samples"] == 110

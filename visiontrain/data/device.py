@@ -1,0 +1,262 @@
+"""The device-resident loader (data.loader=device): the whole dataset in the training device's memory.
+
+For datasets that fit (CIFAR-10: 150 MB of uint8 pixels), reading and augmenting on the host is the
+bottleneck of a fast step. This loader reads the dataset once at start (N x H x W x 3 uint8 on the
+device) and augments each batch there with batched tensor ops: no per-sample Python, no host
+threads, no host-to-device copy of pixels during training.
+
+Same contracts as the other loaders, and the same pixels:
+- data: the `data_prep` output (train.beton / val.beton, read through FFCV when it is installed),
+  or what the torchvision loader reads (class folders, CIFAR-10's python batches), so it also
+  runs where FFCV's native libraries are missing;
+- order: `ResumableDistributedSampler` (each rank its shard, exact mid-epoch start), subsets of
+  `data.classes` / `data.train_fraction`, evaluation counting every val sample once (`eval_shard`);
+- augmentation: the cifar recipe of `augment.py` (flip, translate, cutout). The random draws are
+  `seeded.py`'s hash of (seed, op, epoch, sample index), computed on the host once per epoch for
+  this rank's samples (a few numbers per sample) and applied on the device, so the batches are
+  pixel-identical to the FFCV and torchvision loaders'.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from numba import njit
+
+from visiontrain.config import BatchPlan, Config
+from visiontrain.data import augment
+from visiontrain.data.augment import AsIs, Cutout, Flip, Recipe, Translate
+from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
+from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
+from visiontrain.data.seeded import SALT_CUTOUT, SALT_FLIP, SALT_TRANSLATE, frozen, sample_keys, uniform
+from visiontrain.data.subset import Relabel, check_num_classes, select
+from visiontrain.dist import Runtime
+from visiontrain.errors import UsageError
+
+# Room left on the device for the model, activations and the optimizer.
+MAX_DEVICE_FRACTION = 0.5
+
+
+@njit(cache=True)
+def _draws(keys, low_high, count):
+    """For each key: `count` integers, the n-th uniform in [0, low_high[n]] as seeded.py's kernels draw it."""
+    out = np.empty((len(keys), count), dtype=np.int64)
+    for i in range(len(keys)):
+        for n in range(count):
+            out[i, n] = min(int(uniform(keys[i], n) * (low_high[n] + 1)), low_high[n])
+    return out
+
+
+@njit(cache=True)
+def _flips(keys):
+    out = np.empty(len(keys), dtype=np.bool_)
+    for i in range(len(keys)):
+        out[i] = uniform(keys[i], 0) < 0.5
+    return out
+
+
+class DeviceAugment:
+    """The cifar recipe on a batch held on the device; the draws come from `params`, made on the host."""
+
+    def __init__(self, recipe: Recipe, seed: int, height: int, width: int, device: torch.device):
+        if not isinstance(recipe.sizing, AsIs) or any(not isinstance(op, (Flip, Translate, Cutout))
+                                                       for op in recipe.ops):
+            raise UsageError("data.loader=device implements the cifar recipe (images as stored, flip, translate, "
+                             "cutout): use data.recipe=cifar, or data.loader=ffcv for the imagenet recipe")
+        self.ops, self.seed, self.height, self.width, self.device = recipe.ops, seed, height, width, device
+        self.rows = torch.arange(height, device=device)
+        self.cols = torch.arange(width, device=device)
+
+    def params(self, indices: np.ndarray, epoch: int) -> list[torch.Tensor]:
+        """Per op, per sample: the flip flag, the (dy, dx) shift or the cutout's (top, left), on the device."""
+        indices = frozen(np.uint64(indices))
+        out = []
+        for op in self.ops:
+            match op:
+                case Flip():
+                    drawn = _flips(sample_keys(indices, self.seed, SALT_FLIP, epoch))
+                case Translate(padding):
+                    keys = sample_keys(indices, self.seed, SALT_TRANSLATE, epoch)
+                    drawn = _draws(keys, frozen(np.int64([2 * padding, 2 * padding])), 2) - padding
+                case Cutout(size):
+                    keys = sample_keys(indices, self.seed, SALT_CUTOUT, epoch)
+                    drawn = _draws(keys, frozen(np.int64([self.height - size, self.width - size])), 2)
+            out.append(torch.from_numpy(drawn).to(self.device))
+        return out
+
+    def __call__(self, images: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        """NHWC uint8 batch -> augmented NHWC uint8 batch (a new tensor)."""
+        for op, p in zip(self.ops, params):
+            match op:
+                case Flip():
+                    images = torch.where(p.view(-1, 1, 1, 1), images.flip(2), images)
+                case Translate(_, fill):
+                    images = self._translate(images, p, fill)
+                case Cutout(size, fill):
+                    inside = self._box(p[:, 0], p[:, 1], size)
+                    images = torch.where(inside[..., None], self._fill(fill), images)
+        return images
+
+    def _fill(self, fill) -> torch.Tensor:
+        return torch.tensor(fill, dtype=torch.uint8, device=self.device)
+
+    def _translate(self, images: torch.Tensor, shift: torch.Tensor, fill) -> torch.Tensor:
+        # Output pixel (y, x) is input (y + dy, x + dx); outside the image, the fill colour.
+        rows = self.rows[None, :] + shift[:, :1]  # B x H
+        cols = self.cols[None, :] + shift[:, 1:]  # B x W
+        batch = torch.arange(images.shape[0], device=self.device)[:, None, None]
+        moved = images[batch, rows.clamp(0, self.height - 1)[:, :, None], cols.clamp(0, self.width - 1)[:, None, :]]
+        inside = ((rows >= 0) & (rows < self.height))[:, :, None] & ((cols >= 0) & (cols < self.width))[:, None, :]
+        return torch.where(inside[..., None], moved, self._fill(fill))
+
+    def _box(self, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+        rows = (self.rows[None, :] >= top[:, None]) & (self.rows[None, :] < top[:, None] + size)
+        cols = (self.cols[None, :] >= left[:, None]) & (self.cols[None, :] < left[:, None] + size)
+        return rows[:, :, None] & cols[:, None, :]
+
+
+class DeviceTrainLoader(SampledTrainLoader):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: ResumableDistributedSampler,
+                 augmentation: DeviceAugment, normalize: DeviceNormalizer, relabel: Relabel, plan: BatchPlan):
+        super().__init__(sampler, plan)
+        self.images, self.labels, self.augment = images, labels, augmentation
+        self.normalize, self.relabel = normalize, relabel
+
+    def __iter__(self):
+        epoch, first = self.sampler.epoch, self.batches_per_epoch - self._remaining
+        order = np.asarray(self.epoch_indices()[first * self.micro_batch:], dtype=np.int64)
+        # One host computation and one copy per epoch; each step only slices device tensors.
+        params = self.augment.params(order, epoch)
+        order_on_device = torch.from_numpy(order).to(self.normalize.device)
+        for b in range(self._remaining):
+            batch = slice(b * self.micro_batch, (b + 1) * self.micro_batch)
+            picked = order_on_device[batch]
+            images = self.augment(self.images[picked], [p[batch] for p in params])
+            yield self.normalize(images.permute(0, 3, 1, 2)), self.relabel(self.labels[picked])
+
+
+class DeviceEvalLoader:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: list[int], valid: list[bool],
+                 micro_batch: int, normalize: DeviceNormalizer, relabel: Relabel, num_samples: int):
+        device = normalize.device
+        self.images, self.labels, self.normalize, self.relabel = images, labels, normalize, relabel
+        self.sample_indices, self.num_samples, self.micro_batch = list(indices), num_samples, micro_batch
+        self.order = torch.tensor(indices, dtype=torch.long, device=device)
+        self.valid = torch.tensor(valid, dtype=torch.bool, device=device)
+
+    def __iter__(self):
+        for start in range(0, len(self.order), self.micro_batch):
+            picked = self.order[start:start + self.micro_batch]
+            yield (self.normalize(self.images[picked].permute(0, 3, 1, 2)), self.relabel(self.labels[picked]),
+                   self.valid[start:start + self.micro_batch])
+
+
+class HostDataset:
+    """A dataset read once into host memory: NHWC uint8 pixels at their training / evaluation sizes."""
+
+    def __init__(self, train: np.ndarray | None, train_labels: np.ndarray | None, val: np.ndarray,
+                 val_labels: np.ndarray, class_names: list[str]):
+        self.train, self.train_labels, self.val, self.val_labels = train, train_labels, val, val_labels
+        self.class_names = class_names
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.train, self.train_labels, self.val, self.val_labels) if a is not None)
+
+
+def read_betons(path: Path, train: bool) -> HostDataset:
+    """train.beton / val.beton as written by data_prep, decoded once, in file order."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    from visiontrain.data.ffcv import beton_labels
+
+    class_names = json.loads((path / "meta.json").read_text())["class_names"]
+
+    def decode(file: Path) -> tuple[np.ndarray, np.ndarray]:
+        beton_labels(file, len(class_names))  # its checks: a damaged file is one line
+        loader = Loader(str(file), batch_size=1024, num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False,
+                        pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+        images, labels = zip(*[(np.array(x), np.array(y).reshape(-1)) for x, y in loader])
+        return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+    # FFCV's Loader sets torch's thread count to its own worker count; training must not inherit it.
+    threads = torch.get_num_threads()
+    try:
+        train_images, train_labels = decode(path / "train.beton") if train else (None, None)
+        return HostDataset(train_images, train_labels, *decode(path / "val.beton"), class_names)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def read_files(path: Path, cfg: Config, train: bool) -> HostDataset:
+    """Class folders or CIFAR-10 batches (what the torchvision loader reads), decoded and sized once."""
+    from visiontrain.data.torchvision import EvalTransform, TrainTransform, open_sources
+
+    train_src, val_src = open_sources(path)
+    val = EvalTransform(augment.eval_recipe(cfg.data))([val_src.load(i) for i in range(len(val_src))])
+    train_images = None
+    if train:
+        sizing = TrainTransform(Recipe(augment.train_recipe(cfg.data).sizing), cfg.run.seed)
+        train_images = sizing([train_src.load(i) for i in range(len(train_src))], range(len(train_src)), 0)
+        train_images = train_images.permute(0, 2, 3, 1).numpy()
+    return HostDataset(train_images, np.asarray(train_src.labels, dtype=np.int64) if train else None,
+                       val.permute(0, 2, 3, 1).contiguous().numpy(), np.asarray(val_src.labels, dtype=np.int64),
+                       list(train_src.class_names))
+
+
+def read_dataset(cfg: Config, train: bool) -> HostDataset:
+    path = Path(cfg.data.path)
+    if (path / "train.beton").is_file() or (path / "val.beton").is_file():
+        try:
+            import ffcv  # noqa: F401
+        except ImportError:
+            ffcv = None
+        if ffcv is not None:
+            return read_betons(path, train)
+        if not (path / "train").is_dir() and not (path / "cifar-10-batches-py").is_dir():
+            raise UsageError(f"data.path={path} holds .beton files but FFCV cannot be imported here: install it "
+                             "(docs/install.md) or point data.path at class folders or CIFAR-10's python batches")
+    return read_files(path, cfg, train)
+
+
+def check_fits(nbytes: int, device: torch.device) -> None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        where = f"{device} ({free / 2**30:.1f} GiB free)"
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+        where = f"host memory ({free / 2**30:.1f} GiB available)"
+    if nbytes > MAX_DEVICE_FRACTION * free:
+        raise UsageError(f"data.loader=device needs {nbytes / 2**30:.2f} GiB for the dataset, more than half of "
+                         f"{where}: use data.loader=ffcv or torchvision")
+
+
+def build_device_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
+    d, device = cfg.data, runtime.device
+    recipe = augment.train_recipe(d)
+    if train:
+        DeviceAugment(recipe, cfg.run.seed, d.image_size, d.image_size, torch.device("cpu"))  # recipe check first
+    host = read_dataset(cfg, train)
+    check_fits(host.nbytes, device)
+    chosen = select(d, host.class_names, host.train_labels, host.val_labels)
+    check_num_classes(cfg.model.num_classes, chosen.class_names, Path(d.path), d)
+    relabel = Relabel(chosen.label_map, device)
+    normalize = DeviceNormalizer(d.mean, d.std, device, cfg.model.channels_last)
+    indices, valid = eval_shard(chosen.val_indices, runtime.world_size, runtime.rank)
+    val = DeviceEvalLoader(torch.from_numpy(host.val).to(device), torch.from_numpy(host.val_labels).to(device),
+                           indices, valid, plan.micro_batch, normalize, relabel, len(chosen.val_indices))
+    train_loader = None
+    if train:
+        sampler = ResumableDistributedSampler(chosen.train_indices, runtime.world_size, runtime.rank, cfg.run.seed)
+        height, width = host.train.shape[1:3]
+        train_loader = DeviceTrainLoader(
+            torch.from_numpy(host.train).to(device), torch.from_numpy(host.train_labels).to(device), sampler,
+            DeviceAugment(recipe, cfg.run.seed, height, width, device), normalize, relabel, plan)
+    return DataBundle(train_loader, val, len(chosen.class_names), chosen.class_names, len(chosen.train_indices))
