@@ -70,10 +70,14 @@ def test_each_rank_reads_its_shard_and_evaluation_counts_every_sample_once(shape
 
 def test_a_dataset_larger_than_half_the_memory_is_one_line_with_its_size(shapes_dir, monkeypatch):
     import psutil
+    from ffcv import loader
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 100_000})())
+    monkeypatch.setattr(loader.Loader, "__init__", lambda *a, **k: pytest.fail("decoded before the size check"))
+    # 400 train + 110 val images of 16 x 16 x 3 bytes, and their labels: 0.4 MB > half of 0.1 MB
     with pytest.raises(UsageError, match=r"data.loader=device needs 0.00 GiB .* host memory \(0.0 GiB available\)"):
         build_loaders(cfg_for(shapes_dir, "device"), rank(0, 1), 32)
+    assert device_module.dataset_bytes(cfg_for(shapes_dir, "device"), 400, 110) == 510 * (16 * 16 * 3 + 8)
 
 
 def test_the_imagenet_recipe_is_refused_in_one_line(shapes_dir):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -162,13 +163,9 @@ class HostDataset:
         self.train, self.train_labels, self.val, self.val_labels = train, train_labels, val, val_labels
         self.class_names = class_names
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.train, self.train_labels, self.val, self.val_labels) if a is not None)
 
-
-def read_betons(path: Path, train: bool) -> HostDataset:
-    """train.beton / val.beton as written by data_prep, decoded once, in file order."""
+def read_betons(path: Path, train: bool, check: Callable[[int, int], None]) -> HostDataset:
+    """train.beton / val.beton as written by data_prep, decoded once, in file order (after `check` of the counts)."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -176,9 +173,12 @@ def read_betons(path: Path, train: bool) -> HostDataset:
     from visiontrain.data.ffcv import beton_labels
 
     class_names = json.loads((path / "meta.json").read_text())["class_names"]
+    # Its checks (a damaged file is one line) and the sample counts, before anything is decoded.
+    counts = {split: len(beton_labels(path / f"{split}.beton", len(class_names)))
+              for split in (("train", "val") if train else ("val",))}
+    check(counts.get("train", 0), counts["val"])
 
     def decode(file: Path) -> tuple[np.ndarray, np.ndarray]:
-        beton_labels(file, len(class_names))  # its checks: a damaged file is one line
         loader = Loader(str(file), batch_size=1024, num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False,
                         pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
         images, labels = zip(*[(np.array(x), np.array(y).reshape(-1)) for x, y in loader])
@@ -193,11 +193,13 @@ def read_betons(path: Path, train: bool) -> HostDataset:
         torch.set_num_threads(threads)
 
 
-def read_files(path: Path, cfg: Config, train: bool) -> HostDataset:
-    """Class folders or CIFAR-10 batches (what the torchvision loader reads), decoded and sized once."""
+def read_files(path: Path, cfg: Config, train: bool, check: Callable[[int, int], None]) -> HostDataset:
+    """Class folders or CIFAR-10 batches (what the torchvision loader reads), decoded and sized once
+    (after `check` of the counts)."""
     from visiontrain.data.torchvision import EvalTransform, TrainTransform, open_sources
 
     train_src, val_src = open_sources(path)
+    check(len(train_src) if train else 0, len(val_src))
     val = EvalTransform(augment.eval_recipe(cfg.data))([val_src.load(i) for i in range(len(val_src))])
     train_images = None
     if train:
@@ -209,7 +211,8 @@ def read_files(path: Path, cfg: Config, train: bool) -> HostDataset:
                        list(train_src.class_names))
 
 
-def read_dataset(cfg: Config, train: bool) -> HostDataset:
+def read_dataset(cfg: Config, train: bool, check: Callable[[int, int], None] = lambda n_train, n_val: None
+                 ) -> HostDataset:
     path = Path(cfg.data.path)
     if (path / "train.beton").is_file() or (path / "val.beton").is_file():
         try:
@@ -217,11 +220,17 @@ def read_dataset(cfg: Config, train: bool) -> HostDataset:
         except ImportError:
             ffcv = None
         if ffcv is not None:
-            return read_betons(path, train)
+            return read_betons(path, train, check)
         if not (path / "train").is_dir() and not (path / "cifar-10-batches-py").is_dir():
             raise UsageError(f"data.path={path} holds .beton files but FFCV cannot be imported here: install it "
                              "(docs/install.md) or point data.path at class folders or CIFAR-10's python batches")
-    return read_files(path, cfg, train)
+    return read_files(path, cfg, train, check)
+
+
+def dataset_bytes(cfg: Config, n_train: int, n_val: int) -> int:
+    """Device memory of the dataset: uint8 pixels at the training and evaluation sizes, int64 labels."""
+    d = cfg.data
+    return n_train * (d.image_size**2 * 3 + 8) + n_val * (d.val_image_size**2 * 3 + 8)
 
 
 def check_fits(nbytes: int, device: torch.device) -> None:
@@ -243,8 +252,7 @@ def build_device_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: boo
     recipe = augment.train_recipe(d)
     if train:
         DeviceAugment(recipe, cfg.run.seed, d.image_size, d.image_size, torch.device("cpu"))  # recipe check first
-    host = read_dataset(cfg, train)
-    check_fits(host.nbytes, device)
+    host = read_dataset(cfg, train, lambda n_train, n_val: check_fits(dataset_bytes(cfg, n_train, n_val), device))
     chosen = select(d, host.class_names, host.train_labels, host.val_labels)
     check_num_classes(cfg.model.num_classes, chosen.class_names, Path(d.path), d)
     relabel = Relabel(chosen.label_map, device)
