@@ -75,14 +75,27 @@ def test_a_dataset_larger_than_half_the_memory_is_one_line_with_its_size(shapes_
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 100_000})())
     monkeypatch.setattr(loader.Loader, "__init__", lambda *a, **k: pytest.fail("decoded before the size check"))
     # 400 train + 110 val images of 16 x 16 x 3 bytes, and their labels: 0.4 MB > half of 0.1 MB
-    with pytest.raises(UsageError, match=r"data.loader=device needs 0.00 GiB .* host memory \(0.0 GiB available\)"):
+    line = r"data.loader=device needs 0.00 GiB .* host memory \(0.0 GiB available, 1 process\(es\) with a copy each\)"
+    with pytest.raises(UsageError, match=line):
         build_loaders(cfg_for(shapes_dir, "device"), rank(0, 1), 32)
     assert device_module.dataset_bytes(cfg_for(shapes_dir, "device"), 400, 110) == 510 * (16 * 16 * 3 + 8)
 
 
-def test_the_imagenet_recipe_is_refused_in_one_line(shapes_dir):
+def test_the_imagenet_recipe_is_refused_in_one_line_also_for_evaluation_only(shapes_dir):
+    from visiontrain.config import BatchPlan
+    from visiontrain.data import build_data
+
+    cfg = cfg_for(shapes_dir, "device", "data.recipe=imagenet")
     with pytest.raises(UsageError, match="data.loader=device implements the cifar recipe"):
-        build_loaders(cfg_for(shapes_dir, "device", "data.recipe=imagenet"), rank(0, 1), 32)
+        build_loaders(cfg, rank(0, 1), 32)
+    with pytest.raises(UsageError, match="data.loader=device implements the cifar recipe"):
+        build_data(cfg, rank(0, 1), BatchPlan.of_micro_batch(32, 1), train=False)
+
+
+def test_stored_images_of_another_size_are_refused_as_the_ffcv_loader_does(shapes_dir):
+    cfg = cfg_for(shapes_dir, "device", "data.image_size=32")  # the .beton holds 16 x 16 images
+    with pytest.raises(UsageError, match="not all 32x32"):
+        build_loaders(cfg, rank(0, 1), 32)
 
 
 def test_it_runs_where_ffcv_cannot_be_imported(shapes_dir):

@@ -19,7 +19,7 @@ Same contracts as the other loaders, and the same pixels:
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +41,8 @@ from visiontrain.errors import UsageError
 MAX_DEVICE_FRACTION = 0.5
 
 
-@njit(cache=True)
+# Not cached: numba's cache would keep an inlined `uniform` from an older seeded.py (it checks this file only).
+@njit
 def _draws(keys, low_high, count):
     """For each key: `count` integers, the n-th uniform in [0, low_high[n]] as seeded.py's kernels draw it."""
     out = np.empty((len(keys), count), dtype=np.int64)
@@ -51,7 +52,7 @@ def _draws(keys, low_high, count):
     return out
 
 
-@njit(cache=True)
+@njit
 def _flips(keys):
     out = np.empty(len(keys), dtype=np.bool_)
     for i in range(len(keys)):
@@ -68,8 +69,12 @@ class DeviceAugment:
             raise UsageError("data.loader=device implements the cifar recipe (images as stored, flip, translate, "
                              "cutout): use data.recipe=cifar, or data.loader=ffcv for the imagenet recipe")
         self.ops, self.seed, self.height, self.width, self.device = recipe.ops, seed, height, width, device
+        # Made once: a tensor built from host values inside the step would wait for the device each time.
         self.rows = torch.arange(height, device=device)
         self.cols = torch.arange(width, device=device)
+        self.fills = [torch.tensor(getattr(op, "fill", (0, 0, 0)), dtype=torch.uint8, device=device)
+                      for op in recipe.ops]
+        self.batch_index = torch.empty(0, dtype=torch.long, device=device)
 
     def params(self, indices: np.ndarray, epoch: int) -> list[torch.Tensor]:
         """Per op, per sample: the flip flag, the (dy, dx) shift or the cutout's (top, left), on the device."""
@@ -78,40 +83,39 @@ class DeviceAugment:
         for op in self.ops:
             match op:
                 case Flip():
-                    drawn = _flips(sample_keys(indices, self.seed, SALT_FLIP, epoch))
+                    drawn = _flips(frozen(sample_keys(indices, self.seed, SALT_FLIP, epoch)))
                 case Translate(padding):
-                    keys = sample_keys(indices, self.seed, SALT_TRANSLATE, epoch)
+                    keys = frozen(sample_keys(indices, self.seed, SALT_TRANSLATE, epoch))
                     drawn = _draws(keys, frozen(np.int64([2 * padding, 2 * padding])), 2) - padding
                 case Cutout(size):
-                    keys = sample_keys(indices, self.seed, SALT_CUTOUT, epoch)
+                    keys = frozen(sample_keys(indices, self.seed, SALT_CUTOUT, epoch))
                     drawn = _draws(keys, frozen(np.int64([self.height - size, self.width - size])), 2)
             out.append(torch.from_numpy(drawn).to(self.device))
         return out
 
     def __call__(self, images: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """NHWC uint8 batch -> augmented NHWC uint8 batch (a new tensor)."""
-        for op, p in zip(self.ops, params):
+        for op, p, fill in zip(self.ops, params, self.fills):
             match op:
                 case Flip():
                     images = torch.where(p.view(-1, 1, 1, 1), images.flip(2), images)
-                case Translate(_, fill):
+                case Translate():
                     images = self._translate(images, p, fill)
-                case Cutout(size, fill):
+                case Cutout(size):
                     inside = self._box(p[:, 0], p[:, 1], size)
-                    images = torch.where(inside[..., None], self._fill(fill), images)
+                    images = torch.where(inside[..., None], fill, images)
         return images
 
-    def _fill(self, fill) -> torch.Tensor:
-        return torch.tensor(fill, dtype=torch.uint8, device=self.device)
-
-    def _translate(self, images: torch.Tensor, shift: torch.Tensor, fill) -> torch.Tensor:
+    def _translate(self, images: torch.Tensor, shift: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         # Output pixel (y, x) is input (y + dy, x + dx); outside the image, the fill colour.
         rows = self.rows[None, :] + shift[:, :1]  # B x H
         cols = self.cols[None, :] + shift[:, 1:]  # B x W
-        batch = torch.arange(images.shape[0], device=self.device)[:, None, None]
+        if len(self.batch_index) != images.shape[0]:
+            self.batch_index = torch.arange(images.shape[0], device=self.device)
+        batch = self.batch_index[:, None, None]
         moved = images[batch, rows.clamp(0, self.height - 1)[:, :, None], cols.clamp(0, self.width - 1)[:, None, :]]
         inside = ((rows >= 0) & (rows < self.height))[:, :, None] & ((cols >= 0) & (cols < self.width))[:, None, :]
-        return torch.where(inside[..., None], moved, self._fill(fill))
+        return torch.where(inside[..., None], moved, fill)
 
     def _box(self, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
         rows = (self.rows[None, :] >= top[:, None]) & (self.rows[None, :] < top[:, None] + size)
@@ -164,18 +168,18 @@ class HostDataset:
         self.class_names = class_names
 
 
-def read_betons(path: Path, train: bool, check: Callable[[int, int], None]) -> HostDataset:
+def read_betons(path: Path, cfg: Config, train: bool, check: Callable[[int, int], None]) -> HostDataset:
     """train.beton / val.beton as written by data_prep, decoded once, in file order (after `check` of the counts)."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
-    from visiontrain.data.ffcv import beton_labels
+    from visiontrain.data.ffcv import beton_labels, check_dataset_files
 
-    class_names = json.loads((path / "meta.json").read_text())["class_names"]
+    splits = ("train", "val") if train else ("val",)
+    class_names = check_dataset_files(path, cfg.data, splits)  # files present, images at the configured sizes
     # Its checks (a damaged file is one line) and the sample counts, before anything is decoded.
-    counts = {split: len(beton_labels(path / f"{split}.beton", len(class_names)))
-              for split in (("train", "val") if train else ("val",))}
+    counts = {split: len(beton_labels(path / f"{split}.beton", len(class_names))) for split in splits}
     check(counts.get("train", 0), counts["val"])
 
     def decode(file: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -200,15 +204,25 @@ def read_files(path: Path, cfg: Config, train: bool, check: Callable[[int, int],
 
     train_src, val_src = open_sources(path)
     check(len(train_src) if train else 0, len(val_src))
-    val = EvalTransform(augment.eval_recipe(cfg.data))([val_src.load(i) for i in range(len(val_src))])
+    evaluation = EvalTransform(augment.eval_recipe(cfg.data))
+    val = sized(val_src, cfg.data.val_image_size, lambda images, first: evaluation(images))
     train_images = None
     if train:
         sizing = TrainTransform(Recipe(augment.train_recipe(cfg.data).sizing), cfg.run.seed)
-        train_images = sizing([train_src.load(i) for i in range(len(train_src))], range(len(train_src)), 0)
-        train_images = train_images.permute(0, 2, 3, 1).numpy()
+        train_images = sized(train_src, cfg.data.image_size,
+                             lambda images, first: sizing(images, range(first, first + len(images)), 0))
     return HostDataset(train_images, np.asarray(train_src.labels, dtype=np.int64) if train else None,
-                       val.permute(0, 2, 3, 1).contiguous().numpy(), np.asarray(val_src.labels, dtype=np.int64),
-                       list(train_src.class_names))
+                       val, np.asarray(val_src.labels, dtype=np.int64), list(train_src.class_names))
+
+
+def sized(source, size: int, transform: Callable[[list, int], torch.Tensor], chunk: int = 1024) -> np.ndarray:
+    """Every sample of `source` through `transform` (a list of images -> NCHW uint8), a chunk at a time into one
+    N x size x size x 3 array: only one chunk of full-resolution decoded images is in memory at once."""
+    out = np.empty((len(source), size, size, 3), dtype=np.uint8)
+    for first in range(0, len(source), chunk):
+        images = [source.load(i) for i in range(first, min(first + chunk, len(source)))]
+        out[first:first + len(images)] = transform(images, first).permute(0, 2, 3, 1).numpy()
+    return out
 
 
 def read_dataset(cfg: Config, train: bool, check: Callable[[int, int], None] = lambda n_train, n_val: None
@@ -220,7 +234,7 @@ def read_dataset(cfg: Config, train: bool, check: Callable[[int, int], None] = l
         except ImportError:
             ffcv = None
         if ffcv is not None:
-            return read_betons(path, train, check)
+            return read_betons(path, cfg, train, check)
         if not (path / "train").is_dir() and not (path / "cifar-10-batches-py").is_dir():
             raise UsageError(f"data.path={path} holds .beton files but FFCV cannot be imported here: install it "
                              "(docs/install.md) or point data.path at class folders or CIFAR-10's python batches")
@@ -240,8 +254,11 @@ def check_fits(nbytes: int, device: torch.device) -> None:
     else:
         import psutil
 
+        # Every process on this machine holds its own copy.
+        copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        nbytes *= copies
         free = psutil.virtual_memory().available
-        where = f"host memory ({free / 2**30:.1f} GiB available)"
+        where = f"host memory ({free / 2**30:.1f} GiB available, {copies} process(es) with a copy each)"
     if nbytes > MAX_DEVICE_FRACTION * free:
         raise UsageError(f"data.loader=device needs {nbytes / 2**30:.2f} GiB for the dataset, more than half of "
                          f"{where}: use data.loader=ffcv or torchvision")
@@ -250,8 +267,8 @@ def check_fits(nbytes: int, device: torch.device) -> None:
 def build_device_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
     d, device = cfg.data, runtime.device
     recipe = augment.train_recipe(d)
-    if train:
-        DeviceAugment(recipe, cfg.run.seed, d.image_size, d.image_size, torch.device("cpu"))  # recipe check first
+    # The recipe check first, also for evaluation only (the imagenet recipe resizes at evaluation too).
+    DeviceAugment(recipe, cfg.run.seed, d.image_size, d.image_size, torch.device("cpu"))
     host = read_dataset(cfg, train, lambda n_train, n_val: check_fits(dataset_bytes(cfg, n_train, n_val), device))
     chosen = select(d, host.class_names, host.train_labels, host.val_labels)
     check_num_classes(cfg.model.num_classes, chosen.class_names, Path(d.path), d)

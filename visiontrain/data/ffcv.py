@@ -186,6 +186,25 @@ def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool 
     path = Path(d.path)
     splits = ("train", "val") if train else ("val",)
     files = {name: path / name for name in [f"{split}.beton" for split in splits] + ["meta.json"]}
+    class_names = check_dataset_files(path, d, splits)
+    labels = {split: beton_labels(files[f"{split}.beton"], len(class_names)) for split in splits}
+    chosen = select(d, class_names, labels.get("train"), labels["val"])
+    check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
+    relabel = Relabel(chosen.label_map, runtime.device)
+    train_loader = None
+    if train:
+        train_loader = FFCVTrainLoader(cfg, runtime, files["train.beton"], chosen.train_indices, relabel, plan)
+    return DataBundle(
+        train_loader, FFCVEvalLoader(cfg, runtime, files["val.beton"], chosen.val_indices, relabel,
+                                     plan.micro_batch),
+        len(chosen.class_names), chosen.class_names, len(chosen.train_indices),
+    )
+
+
+def check_dataset_files(path: Path, d: DataConfig, splits: tuple[str, ...]) -> list[str]:
+    """The class names of a data_prep output at `path`, after checking that its files exist and that images the
+    recipe reads as stored have the configured size (meta.json records the sizes): one line otherwise."""
+    files = {name: path / name for name in [f"{split}.beton" for split in splits] + ["meta.json"]}
     for name, file in files.items():
         if not file.is_file():
             raise _missing(path, name)
@@ -202,18 +221,7 @@ def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool 
             raise UsageError(f"data.recipe={d.recipe} reads {split}.beton images as they are, but they are not all "
                              f"{sizing.size}x{sizing.size} (data.image_size / data.val_image_size); sizes seen: "
                              f"{sorted(s for s in sides if s is not None)}; use data.recipe=imagenet to crop")
-    labels = {split: beton_labels(files[f"{split}.beton"], len(class_names)) for split in splits}
-    chosen = select(d, class_names, labels.get("train"), labels["val"])
-    check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
-    relabel = Relabel(chosen.label_map, runtime.device)
-    train_loader = None
-    if train:
-        train_loader = FFCVTrainLoader(cfg, runtime, files["train.beton"], chosen.train_indices, relabel, plan)
-    return DataBundle(
-        train_loader, FFCVEvalLoader(cfg, runtime, files["val.beton"], chosen.val_indices, relabel,
-                                     plan.micro_batch),
-        len(chosen.class_names), chosen.class_names, len(chosen.train_indices),
-    )
+    return class_names
 
 
 def beton_labels(path: Path, num_classes: int | None = None) -> np.ndarray:
