@@ -25,39 +25,27 @@ from typing import Callable
 
 import numpy as np
 import torch
-from numba import njit
 
 from visiontrain.config import BatchPlan, Config
 from visiontrain.data import augment
 from visiontrain.data.augment import AsIs, Cutout, Flip, Recipe, Translate
 from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
-from visiontrain.data.seeded import SALT_CUTOUT, SALT_FLIP, SALT_TRANSLATE, frozen, sample_keys, uniform
+from visiontrain.data.seeded import (
+    SALT_CUTOUT,
+    SALT_FLIP,
+    SALT_TRANSLATE,
+    coins,
+    frozen,
+    sample_keys,
+    uniform_ints,
+)
 from visiontrain.data.subset import Relabel, check_num_classes, select
 from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
 
 # Room left on the device for the model, activations and the optimizer.
 MAX_DEVICE_FRACTION = 0.5
-
-
-# Not cached: numba's cache would keep an inlined `uniform` from an older seeded.py (it checks this file only).
-@njit
-def _draws(keys, low_high, count):
-    """For each key: `count` integers, the n-th uniform in [0, low_high[n]] as seeded.py's kernels draw it."""
-    out = np.empty((len(keys), count), dtype=np.int64)
-    for i in range(len(keys)):
-        for n in range(count):
-            out[i, n] = min(int(uniform(keys[i], n) * (low_high[n] + 1)), low_high[n])
-    return out
-
-
-@njit
-def _flips(keys):
-    out = np.empty(len(keys), dtype=np.bool_)
-    for i in range(len(keys)):
-        out[i] = uniform(keys[i], 0) < 0.5
-    return out
 
 
 class DeviceAugment:
@@ -83,13 +71,13 @@ class DeviceAugment:
         for op in self.ops:
             match op:
                 case Flip():
-                    drawn = _flips(frozen(sample_keys(indices, self.seed, SALT_FLIP, epoch)))
+                    drawn = coins(frozen(sample_keys(indices, self.seed, SALT_FLIP, epoch)))
                 case Translate(padding):
                     keys = frozen(sample_keys(indices, self.seed, SALT_TRANSLATE, epoch))
-                    drawn = _draws(keys, frozen(np.int64([2 * padding, 2 * padding])), 2) - padding
+                    drawn = uniform_ints(keys, frozen(np.int64([2 * padding, 2 * padding]))) - padding
                 case Cutout(size):
                     keys = frozen(sample_keys(indices, self.seed, SALT_CUTOUT, epoch))
-                    drawn = _draws(keys, frozen(np.int64([self.height - size, self.width - size])), 2)
+                    drawn = uniform_ints(keys, frozen(np.int64([self.height - size, self.width - size])))
             out.append(torch.from_numpy(drawn).to(self.device))
         return out
 

@@ -11,7 +11,8 @@ exactly like the full batch, and so does another number of processes.
 
 Only numba and numpy here: a machine without FFCV's native libraries imports this module.
 The per-sample kernels are shared: `ffcv_ops` loops over them in FFCV's parallel loop, the
-`*_batch` functions below in a plain loop (DataLoader workers are already one process per core).
+`*_batch` functions below in a plain loop (DataLoader workers are already one process per core),
+and the device loader takes only the draws (`coins`, `uniform_ints`) and applies them on the device.
 Vectors handed to these functions from outside FFCV must be `frozen` (see there).
 """
 
@@ -53,6 +54,18 @@ def uniform(key, draw):
     return (splitmix64(key + _U(draw)) >> _U(11)) * (1.0 / 9007199254740992.0)
 
 
+@njit(inline="always")
+def uniform_int(key, draw, high):
+    """The draw-th integer of the stream `key`, uniform in [0, high]."""
+    return min(int(uniform(key, draw) * (high + 1)), high)
+
+
+@njit(inline="always")
+def coin(key):
+    """True with probability 1/2: the first draw of the stream `key`."""
+    return uniform(key, 0) < 0.5
+
+
 @njit(cache=True)
 def sample_keys(indices, seed, salt, epoch):
     """One key per sample: a hash of (seed, salt, epoch, sample index)."""
@@ -73,8 +86,8 @@ def random_resized_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, lo
         w = int(round(np.sqrt(target_area * aspect)))
         h = int(round(np.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            i = min(int(uniform(key, 4 * attempt + 2) * (height - h + 1)), height - h)
-            j = min(int(uniform(key, 4 * attempt + 3) * (width - w + 1)), width - w)
+            i = uniform_int(key, 4 * attempt + 2, height - h)
+            j = uniform_int(key, 4 * attempt + 3, width - w)
             return i, j, h, w
     # Fallback: the largest centred crop within the aspect-ratio range.
     in_ratio = width / height
@@ -90,7 +103,7 @@ def random_resized_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, lo
 @njit(cache=True)
 def flip_into(image, out, key):
     """`out` = `image` mirrored left-right with probability 1/2 (FFCV's RandomHorizontalFlip)."""
-    if uniform(key, 0) < 0.5:
+    if coin(key):
         out[:] = image[:, ::-1]
     else:
         out[:] = image
@@ -105,8 +118,8 @@ def translate(image, padded, key, pad, fill):
     h, w = image.shape[0], image.shape[1]
     padded[:] = fill
     padded[pad : pad + h, pad : pad + w] = image
-    dy = min(int(uniform(key, 0) * (2 * pad + 1)), 2 * pad)
-    dx = min(int(uniform(key, 1) * (2 * pad + 1)), 2 * pad)
+    dy = uniform_int(key, 0, 2 * pad)
+    dx = uniform_int(key, 1, 2 * pad)
     image[:] = padded[dy : dy + h, dx : dx + w]
 
 
@@ -114,9 +127,29 @@ def translate(image, padded, key, pad, fill):
 def cutout(image, key, size, fill):
     """Fill one `size` x `size` square lying inside `image` with `fill`, in place (FFCV's Cutout)."""
     h, w = image.shape[0], image.shape[1]
-    top = min(int(uniform(key, 0) * (h - size + 1)), h - size)
-    left = min(int(uniform(key, 1) * (w - size + 1)), w - size)
+    top = uniform_int(key, 0, h - size)
+    left = uniform_int(key, 1, w - size)
     image[top : top + size, left : left + size] = fill
+
+
+@njit(cache=True)
+def coins(keys):
+    """`coin` of each key: the flip decisions of `flip_into`, for a loader that flips elsewhere."""
+    out = np.empty(len(keys), dtype=np.bool_)
+    for i in range(len(keys)):
+        out[i] = coin(keys[i])
+    return out
+
+
+@njit(cache=True)
+def uniform_ints(keys, highs):
+    """Per key, `uniform_int(key, n, highs[n])` for each n: the offsets `translate` and `cutout` draw
+    (highs 2 pad, 2 pad and h - size, w - size), for a loader that applies them elsewhere."""
+    out = np.empty((len(keys), len(highs)), dtype=np.int64)
+    for i in range(len(keys)):
+        for n in range(len(highs)):
+            out[i, n] = uniform_int(keys[i], n, highs[n])
+    return out
 
 
 @njit(cache=True)
