@@ -29,7 +29,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-LOCK = Path(__file__).resolve().parent.parent / "requirements" / "constraints.txt"
+# Run from a checkout, also before the project is installed (make setup builds this wheel first).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from visiontrain.lock import LOCK, locked_version  # noqa: E402
+
 # CPython symbols the extension may import: the stable-ABI function FFCV's module init calls.
 ALLOWED_PYTHON_SYMBOLS = {"PyModule_Create2"}
 ABI3_TAG = "cp310-abi3"  # the oldest Python the project supports
@@ -80,10 +83,10 @@ def use_headless_opencv(unpacked: Path) -> None:
 
 
 def locked_ffcv_version() -> str:
-    match = re.search(r"^ffcv==([^\s;]+)", LOCK.read_text(), re.MULTILINE)
-    if not match:
+    try:
+        return locked_version("ffcv")
+    except KeyError:
         sys.exit(f"build_ffcv_wheel: no ffcv pin in {LOCK}; refresh it with make lock")
-    return match.group(1)
 
 
 def build(out_dir: Path, python: str) -> Path:

