@@ -161,3 +161,9 @@ def test_a_broken_pipe_outside_communication_keeps_its_traceback(capsys):
     assert run_cli(writer, []) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "lost contact" not in err
+
+
+def test_an_address_no_interface_carries_is_one_line_asking_for_the_interface(monkeypatch):
+    monkeypatch.setattr(dist, "interface_of", lambda address: "")
+    with pytest.raises(UsageError, match="cannot tell which network interface carries .*GLOO_SOCKET_IFNAME"):
+        dist.route_to("127.0.0.1")
