@@ -108,7 +108,17 @@ def run_train(args: list[str], nproc: int = 1, env: dict | None = None, timeout:
     else:
         cmd = [str(Path(PYTHON).parent / "accelerate"), "launch", *launcher.split()[1:], "train.py", *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    # A session of its own: on timeout the whole group goes (torchrun's ranks and their loader
+    # workers), not only the launcher, which would leave the ranks running into the next tests.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

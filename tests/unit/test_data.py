@@ -1,6 +1,8 @@
+import multiprocessing
 import os
 import pickle
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,22 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(shapes_dir):
     assert len(tail) == len(full) - 5 and all(torch.equal(a, b) for a, b in zip(full[5:], tail))
     first_again = epoch_batches(0)[0]
     assert torch.equal(first_again, full[0])
+
+
+def test_loader_workers_start_when_built_before_any_thread_of_the_run(shapes_dir):
+    """Workers fork while the process has no helper threads (TensorBoard, progress bar, queue feeders):
+    a process forked while threads run can inherit a lock nobody releases. Their first epoch and
+    evaluation still see every batch."""
+    threads_before, rng_before = threading.active_count(), torch.get_rng_state()
+    bundle = build_loaders(tiny_cfg(shapes_dir, "data.num_workers=2"), runtime(), 32)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the model's initialization does not depend on the loader
+    workers = multiprocessing.active_children()
+    assert len(workers) == 4  # 2 for training, 2 for evaluation
+    assert threading.active_count() == threads_before
+    bundle.train.set_epoch(1, start=2)
+    assert sum(len(labels) for _, labels in bundle.train) == (400 // 32 - 2) * 32
+    assert sum(int(valid.sum()) for _, _, valid in bundle.val) == 110
+    assert sorted(w.pid for w in multiprocessing.active_children()) == sorted(w.pid for w in workers)
 
 
 def test_ranks_read_disjoint_training_samples(shapes_dir):

@@ -279,16 +279,45 @@ def _whole_batch(batch):
     return batch  # `__getitems__` made the batch; nothing to collate
 
 
+class HeldBatches:
+    """A batch sampler that yields nothing while held: a pass over the loader then starts its
+    workers without handing them work (the epoch and start position are not known yet)."""
+
+    def __init__(self, batches: BatchSampler):
+        self.batches, self.held = batches, True
+
+    def __iter__(self):
+        return iter(()) if self.held else iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def make_loader(dataset: BatchDataset, batches: BatchSampler, num_workers: int, pin: bool) -> DataLoader:
-    return DataLoader(
+    """A DataLoader whose persistent workers are already running.
+
+    They start here, while the process has no helper threads yet: at the first epoch or
+    evaluation it would run TensorBoard's writer, the progress bar's monitor, the other
+    loader's queue feeders and CUDA's pin-memory thread, and a process forked while threads
+    run can inherit a lock that no thread of its own will release (a rank then waits forever
+    for its worker). The later passes reuse these workers (persistent_workers).
+    """
+    held = HeldBatches(batches)
+    loader = DataLoader(
         dataset,
-        batch_sampler=batches,
+        batch_sampler=held if num_workers > 0 else batches,
         collate_fn=_whole_batch,
         num_workers=num_workers,
         pin_memory=pin,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+    if num_workers > 0:
+        with torch.random.fork_rng(devices=[]):  # the workers' seed draw must not shift the model's initialization
+            for _ in loader:
+                raise AssertionError("a held sampler hands the workers no work")
+        held.held = False
+    return loader
 
 
 @contextmanager
