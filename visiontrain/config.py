@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from visiontrain.errors import UsageError
 from visiontrain.models import CIFAR_MODEL_NAMES, MODEL_NAMES
+from visiontrain.tta import TTA_MODES
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
@@ -49,6 +50,9 @@ class DataConfig:
     crop_padding: int = 4  # cifar recipe: random translation of up to this many pixels
     cutout: int = 0  # cifar recipe: side of a square filled with the mean colour; 0 = off
     flip: bool = True  # random horizontal flip (both recipes)
+    # With flip: epoch 0 flips a fair coin per image, each later epoch mirrors exactly the
+    # images the previous one did not (every image is seen both ways in any two epochs).
+    alternate_flip: bool = False
     mean: List[float] = field(default_factory=lambda: list(CIFAR10_MEAN))  # per channel (R, G, B), in [0, 1]
     std: List[float] = field(default_factory=lambda: list(CIFAR10_STD))  # per channel (R, G, B), in (0, 1]
     num_workers: int = 2  # torchvision: DataLoader processes; ffcv: decoding threads
@@ -116,6 +120,9 @@ class TrainConfig:
     ema: bool = False  # keep an exponential moving average of the weights (evaluated and exported too)
     ema_decay: float = 0.999  # per optimizer step
     eval_every_epochs: int = 1  # and always after the last epoch
+    # Test-time augmentation of every evaluation (and the final report): none | flip (image and
+    # mirror) | flip_translate (also one-pixel shifts); visiontrain/tta.py.
+    tta: str = "none"
     monitor: str = "top1"  # validation metric that decides the best checkpoint: top1 | top5 | loss
     # Stop after this many evaluations without improvement of `monitor` (0 = off);
     # an early-stopped run ends with its best checkpoint's weights.
@@ -185,6 +192,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "parallel.strategy": ("ddp", "deepspeed"),
     "train.monitor": ("top1", "top5", "loss"),
+    "train.tta": TTA_MODES,
     "model.name": MODEL_NAMES,
 }
 FREEZE_POLICIES = "none, backbone, stages:K (K = 1..4), bn"

@@ -1,6 +1,6 @@
 """Evaluate trained weights on a dataset's validation split and write a report.
 
-    python -m visiontrain.evaluate --weights RUN_DIR [--data PATH] [--tta flip] [--out DIR]
+    python -m visiontrain.evaluate --weights RUN_DIR [--data PATH] [--tta flip|flip_translate] [--out DIR]
     python -m visiontrain.evaluate --weights FILE --data PATH [-c CONFIG] [section.key=value ...]
 
 RUN_DIR: the run's config.yaml describes the model and data (data.classes included);
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from visiontrain.errors import UsageError, run_cli
+from visiontrain.tta import TTA_MODES
 
 log = logging.getLogger("visiontrain")
 
@@ -29,8 +30,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="run directory, .safetensors or torchvision .pth")
     parser.add_argument("--data", help="dataset directory (default: the run's data.path)")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
-                        help="flip: average the logits of each image and its mirror")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="flip: average the logits of each image and its mirror; flip_translate: "
+                             "also of one-pixel shifts (visiontrain/tta.py)")
     parser.add_argument("--ema", action="store_true", help="a run directory's EMA weights")
     parser.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/eval or FILE's eval_<name>/)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -67,7 +69,7 @@ def main(argv: list[str]) -> int:
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
     data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)
     predictions = predict(model, data.val, autocast_factory(cfg.train.precision, device), 1,
-                          tta_flip=args.tta == "flip")
+                          tta=args.tta)
     out = args.out or (run_dir / "eval" if run_dir else weights.with_name(f"eval_{weights.stem}"))
     about = {"weights": info["init_from"], "data": cfg.data.path, "split": "val", "tta": args.tta,
              "model": cfg.model.name}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from visiontrain.dist import all_gather_objects
+from visiontrain.tta import tta_logits
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -56,15 +57,15 @@ class RunningStats:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, autocast, device: torch.device, world_size: int,
-             prepare_inputs=lambda images: images) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 and top-5 over the whole eval set, all ranks together."""
+             prepare_inputs=lambda images: images, tta: str = "none") -> dict[str, float]:
+    """Loss (plain cross-entropy), top-1 and top-5 over the whole eval set, all ranks together.
+    `tta`: a mode of `tta.py` (the logits are averaged over its views)."""
     was_training = model.training
     model.eval()
     stats = RunningStats(device)
     for images, labels, valid in loader:
         with autocast():
-            logits = model(prepare_inputs(images))
-        logits = logits.float()
+            logits = tta_logits(lambda view: model(prepare_inputs(view)), images, tta)
         stats.update(F.cross_entropy(logits, labels, reduction="none"), logits, labels, valid)
     model.train(was_training)
     return stats.reduce(world_size)
@@ -81,10 +82,10 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, autocast, world_size: int, prepare_inputs=lambda images: images,
-            tta_flip: bool = False) -> Predictions:
+            tta: str = "none") -> Predictions:
     """Logits of every eval sample, gathered from all ranks (every rank gets the whole set).
 
-    With `tta_flip`, the logits are the mean over the image and its horizontal mirror.
+    `tta`: a mode of `tta.py` (the logits are averaged over its views).
     Logits stay on the device until the pass ends (no sync per batch).
     """
     was_training = model.training
@@ -92,9 +93,7 @@ def predict(model: torch.nn.Module, loader, autocast, world_size: int, prepare_i
     logits_parts, label_parts, valid_parts = [], [], []
     for images, labels, valid in loader:
         with autocast():
-            logits = model(prepare_inputs(images)).float()
-            if tta_flip:
-                logits = (logits + model(prepare_inputs(images.flip(3))).float()) / 2
+            logits = tta_logits(lambda view: model(prepare_inputs(view)), images, tta)
         logits_parts.append(logits)
         label_parts.append(labels)
         valid_parts.append(valid)

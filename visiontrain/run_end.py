@@ -35,11 +35,12 @@ def digest(state_dict: dict[str, torch.Tensor]) -> str:
 def write_final_report(trainer: Trainer) -> None:
     """The evaluation report of the final weights, in RUN_DIR/eval/ (python -m visiontrain.evaluate's)."""
     predictions = predict(trainer.train_model, trainer.data.val, trainer.backend.autocast, trainer.runtime.world_size,
-                          trainer.backend.prepare_inputs)
+                          trainer.backend.prepare_inputs, tta=trainer.cfg.train.tta)
     if trainer.runtime.is_main:
         out = trainer.run_dir / "eval"
         write_report(out, predictions, trainer.data.class_names,
-                     {"weights": str(trainer.run_dir), "data": trainer.cfg.data.path, "split": "val", "tta": "none"})
+                     {"weights": str(trainer.run_dir), "data": trainer.cfg.data.path, "split": "val",
+                      "tta": trainer.cfg.train.tta})
         log.info("evaluation report: %s", out / "report.md")
 
 

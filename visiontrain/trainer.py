@@ -266,8 +266,9 @@ class Trainer:
         self._check_finite()
         average_buffers(self.model, self.runtime.world_size)  # as timm does: every rank evaluates the same model
         t0 = time.perf_counter()
+        tta = self.cfg.train.tta
         val = evaluate(self.train_model, self.data.val, self.backend.autocast, self.device, self.runtime.world_size,
-                       self.backend.prepare_inputs)
+                       self.backend.prepare_inputs, tta=tta)
         seconds = time.perf_counter() - t0
         self.last_val = self.metrics.write("val", epoch=self.state.epoch, step=self.state.step, lr=self._lr(),
                                            img_per_s=val["samples"] / max(seconds, 1e-9), **val)
@@ -277,7 +278,7 @@ class Trainer:
                  val["samples"])
         if self.ema is not None:
             ema_val = evaluate(self.ema.module, self.data.val, self.backend.autocast, self.device,
-                               self.runtime.world_size)
+                               self.runtime.world_size, tta=tta)
             self.last_val_ema = self.metrics.write("val_ema", epoch=self.state.epoch, step=self.state.step,
                                                    lr=self._lr(), **ema_val)
             self.tb.scalars("val_ema", ema_val, self.state.step)

@@ -151,7 +151,7 @@ for os_cache in ("true", "false"):  # FFCV's two memory managers, each changing 
                                                        "data.image_size=16", "data.val_image_size=16",
                                                        f"data.os_cache={os_cache}"]),
                runtime, BatchPlan.of_micro_batch(32))
-for name in ("sample_keys", "random_resized_crop", "flip_batch", "translate_batch", "cutout_batch"):
+for name in ("sample_keys", "random_resized_crop", "flip_decisions", "flip_batch", "translate_batch", "cutout_batch"):
     getattr(seeded, name).nopython_signatures  # a KeyError once a type its overloads are keyed by has changed
 assert all(torch.equal(t(images, range(8), 0), b) for t, b in zip(transforms, before))
 print("kernels intact")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -130,3 +132,35 @@ def test_training_on_the_device_loader_ends_with_the_torchvision_runs_weights(sh
     assert all(torch.equal(a[k], b[k]) for k in a)
     summary = read_json(runs["device"] / "summary.json")
     assert summary["world_size"] == 2 and summary["final"]["samples"] == 110
+
+
+def test_alternating_flip_mirrors_each_image_the_other_way_every_next_epoch():
+    from visiontrain.data.seeded import flip_decisions, frozen
+
+    indices = frozen(np.arange(1000, dtype=np.uint64))
+    alternating = [flip_decisions(indices, 5, epoch, True) for epoch in range(4)]
+    assert 420 < alternating[0].sum() < 580  # epoch 0: a fair coin per image
+    assert (alternating[1] == ~alternating[0]).all() and (alternating[2] == alternating[0]).all()
+    assert (alternating[3] == alternating[1]).all()
+    random = [flip_decisions(indices, 5, epoch, False) for epoch in range(2)]
+    assert (random[0] == alternating[0]).all()  # the same first epoch
+    assert 420 < (random[1] == random[0]).sum() < 580  # then independent coins
+
+
+def test_alternating_flip_gives_the_same_pixels_in_every_loader(shapes_dir):
+    alternate = ("data.alternate_flip=true", *RECIPE)
+    for number in (1, 2):
+        on_device = epoch(shapes_dir, "device", *alternate, number=number)
+        assert identical(on_device, epoch(shapes_dir, "torchvision", *alternate, number=number))
+        assert identical(on_device, epoch(shapes_dir, "ffcv", *alternate, number=number))
+    # Per sample (each epoch has its own order): epoch 2 mirrors epoch 1's image, epoch 4 repeats epoch 2's.
+    train = build_loaders(cfg_for(shapes_dir, "device", "data.alternate_flip=true", "data.crop_padding=0",
+                                  "data.cutout=0"), rank(0, 1), 32).train
+    seen = {}
+    for number in (1, 2, 4):
+        train.set_epoch(number)
+        images = torch.cat([batch for batch, _ in train])
+        seen[number] = dict(zip(train.epoch_indices(), images))
+    common = seen[1].keys() & seen[2].keys() & seen[4].keys()  # each epoch leaves out a different partial batch
+    assert len(common) > 300
+    assert all(torch.equal(seen[1][i], seen[2][i].flip(2)) and torch.equal(seen[2][i], seen[4][i]) for i in common)

@@ -55,7 +55,9 @@ class RandomResizedCrop:
 
 @dataclass(frozen=True)
 class Flip:
-    """Mirror left-right with probability 1/2."""
+    """Mirror left-right with probability 1/2; `alternate`: epoch 0's choice, inverted on odd epochs."""
+
+    alternate: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def mean_fill(d: DataConfig) -> Fill:
 
 
 def train_recipe(d: DataConfig) -> Recipe:
-    flip = [Flip()] if d.flip else []
+    flip = [Flip(d.alternate_flip)] if d.flip else []
     if d.recipe == "imagenet":
         return Recipe(RandomResizedCrop(d.image_size), tuple(flip))
     ops: list[PixelOp] = flip

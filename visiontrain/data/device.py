@@ -33,9 +33,8 @@ from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoad
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
 from visiontrain.data.seeded import (
     SALT_CUTOUT,
-    SALT_FLIP,
     SALT_TRANSLATE,
-    coins,
+    flip_decisions,
     frozen,
     sample_keys,
     uniform_ints,
@@ -70,8 +69,8 @@ class DeviceAugment:
         out = []
         for op in self.ops:
             match op:
-                case Flip():
-                    drawn = coins(frozen(sample_keys(indices, self.seed, SALT_FLIP, epoch)))
+                case Flip(alternate):
+                    drawn = flip_decisions(indices, self.seed, epoch, alternate)
                 case Translate(padding):
                     keys = frozen(sample_keys(indices, self.seed, SALT_TRANSLATE, epoch))
                     drawn = uniform_ints(keys, frozen(np.int64([2 * padding, 2 * padding]))) - padding

@@ -30,9 +30,9 @@ from numba.extending import intrinsic
 from visiontrain.data.seeded import (
     SALT_CROP,
     SALT_CUTOUT,
-    SALT_FLIP,
     SALT_TRANSLATE,
     cutout,
+    flip_decisions,
     flip_into,
     frozen,
     random_resized_crop,
@@ -71,20 +71,20 @@ def _jitted(previous_state: State, allocation=None):
 
 
 class SeededFlip(Operation):
-    """Horizontal flip with probability 1/2 (FFCV's RandomHorizontalFlip)."""
+    """Horizontal flip with probability 1/2 (FFCV's RandomHorizontalFlip), or alternating (`flip_decisions`)."""
 
-    def __init__(self, seed: int, epoch: EpochCell):
+    def __init__(self, seed: int, epoch: EpochCell, alternate: bool = False):
         super().__init__()
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.alternate = seed, epoch, alternate
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()
-        seed, epoch_address = self.seed, self.epoch.address
+        seed, epoch_address, alternate = self.seed, self.epoch.address, self.alternate
 
         def flip(images, dst, indices):
-            keys = sample_keys(indices, seed, SALT_FLIP, read_int64(epoch_address))
+            flips = flip_decisions(indices, seed, read_int64(epoch_address), alternate)
             for i in my_range(images.shape[0]):
-                flip_into(images[i], dst[i], keys[i])
+                flip_into(images[i], dst[i], flips[i])
             return dst[: images.shape[0]]
 
         flip.is_parallel = True

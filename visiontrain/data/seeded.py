@@ -12,7 +12,7 @@ exactly like the full batch, and so does another number of processes.
 Only numba and numpy here: a machine without FFCV's native libraries imports this module.
 The per-sample kernels are shared: `ffcv_ops` loops over them in FFCV's parallel loop, the
 `*_batch` functions below in a plain loop (DataLoader workers are already one process per core),
-and the device loader takes only the draws (`coins`, `uniform_ints`) and applies them on the device.
+and the device loader takes only the draws (`flip_decisions`, `uniform_ints`) and applies them on the device.
 Vectors handed to these functions from outside FFCV must be `frozen` (see there).
 """
 
@@ -101,9 +101,25 @@ def random_resized_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, lo
 
 
 @njit(cache=True)
-def flip_into(image, out, key):
-    """`out` = `image` mirrored left-right with probability 1/2 (FFCV's RandomHorizontalFlip)."""
-    if coin(key):
+def flip_decisions(indices, seed, epoch, alternate):
+    """Which samples are mirrored in `epoch`.
+
+    Random (FFCV's RandomHorizontalFlip): a fair coin per (epoch, sample). Alternating: the
+    coin of epoch 0, inverted on odd epochs, so every image is seen both ways in any two
+    consecutive epochs; short schedules see more distinct views (airbench's alternating flip).
+    """
+    keys = sample_keys(indices, seed, SALT_FLIP, 0 if alternate else epoch)
+    invert = alternate and epoch % 2 == 1
+    out = np.empty(len(indices), dtype=np.bool_)
+    for i in range(len(indices)):
+        out[i] = coin(keys[i]) != invert
+    return out
+
+
+@njit(cache=True)
+def flip_into(image, out, flip):
+    """`out` = `image`, mirrored left-right if `flip`."""
+    if flip:
         out[:] = image[:, ::-1]
     else:
         out[:] = image
@@ -133,15 +149,6 @@ def cutout(image, key, size, fill):
 
 
 @njit(cache=True)
-def coins(keys):
-    """`coin` of each key: the flip decisions of `flip_into`, for a loader that flips elsewhere."""
-    out = np.empty(len(keys), dtype=np.bool_)
-    for i in range(len(keys)):
-        out[i] = coin(keys[i])
-    return out
-
-
-@njit(cache=True)
 def uniform_ints(keys, highs):
     """Per key, `uniform_int(key, n, highs[n])` for each n: the offsets `translate` and `cutout` draw
     (highs 2 pad, 2 pad and h - size, w - size), for a loader that applies them elsewhere."""
@@ -153,11 +160,11 @@ def uniform_ints(keys, highs):
 
 
 @njit(cache=True)
-def flip_batch(images, indices, seed, epoch):
-    keys = sample_keys(indices, seed, SALT_FLIP, epoch)
+def flip_batch(images, indices, seed, epoch, alternate):
+    flips = flip_decisions(indices, seed, epoch, alternate)
     out = np.empty_like(images)
     for i in range(images.shape[0]):
-        flip_into(images[i], out[i], keys[i])
+        flip_into(images[i], out[i], flips[i])
     return out
 
 

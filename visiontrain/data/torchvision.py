@@ -217,8 +217,8 @@ def _sizing(sizing: Sizing):
 def _pixel_op(op: PixelOp):
     """(NHWC uint8 batch, dataset indices, seed, epoch) -> batch; may work in place."""
     match op:
-        case Flip():
-            return flip_batch
+        case Flip(alternate):
+            return partial(flip_batch, alternate=alternate)
         case Translate(padding, fill):
             return partial(translate_batch, pad=padding, fill=frozen(np.uint8(fill)))
         case Cutout(size, fill):
