@@ -4,10 +4,13 @@
     python -m data_prep imagenet  --train DIR --val DIR [--val-labels FILE] --out data/imagenet
     python -m data_prep folder    --train DIR [--val DIR | --val-fraction F --seed S] --out DIR
     python -m data_prep synthetic --out data/shapes [--beton]
+    python -m data_prep describe  --beton DIR [--class-names FILE_OR_LIST] [--force]
 
-Output is written under a temporary name and renamed at the end; an existing --out is
-refused without --force. Exit codes: 0 done, 2 bad arguments or input (nothing is left
-under --out), 1 failure.
+`describe` writes only DIR/meta.json, for train.beton and val.beton written by FFCV's own
+scripts (ffcv-imagenet's write_imagenet.py, FFCV's CIFAR write_datasets.py).
+Output is written under a temporary name and renamed at the end; an existing --out (or
+meta.json) is refused without --force. Exit codes: 0 done, 2 bad arguments or input
+(nothing is left under --out), 1 failure.
 """
 
 from __future__ import annotations
@@ -198,6 +201,18 @@ def run_synthetic(args: argparse.Namespace) -> None:
           (" with train.beton and val.beton" if args.beton else ""))
 
 
+def run_describe(args: argparse.Namespace) -> None:
+    from data_prep.describe import describe, next_command
+
+    meta = describe(args.beton, args.class_names, args.force, args.sample)
+    s = meta["splits"]
+    names = (f"numbered 0-{meta['num_classes'] - 1}; --class-names names them" if meta["options"]["class_names"]
+             == "numbered" else "names from --class-names")
+    print(f"wrote {args.beton / 'meta.json'}: train.beton {s['train']['samples']} images, val.beton "
+          f"{s['val']['samples']} images, {meta['num_classes']} classes ({names})")
+    print(f"train on it: {next_command(args.beton, meta)}")
+
+
 def main(argv: list[str]) -> int:
     from data_prep.synthetic import SHAPES
 
@@ -242,6 +257,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(run=run_synthetic)
+
+    p = sub.add_parser("describe", help="write meta.json for train.beton/val.beton written by FFCV's own scripts")
+    p.add_argument("--beton", required=True, type=Path, metavar="DIR",
+                   help="the directory holding train.beton and val.beton")
+    p.add_argument("--class-names", metavar="FILE_OR_LIST", help="a file with one name per line, or a "
+                   "comma-separated list, in label order (default: numbered 0..max label)")
+    p.add_argument("--sample", type=int, default=1000, metavar="N",
+                   help="images per split decoded to check them and for mean/std (default 1000)")
+    p.add_argument("--force", action="store_true", help="replace an existing meta.json")
+    p.set_defaults(run=run_describe)
 
     args = parser.parse_args(argv)
     args.run(args)

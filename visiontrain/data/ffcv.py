@@ -24,6 +24,7 @@ from ffcv.loader import Loader
 from ffcv.reader import Reader
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
+from ffcv.types import CURRENT_VERSION, HeaderType
 
 from visiontrain import fileio
 from visiontrain.config import BatchPlan, Config, DataConfig
@@ -84,8 +85,8 @@ def decoder_for(sizing: Sizing, seed: int, epoch: EpochCell):
 
 def operation_for(op: PixelOp, seed: int, epoch: EpochCell):
     match op:
-        case Flip():
-            return SeededFlip(seed, epoch)
+        case Flip(alternate):
+            return SeededFlip(seed, epoch, alternate)
         case Translate(padding, fill):
             return SeededTranslate(padding, fill, seed, epoch)
         case Cutout(size, fill):
@@ -176,6 +177,9 @@ class FFCVEvalLoader:
 
 
 def _missing(path: Path, name: str) -> UsageError:
+    if name == "meta.json":  # the betons are there (they are checked first): written by another program
+        return UsageError(f"no meta.json in data.path={path} (data.loader=ffcv) beside its .beton files; write it "
+                          f"with `python -m data_prep describe --beton {path} [--class-names FILE]`")
     hint = (f"python -m data_prep cifar10 --out {path}" if path.name == "cifar10"
             else f"python -m data_prep {{cifar10,imagenet,folder}} ... --out {path}")
     return UsageError(f"no {name} in data.path={path} (data.loader=ffcv); create it with `{hint}`")
@@ -224,20 +228,33 @@ def check_dataset_files(path: Path, d: DataConfig, splits: tuple[str, ...]) -> l
     return class_names
 
 
+def open_beton(path: Path, remedy: str) -> Reader:
+    """FFCV's Reader of `path` after the checks that cost nothing: a readable header and whole tables.
+    Otherwise one line that ends with `remedy`."""
+    size = path.stat().st_size
+    try:
+        reader = Reader(str(path))
+    except Exception as err:  # a damaged header fails in numpy or in FFCV's field parsing
+        header = np.fromfile(path, dtype=HeaderType, count=1)
+        # A file cut short (an interrupted copy) has a whole header that points past its end.
+        if len(header) and header[0]["version"] == CURRENT_VERSION and int(header[0]["alloc_table_ptr"]) > size:
+            raise UsageError(f"{path} is truncated or damaged ({size} bytes, its sample table announced at byte "
+                             f"{int(header[0]['alloc_table_ptr'])}); {remedy}") from None
+        raise UsageError(f"{path} is not a readable .beton file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'no detail'}); {remedy}") from None
+    table = reader.alloc_table
+    if (len(reader.metadata) != reader.num_samples or len(table) == 0
+            or int(reader.header["alloc_table_ptr"]) > size or int((table["ptr"] + table["size"]).max()) > size):
+        raise UsageError(f"{path} is truncated or damaged ({size} bytes, {reader.num_samples} samples announced); "
+                         f"{remedy}")
+    return reader
+
+
 def beton_labels(path: Path, num_classes: int | None = None) -> np.ndarray:
     """Every sample's label, read from the file's metadata table (no image is decoded), after the
     checks that cost nothing: a readable header, whole tables, and labels within meta.json's classes."""
     rewrite = "write the dataset again with python -m data_prep"
-    try:
-        reader = Reader(str(path))
-    except Exception as err:  # a damaged header fails in numpy or in FFCV's field parsing
-        raise UsageError(f"{path} is not a readable .beton file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'no detail'}); {rewrite}") from None
-    size, table = path.stat().st_size, reader.alloc_table
-    if (len(reader.metadata) != reader.num_samples or len(table) == 0
-            or int(reader.header["alloc_table_ptr"]) > size or int((table["ptr"] + table["size"]).max()) > size):
-        raise UsageError(f"{path} is truncated or damaged ({size} bytes, {reader.num_samples} samples announced); "
-                         f"{rewrite}")
+    reader = open_beton(path, rewrite)
     if "label" not in reader.field_names:
         raise UsageError(f"{path} has no 'label' field (fields: {', '.join(reader.field_names)}); {rewrite}")
     labels = reader.metadata[f"f{reader.field_names.index('label')}"]
