@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import PYTHON, ROOT, build_loaders
 from visiontrain.config import load_config
-from visiontrain.data.ffcv import resolution_for_epoch
+from visiontrain.data.augment import resolution_for_epoch
 from visiontrain.dist import Runtime
 
 CPU = torch.device("cpu")

@@ -6,6 +6,8 @@
     python -m visiontrain.bench overhead [--steps 10] [--rounds 12] [section.key=value ...]
     python -m visiontrain.bench loader [--workers 2] [--epochs 3] [--res 160 192] [--out DIR]
     python -m visiontrain.bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--strategies ddp zero1 ...]
+    python -m visiontrain.bench project [RESULTS ...] [--rate MODEL:RES=IMG_S ...] [--of e2e|step] [--gpus 8]
+                                        [--efficiency 0.9] [--out DIR]
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import os
 import sys
 from pathlib import Path
 
-from visiontrain.errors import run_cli
+from visiontrain.bench.projection import add_arguments as add_projection_arguments
+from visiontrain.errors import ArgumentParser, run_cli
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m visiontrain.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m visiontrain.bench", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
     overhead = sub.add_parser("overhead", help="train.py's trainer vs a bare PyTorch loop, same model and batches")
     overhead.add_argument("--steps", type=int, default=10, help="steps per round")
@@ -43,6 +46,9 @@ def main(argv: list[str]) -> int:
     memory.add_argument("--steps", type=int, default=3)
     memory.add_argument("--strategies", nargs="+", default=["ddp", "zero1", "zero2", "zero3"])
     memory.add_argument("--optim", default="sgd", choices=("sgd", "adamw"))
+    project = sub.add_parser("project", help="ImageNet time to train of the configs/imagenet schedules, projected "
+                                             "from measured per-GPU rates")
+    add_projection_arguments(project)
     for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
                             ("e2e", "the configured loader + training steps, as train.py runs them"),
                             ("scaling", "step or e2e at several process counts: images/s and efficiency vs linear")):
@@ -70,6 +76,10 @@ def main(argv: list[str]) -> int:
 
     if args.mode in ("step", "e2e", "scaling"):
         return throughput_main(args, argv)
+    if args.mode == "project":
+        from visiontrain.bench import projection
+
+        return projection.main(args, argv)
     if args.mode == "overhead":
         from visiontrain.bench.overhead import measure, report
 

@@ -106,3 +106,17 @@ def eval_recipe(d: DataConfig) -> Recipe:
     if d.recipe == "imagenet":
         return Recipe(ResizeCenterCrop(d.val_image_size, d.val_crop_ratio))
     return Recipe(AsIs(d.val_image_size))
+
+
+def resolution_for_epoch(epoch: int, d: DataConfig) -> int:
+    """FFCV's progressive-resizing schedule: min_res until the ramp, linear, then max_res."""
+    if not d.progressive_resizing:
+        return d.image_size
+    if epoch <= d.ramp_start_epoch:
+        res = d.min_res
+    elif epoch >= d.ramp_end_epoch:
+        res = d.max_res
+    else:
+        fraction = (epoch - d.ramp_start_epoch) / (d.ramp_end_epoch - d.ramp_start_epoch)
+        res = d.min_res + fraction * (d.max_res - d.min_res)
+    return max(d.min_res, int(res) // d.res_multiple * d.res_multiple)

@@ -29,7 +29,17 @@ from ffcv.types import CURRENT_VERSION, HeaderType
 from visiontrain import fileio
 from visiontrain.config import BatchPlan, Config, DataConfig
 from visiontrain.data import augment
-from visiontrain.data.augment import AsIs, Cutout, Flip, PixelOp, RandomResizedCrop, ResizeCenterCrop, Sizing, Translate
+from visiontrain.data.augment import (
+    AsIs,
+    Cutout,
+    Flip,
+    PixelOp,
+    RandomResizedCrop,
+    ResizeCenterCrop,
+    Sizing,
+    Translate,
+    resolution_for_epoch,
+)
 from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
 from visiontrain.data.ffcv_ops import (
     EpochCell,
@@ -56,20 +66,6 @@ class FixedOrder(TraversalOrder):
 
     def sample_order(self, epoch: int) -> np.ndarray:
         return self.order_for_epoch(epoch)
-
-
-def resolution_for_epoch(epoch: int, d: DataConfig) -> int:
-    """FFCV's progressive-resizing schedule: min_res until the ramp, linear, then max_res."""
-    if not d.progressive_resizing:
-        return d.image_size
-    if epoch <= d.ramp_start_epoch:
-        res = d.min_res
-    elif epoch >= d.ramp_end_epoch:
-        res = d.max_res
-    else:
-        fraction = (epoch - d.ramp_start_epoch) / (d.ramp_end_epoch - d.ramp_start_epoch)
-        res = d.min_res + fraction * (d.max_res - d.min_res)
-    return max(d.min_res, int(res) // d.res_multiple * d.res_multiple)
 
 
 def decoder_for(sizing: Sizing, seed: int, epoch: EpochCell):
