@@ -57,6 +57,20 @@ def cifar_slice(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cifar_2000(tmp_path_factory) -> Path:
+    """2,000 real CIFAR-10 training JPEGs (200 per class) in train/ and 200 others in val/ (20 per class)."""
+    out = tmp_path_factory.mktemp("cifar_2000")
+    with tarfile.open(_shared("cifar10-train-jpeg.tar.gz")) as tar:
+        for member in tar:
+            name = Path(member.name)
+            if member.isfile() and name.name < "0220.jpg":
+                split = "train" if name.name < "0200.jpg" else "val"
+                member.name = f"{split}/{name.parent.name}/{name.name}"
+                tar.extract(member, out, filter="data")
+    return out
+
+
+@pytest.fixture(scope="session")
 def imagenet_sample(tmp_path_factory) -> Path:
     """200 real ImageNet photos, one per class: `<dir>/<wnid>/<wnid>_<name>.JPEG`."""
     out = tmp_path_factory.mktemp("imagenet")

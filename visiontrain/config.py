@@ -84,6 +84,9 @@ class ModelConfig:
     zero_init_residual: bool = False  # zero the last BN of each residual block
     channels_last: bool = True  # NHWC weights and inputs: faster convolutions on tensor cores
     compile: bool = False  # torch.compile the model (the first steps include compilation)
+    # torch.compile mode: default | reduce-overhead (CUDA graphs: one launch replays the whole
+    # forward and backward, for short steps the host cannot keep up with) | max-autotune
+    compile_mode: str = "default"
 
 
 @dataclass
@@ -97,6 +100,8 @@ class OptimConfig:
     eps: float = 1e-8  # adamw
     no_decay_bn_bias: bool = True  # no weight decay on BatchNorm parameters and biases
     backbone_lr_mult: float = 1.0  # lr of every parameter outside the classifier head, relative to optim.lr
+    # One kernel per update for all parameters (torch's fused SGD/AdamW); false: one per tensor group (foreach)
+    fused: bool = True
 
 
 @dataclass
@@ -193,6 +198,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "parallel.strategy": ("ddp", "deepspeed"),
     "train.monitor": ("top1", "top5", "loss"),
     "train.tta": TTA_MODES,
+    "model.compile_mode": ("default", "reduce-overhead", "max-autotune"),
     "model.name": MODEL_NAMES,
 }
 FREEZE_POLICIES = "none, backbone, stages:K (K = 1..4), bn"
@@ -381,6 +387,8 @@ def validate(cfg: Config) -> None:
         m.width == 64 or m.name in CIFAR_MODEL_NAMES, "model.width", m.width,
         f"only the CIFAR models ({', '.join(CIFAR_MODEL_NAMES)}) have a width; leave it at 64",
     )
+    _check(m.compile or m.compile_mode == "default", "model.compile_mode", m.compile_mode,
+           "takes effect only with model.compile=true; set both")
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a finite number > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")

@@ -49,6 +49,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def init_from_training_images(model: nn.Module, train, count: int = 5000) -> None:
+    """Models with a data-dependent initialization (`init_from_data`, e.g. cifar_fast's patch
+    whitening) get up to `count` training images of epoch 0 (this rank's shard, as the loader
+    delivers them). Under DDP rank 0's result is what every rank starts from (DDP broadcasts
+    the weights), and a resumed or fine-tuned run overwrites it with the loaded weights."""
+    if train is None or not hasattr(model, "init_from_data"):
+        return
+    parts, seen = [], 0
+    with torch.random.fork_rng(devices=[]):  # the rest of the run draws as if this had not happened
+        train.set_epoch(0)
+        for images, _ in train:
+            parts.append(images)
+            seen += len(images)
+            if seen >= count:
+                break
+    model.init_from_data(torch.cat(parts)[:count])
+
+
 def build_run(cfg: Config, model: nn.Module | None = None, runtime: dist.Runtime | None = None) -> Run:
     """Join the process group, build loaders, model and trainer, and resume from the run dir if it has
     checkpoints. `model` replaces the configured architecture (tests); `runtime` reuses a process group."""
@@ -62,6 +80,7 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: dist.Runtime
         torch.use_deterministic_algorithms(True, warn_only=True)
     data = build_data(cfg, runtime, plan)
     model = model if model is not None else build_model(cfg.model)
+    init_from_training_images(model, data.train)
     init = finetune.prepare_model(model, cfg.finetune)  # finetune.init_from, finetune.freeze
     run_dir = rundir.write_config(cfg, runtime, resuming)  # the first write: every input has been checked
     log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch", run_dir, cfg.model.name,

@@ -1,15 +1,16 @@
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from visiontrain.config import ModelConfig
-from visiontrain.models import MODEL_NAMES, build_model, last_bn_of_residual_branches
+from visiontrain.models import CIFAR_MODEL_NAMES, MODEL_NAMES, build_model, last_bn_of_residual_branches
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_classifies_into_num_classes(name):
     model = build_model(ModelConfig(name=name, num_classes=7)).eval()
-    size = 32 if name in ("cifar_resnet18", "resnet9") else 64
+    size = 32 if name in CIFAR_MODEL_NAMES else 64
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size).contiguous(memory_format=torch.channels_last))
     assert out.shape == (2, 7)
@@ -50,3 +51,34 @@ def test_zero_init_residual_zeroes_exactly_the_last_bn_of_each_block(name, block
     assert all(bool((bn.weight == 1).all()) for bn in last_bn_of_residual_branches(plain))
     zero_count = sum(int((m.weight == 0).all()) for m in zeroed.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert zero_count == blocks
+
+
+def test_patch_whitening_decorrelates_the_patches_it_was_set_from():
+    from visiontrain.models import PatchWhitening
+
+    torch.manual_seed(0)
+    # Correlated channels and neighbouring pixels, as in photographs.
+    base = torch.randn(256, 1, 17, 17)
+    smooth = (base[..., 1:, 1:] + base[..., :-1, :-1] + base[..., 1:, :-1]) / 3
+    images = torch.cat([smooth, 0.8 * smooth + 0.2 * torch.randn_like(smooth), torch.randn_like(smooth)], 1)
+    layer = PatchWhitening()
+    layer.init_from_images(images.contiguous(memory_format=torch.channels_last), eps=1e-7)
+    with torch.no_grad():
+        out = F.conv2d(images - images.mean((0, 2, 3), keepdim=True), layer.weight)[:, :12]
+    covariance = torch.cov(out.permute(1, 0, 2, 3).reshape(12, -1))
+    assert torch.allclose(covariance, torch.eye(12), atol=0.02)
+    assert torch.equal(layer.weight[12:], -layer.weight[:12])
+    assert not layer.weight.requires_grad and layer.bias.requires_grad
+
+
+def test_cifar_fast_is_small_wide_and_whitened_from_data():
+    from visiontrain.config import ModelConfig
+
+    model = build_model(ModelConfig(name="cifar_fast", num_classes=10))
+    assert [model.layer1[0].out_channels, model.layer2[0].out_channels, model.layer3[0].out_channels] == [64, 256, 256]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    before = model.whiten.weight.clone()
+    model.init_from_data(torch.randn(64, 3, 32, 32))
+    assert not torch.equal(before, model.whiten.weight)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 1.5e6 < trainable < 2.5e6 and model.whiten.weight.numel() == 24 * 12
