@@ -65,6 +65,7 @@ class DDPBackend:
         self.grad_clip_norm = cfg.train.grad_clip_norm
         self.accum = plan.accum_steps
         self.compile_model = cfg.model.compile
+        self.compile_mode = cfg.model.compile_mode
         self.param_memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -73,7 +74,7 @@ class DDPBackend:
         if self.compile_model:
             # Compile the DDP-wrapped model: DDP's graph breaks at bucket boundaries let the
             # gradient all-reduce overlap the backward pass (PyTorch's DDP + compile advice).
-            wrapped = torch.compile(wrapped)
+            wrapped = torch.compile(wrapped, mode=self.compile_mode)
         self._params = [p for p in model.parameters() if p.requires_grad]
         return wrapped, optimizer
 

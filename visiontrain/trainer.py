@@ -1,9 +1,10 @@
 """The training loop: epochs, the hot step, evaluation, checkpoints and resume.
 
-Hot-loop rules: no host-device sync per step. Loss and accuracy accumulate on the
-device and are read every `log.every_steps` steps (and before any checkpoint, so a
-checkpoint is never written after a non-finite loss). The step at which the loss
-first became non-finite is recorded on the device, so the error can name it.
+Hot-loop rules: no host-device sync per step, and few kernels per step (on a short step
+each small kernel is host time). Loss and accuracy accumulate on the device and are read
+every `log.every_steps` steps (and before any checkpoint, so a checkpoint is never written
+after a non-finite loss). Each micro-batch's loss is copied into a device buffer, so when
+a read finds a non-finite loss the error can name the step where it first appeared.
 The run's end (report, exported weights, summary.json) is `run_end.finish_run`.
 """
 
@@ -65,8 +66,11 @@ class Trainer:
         self.best = BestTracker(cfg.train)
         self.window = RunningStats(self.device)  # since the last train log event
         self.epoch_stats = RunningStats(self.device)
-        self._step_on_device = torch.zeros((), dtype=torch.int64, device=self.device)
-        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        # The losses of the micro-batches since the last finiteness check (at most a log window).
+        window_steps = min(cfg.log.every_steps, self.steps_per_epoch)
+        self._unchecked_losses = torch.zeros(window_steps * plan.accum_steps, device=self.device)
+        self._unchecked = 0  # micro-batches recorded there
+        self._checked_step = 0  # optimizer steps completed at the last check
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep_last)
         self.last_checkpoint: Path | None = None
         self._saved_step = -1  # step of the last checkpoint this process wrote
@@ -95,7 +99,7 @@ class Trainer:
         self.state = Progress(**{key: state["trainer"][key] for key in asdict(Progress())})
         self.best.load_state_dict(state["trainer"])
         restore_sums(self._running_stats(), state["stats"], self.runtime.rank, self.runtime.world_size)
-        self._step_on_device.fill_(self.state.step)
+        self._checked_step = self.state.step
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
@@ -191,9 +195,8 @@ class Trainer:
                 loss = losses.mean()
                 self.backend.backward(loss)
             self.window.update(losses.detach(), logits.detach(), labels)
-            bad = ~torch.isfinite(loss.detach())
-            self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), self._step_on_device,
-                                               self._first_bad_step)
+            self._unchecked_losses[self._unchecked].copy_(loss.detach())
+            self._unchecked += 1
             batch_images = images.shape[0] * self.runtime.world_size
             window_images += batch_images
             epoch_images += batch_images
@@ -202,7 +205,6 @@ class Trainer:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            self._step_on_device += 1
             self.state.step += 1
             self.state.batch_in_epoch = micro
             bar.update(1)
@@ -246,17 +248,20 @@ class Trainer:
         bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.3g}", img_s=f"{img_per_s:.0f}", refresh=False)
 
     def _check_finite(self) -> None:
-        first_bad = self._first_bad_step.clone()
+        """Stop if a loss since the last check was non-finite (on any rank), naming the earliest step."""
+        none = torch.iinfo(torch.int64).max
+        bad = ~torch.isfinite(self._unchecked_losses[: self._unchecked])
+        # The first bad micro-batch's optimizer step (1-based), or `none`; MIN over ranks picks the earliest.
+        first_bad = torch.where(bad.any(), self._checked_step + bad.int().argmax() // self.plan.accum_steps + 1,
+                                none) if self._unchecked else torch.tensor(none, device=self.device)
         if self.runtime.world_size > 1:
-            # -1 means "none": map it to +inf-like so MIN picks the earliest bad step of any rank.
-            first_bad = torch.where(first_bad < 0, torch.iinfo(torch.int64).max, first_bad)
             torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
-            first_bad = torch.where(first_bad == torch.iinfo(torch.int64).max, -1, first_bad)
         step = int(first_bad)
-        if step >= 0:
+        self._unchecked, self._checked_step = 0, self.state.step
+        if step != none:
             where = self.last_checkpoint or "none written yet"
             raise TrainingFailed(
-                f"loss became non-finite at step {step + 1} (epoch {self.state.epoch + 1}); training stopped; "
+                f"loss became non-finite at step {step} (epoch {self.state.epoch + 1}); training stopped; "
                 f"last good checkpoint: {where}. Lower optim.lr, set train.grad_clip_norm, or use fp32/bf16"
             )
 
