@@ -5,6 +5,7 @@
     python -m visiontrain.bench scaling --nproc 1,2,4 [--of step|e2e] [-c CONFIG] [key=value ...] [--out DIR]
     python -m visiontrain.bench overhead [--steps 10] [--rounds 12] [section.key=value ...]
     python -m visiontrain.bench loader [--workers 2] [--epochs 3] [--res 160 192] [--out DIR]
+    python -m visiontrain.bench recipes [--configs fast resnet9 resnet18] [--seeds fast=20 ...] [--nproc N]
     python -m visiontrain.bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--strategies ddp zero1 ...]
     python -m visiontrain.bench project [RESULTS ...] [--rate MODEL:RES=IMG_S ...] [--of e2e|step] [--gpus 8]
                                         [--efficiency 0.9] [--out DIR]
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from visiontrain.bench.projection import add_arguments as add_projection_arguments
+from visiontrain.bench.recipes import add_arguments as add_recipe_arguments
 from visiontrain.errors import ArgumentParser, run_cli
 
 
@@ -49,6 +51,8 @@ def main(argv: list[str]) -> int:
     project = sub.add_parser("project", help="ImageNet time to train of the configs/imagenet schedules, projected "
                                              "from measured per-GPU rates")
     add_projection_arguments(project)
+    recipes = sub.add_parser("recipes", help="the CIFAR-10 recipe table: val top-1 over seeds, training seconds")
+    add_recipe_arguments(recipes)
     for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
                             ("e2e", "the configured loader + training steps, as train.py runs them"),
                             ("scaling", "step or e2e at several process counts: images/s and efficiency vs linear")):
@@ -80,6 +84,10 @@ def main(argv: list[str]) -> int:
         from visiontrain.bench import projection
 
         return projection.main(args, argv)
+    if args.mode == "recipes":
+        from visiontrain.bench import recipes as recipe_table
+
+        return recipe_table.main(args, argv)
     if args.mode == "overhead":
         from visiontrain.bench.overhead import measure, report
 

@@ -1,0 +1,198 @@
+"""The CIFAR-10 recipe table: validation accuracy over seeds, and the time each config takes.
+
+    python -m visiontrain.bench recipes [--data DIR] [--configs fast resnet9 resnet18]
+        [--seeds fast=20 resnet9=10 resnet18=10] [--nproc N] [--no-warmup] [--out DIR] [section.key=value ...]
+
+Each config of configs/cifar10/ trains once per seed (run.seed = 0, 1, ...), each run a
+fresh train.py process (torchrun with --nproc above 1), exactly as a user runs it. Before
+the timed seeds, one untimed warm-up run per config fills the caches a first run pays for
+(the numba and compilation caches, the OS page cache), as airbench counts.
+
+Per run: the final validation top-1 (with the config's test-time augmentation), the
+training seconds (train.py's `train_time_s`: the epochs' training loops, without
+evaluation, set-up or the first layer's data-dependent initialization) and the process's
+whole wall time. The table gives top-1 as mean +- sample standard deviation over the seeds.
+
+The data: `--data` holds a data_prep output (train.beton/val.beton/meta.json, or image
+folders). Without it, `--cifar-jpegs` (the CIFAR-10 training split as `train/<class>/*.jpg`,
+a folder or .tar.gz) is split 45,000 / 5,000 (stratified, seed 0) by
+`data_prep cifar10 --val-fraction 0.1` into DIR/cifar10_45k_5k, reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from visiontrain import fileio
+from visiontrain.errors import TrainingFailed, UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = {"fast": "configs/cifar10/fast.yaml", "resnet9": "configs/cifar10/resnet9.yaml",
+           "resnet18": "configs/cifar10/resnet18.yaml"}
+DEFAULT_SEEDS = {"fast": 20, "resnet9": 10, "resnet18": 10}
+WARMUP_SEED = 1000
+SPLIT = "CIFAR-10 train split: 45,000 train / 5,000 val (stratified, seed 0)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, help="a prepared dataset (default: WORK/cifar10_45k_5k)")
+    parser.add_argument("--cifar-jpegs", type=Path,
+                        default=ROOT.parent / "shared" / "datasets" / "cifar10-train-jpeg.tar.gz",
+                        help="CIFAR-10 training JPEGs (folder or .tar.gz) to prepare the 45k/5k split from")
+    parser.add_argument("--work", type=Path, default=Path("runs/recipes_data"), help="prepared data (reused)")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
+    parser.add_argument("--seeds", nargs="+", default=[], metavar="CONFIG=N",
+                        help="runs per config (default: " + ", ".join(f"{k}={v}" for k, v in DEFAULT_SEEDS.items()) + ")")
+    parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun above 1)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first run")
+    parser.add_argument("--label", default="", help="what the rows ran on, for the table (e.g. 'CPU, 2 processes')")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/recipes"))
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to every run")
+
+
+def seeds_per_config(configs: list[str], given: list[str]) -> dict[str, int]:
+    unknown = [name for name in configs if name not in CONFIGS]
+    if unknown:
+        raise UsageError(f"--configs {unknown[0]}: unknown; allowed: {', '.join(CONFIGS)}")
+    seeds = {name: DEFAULT_SEEDS[name] for name in configs}
+    for item in given:
+        name, _, count = item.partition("=")
+        if name not in seeds or not count.isdigit() or int(count) < 1:
+            raise UsageError(f"--seeds {item!r}: expected CONFIG=N with CONFIG one of {', '.join(seeds)} "
+                             "and N >= 1")
+        seeds[name] = int(count)
+    return seeds
+
+
+def prepare_split(jpegs: Path, work: Path) -> Path:
+    """DIR/cifar10_45k_5k from the CIFAR-10 training JPEGs (once; reused when present)."""
+    out = work / "cifar10_45k_5k"
+    if (out / "meta.json").is_file():
+        return out
+    if not jpegs.exists():
+        raise UsageError(f"--cifar-jpegs {jpegs}: not found; give the CIFAR-10 training JPEGs or --data")
+    source = jpegs
+    if jpegs.is_file():
+        source = work / "cifar10_jpegs"
+        if not (source / "train").is_dir():
+            with tarfile.open(jpegs) as tar:
+                tar.extractall(source, filter="data")
+    result = subprocess.run([sys.executable, "-m", "data_prep", "cifar10", "--source", str(source), "--out", str(out),
+                             "--val-fraction", "0.1", "--seed", "0"], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:
+        raise UsageError(f"preparing the 45k/5k split failed: {result.stderr.strip().splitlines()[-1]}")
+    return out
+
+
+def train_command(config: str, nproc: int, args: list[str]) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "train.py", "-c", config, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "train.py", "-c", config, *args]
+
+
+def run_once(config: str, data: Path, run_dir: Path, seed: int, nproc: int, overrides: list[str]) -> dict[str, Any]:
+    """One train.py run in a fresh run directory; its summary's figures plus the process's wall time."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a table of fresh runs, never a resumed one
+    args = [f"data.path={data}", f"run.dir={run_dir}", f"run.seed={seed}",
+            "log.progress_bar=false", "log.plots=false", *overrides]
+    start = time.perf_counter()
+    result = subprocess.run(train_command(config, nproc, args), cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode:
+        # train.py's own one-line error (under torchrun, the launcher's report follows it).
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        why = errors[0].removeprefix("error: ") if errors else (result.stderr.strip().splitlines() or ["?"])[-1]
+        raise TrainingFailed(f"{config} seed {seed} (run dir {run_dir}): {why}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"seed": seed, "top1": summary["final"]["top1"], "train_s": summary["train_time_s"],
+            "process_s": wall, "epochs": summary["epochs"], "model": summary["model"],
+            "world_size": summary["world_size"], "samples": summary["final"]["samples"],
+            "train_samples": summary["train_samples"], "environment": summary["environment"]}
+
+
+def aggregate(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean +- sample standard deviation of top-1 (0 for one run), mean seconds, over the seeds."""
+    top1 = [r["top1"] for r in runs]
+    first = runs[0]
+    return {
+        "config": name, "model": first["model"], "epochs": first["epochs"], "runs": len(runs),
+        "world_size": first["world_size"], "train_samples": first["train_samples"], "val_samples": first["samples"],
+        "top1_mean": statistics.fmean(top1), "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+        "top1_min": min(top1), "top1_max": max(top1),
+        "train_s_mean": statistics.fmean(r["train_s"] for r in runs),
+        "process_s_mean": statistics.fmean(r["process_s"] for r in runs),
+    }
+
+
+def device_line(environment: dict[str, Any]) -> str:
+    """The hardware and software of a run, from its summary's environment record."""
+    packages = environment.get("packages", {})
+    if environment.get("device_type") == "cuda":
+        where = f"{environment.get('device_name')}, driver {environment.get('driver')}"
+    else:
+        where = f"CPU: {environment.get('cpu')} ({environment.get('cpu_count')} cores)"
+    return f"{where}; torch {packages.get('torch')}, CUDA {environment.get('cuda')}"
+
+
+def markdown(rows: list[dict[str, Any]], device: str, label: str, command: str) -> str:
+    lines = [f"# CIFAR-10 recipes{f' ({label})' if label else ''}", "",
+             f"`{command}`", "", f"{device}. Validation: {rows[0]['val_samples']:,} images, training: "
+             f"{rows[0]['train_samples']:,} images per epoch.", "",
+             "| config | model | epochs | processes | val top-1 (mean ± std) | runs | min-max | training s | "
+             "process s |", "|---|---|---:|---:|---|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['model']} | {r['epochs']} | {r['world_size']} | "
+                     f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} % | {r['runs']} | "
+                     f"{r['top1_min']:.2f}-{r['top1_max']:.2f} | {r['train_s_mean']:.2f} | {r['process_s_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    seeds = seeds_per_config(args.configs, args.seeds)
+    if args.nproc < 1:
+        raise UsageError(f"--nproc {args.nproc}: must be >= 1")
+    data = args.data or prepare_split(args.cifar_jpegs, args.work)
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: not a directory")
+    runs_dir = args.out / "runs"
+    from visiontrain.run import check
+
+    for name in seeds:  # every config and override checked before the first run starts
+        check(CONFIGS[name], [f"data.path={data}", *args.overrides], args.nproc)
+    rows, all_runs, environment = [], {}, {}
+    for name, count in seeds.items():
+        config = CONFIGS[name]
+        if args.warmup:
+            run_once(config, data, runs_dir / name / "warmup", WARMUP_SEED, args.nproc, args.overrides)
+        runs = []
+        for seed in range(count):
+            runs.append(run_once(config, data, runs_dir / name / f"seed{seed}", seed, args.nproc, args.overrides))
+            print(f"{name} seed {seed}: top-1 {runs[-1]['top1']:.2f} %, {runs[-1]['train_s']:.2f} s training, "
+                  f"{runs[-1]['process_s']:.1f} s process", flush=True)
+        environment = runs[0].pop("environment")
+        for run in runs[1:]:
+            run.pop("environment")
+        all_runs[name] = runs
+        rows.append(aggregate(name, runs))
+    command = shlex.join(["python", "-m", "visiontrain.bench", *argv])
+    device = device_line(environment)
+    text = markdown(rows, device, args.label, command)
+    args.out.mkdir(parents=True, exist_ok=True)
+    fileio.write_text(args.out / "recipes.md", text)
+    fileio.write_json(args.out / "recipes.json", {
+        "split": SPLIT if args.data is None else str(data), "label": args.label, "command": command,
+        "device": device, "environment": environment, "rows": rows, "runs": all_runs})
+    print(text)
+    return 0
