@@ -5,14 +5,18 @@
 # CIFAR_DIR names an image-folder dataset (train/ and val/), the same ResNet-9 trained in
 # fp32, bf16 + channels-last, the same compiled, and fp16: their accuracies should agree.
 #
-#   [CIFAR_DIR=DIR] [PARTS="numerics train learn"] scripts/gpu_check.sh OUT_DIR
+# The `step` part trains ResNet-9 on random data four ways, in fp32, and compares the final
+# weights: the fused optimizer update against the per-tensor one (eager), and CUDA-graph
+# capture (model.compile_mode=reduce-overhead) against plain compilation.
+#
+#   [CIFAR_DIR=DIR] [PARTS="numerics train learn step"] scripts/gpu_check.sh OUT_DIR
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR}
 PY=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 status=0
-PARTS=${PARTS:-numerics train learn}
+PARTS=${PARTS:-numerics train learn step}
 if [[ $PARTS == *numerics* ]]; then "$PY" scripts/gpu_numerics.py || status=1; fi
 COMMON="schedule.warmup_epochs=0 data.loader=random model.name=cifar_resnet18 train.batch_size=256 data.random_train_samples=8192 log.progress_bar=false"
 train() {  # train NAME OVERRIDES...
@@ -43,6 +47,27 @@ if [[ $PARTS == *learn* && -n ${CIFAR_DIR:-} ]]; then
         else
             status=1; echo "$name: FAILED"; tail -5 "$OUT/$name.log"
         fi
+    done
+fi
+if [[ $PARTS == *step* ]]; then
+    STEP="data.loader=random model.name=resnet9 train.batch_size=512 train.epochs=2 train.precision=fp32 schedule.warmup_epochs=0 log.progress_bar=false log.report=false"
+    for variant in "fused:optim.fused=true" "foreach:optim.fused=false" "compiled:model.compile=true" \
+                   "graphs:model.compile=true model.compile_mode=reduce-overhead"; do
+        name=step_${variant%%:*}
+        # shellcheck disable=SC2086
+        "$PY" train.py $STEP run.dir="$OUT/$name" ${variant#*:} > "$OUT/$name.log" 2>&1 || { status=1; echo "$name: FAILED"; tail -5 "$OUT/$name.log"; }
+    done
+    for pair in "fused foreach" "graphs compiled"; do
+        set -- $pair
+        "$PY" - "$OUT/step_$1" "$OUT/step_$2" <<'PYEOF' || status=1
+import sys
+from visiontrain.weights import read_weights
+a, b = (read_weights(f"{d}/weights.safetensors") for d in sys.argv[1:])
+worst = max(float((a[k].double() - b[k].double()).norm() / b[k].double().norm().clamp_min(1e-12))
+            for k in a if a[k].is_floating_point())
+print(f"{sys.argv[1]} vs {sys.argv[2]}: largest relative weight difference {worst:.2e}")
+sys.exit(0 if worst < 1e-3 else 1)
+PYEOF
     done
 fi
 exit $status

@@ -67,3 +67,14 @@ def test_compile_mode_is_taken_with_compile_and_refused_without():
         load_config(None, ["model.compile_mode=reduce-overhead"])
     with pytest.raises(UsageError, match="model.compile_mode.*allowed default, reduce-overhead, max-autotune"):
         load_config(None, ["model.compile=true", "model.compile_mode=fast"])
+
+
+def test_overhead_bench_times_each_piece_of_the_step_bookkeeping():
+    from visiontrain.bench.overhead import measure, report
+
+    result = measure(["model.width=4", "train.batch_size=16", "train.ema=true"], steps=2, rounds=1)
+    assert set(result.parts_s_per_step) == {"metric sums (RunningStats.update)", "loss record (non-finite check)",
+                                            "schedule (LambdaLR.step)", "optimizer, fused", "optimizer, foreach",
+                                            "EMA update"}
+    assert all(seconds > 0 for seconds in result.parts_s_per_step.values())
+    assert "optimizer, fused" in report(result) and "% of a step" in report(result)

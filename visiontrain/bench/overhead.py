@@ -8,6 +8,11 @@ The trainer side is `Trainer.train_one_epoch` exactly as train.py runs it, built
 metrics.jsonl and TensorBoard writes). Reported: median seconds per step of
 each, and the median over rounds of the paired throughput ratio trainer / bare
 (1.0 = no overhead; pairing cancels the slow drift of a shared machine).
+
+Then each piece of the trainer's per-step bookkeeping is timed alone, many calls between
+two device syncs: on a GPU that is the host time it costs the step when the step is too
+short to hide it (kernel launches), on a CPU its whole cost. The optimizer update is
+timed fused and per-tensor (foreach).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class OverheadResult:
     bare_spread: tuple[float, float]
     ratio: float  # median of per-round bare/engine time ratios
     ratio_spread: tuple[float, float]
+    parts_s_per_step: dict[str, float]  # each bookkeeping piece alone, seconds per step
     batch: int
     steps: int
     rounds: int
@@ -64,6 +70,40 @@ def _timed(device: torch.device, work) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def bookkeeping_parts(trainer, batch: tuple[torch.Tensor, torch.Tensor], repeats: int) -> dict[str, float]:
+    """Seconds per call of each per-step piece of the trainer besides forward and backward, timed alone.
+    It changes the trainer's state (optimizer, schedule, sums): call it after the timed rounds."""
+    images, labels = batch
+    with torch.no_grad(), trainer.backend.autocast():
+        logits = trainer.model(images).float()
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+              for g in trainer.optimizer.param_groups]
+    optim = trainer.cfg.optim
+    foreach = (torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, foreach=True) if optim.name == "sgd"
+               else torch.optim.AdamW(groups, lr=optim.lr, foreach=True))
+    fused = (torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, fused=True) if optim.name == "sgd"
+             else torch.optim.AdamW(groups, lr=optim.lr, fused=True))
+    parts = {
+        "metric sums (RunningStats.update)": lambda: trainer.window.update(losses, logits, labels),
+        "loss record (non-finite check)": lambda: trainer._unchecked_losses[0].copy_(losses.mean()),
+        "schedule (LambdaLR.step)": trainer.scheduler.step,
+        "optimizer, fused": fused.step,
+        "optimizer, foreach": foreach.step,
+    }
+    if trainer.ema is not None:
+        parts["EMA update"] = lambda: trainer.ema.update_parameters(trainer.model)
+    seconds = {}
+    for name, work in parts.items():
+        work()  # first call: lazy state
+        seconds[name] = _timed(trainer.device, lambda: [work() for _ in range(repeats)]) / repeats
+    trainer.window.reset()
+    return seconds
 
 
 def measure(overrides: list[str], steps: int, rounds: int, runtime: Runtime | None = None) -> OverheadResult:
@@ -98,12 +138,13 @@ def measure(overrides: list[str], steps: int, rounds: int, runtime: Runtime | No
             if round_index:
                 engine_times.append(engine / steps)
                 bare_times.append(bare / steps)
+        parts = bookkeeping_parts(trainer, batches[0], repeats=max(20, steps))
         trainer.tb.close()
     ratios = [b / e for e, b in zip(engine_times, bare_times)]
     return OverheadResult(
         engine_s_per_step=statistics.median(engine_times), bare_s_per_step=statistics.median(bare_times),
         engine_spread=(min(engine_times), max(engine_times)), bare_spread=(min(bare_times), max(bare_times)),
-        ratio=statistics.median(ratios), ratio_spread=(min(ratios), max(ratios)),
+        ratio=statistics.median(ratios), ratio_spread=(min(ratios), max(ratios)), parts_s_per_step=parts,
         batch=cfg.train.batch_size, steps=steps, rounds=rounds,
     )
 
@@ -118,4 +159,7 @@ def report(result: OverheadResult) -> str:
         f"(range {1000 * result.bare_spread[0]:.1f}-{1000 * result.bare_spread[1]:.1f} ms)",
         f"  ratio engine/bare throughput (median of paired rounds): {result.ratio:.3f} "
         f"(range {result.ratio_spread[0]:.3f}-{result.ratio_spread[1]:.3f})",
+        "  per-step bookkeeping, each piece alone:",
+        *(f"    {name:36s} {1e6 * seconds:9.1f} us/step  ({100 * seconds / result.engine_s_per_step:5.2f} % of a step)"
+          for name, seconds in result.parts_s_per_step.items()),
     ])
