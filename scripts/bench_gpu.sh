@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README's single-GPU benchmark tables, in one go:
 #
-#   scripts/bench_gpu.sh OUT_DIR [PART]        PART: step | e2e | ffcv | all (default)
+#   scripts/bench_gpu.sh OUT_DIR [PART]        PART: step | e2e | ffcv | recipes | all (default)
 #
 # step: ResNet-50 at 224 (batch 256; precision x channels-last, compile, DeepSpeed ZeRO-2)
-#       and the CIFAR ResNet-18 / ResNet-9 at 32 (batch 512; compile off/on).
+#       and the CIFAR ResNet-18 / ResNet-9 / cifar_fast at 32 (batch 512; compile off, on,
+#       and with CUDA graphs: model.compile_mode=reduce-overhead); trainer / bare loop per row.
 # e2e:  the same models fed by the torchvision loader: ResNet-50 from the shared ImageNet
 #       photos (replicated to 5,000 files) and ResNet-9 from CIFAR-format arrays.
 # ffcv: configs/imagenet/resnet50.yaml at 160, 192, 224 px and resnet18.yaml at 160, 192 px
@@ -14,6 +15,9 @@
 #       and `step` (the same points on batches already on the device: the ceiling); then
 #       `bench project` on those rates: ImageNet time to train (OUT_DIR/projection, and
 #       OUT_DIR/projection_step for the ceiling).
+# recipes: the README's CIFAR-10 recipe table (`bench recipes`: configs/cifar10/fast.yaml x20
+#       seeds, resnet9.yaml and resnet18.yaml x10, on the 45k/5k split of the shared CIFAR-10
+#       JPEGs; SEEDS overrides, e.g. SEEDS="fast=5 resnet9=2 resnet18=2").
 # Results: OUT_DIR/<name>/results.{json,md} and charts; OUT_DIR/summary.md collects the tables,
 # a section per part, after the GPU, driver and torch version.
 # Environment: SHARED_DATASETS (default ../shared/datasets), STEPS, REPEATS, WARMUP, WORKERS;
@@ -23,9 +27,9 @@
 # A CPU smoke run: COMPILE=false R50_RES="160 192" BATCH=2 STEPS=1 REPEATS=1 WARMUP=0 \
 #                  FFCV_COPIES=1 WORKERS=1 scripts/bench_gpu.sh OUT_DIR ffcv
 set -uo pipefail
-OUT=${1:?usage: scripts/bench_gpu.sh OUT_DIR [step|e2e|ffcv|all]}
+OUT=${1:?usage: scripts/bench_gpu.sh OUT_DIR [step|e2e|ffcv|recipes|all]}
 PART=${2:-all}
-case $PART in step|e2e|ffcv|all) ;; *) echo "error: PART $PART: one of step, e2e, ffcv, all" >&2; exit 2 ;; esac
+case $PART in step|e2e|ffcv|recipes|all) ;; *) echo "error: PART $PART: one of step, e2e, ffcv, recipes, all" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_DATASETS:-$(dirname "$0")/../../shared/datasets}
 STEPS=${STEPS:-30}
@@ -92,7 +96,9 @@ if [[ $PART == step || $PART == all ]]; then
     bench r50_compile step $R50 train.precision=bf16 model.compile=true
     bench r50_zero2 step $R50 train.precision=bf16 strategy=zero2
     bench cifar_step step batch_per_device=512 train.precision=bf16 \
-        --sweep model.name=cifar_resnet18,resnet9 model.compile=false,true
+        --sweep model.name=cifar_resnet18,resnet9,cifar_fast model.compile=false,true
+    bench cifar_graphs step batch_per_device=512 train.precision=bf16 model.compile=true \
+        model.compile_mode=reduce-overhead --sweep model.name=cifar_resnet18,resnet9,cifar_fast
 fi
 
 if [[ $PART == e2e || $PART == all ]]; then
@@ -153,5 +159,15 @@ if [[ $PART == ffcv || $PART == all ]]; then
             echo "$err" >&2; printf '### ImageNet time to train from %s rates: not projected\n\n%s\n\n' "$of" "$err"
         fi >> "$OUT/summary.md"
     done
+fi
+if [[ $PART == recipes || $PART == all ]]; then
+    section recipes
+    # shellcheck disable=SC2086  # SEEDS is a list of CONFIG=N words
+    if "$PY" -m visiontrain.bench recipes --cifar-jpegs "$SHARED/cifar10-train-jpeg.tar.gz" --work "$data" \
+            --label "1 GPU" --out "$OUT/recipes" --seeds ${SEEDS:-fast=20 resnet9=10 resnet18=10}; then
+        sed 's/^#/###/' "$OUT/recipes/recipes.md" >> "$OUT/summary.md"
+    else
+        status=1; echo "### CIFAR-10 recipes: failed (see the log)" >> "$OUT/summary.md"
+    fi
 fi
 exit $status
