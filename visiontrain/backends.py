@@ -43,6 +43,7 @@ from visiontrain.config import BatchPlan, Config
 from visiontrain.dist import Runtime
 from visiontrain.errors import UsageError
 from visiontrain.fileio import raise_if_disk_full
+from visiontrain.optim import keep_implementation
 
 log = logging.getLogger(__name__)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -128,6 +129,7 @@ class DDPBackend:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            keep_implementation(self.optimizer)
         except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, other parameter groups
             raise UsageError(f"checkpoint {path} was written for another model or optimizer "
                              f"({str(err).strip().splitlines()[-1].strip()[:200]}): choose a new run.dir, or start "
@@ -245,6 +247,8 @@ class DeepSpeedBackend:
                                     f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
         if client is None or "visiontrain" not in client:
             raise CorruptCheckpoint(f"checkpoint {path} is unreadable (no client state)")
+        if isinstance(self.engine.optimizer, torch.optim.Optimizer):  # stage 0 loads the torch optimizer as is
+            keep_implementation(self.engine.optimizer)
         return client["visiontrain"]
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

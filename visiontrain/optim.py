@@ -57,6 +57,24 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **implementation)
 
 
+def keep_implementation(optimizer: torch.optim.Optimizer) -> None:
+    """After `load_state_dict`: the configured fused/foreach choice, not the checkpoint's.
+
+    Loading replaces each parameter group with the saved one, flags included, so a run
+    resumed with another `optim.fused` would silently keep the old implementation (and
+    the GradScaler, which hands fused optimizers its scale, would break a foreach one).
+    Fused updates also keep their step counters on the parameter's device as float32.
+    """
+    fused = bool(optimizer.defaults.get("fused"))
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = optimizer.defaults.get("fused"), optimizer.defaults.get("foreach")
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if torch.is_tensor(step):
+                optimizer.state[param]["step"] = (step.to(param.device, torch.float32) if fused
+                                                  else step.to("cpu", torch.float32))
+
+
 def lr_factor(step: int, cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> float:
     """Multiplier of the peak lr for optimizer step `step` (0-based): warmup, then the decay."""
     warmup = round(cfg.warmup_epochs * steps_per_epoch)

@@ -66,9 +66,10 @@ class Trainer:
         self.best = BestTracker(cfg.train)
         self.window = RunningStats(self.device)  # since the last train log event
         self.epoch_stats = RunningStats(self.device)
-        # The losses of the micro-batches since the last finiteness check (at most a log window).
-        window_steps = min(cfg.log.every_steps, self.steps_per_epoch)
-        self._unchecked_losses = torch.zeros(window_steps * plan.accum_steps, device=self.device)
+        # The losses of the micro-batches since the last finiteness check: checks come at least
+        # every log.every_steps steps (log reads at multiples of it, also in the benchmarks'
+        # epochs longer than the dataset), and more often at epoch ends and checkpoints.
+        self._unchecked_losses = torch.zeros(cfg.log.every_steps * plan.accum_steps, device=self.device)
         self._unchecked = 0  # micro-batches recorded there
         self._checked_step = 0  # optimizer steps completed at the last check
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep_last)

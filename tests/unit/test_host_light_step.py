@@ -78,3 +78,32 @@ def test_overhead_bench_times_each_piece_of_the_step_bookkeeping():
                                             "EMA update"}
     assert all(seconds > 0 for seconds in result.parts_s_per_step.values())
     assert "optimizer, fused" in report(result) and "% of a step" in report(result)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_checkpoint_of_one_implementation_resumes_with_the_configured_one(name):
+    from visiontrain.optim import keep_implementation
+
+    lr = 0.1 if name == "sgd" else 1e-3
+    torch.manual_seed(0)
+    model = ResNet9(10, width=4)
+    old = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=False))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    old.step()
+    new = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=True))
+    new.load_state_dict(old.state_dict())
+    assert new.param_groups[0]["fused"] is None  # what loading alone leaves: the checkpoint's choice
+    keep_implementation(new)
+    assert all(g["fused"] is True and not g["foreach"] for g in new.param_groups)
+    # A GradScaler step runs (it hands a fused optimizer its scale, which a foreach group refuses).
+    scaler = torch.amp.GradScaler("cpu")
+    new.zero_grad()
+    scaler.scale(model(torch.randn(4, 3, 16, 16)).sum()).backward()
+    scaler.step(new)
+    scaler.update()
+    back = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=False))
+    back.load_state_dict(new.state_dict())
+    keep_implementation(back)
+    assert all(g["foreach"] is True and not g["fused"] for g in back.param_groups)
+    back.step()
