@@ -17,7 +17,7 @@
 #       OUT_DIR/projection_step for the ceiling).
 # recipes: the README's CIFAR-10 recipe table (`bench recipes`: configs/cifar10/fast.yaml x20
 #       seeds, resnet9.yaml and resnet18.yaml x10, on the 45k/5k split of the shared CIFAR-10
-#       JPEGs; SEEDS overrides, e.g. SEEDS="fast=5 resnet9=2 resnet18=2").
+#       JPEGs; SEEDS overrides, e.g. SEEDS=fast=5,resnet9=2,resnet18=2).
 # Results: OUT_DIR/<name>/results.{json,md} and charts; OUT_DIR/summary.md collects the tables,
 # a section per part, after the GPU, driver and torch version.
 # Environment: SHARED_DATASETS (default ../shared/datasets), STEPS, REPEATS, WARMUP, WORKERS;
@@ -162,9 +162,8 @@ if [[ $PART == ffcv || $PART == all ]]; then
 fi
 if [[ $PART == recipes || $PART == all ]]; then
     section recipes
-    # shellcheck disable=SC2086  # SEEDS is a list of CONFIG=N words
     if "$PY" -m visiontrain.bench recipes --cifar-jpegs "$SHARED/cifar10-train-jpeg.tar.gz" --work "$data" \
-            --label "1 GPU" --out "$OUT/recipes" --seeds ${SEEDS:-fast=20 resnet9=10 resnet18=10}; then
+            --label "1 GPU" --out "$OUT/recipes" --seeds "${SEEDS:-fast=20,resnet9=10,resnet18=10}"; then
         sed 's/^#/###/' "$OUT/recipes/recipes.md" >> "$OUT/summary.md"
     else
         status=1; echo "### CIFAR-10 recipes: failed (see the log)" >> "$OUT/summary.md"

@@ -54,6 +54,7 @@ if [[ $PARTS == *step* ]]; then
     for variant in "fused:optim.fused=true" "foreach:optim.fused=false" "compiled:model.compile=true" \
                    "graphs:model.compile=true model.compile_mode=reduce-overhead"; do
         name=step_${variant%%:*}
+        rm -rf "${OUT:?}/$name"  # fresh runs: a leftover run dir would resume and compare old weights
         # shellcheck disable=SC2086
         "$PY" train.py $STEP run.dir="$OUT/$name" ${variant#*:} > "$OUT/$name.log" 2>&1 || { status=1; echo "$name: FAILED"; tail -5 "$OUT/$name.log"; }
     done

@@ -387,6 +387,8 @@ def validate(cfg: Config) -> None:
         m.width == 64 or m.name in CIFAR_MODEL_NAMES, "model.width", m.width,
         f"only the CIFAR models ({', '.join(CIFAR_MODEL_NAMES)}) have a width; leave it at 64",
     )
+    _check(d.flip or not d.alternate_flip, "data.alternate_flip", d.alternate_flip,
+           "alternates the flips of data.flip=true; set data.flip=true or leave it false")
     _check(m.compile or m.compile_mode == "default", "model.compile_mode", m.compile_mode,
            "takes effect only with model.compile=true; set both")
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a finite number > 0")

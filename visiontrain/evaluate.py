@@ -30,9 +30,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="run directory, .safetensors or torchvision .pth")
     parser.add_argument("--data", help="dataset directory (default: the run's data.path)")
-    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
                         help="flip: average the logits of each image and its mirror; flip_translate: "
-                             "also of one-pixel shifts (visiontrain/tta.py)")
+                             "also of one-pixel shifts (visiontrain/tta.py); default: the config's train.tta "
+                             "(a run directory's own)")
     parser.add_argument("--ema", action="store_true", help="a run directory's EMA weights")
     parser.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/eval or FILE's eval_<name>/)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> int:
                                 key="--weights")
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
     data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)
+    args.tta = args.tta or cfg.train.tta  # a run evaluates as it was evaluated during training
     predictions = predict(model, data.val, autocast_factory(cfg.train.precision, device), 1,
                           tta=args.tta)
     out = args.out or (run_dir / "eval" if run_dir else weights.with_name(f"eval_{weights.stem}"))

@@ -51,20 +51,18 @@ def seed_everything(seed: int) -> None:
 
 def init_from_training_images(model: nn.Module, train, count: int = 5000) -> None:
     """Models with a data-dependent initialization (`init_from_data`, e.g. cifar_fast's patch
-    whitening) get up to `count` training images of epoch 0 (this rank's shard, as the loader
-    delivers them). Under DDP rank 0's result is what every rank starts from (DDP broadcasts
-    the weights), and a resumed or fine-tuned run overwrites it with the loaded weights."""
+    whitening) get about `count` training images: the last micro-batches of epoch 0 (this
+    rank's shard, as the loader delivers them). The pass runs to the epoch's end rather than
+    breaking off, so no loader is left with an abandoned iterator (FFCV's keeps its thread and
+    buffers). Under DDP rank 0's result is what every rank starts from (the wrapper broadcasts
+    the weights); a resumed or fine-tuned run overwrites it with the loaded weights."""
     if train is None or not hasattr(model, "init_from_data"):
         return
-    parts, seen = [], 0
+    batches = min(train.batches_per_epoch, -(-count // train.micro_batch))
     with torch.random.fork_rng(devices=[]):  # the rest of the run draws as if this had not happened
-        train.set_epoch(0)
-        for images, _ in train:
-            parts.append(images)
-            seen += len(images)
-            if seen >= count:
-                break
-    model.init_from_data(torch.cat(parts)[:count])
+        train.set_epoch(0, start=train.batches_per_epoch - batches)
+        images = torch.cat([images for images, _ in train])
+    model.init_from_data(images[:count])
 
 
 def build_run(cfg: Config, model: nn.Module | None = None, runtime: dist.Runtime | None = None) -> Run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 
@@ -15,9 +16,11 @@ TINY = ("data.image_size=16", "data.val_image_size=16", "data.crop_padding=2", "
 
 def test_recipe_table_runs_each_seed_from_scratch_and_reports_their_mean_and_std(shapes_dir, tmp_path):
     out = tmp_path / "table"
-    result = ok(subprocess.run([PYTHON, "-m", "visiontrain.bench", "recipes", *TINY, "--data", str(shapes_dir),
-                                "--seeds", "fast=2", "--no-warmup", "--nproc", "2", "--out", str(out),
-                                "--configs", "fast"], cwd=ROOT, capture_output=True, text=True, timeout=600))
+    # From another directory, with relative paths: they mean the caller's directory.
+    result = ok(subprocess.run([PYTHON, "-m", "visiontrain.bench", "recipes", "--configs", "fast", *TINY,
+                                "--data", str(shapes_dir), "--seeds", "fast=2", "--no-warmup", "--nproc", "2",
+                                "--out", "table"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}))
     table = read_json(out / "recipes.json")
     runs = table["runs"]["fast"]
     assert [r["seed"] for r in runs] == [0, 1] and all(r["world_size"] == 2 for r in runs)

@@ -82,3 +82,29 @@ def test_cifar_fast_is_small_wide_and_whitened_from_data():
     assert not torch.equal(before, model.whiten.weight)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 1.5e6 < trainable < 2.5e6 and model.whiten.weight.numel() == 24 * 12
+
+
+@pytest.mark.parametrize("loader", ["ffcv", "torchvision", "device"])
+def test_whitening_reads_the_end_of_epoch_0_and_leaves_the_loader_ready(shapes_dir, loader):
+    import threading
+
+    from tests.conftest import build_loaders
+    from visiontrain.config import load_config
+    from visiontrain.dist import Runtime
+    from visiontrain.run import init_from_training_images
+
+    cfg = load_config("configs/demo/train.yaml", [f"data.loader={loader}", f"data.path={shapes_dir}",
+                                                  "data.image_size=16", "data.val_image_size=16",
+                                                  "data.num_workers=1", "model.name=cifar_fast", "model.width=8"])
+    runtime = Runtime(accelerator=None, device=torch.device("cpu"), rank=0, world_size=1, local_rank=0,
+                      launcher="single")
+    train = build_loaders(cfg, runtime, 32).train
+    model = build_model(cfg.model)
+    seen = []
+    model.init_from_data = lambda images: seen.append(images)
+    init_from_training_images(model, train, count=100)
+    assert seen[0].shape == (100, 3, 16, 16)  # ceil(100 / 32) = 4 batches, cut to 100 images
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "EpochIterator"]  # FFCV's pass ended
+    train.set_epoch(0)
+    epoch = torch.cat([images for images, _ in train])
+    assert len(epoch) == 12 * 32 and torch.equal(seen[0], epoch[-128:][:100])  # the end of the same epoch 0

@@ -39,7 +39,10 @@ def test_seed_counts_default_per_config_and_refuse_nonsense():
 def test_bad_input_is_one_line_and_exit_2_before_any_run(tmp_path, capsys):
     cases = ((["--configs", "vit"], "--configs vit: unknown"),
              (["--data", str(tmp_path / "none"), "--configs", "fast"], "not a directory"),
-             (["train.epochs=1", "--data", str(tmp_path), "--configs", "fast"], "schedule.warmup_epochs"),
+             (["--data", str(tmp_path), "--configs", "fast", "train.epochs=1"], "schedule.warmup_epochs"),
+             (["--data", str(tmp_path), "run.seed=3"], "run.seed=3: the table sets run.seed, run.dir, data.path"),
+             (["--configs", "fast,resnet50"], "--configs resnet50: unknown"),
+             (["--seeds", "fast=two"], "--seeds 'fast=two'"),
              (["--cifar-jpegs", str(tmp_path / "missing.tar.gz"), "--work", str(tmp_path / "w")], "not found"))
     for args, message in cases:
         assert run_cli(bench_main, ["recipes", *args, "--out", str(tmp_path / "out")]) == 2

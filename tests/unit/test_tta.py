@@ -62,3 +62,11 @@ def test_config_takes_the_tta_modes_and_names_them_when_refusing():
     assert load_config(None, ["train.tta=flip_translate"]).train.tta == "flip_translate"
     with pytest.raises(UsageError, match="train.tta.*rotate.*none, flip, flip_translate"):
         load_config(None, ["train.tta=rotate"])
+
+
+def test_alternating_flips_without_flips_are_refused():
+    from visiontrain.config import load_config
+    from visiontrain.errors import UsageError
+
+    with pytest.raises(UsageError, match="data.alternate_flip.*data.flip=true"):
+        load_config(None, ["data.flip=false", "data.alternate_flip=true"])

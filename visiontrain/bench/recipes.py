@@ -1,7 +1,7 @@
 """The CIFAR-10 recipe table: validation accuracy over seeds, and the time each config takes.
 
-    python -m visiontrain.bench recipes [--data DIR] [--configs fast resnet9 resnet18]
-        [--seeds fast=20 resnet9=10 resnet18=10] [--nproc N] [--no-warmup] [--out DIR] [section.key=value ...]
+    python -m visiontrain.bench recipes [--data DIR] [--configs fast,resnet9,resnet18]
+        [--seeds fast=20,resnet9=10,resnet18=10] [--nproc N] [--no-warmup] [--out DIR] [section.key=value ...]
 
 Each config of configs/cifar10/ trains once per seed (run.seed = 0, 1, ...), each run a
 fresh train.py process (torchrun with --nproc above 1), exactly as a user runs it. Before
@@ -37,6 +37,7 @@ from visiontrain import fileio
 from visiontrain.errors import TrainingFailed, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
+PER_RUN_KEYS = ("run.seed", "run.dir", "data.path")
 CONFIGS = {"fast": "configs/cifar10/fast.yaml", "resnet9": "configs/cifar10/resnet9.yaml",
            "resnet18": "configs/cifar10/resnet18.yaml"}
 DEFAULT_SEEDS = {"fast": 20, "resnet9": 10, "resnet18": 10}
@@ -50,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=ROOT.parent / "shared" / "datasets" / "cifar10-train-jpeg.tar.gz",
                         help="CIFAR-10 training JPEGs (folder or .tar.gz) to prepare the 45k/5k split from")
     parser.add_argument("--work", type=Path, default=Path("runs/recipes_data"), help="prepared data (reused)")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
-    parser.add_argument("--seeds", nargs="+", default=[], metavar="CONFIG=N",
-                        help="runs per config (default: " + ", ".join(f"{k}={v}" for k, v in DEFAULT_SEEDS.items()) + ")")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
+    parser.add_argument("--seeds", default="", metavar="CONFIG=N,...",
+                        help="runs per config (default: " + ",".join(f"{k}={v}" for k, v in DEFAULT_SEEDS.items()) + ")")
     parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun above 1)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first run")
     parser.add_argument("--label", default="", help="what the rows ran on, for the table (e.g. 'CPU, 2 processes')")
@@ -61,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def seeds_per_config(configs: list[str], given: list[str]) -> dict[str, int]:
+    configs, given = [c for c in configs if c], [g for g in given if g]
     unknown = [name for name in configs if name not in CONFIGS]
     if unknown:
         raise UsageError(f"--configs {unknown[0]}: unknown; allowed: {', '.join(CONFIGS)}")
@@ -105,8 +107,8 @@ def run_once(config: str, data: Path, run_dir: Path, seed: int, nproc: int, over
     """One train.py run in a fresh run directory; its summary's figures plus the process's wall time."""
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a table of fresh runs, never a resumed one
-    args = [f"data.path={data}", f"run.dir={run_dir}", f"run.seed={seed}",
-            "log.progress_bar=false", "log.plots=false", *overrides]
+    args = [*overrides, f"data.path={data}", f"run.dir={run_dir}", f"run.seed={seed}",
+            "log.progress_bar=false", "log.plots=false"]
     start = time.perf_counter()
     result = subprocess.run(train_command(config, nproc, args), cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -160,17 +162,23 @@ def markdown(rows: list[dict[str, Any]], device: str, label: str, command: str) 
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
-    seeds = seeds_per_config(args.configs, args.seeds)
-    if args.nproc < 1:
-        raise UsageError(f"--nproc {args.nproc}: must be >= 1")
-    data = args.data or prepare_split(args.cifar_jpegs, args.work)
-    if not data.is_dir():
-        raise UsageError(f"--data {data}: not a directory")
-    runs_dir = args.out / "runs"
     from visiontrain.run import check
 
+    seeds = seeds_per_config(args.configs.split(","), args.seeds.split(","))
+    if args.nproc < 1:
+        raise UsageError(f"--nproc {args.nproc}: must be >= 1")
+    for override in args.overrides:
+        if override.partition("=")[0] in PER_RUN_KEYS:
+            raise UsageError(f"{override}: the table sets {', '.join(PER_RUN_KEYS)} itself (use --data, --out)")
+    # The runs start in the checkout (configs/ paths); the caller's relative paths mean the caller's directory.
+    out = args.out.resolve()
+    data = args.data.resolve() if args.data else prepare_split(args.cifar_jpegs.resolve(), args.work.resolve())
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: not a directory")
+    runs_dir = out / "runs"
     for name in seeds:  # every config and override checked before the first run starts
-        check(CONFIGS[name], [f"data.path={data}", *args.overrides], args.nproc)
+        check(ROOT / CONFIGS[name], [f"data.path={data}", f"run.dir={runs_dir / name / 'check'}", *args.overrides],
+              args.nproc)
     rows, all_runs, environment = [], {}, {}
     for name, count in seeds.items():
         config = CONFIGS[name]
@@ -189,9 +197,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     command = shlex.join(["python", "-m", "visiontrain.bench", *argv])
     device = device_line(environment)
     text = markdown(rows, device, args.label, command)
-    args.out.mkdir(parents=True, exist_ok=True)
-    fileio.write_text(args.out / "recipes.md", text)
-    fileio.write_json(args.out / "recipes.json", {
+    out.mkdir(parents=True, exist_ok=True)
+    fileio.write_text(out / "recipes.md", text)
+    fileio.write_json(out / "recipes.json", {
         "split": SPLIT if args.data is None else str(data), "label": args.label, "command": command,
         "device": device, "environment": environment, "rows": rows, "runs": all_runs})
     print(text)
