@@ -2,7 +2,7 @@
 
     python -m visiontrain.predict --model RUN_DIR|WEIGHTS|model.onnx IMAGES_OR_DIRS...
         [--topk 5] [--batch-size 64] [--device auto|cpu|cuda] [--out predictions.csv|.json]
-        [--tta flip] [--strict] [--ema] [-c CONFIG]
+        [--tta flip|flip_translate] [--strict] [--ema] [-c CONFIG]
 
 Images are preprocessed exactly as evaluation does (visiontrain.data.preprocess: decode to
 RGB, shorter-side resize, centre crop; then the run's mean/std), so a run's validation
@@ -36,6 +36,7 @@ from visiontrain.data.base import DeviceNormalizer
 from visiontrain.data.preprocess import EvalPreprocess, UnreadableImage, image_files, read_image
 from visiontrain.errors import ArgumentParser, UsageError, run_cli
 from visiontrain.inference import OnnxClassifier, TorchClassifier, inputs, select_device
+from visiontrain.tta import TTA_MODES, tta_logits
 
 REFUSED_SUFFIXES = (".pt2", ".jit", ".ts", ".torchscript", ".torchscript.pt")
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -51,14 +52,10 @@ class Predictor:
     class_names: list[str]
 
     @torch.no_grad()
-    def probabilities(self, pixels: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
-        """uint8 N x 3 x H x W -> class probabilities N x C (float32, CPU). With `tta_flip`, the logits are the
-        mean over each image and its mirror (as python -m visiontrain.evaluate --tta flip)."""
-        images = self.normalize(pixels)
-        logits = self.classifier(images)
-        if tta_flip:
-            logits = (logits + self.classifier(images.flip(3))) / 2
-        return logits.softmax(dim=1)
+    def probabilities(self, pixels: torch.Tensor, tta: str = "none") -> torch.Tensor:
+        """uint8 N x 3 x H x W -> class probabilities N x C (float32, CPU). `tta`: the logits are averaged
+        over that mode's views (tta.py), as python -m visiontrain.evaluate --tta does."""
+        return tta_logits(self.classifier, self.normalize(pixels), tta).softmax(dim=1)
 
 
 def load_predictor(model: str, device: torch.device, ema: bool = False, config: str | None = None) -> Predictor:
@@ -100,7 +97,7 @@ class Prediction:
     probabilities: list[float]
 
 
-def predict_files(predictor: Predictor, files: list[Path], batch_size: int, topk: int, tta_flip: bool = False,
+def predict_files(predictor: Predictor, files: list[Path], batch_size: int, topk: int, tta: str = "none",
                   strict: bool = False, progress: bool = False
                   ) -> tuple[list[Prediction], list[tuple[str, str]], float]:
     """(predictions in file order, skipped (path, reason), seconds spent in the classifier)."""
@@ -121,7 +118,7 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int, topk
                 skipped.append((str(path), str(err)))
         if pixels:
             began = time.perf_counter()
-            probs = predictor.probabilities(torch.stack(pixels), tta_flip)
+            probs = predictor.probabilities(torch.stack(pixels), tta)
             model_seconds += time.perf_counter() - began
             top = probs.topk(k, dim=1)
             for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist()):
@@ -155,7 +152,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--out", type=Path, help="predictions file: .csv or .json (default: lines on stdout)")
-    parser.add_argument("--tta", default="none", choices=("none", "flip"))
+    parser.add_argument("--tta", default="none", choices=TTA_MODES)
     parser.add_argument("--strict", action="store_true", help="stop (exit 2) at the first unreadable file")
     parser.add_argument("--ema", action="store_true", help="a run directory's EMA weights")
     parser.add_argument("-c", "--config", help="config describing a weights file's model and data")
@@ -176,7 +173,7 @@ def main(argv: list[str]) -> int:
     began = time.perf_counter()
     progress = any(Path(name).is_dir() for name in args.images)
     predictions, skipped, model_seconds = predict_files(predictor, files, args.batch_size, args.topk,
-                                                        args.tta == "flip", args.strict, progress)
+                                                        args.tta, args.strict, progress)
     seconds = time.perf_counter() - began
     if not predictions:
         raise UsageError(f"none of the {len(files)} files is a readable image ({skipped[0][1]}); nothing written")

@@ -17,6 +17,7 @@ from tests.conftest import PYTHON, ROOT, ok, read_json, run_train
 from visiontrain import export as export_module
 from visiontrain.data.torchvision import FolderSource
 from visiontrain.errors import run_cli
+from visiontrain.evaluate import main as evaluate_main
 from visiontrain.export import SUFFIXES, compare, images_from_files, load_exported
 from visiontrain.export import main as export_main
 from visiontrain.predict import main as predict_main
@@ -113,6 +114,21 @@ def test_predict_gives_the_evaluation_predictions_with_pytorch_and_onnx(cifar_sp
                           .replace("cat.jpg", str(image))], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[0] == ours[image]["top"][0]["class"]
+
+    # Test-time augmentation: predict --tta flip_translate gives evaluate --tta flip_translate's predictions,
+    # with PyTorch and with the ONNX model.
+    code, out, err = cli(evaluate_main, ["--weights", str(cifar_run), "--tta", "flip_translate",
+                                         "--out", str(tmp_path / "eval_tta")], capsys)
+    assert code == 0, err
+    with open(tmp_path / "eval_tta" / "predictions.csv") as f:
+        evaluated_tta = {files[int(row["index"])]: row for row in csv.DictReader(f)}
+    for model, name in ((cifar_run, "torch_tta"), (tmp_path / "m.onnx", "onnx_tta")):
+        code, out, err = cli(predict_main, ["--model", str(model), str(cifar_split / "val"), "--batch-size", "32",
+                                            "--tta", "flip_translate", "--out", str(tmp_path / f"{name}.json")], capsys)
+        assert code == 0 and "tta flip_translate" in out, err
+        tta = read_predictions(tmp_path / f"{name}.json")
+        assert all(abs(tta[p]["top"][0]["probability"] - float(evaluated_tta[p]["confidence"])) < 1e-5 for p in files)
+    assert any(abs(tta[p]["top"][0]["probability"] - ours[p]["top"][0]["probability"]) > 1e-3 for p in files)
 
 
 def test_fine_tuned_run_exports_to_every_format_with_its_contract(cifar_split, finetuned_run, tmp_path):
