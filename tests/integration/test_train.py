@@ -199,7 +199,8 @@ def test_non_finite_loss_stops_with_exit_1_naming_the_step_and_keeps_the_good_ch
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss became non-finite at step ") and "(epoch 2)" in last
-    assert int(last.split("at step ")[1].split()[0]) == 8  # step 7 takes the 1e30 x lr; step 8 computes the first non-finite loss
+    # Step 7 takes the 1e30 x lr; step 8 computes the first non-finite loss.
+    assert int(last.split("at step ")[1].split()[0]) == 8
     assert f"last good checkpoint: {run_dir / 'checkpoints' / 'step_000000006.pt'}" in last
     assert [p.name for p in sorted((run_dir / "checkpoints").glob("step_*.pt"))] == ["step_000000006.pt"]
     good = load_checkpoint(run_dir / "checkpoints" / "step_000000006.pt")

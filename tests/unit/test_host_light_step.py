@@ -19,7 +19,8 @@ def _train(optim: OptimConfig, steps: int = 5) -> list[torch.Tensor]:
     optimizer = build_optimizer(model, optim)
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        images, labels = torch.randn(16, 3, 16, 16, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+        images = torch.randn(16, 3, 16, 16, generator=generator)
+        labels = torch.randint(0, 10, (16,), generator=generator)
         optimizer.zero_grad()
         F.cross_entropy(model(images), labels).backward()
         optimizer.step()

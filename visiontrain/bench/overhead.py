@@ -101,7 +101,7 @@ def bookkeeping_parts(trainer, batch: tuple[torch.Tensor, torch.Tensor], repeats
     seconds = {}
     for name, work in parts.items():
         work()  # first call: lazy state
-        seconds[name] = _timed(trainer.device, lambda: [work() for _ in range(repeats)]) / repeats
+        seconds[name] = _timed(trainer.device, lambda work=work: [work() for _ in range(repeats)]) / repeats
     trainer.window.reset()
     return seconds
 

@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CIFAR-10 training JPEGs (folder or .tar.gz) to prepare the 45k/5k split from")
     parser.add_argument("--work", type=Path, default=Path("runs/recipes_data"), help="prepared data (reused)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
-    parser.add_argument("--seeds", default="", metavar="CONFIG=N,...",
-                        help="runs per config (default: " + ",".join(f"{k}={v}" for k, v in DEFAULT_SEEDS.items()) + ")")
+    defaults = ",".join(f"{name}={count}" for name, count in DEFAULT_SEEDS.items())
+    parser.add_argument("--seeds", default="", metavar="CONFIG=N,...", help=f"runs per config (default: {defaults})")
     parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun above 1)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first run")
     parser.add_argument("--label", default="", help="what the rows ran on, for the table (e.g. 'CPU, 2 processes')")
