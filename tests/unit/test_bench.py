@@ -142,3 +142,75 @@ def test_bad_benchmark_input_is_one_line_and_exit_2_before_any_run(argv, message
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+class _SlowNormalizer:
+    """Burns ~20 ms of CPU per batch in the calling thread, then converts to float."""
+
+    device = torch.device("cpu")
+
+    def __call__(self, images):
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+        return images.float()
+
+
+class _Uint8Loader:
+    """4 uint8 batches of 8 images per epoch, handed through `normalize` as the file loaders do."""
+
+    def __init__(self):
+        self.normalize = _SlowNormalizer()
+
+    def set_epoch(self, epoch, start=0):
+        pass
+
+    def __iter__(self):
+        for _ in range(4):
+            yield self.normalize(torch.zeros(8, 3, 4, 4, dtype=torch.uint8)), torch.zeros(8)
+
+
+def test_loader_bench_times_each_loader_with_and_without_normalization_and_splits_its_cpu_time():
+    from types import SimpleNamespace
+
+    from visiontrain.bench.loader import epoch_timings
+
+    loader = _Uint8Loader()
+    normalize = loader.normalize
+    timings = epoch_timings({"a": SimpleNamespace(train=loader)}, epochs=2, uint8=("a",))
+    assert sorted(timings) == ["a", "a/uint8"] and all(len(runs) == 2 for runs in timings.values())
+    assert loader.normalize is normalize  # put back after the uint8 epochs
+    for runs in timings.values():
+        assert all(t["img_per_s"] > 0 and set(t["cpu_us_per_img"]) == {"main", "threads", "workers"} for t in runs)
+    # 4 batches x 20 ms over 32 images: ~2500 us of main-thread CPU per image, only where it normalizes.
+    assert min(t["cpu_us_per_img"]["main"] for t in timings["a"]) > 1500
+    assert max(t["cpu_us_per_img"]["main"] for t in timings["a/uint8"]) < 1000
+
+
+def _timing(img_per_s, main, threads, workers):
+    return {"img_per_s": img_per_s, "cores_busy": 1.5, "cpu_us_per_img": {"main": main, "threads": threads,
+                                                                         "workers": workers}}
+
+
+def test_loader_bench_rows_carry_the_per_stage_profile_and_the_report_prints_it():
+    from visiontrain.bench.loader import _loop_profile, _row, report
+
+    timings = {"ffcv": [_timing(2000, 60, 440, 0)] * 3, "ffcv/uint8": [_timing(2400, 5, 400, 0)] * 3,
+               "resized": [_timing(1000, 90, 0, 700)] * 3, "resized/uint8": [_timing(1200, 10, 0, 800)] * 3}
+    row = _row("imagenet-like, 5000 samples, res 160", timings, 2, {"ffcv": "ffcv", "resized": "torchvision"},
+               baseline="resized")
+    row["profile"] = {"stages_us_per_img_one_core": {
+        "ffcv": {"jpeg_decode": 160.0, "crop_resize": 110.0, "flip": 50.0},
+        "torchvision": {"read_decode": 400.0, "crop_resize_flip": 300.0},
+        "normalization": {"normalize": 35.0, "torch_formula": 240.0}}, **_loop_profile(timings, "ffcv", "resized")}
+    assert row["ffcv_speedup"] == 2.0 and row["loaders"]["ffcv"]["img_per_s_per_decoding_core"] == 1e6 / 440
+    assert row["ffcv_cpu_speedup"] == 790 / 500  # all CPU per image: main thread + threads + workers
+    loop = row["profile"]["loop"]
+    assert loop["ffcv"]["uint8"]["img_per_s"] == 2400 and loop["ffcv"]["decode_img_per_s_per_core"] == 2500
+    assert loop["resized"]["main_thread_normalize_us_per_img"] == 80
+    assert row["profile"]["uint8_speedup"] == 2.0 and row["profile"]["decode_cpu_ratio"] == 2.0
+    text = report([row])
+    assert "| ffcv | 2000 | **2.0x** (1.6x) | 1.50 | 440 / 60 | 2273 |" in text
+    assert "Profile, res 160" in text and "| ffcv | 2400 / 2000 | 400 | 5 / 60 |" in text
+    assert "ffcv JPEG decode 160 + crop/resize 110 + flip 50 (decode 50%)" in text
+    assert "normalize 35 (torch formula 240)" in text and "decoding-side CPU per image" in text

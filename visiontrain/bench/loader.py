@@ -10,20 +10,35 @@ excluded). Workloads:
   (and, for reference, the original photos).
 - cifar10: the shared CIFAR-10 training JPEGs as 32x32 raw pixels; flip + translate.
   FFCV reads a raw .beton, torchvision the same pixels as CIFAR-10 python batches.
+
+Where the time goes (`profile` of each ImageNet-like row):
+- every timed epoch splits the CPU time it used, per image, between the main thread
+  (receiving batches, labels, normalization), the process's other threads (FFCV's
+  pipeline: decode, crop, flip, collation into its batch buffers) and the worker
+  processes (the DataLoader's: read, decode, crop, flip, hand-off through shared memory);
+- the compared loaders are also timed handing over their uint8 batches without the
+  normalization (`uint8`), in the same alternation;
+- each stage alone on one core, the loaders idle: FFCV's JPEG decode, its crop + resize
+  and its flip as its decoder runs them; torchvision's file read + decode and its
+  crop + resize + flip; the normalization (DeviceNormalizer, and torch's formula for reference).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import statistics
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
@@ -49,11 +64,14 @@ def _prep(*args: str) -> None:
 
 def prepare_imagenet(shared: Path, work: Path, samples: int, workers: int) -> dict[str, Path]:
     """Folders of originals and of 256-px JPEGs (both replicated to `samples`) and the .beton."""
-    ready = work / "imagenet.ready"
+    work = work.resolve()  # the replicas are symlinks: a relative target would resolve from their own folder
+    ready = work / "imagenet.ready"  # holds the sample count it was prepared for
     paths = {"originals": work / "imagenet_originals", "resized": work / "imagenet_resized",
              "ffcv": work / "imagenet_ffcv"}
-    if ready.is_file():
+    if ready.is_file() and ready.read_text() == str(samples):
         return paths
+    for path in paths.values():
+        shutil.rmtree(path, ignore_errors=True)
     photos = work / "imagenet_photos"
     if not photos.is_dir():
         with tarfile.open(shared / "imagenet-sample-200.tar") as tar:
@@ -78,7 +96,7 @@ def prepare_imagenet(shared: Path, work: Path, samples: int, workers: int) -> di
     _prep("imagenet", "--train", str(paths["resized"] / "train"), "--val", str(paths["resized"] / "val"),
           "--out", str(paths["ffcv"]), "--max-res", "256", "--write-mode", "jpg", "--workers", str(workers),
           "--force")
-    ready.touch()
+    ready.write_text(str(samples))
     return paths
 
 
@@ -113,21 +131,163 @@ def prepare_cifar(shared: Path, work: Path, workers: int) -> dict[str, Path]:
     return paths
 
 
-def epoch_rates(bundles: dict, epochs: int) -> dict[str, list[float]]:
-    """Images/s per epoch for each loader, alternating between them; epoch 0 excluded."""
-    rates: dict[str, list[float]] = {name: [] for name in bundles}
+class CpuClock:
+    """CPU seconds used so far by this process's main thread, by its other threads, and by its child processes."""
+
+    PARTS = ("main", "threads", "workers")
+
+    def __init__(self):
+        self.process = psutil.Process()
+        self.main_id = threading.main_thread().native_id
+
+    def read(self) -> np.ndarray:
+        total = sum(self.process.cpu_times()[:2])  # every thread's, also of threads that have ended
+        main = sum(t.user_time + t.system_time for t in self.process.threads() if t.id == self.main_id)
+        workers = 0.0
+        for child in self.process.children(recursive=True):
+            try:
+                workers += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+        return np.array([main, total - main, workers])
+
+
+class Uint8Batches:
+    """Stands in for a loader's DeviceNormalizer: the loader then yields the uint8 batches it hands over."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+@contextmanager
+def without_normalization(loader):
+    normalize = loader.normalize
+    loader.normalize = Uint8Batches(normalize.device)
+    try:
+        yield loader
+    finally:
+        loader.normalize = normalize
+
+
+def time_epoch(loader, epoch: int, clock: CpuClock) -> dict:
+    """One epoch of `loader`: images/s, and CPU microseconds per image in each of `CpuClock.PARTS`."""
+    loader.set_epoch(epoch)
+    count, cpu, start = 0, clock.read(), time.perf_counter()
+    for images, _ in loader:
+        count += images.shape[0]
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter() - start, clock.read() - cpu
+    return {"img_per_s": count / wall, "cores_busy": float(cpu.sum() / wall),
+            "cpu_us_per_img": dict(zip(CpuClock.PARTS, (cpu / count * 1e6).tolist()))}
+
+
+def epoch_timings(bundles: dict, epochs: int, uint8: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+    """`time_epoch` of each loader (key `name`), and of those in `uint8` also without normalization (key
+    `name/uint8`), alternating between them epoch after epoch; epoch 0 excluded."""
+    clock = CpuClock()
+    timings: dict[str, list[dict]] = {}
     for epoch in range(epochs + 1):
         for name, bundle in bundles.items():
-            loader = bundle.train
-            loader.set_epoch(epoch)
-            count, start = 0, time.perf_counter()
-            for images, _ in loader:
-                count += images.shape[0]
+            for key in [name, f"{name}/uint8"] if name in uint8 else [name]:
+                with without_normalization(bundle.train) if key.endswith("/uint8") else nullcontext():
+                    timing = time_epoch(bundle.train, epoch, clock)
+                if epoch:
+                    timings.setdefault(key, []).append(timing)
+    return timings
+
+
+def _us_per_image(fn, images: int, repeats: int = 5) -> float:
+    fn()  # compilation, first-touch allocations
+    best = min(_seconds(fn) for _ in range(repeats))
+    return best / images * 1e6
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def normalization_costs(normalize, batch: int, res: int) -> dict[str, float]:
+    """Microseconds per image of a loader's normalizer, and of torch's formula it replaces (for reference), on one
+    channels-last uint8 batch as the loaders hand it over."""
+    images = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last)
+    images = images.to(normalize.device)
+
+    def formula():
+        return images.float().mul_(normalize.scale).add_(normalize.bias)
+
+    def synced(fn):
+        def timed():
+            fn()
             if images.is_cuda:
                 torch.cuda.synchronize()
-            if epoch:
-                rates[name].append(count / (time.perf_counter() - start))
-    return rates
+        return timed
+
+    return {"normalize": _us_per_image(synced(lambda: normalize(images)), batch),
+            "torch_formula": _us_per_image(synced(formula), batch)}
+
+
+def spread(count: int, size: int) -> np.ndarray:
+    """`count` sample indices evenly over a dataset of `size` (the replicas of one photo are neighbours)."""
+    return np.unique(np.linspace(0, size - 1, min(count, size)).astype(np.uint64))
+
+
+def ffcv_stage_costs(beton: Path, decoder, images: int = 256) -> dict[str, float]:
+    """Microseconds per image, on one core, of the stages of FFCV's training pipeline: the JPEG decode and the
+    crop + resize (`SeededRandomResizedCropDecoder`, the same draws), then the flip (`SeededFlip`'s kernel)."""
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.reader import Reader
+
+    from visiontrain.data.seeded import SALT_CROP, flip_batch, frozen, random_resized_crop, sample_keys
+
+    reader = Reader(str(beton))
+    indices = frozen(spread(images, reader.num_samples))
+    fields = reader.metadata[f"f{reader.field_names.index('image')}"][indices]
+    table = np.sort(reader.alloc_table, order="ptr")
+    data = np.memmap(beton, dtype=np.uint8, mode="r")
+    samples = []
+    for field in fields:
+        row = table[np.searchsorted(table["ptr"], field["data_ptr"])]
+        samples.append((np.array(data[row["ptr"] : row["ptr"] + row["size"]]), int(field["height"]),
+                        int(field["width"])))
+    keys = sample_keys(indices, decoder.seed, SALT_CROP, 1)
+    params = (float(decoder.scale[0]), float(decoder.scale[1]), float(np.log(decoder.ratio[0])),
+              float(np.log(decoder.ratio[1])))
+    crops = [random_resized_crop(keys[k], h, w, *params) for k, (_, h, w) in enumerate(samples)]
+    scratch = np.empty(max(h * w * 3 for _, h, w in samples), dtype=np.uint8)
+    batch = np.empty((len(samples), *decoder.output_size, 3), dtype=np.uint8)
+    decoded = []
+    for raw, h, w in samples:
+        imdecode(raw, scratch, h, w, h, w, 0, 0, 1, 1, False, False)
+        decoded.append(scratch[: h * w * 3].reshape(h, w, 3).copy())
+
+    def decode():
+        for raw, h, w in samples:
+            imdecode(raw, scratch, h, w, h, w, 0, 0, 1, 1, False, False)
+
+    def crop_resize():
+        for k, (pixels, (i, j, h, w)) in enumerate(zip(decoded, crops)):
+            resize_crop(pixels, i, i + h, j, j + w, batch[k])
+
+    return {"jpeg_decode": _us_per_image(decode, len(samples)),
+            "crop_resize": _us_per_image(crop_resize, len(samples)),
+            "flip": _us_per_image(lambda: flip_batch(batch, indices, decoder.seed, 1, False), len(samples))}
+
+
+def torchvision_stage_costs(loader, images: int = 256) -> dict[str, float]:
+    """Microseconds per image, on one core, of a torchvision training batch: read + decode of the files, then the
+    recipe (crop + resize + flip) on the batch."""
+    dataset = loader.loader.dataset
+    indices = spread(images, len(dataset)).tolist()
+    decoded = [dataset.source.load(i) for i in indices]
+    return {"read_decode": _us_per_image(lambda: [dataset.source.load(i) for i in indices], len(indices)),
+            "crop_resize_flip": _us_per_image(lambda: dataset.transform(decoded, indices, epoch=1), len(indices))}
 
 
 def _cfg(loader: str, path: Path, recipe: str, res: int, batch: int, workers: int):
@@ -143,7 +303,8 @@ def run(shared: Path, work: Path, workers: int, epochs: int, imagenet_samples: i
     if not (shared / "imagenet-sample-200.tar").is_file():
         raise UsageError(f"--shared {shared} does not hold imagenet-sample-200.tar and cifar10-train-jpeg.tar.gz")
     work.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)  # the main process only normalizes; the workers are what is measured
+    # The main thread only receives and normalizes: its torch ops should not compete with the decoders.
+    torch.set_num_threads(1)
     runtime = _runtime()
     rows = []
     imagenet = prepare_imagenet(shared, work, imagenet_samples, workers)
@@ -151,15 +312,23 @@ def run(shared: Path, work: Path, workers: int, epochs: int, imagenet_samples: i
         bundles = {name: build_data(_cfg(loader, imagenet[name], "imagenet", res, 256, workers), runtime,
                                     BatchPlan.of_micro_batch(256))
                    for name, loader in (("ffcv", "ffcv"), ("resized", "torchvision"), ("originals", "torchvision"))}
-        rates = epoch_rates(bundles, epochs)
-        rows.append(_row(f"imagenet-like, {imagenet_samples} samples, res {res}", rates, workers,
-                         {"ffcv": "ffcv (.beton, 256 px jpg)", "resized": "torchvision (same 256 px jpgs)",
-                          "originals": "torchvision (original photos)"}, baseline="resized"))
+        timings = epoch_timings(bundles, epochs, uint8=("ffcv", "resized"))
+        row = _row(f"imagenet-like, {imagenet_samples} samples, res {res}", timings, workers,
+                   {"ffcv": "ffcv (.beton, 256 px jpg)", "resized": "torchvision (same 256 px jpgs)",
+                    "originals": "torchvision (original photos)"}, baseline="resized")
+        row["profile"] = {
+            "stages_us_per_img_one_core": {
+                "ffcv": ffcv_stage_costs(imagenet["ffcv"] / "train.beton", bundles["ffcv"].train.decoder),
+                "torchvision": torchvision_stage_costs(bundles["resized"].train),
+                "normalization": normalization_costs(bundles["ffcv"].train.normalize, 256, res)},
+            **_loop_profile(timings, "ffcv", "resized")}
+        rows.append(row)
+        del bundles
     cifar = prepare_cifar(shared, work, workers)
     bundles = {name: build_data(_cfg(name, cifar[name], "cifar", 32, 512, workers), runtime,
                                 BatchPlan.of_micro_batch(512))
                for name in ("ffcv", "torchvision")}
-    rows.append(_row("cifar10, 50000 samples, raw 32x32", epoch_rates(bundles, epochs), workers,
+    rows.append(_row("cifar10, 50000 samples, raw 32x32", epoch_timings(bundles, epochs), workers,
                      {"ffcv": "ffcv (.beton, raw)", "torchvision": "torchvision (python batches)"},
                      baseline="torchvision"))
     if out is not None:
@@ -169,20 +338,86 @@ def run(shared: Path, work: Path, workers: int, epochs: int, imagenet_samples: i
     return rows
 
 
-def _row(workload: str, rates: dict[str, list[float]], workers: int, labels: dict[str, str], baseline: str) -> dict:
-    medians = {name: statistics.median(r) for name, r in rates.items()}
+def _median_timing(runs: list[dict]) -> dict:
+    return {"img_per_s": statistics.median(t["img_per_s"] for t in runs),
+            "cores_busy": statistics.median(t["cores_busy"] for t in runs),
+            "cpu_us_per_img": {part: statistics.median(t["cpu_us_per_img"][part] for t in runs)
+                               for part in CpuClock.PARTS}}
+
+
+def _decode_us(timing: dict) -> float:
+    """CPU per image outside the main thread: the decoding side (FFCV's threads, the DataLoader's workers)."""
+    return timing["cpu_us_per_img"]["threads"] + timing["cpu_us_per_img"]["workers"]
+
+
+def _cpu_us(timing: dict) -> float:
+    return sum(timing["cpu_us_per_img"].values())
+
+
+def _loop_profile(timings: dict[str, list[dict]], ffcv: str, baseline: str) -> dict:
+    """Per loader: images/s with and without normalization, and where each image's CPU time went; and the
+    speed-up FFCV would have if only the decoding side cost CPU time (both loaders keep every core busy)."""
+    loaders = {}
+    for name in (ffcv, baseline):
+        normalized, uint8 = _median_timing(timings[name]), _median_timing(timings[f"{name}/uint8"])
+        loaders[name] = {"normalized": normalized, "uint8": uint8,
+                         "decode_img_per_s_per_core": 1e6 / _decode_us(uint8),
+                         "main_thread_normalize_us_per_img": (normalized["cpu_us_per_img"]["main"]
+                                                              - uint8["cpu_us_per_img"]["main"])}
+    return {"loop": loaders,
+            "uint8_speedup": loaders[ffcv]["uint8"]["img_per_s"] / loaders[baseline]["uint8"]["img_per_s"],
+            "decode_cpu_ratio": _decode_us(loaders[baseline]["uint8"]) / _decode_us(loaders[ffcv]["uint8"])}
+
+
+def _row(workload: str, timings: dict[str, list[dict]], workers: int, labels: dict[str, str], baseline: str) -> dict:
+    medians = {name: _median_timing(timings[name]) for name in labels}
     return {"workload": workload, "workers": workers,
-            "loaders": {labels[n]: {"img_per_s": medians[n], "per_epoch": rates[n]} for n in rates},
-            "ffcv_speedup": medians["ffcv"] / medians[baseline],
-            "ffcv_img_per_s_per_core": medians["ffcv"] / workers}
+            "loaders": {labels[n]: {"img_per_s": medians[n]["img_per_s"],
+                                    "per_epoch": [t["img_per_s"] for t in timings[n]],
+                                    "cpu_us_per_img": medians[n]["cpu_us_per_img"],
+                                    "cores_busy": medians[n]["cores_busy"],
+                                    "img_per_s_per_decoding_core": 1e6 / _decode_us(medians[n])}
+                        for n in labels},
+            "ffcv_speedup": medians["ffcv"]["img_per_s"] / medians[baseline]["img_per_s"],
+            # The same comparison in CPU time per image: what the speed-up is where the loader has every core to
+            # itself, whatever share of the cores other work left it during the run.
+            "ffcv_cpu_speedup": _cpu_us(medians[baseline]) / _cpu_us(medians["ffcv"]),
+            "ffcv_img_per_s_per_core": medians["ffcv"]["img_per_s"] / workers}
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| workload | loader | img/s (median) | FFCV speed-up |", "|---|---|---|---|"]
+    lines = ["| workload | loader | img/s (median) | FFCV speed-up: img/s (CPU time) | cores busy | "
+             "CPU us/img: decoding side / main thread | img/s per decoding core |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         for k, (name, values) in enumerate(row["loaders"].items()):
-            speedup = f"**{row['ffcv_speedup']:.1f}x**" if k == 0 else ""
-            lines.append(f"| {row['workload'] if k == 0 else ''} | {name} | {values['img_per_s']:.0f} | {speedup} |")
-    per_core = ", ".join(f"{r['workload'].split(',')[0]}{r['workload'].split(',')[-1]}: "
-                         f"{r['ffcv_img_per_s_per_core']:.0f}" for r in rows)
-    return "\n".join(lines + [f"\nFFCV images/s per decoding core ({rows[0]['workers']} cores): {per_core}"])
+            speedup = f"**{row['ffcv_speedup']:.1f}x** ({row['ffcv_cpu_speedup']:.1f}x)" if k == 0 else ""
+            cpu = values["cpu_us_per_img"]
+            lines.append(f"| {row['workload'] if k == 0 else ''} | {name} | {values['img_per_s']:.0f} | {speedup} | "
+                         f"{values['cores_busy']:.2f} | {cpu['threads'] + cpu['workers']:.0f} / {cpu['main']:.0f} | "
+                         f"{values['img_per_s_per_decoding_core']:.0f} |")
+    for row in rows:
+        if "profile" in row:
+            lines += ["", _profile_report(row)]
+    return "\n".join(lines)
+
+
+def _profile_report(row: dict) -> str:
+    profile, res = row["profile"], row["workload"].split(",")[-1].strip()
+    stages = profile["stages_us_per_img_one_core"]
+    f, t, n = stages["ffcv"], stages["torchvision"], stages["normalization"]
+    lines = [f"Profile, {res} (CPU us per image):",
+             "| loader | img/s uint8 / normalized | decoding side (uint8 run) | main thread: uint8 / normalized | "
+             "cores busy | img/s per decoding core |", "|---|---|---|---|---|---|"]
+    for name, values in profile["loop"].items():
+        u, m = values["uint8"], values["normalized"]
+        lines.append(f"| {name} | {u['img_per_s']:.0f} / {m['img_per_s']:.0f} | {_decode_us(u):.0f} | "
+                     f"{u['cpu_us_per_img']['main']:.0f} / {m['cpu_us_per_img']['main']:.0f} | "
+                     f"{m['cores_busy']:.2f} | {values['decode_img_per_s_per_core']:.0f} |")
+    decode_share = f["jpeg_decode"] / (f["jpeg_decode"] + f["crop_resize"] + f["flip"])
+    lines += [f"one core, alone: ffcv JPEG decode {f['jpeg_decode']:.0f} + crop/resize {f['crop_resize']:.0f} + flip "
+              f"{f['flip']:.0f} (decode {decode_share:.0%}); torchvision read+decode {t['read_decode']:.0f} + "
+              f"crop/resize/flip {t['crop_resize_flip']:.0f}; normalize {n['normalize']:.0f} (torch formula "
+              f"{n['torch_formula']:.0f})",
+              f"FFCV speed-up without normalization: {profile['uint8_speedup']:.2f}x; ratio of decoding-side CPU per "
+              f"image (the speed-up if nothing else cost time): {profile['decode_cpu_ratio']:.2f}x"]
+    return "\n".join(lines)

@@ -6,7 +6,8 @@ Where to change what:
   (image folders, CIFAR-10 batches), `device.py` (the whole dataset in device memory, augmented there),
   `random_tensors.py` (data.loader=random: tensors made on the device);
 - random draws of augmentation, shared by both file loaders: `seeded.py`;
-- data order and rank split: `sampling.py`; part of a dataset (classes, fraction): `subset.py`.
+- data order and rank split: `sampling.py`; part of a dataset (classes, fraction): `subset.py`;
+- uint8 -> normalized float on a CPU device (`DeviceNormalizer`, `base.py`): `cpu_normalize.py`.
 """
 
 from __future__ import annotations
