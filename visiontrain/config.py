@@ -100,7 +100,8 @@ class OptimConfig:
     eps: float = 1e-8  # adamw
     no_decay_bn_bias: bool = True  # no weight decay on BatchNorm parameters and biases
     backbone_lr_mult: float = 1.0  # lr of every parameter outside the classifier head, relative to optim.lr
-    # One kernel per update for all parameters (torch's fused SGD/AdamW); false: one per tensor group (foreach)
+    # One kernel per update for all parameters (torch's fused SGD/AdamW); false: one per tensor group
+    # (foreach). DDP only: under parallel.strategy=deepspeed the update is foreach.
     fused: bool = True
 
 

@@ -58,7 +58,7 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.backend.param_memory_format)
         # EMA before wrapping: it averages the plain module's parameters and BN buffers.
         self.ema = self._new_ema() if cfg.train.ema else None
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = build_optimizer(self.model, cfg.optim, deepspeed=cfg.parallel.strategy == "deepspeed")
         self.steps_per_epoch = data.train.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
         self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)

@@ -102,9 +102,15 @@ def test_whitening_reads_the_end_of_epoch_0_and_leaves_the_loader_ready(shapes_d
     model = build_model(cfg.model)
     seen = []
     model.init_from_data = lambda images: seen.append(images)
+    def ffcv_epoch_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if type(t).__name__ == "EpochIterator"}
+
+    before = ffcv_epoch_threads()  # other tests of this process may have left some
     init_from_training_images(model, train, count=100)
     assert seen[0].shape == (100, 3, 16, 16)  # ceil(100 / 32) = 4 batches, cut to 100 images
-    assert not [t for t in threading.enumerate() if type(t).__name__ == "EpochIterator"]  # FFCV's pass ended
+    for thread in ffcv_epoch_threads() - before:
+        thread.join(timeout=10)  # a pass run to its end lets FFCV's thread finish; an abandoned one never does
+    assert not {t for t in ffcv_epoch_threads() - before if t.is_alive()}
     train.set_epoch(0)
     epoch = torch.cat([images for images, _ in train])
     assert len(epoch) == 12 * 32 and torch.equal(seen[0], epoch[-128:][:100])  # the end of the same epoch 0
