@@ -37,15 +37,19 @@ def test_seed_counts_default_per_config_and_refuse_nonsense():
 
 
 def test_bad_input_is_one_line_and_exit_2_before_any_run(tmp_path, capsys):
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not a tar archive")
     cases = ((["--configs", "vit"], "--configs vit: unknown"),
              (["--data", str(tmp_path / "none"), "--configs", "fast"], "not a directory"),
              (["--data", str(tmp_path), "--configs", "fast", "train.epochs=1"], "schedule.warmup_epochs"),
              (["--data", str(tmp_path), "run.seed=3"], "run.seed=3: the table sets run.seed, run.dir, data.path"),
              (["--configs", "fast,resnet50"], "--configs resnet50: unknown"),
              (["--seeds", "fast=two"], "--seeds 'fast=two'"),
-             (["--cifar-jpegs", str(tmp_path / "missing.tar.gz"), "--work", str(tmp_path / "w")], "not found"))
+             (["--cifar-jpegs", str(tmp_path / "missing.tar.gz"), "--work", str(tmp_path / "w")], "not found"),
+             (["--cifar-jpegs", str(broken), "--work", str(tmp_path / "w")], "not a readable tar archive"))
     for args, message in cases:
         assert run_cli(bench_main, ["recipes", *args, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())  # no half-extracted folder

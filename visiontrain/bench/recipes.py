@@ -86,9 +86,14 @@ def prepare_split(jpegs: Path, work: Path) -> Path:
     source = jpegs
     if jpegs.is_file():
         source = work / "cifar10_jpegs"
-        if not (source / "train").is_dir():
-            with tarfile.open(jpegs) as tar:
-                tar.extractall(source, filter="data")
+        if not source.is_dir():  # extracted aside and renamed: an interrupted extraction is never reused
+            work.mkdir(parents=True, exist_ok=True)
+            try:
+                with fileio.atomic_dir(source) as tmp, tarfile.open(jpegs) as tar:
+                    tar.extractall(tmp, filter="data")
+            except tarfile.TarError as err:
+                why = str(err).splitlines()[0]
+                raise UsageError(f"--cifar-jpegs {jpegs}: not a readable tar archive ({why})") from None
     result = subprocess.run([sys.executable, "-m", "data_prep", "cifar10", "--source", str(source), "--out", str(out),
                              "--val-fraction", "0.1", "--seed", "0"], cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
