@@ -80,3 +80,19 @@ def test_compiled_model_trains_like_eager(shapes_dir, tmp_path):
     floats = [k for k in eager if eager[k].is_floating_point()]
     a, b = (torch.cat([w[k].flatten() for k in floats]) for w in (eager, compiled))
     assert float((a - b).norm() / a.norm()) < 1e-2  # all weights together: near-zero BN biases vary more
+
+
+def test_compile_mode_reaches_torch_compile(shapes_dir, tmp_path, runtime, monkeypatch):
+    modes = []
+
+    def recording_compile(module, mode=None, **_):
+        modes.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    for mode in ("default", "reduce-overhead"):
+        cfg = load_config("configs/demo/train.yaml", [
+            "data.loader=random", f"run.dir={tmp_path / mode}", "log.tensorboard=false", "log.progress_bar=false",
+            "model.compile=true", f"model.compile_mode={mode}"])
+        build_run(cfg, model=linear_model(), runtime=runtime)
+    assert modes == ["default", "reduce-overhead"]
