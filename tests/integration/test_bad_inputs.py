@@ -15,17 +15,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from data_prep.__main__ import main as data_prep_main
-from launch.__main__ import main as launch_main
 from tests.conftest import PYTHON, ROOT, ok, run_train, tiny_args
 from train import main as train_main
 from visiontrain.checkpoint import CheckpointStore, load_checkpoint
-from visiontrain.checkpoint.__main__ import main as checkpoint_main
+from visiontrain.checkpoint.cli import main as checkpoint_main
+from visiontrain.checkpoint.weights import read_weights
 from visiontrain.config import ModelConfig
-from visiontrain.errors import run_cli
-from visiontrain.evaluate import main as evaluate_main
+from visiontrain.data.prep.cli import main as data_prep_main
+from visiontrain.evaluate.cli import main as evaluate_main
+from visiontrain.infra.errors import run_cli
+from visiontrain.launch.cli import main as launch_main
 from visiontrain.models import build_model
-from visiontrain.weights import read_weights
 
 pytestmark = pytest.mark.xdist_group("bad_inputs")  # one module fixture (a trained run) for all
 
@@ -94,7 +94,7 @@ def test_overrides_may_stand_before_and_after_the_options(tmp_path, capsys):
             f"run.dir={tmp_path / 'run'}"]
     assert run_cli(train_main, argv) == 0
     assert "ok: resnet9 on 2 process(es), micro-batch 32" in capsys.readouterr().out
-    from launch.__main__ import parse_args
+    from visiontrain.launch.cli import parse_args
 
     args = parse_args(["submit", "a.b=1", "-c", "x.yaml", "c.d=2", "--nodes", "2", "e.f=3"])
     assert (args.overrides, args.config, args.nodes) == (["a.b=1", "c.d=2", "e.f=3"], "x.yaml", 2)
@@ -194,7 +194,7 @@ def test_damaged_ffcv_data_is_named_before_training(shapes_dir, tmp_path, capsys
     run_dir = tmp_path / "run"
     extra = ["model.num_classes=3"] if damage == "meta_classes" else []
     line = one_line_error(train_main, tiny(data, run_dir, *extra, loader="ffcv"), capsys)
-    assert expected in line and ("python -m data_prep" in line or damage == "meta_not_json")
+    assert expected in line and ("python -m visiontrain prep" in line or damage == "meta_not_json")
     assert not run_dir.exists()
 
 
@@ -258,7 +258,7 @@ def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_previous_checkpo
         assert torch.equal(load_checkpoint(small / "run" / "checkpoints" / "step_000000001.pt")["weights"],
                            torch.ones(1000))
 
-    result = subprocess.run([PYTHON, "-c", "import errno, os, sys\nfrom visiontrain.errors import run_cli\n"
+    result = subprocess.run([PYTHON, "-c", "import errno, os, sys\nfrom visiontrain.infra.errors import run_cli\n"
                              "def main(argv):\n    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "
                              "'/data/run/ckpt.pt')\nsys.exit(run_cli(main))"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip() == (
@@ -356,7 +356,7 @@ def _plant(kind: str, run_dir: Path, marker: Path) -> None:
         torch.save({"module": {"w": Payload(marker)}}, step / "mp_rank_00_model_states.pt")
         stage = 0
     else:  # a real ZeRO-2 checkpoint whose optimizer states carry the payload
-        from visiontrain.dist import _free_port
+        from visiontrain.parallel.dist import _free_port
 
         ok(subprocess.run([PYTHON, "-c", _ZERO2_CHECKPOINT, str(checkpoints), str(_free_port())], cwd=ROOT,
                           capture_output=True, text=True, timeout=300))

@@ -1,4 +1,4 @@
-"""python -m visiontrain.bench step / e2e / scaling on tiny CPU settings: the documented
+"""python -m visiontrain bench step / e2e / scaling on tiny CPU settings: the documented
 results.json fields, the sweep's points, MFU arithmetic and scaling efficiency."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from visiontrain.bench.__main__ import main as bench_main
+from visiontrain.bench.cli import main as bench_main
 from visiontrain.bench.flops import train_flops_per_image
 from visiontrain.config import ModelConfig
-from visiontrain.errors import run_cli
+from visiontrain.infra.errors import run_cli
 from visiontrain.models import build_model
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import torchvision
 
 from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
 from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged, _train_until
-from visiontrain.weights import read_weights
+from visiontrain.checkpoint.weights import read_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("accelerate")]
 
@@ -105,18 +105,18 @@ def test_resuming_zero_shards_with_another_process_count(shapes_dir, zero_runs, 
         if stage == 2:
             last = result.stderr.strip().splitlines()[-1]
             assert "holds ZeRO-2 optimizer shards of 2 processes; this run has 1" in last
-            assert f"python -m visiontrain.checkpoint export {copy}" in last
+            assert f"python -m visiontrain checkpoint export {copy}" in last
         else:
             assert read_json(copy / "summary.json")["world_size"] == 1
 
 
 @pytest.mark.parametrize("stage", [None, 0, 1, 2, 3])
 def test_export_works_on_every_strategy_and_loads_into_the_plain_model(ddp_reference, zero_runs, stage, tmp_path):
-    """python -m visiontrain.checkpoint export on DDP (channels-last weights) and ZeRO 0-3 runs: the file loads
+    """python -m visiontrain checkpoint export on DDP (channels-last weights) and ZeRO 0-3 runs: the file loads
     strictly into a freshly built model and equals the weights the run exported at its end."""
-    from visiontrain.checkpoint.__main__ import main as checkpoint_main
+    from visiontrain.checkpoint.cli import main as checkpoint_main
     from visiontrain.config import load_config
-    from visiontrain.errors import run_cli
+    from visiontrain.infra.errors import run_cli
     from visiontrain.models import build_model
 
     run = ddp_reference if stage is None else zero_runs[stage]
@@ -136,7 +136,7 @@ def test_zero3_exports_consolidated_weights_that_torchvision_loads(shapes_dir, t
     model.load_state_dict(live, strict=True)  # plain torchvision, no visiontrain classes
     assert read_json(run_dir / "summary.json")["ranks"][0]["params_sha256"] == \
         read_json(run_dir / "summary.json")["ranks"][1]["params_sha256"]
-    result = subprocess.run([PYTHON, "-m", "visiontrain.checkpoint", "export", str(run_dir), "--out",
+    result = subprocess.run([PYTHON, "-m", "visiontrain", "checkpoint", "export", str(run_dir), "--out",
                              str(tmp_path / "offline.safetensors")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     offline = read_weights(tmp_path / "offline.safetensors")
@@ -172,9 +172,9 @@ BAD_JSON_CASES = {
 _CHECKER = """
 import json, sys
 from visiontrain.config import BatchPlan, ParallelConfig, load_config
-from visiontrain.deepspeed_config import build
-from visiontrain.dist import init_runtime
-from visiontrain.errors import UsageError
+from visiontrain.parallel.deepspeed_config import build
+from visiontrain.parallel.dist import init_runtime
+from visiontrain.infra.errors import UsageError
 init_runtime("cpu", ParallelConfig(strategy="deepspeed"))
 for name, path, extra in json.loads(sys.argv[1]):
     cfg = load_config(None, ["parallel.strategy=deepspeed", f"parallel.deepspeed_config={path}", *extra])

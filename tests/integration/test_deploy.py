@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from tests.conftest import PYTHON, ROOT, ok, read_json, run_train
-from visiontrain import export as export_module
-from visiontrain.data.torchvision import FolderSource
-from visiontrain.errors import run_cli
-from visiontrain.evaluate import main as evaluate_main
-from visiontrain.export import SUFFIXES, compare, images_from_files, load_exported
-from visiontrain.export import main as export_main
-from visiontrain.predict import main as predict_main
-from visiontrain.trained import load_trained
+from visiontrain.data.torch_loader import FolderSource
+from visiontrain.deploy import export as export_module
+from visiontrain.deploy.export import SUFFIXES, compare, images_from_files, load_exported
+from visiontrain.deploy.export import main as export_main
+from visiontrain.deploy.predict import main as predict_main
+from visiontrain.deploy.trained import load_trained
+from visiontrain.evaluate.cli import main as evaluate_main
+from visiontrain.infra.errors import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]
 
@@ -137,7 +137,7 @@ def test_fine_tuned_run_exports_to_every_format_with_its_contract(cifar_split, f
     images = images_from_files([str(cifar_split / "val")], trained, 16)
     for fmt, suffix in SUFFIXES.items():
         out = tmp_path / f"model{suffix}"
-        result = subprocess.run([PYTHON, "-m", "visiontrain.export", str(finetuned_run), "--format", fmt, "--out",
+        result = subprocess.run([PYTHON, "-m", "visiontrain", "export", str(finetuned_run), "--format", fmt, "--out",
                                  str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         contract = json.loads(out.with_name(out.name + ".json").read_text())
@@ -149,7 +149,7 @@ def test_fine_tuned_run_exports_to_every_format_with_its_contract(cifar_split, f
         check = compare(trained.model, load_exported(out, fmt), [images[:1], images[1:8]])
         print(f"\nfine-tuned resnet9 {fmt}: max |diff| {check.max_abs_diff:.3g}, relative {check.max_rel_diff:.3g}")
         assert check.max_rel_diff <= 1e-4 and check.top1_agree == 8
-    ema = subprocess.run([PYTHON, "-m", "visiontrain.export", str(finetuned_run), "--format", "onnx", "--ema"],
+    ema = subprocess.run([PYTHON, "-m", "visiontrain", "export", str(finetuned_run), "--format", "onnx", "--ema"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ema.returncode == 0, ema.stderr[-3000:]
     contract = json.loads((finetuned_run / "export" / "model_ema.onnx.json").read_text())
@@ -209,7 +209,7 @@ def test_bad_inputs_end_with_one_line_exit_2_and_nothing_written(cifar_run, cifa
     torch.testing.assert_close(float(rows[1][2]), max(float(v) for v in rows[1][2::2]))
 
     # The subprocess entry point: exit code 2 and a single stderr line.
-    bad = subprocess.run([PYTHON, "-m", "visiontrain.predict", "--model", str(cifar_run), str(tmp_path / "nope")],
+    bad = subprocess.run([PYTHON, "-m", "visiontrain", "predict", "--model", str(cifar_run), str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "nope does not exist" in one_line(bad.returncode, bad.stderr)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
-from visiontrain.weights import read_weights
+from visiontrain.checkpoint.weights import read_weights
 
 # The recipe as written, scaled to a CPU and 2,000 images: 31 steps of 64 instead of 44 of 1024.
 CPU_SCALE = ("train.epochs=1", "train.batch_size=64", "optim.lr=0.4", "schedule.warmup_epochs=0.3",
@@ -28,7 +28,7 @@ def test_fast_recipe_one_epoch_on_2000_real_images_beats_chance_by_far(cifar_200
     losses = {}
     for tta in ("none", "the run's"):  # evaluate's default is the run's train.tta
         flag = ["--tta", tta] if tta == "none" else []
-        result = ok(subprocess.run([PYTHON, "-m", "visiontrain.evaluate", "--weights", str(run_dir), *flag,
+        result = ok(subprocess.run([PYTHON, "-m", "visiontrain", "evaluate", "--weights", str(run_dir), *flag,
                                     "--out", str(tmp_path / tta)], cwd=ROOT, capture_output=True, text=True))
         losses[tta] = float(result.stdout.split("loss ")[1].split()[0])
     assert "tta flip_translate" in result.stdout

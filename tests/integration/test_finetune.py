@@ -11,8 +11,8 @@ import torch
 
 from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
 from visiontrain.checkpoint import load_checkpoint
-from visiontrain.errors import UsageError
-from visiontrain.weights import read_weights
+from visiontrain.checkpoint.weights import read_weights
+from visiontrain.infra.errors import UsageError
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("finetune")]
 
@@ -36,7 +36,7 @@ def args(data: Path, run_dir: Path, *extra: str) -> list[str]:
 def transfer_data(tmp_path_factory) -> Path:
     """10 shapes x (120 train + 30 val) at 24x24, as image folders."""
     out = tmp_path_factory.mktemp("transfer") / "shapes"
-    subprocess.run([PYTHON, "-m", "data_prep", "synthetic", "--out", str(out), "--train-per-class", "120",
+    subprocess.run([PYTHON, "-m", "visiontrain", "prep", "synthetic", "--out", str(out), "--train-per-class", "120",
                     "--val-per-class", "30", "--size", "24", "--workers", "2"],
                    check=True, cwd=ROOT, capture_output=True)
     return out
@@ -115,7 +115,7 @@ def test_early_stopping_restores_the_best_checkpoint_and_stays_stopped(transfer_
 
 
 def test_evaluate_cli_on_a_run_dir_a_file_and_a_torchvision_state_dict(transfer_data, pretrained, tmp_path, capsys):
-    from visiontrain.evaluate import main as evaluate  # in-process: the exit-code path is checked below
+    from visiontrain.evaluate.cli import main as evaluate  # in-process: the exit-code path is checked below
 
     assert evaluate(["--weights", str(pretrained), "--tta", "flip", "--out", str(tmp_path / "tta")]) == 0
     report = read_json(tmp_path / "tta" / "eval.json")
@@ -150,7 +150,7 @@ def test_evaluate_cli_on_a_run_dir_a_file_and_a_torchvision_state_dict(transfer_
                           (["--weights", str(pretrained), "--data", str(tmp_path)], "no dataset at data.path")]:
         with pytest.raises(UsageError, match=expected):
             evaluate(cli)
-    bad = subprocess.run([PYTHON, "-m", "visiontrain.evaluate", "--weights", str(tmp_path / "missing")], cwd=ROOT,
+    bad = subprocess.run([PYTHON, "-m", "visiontrain", "evaluate", "--weights", str(tmp_path / "missing")], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--weights=" in bad.stderr and "does not exist" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -1,4 +1,4 @@
-"""python -m launch pipeline --cluster local: the chain on one machine, with submitit."""
+"""python -m visiontrain launch pipeline --cluster local: the chain on one machine, with submitit."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_local_pipeline_runs_pretraining_then_finetuning_from_its_weights(shapes_dir, tmp_path):
     pre, fine = tmp_path / "pretrain", tmp_path / "finetune"
     overrides = tiny_args(shapes_dir, pre, "train.epochs=1")[2:]
-    result = subprocess.run([PYTHON, "-m", "launch", "pipeline", "--cluster", "local", "--pretrain",
+    result = subprocess.run([PYTHON, "-m", "visiontrain", "launch", "pipeline", "--cluster", "local", "--pretrain",
                              "configs/demo/train.yaml", "--finetune", "configs/demo/train.yaml", *overrides,
                              f"finetune:run.dir={fine}", "finetune:finetune.freeze=backbone", "--poll", "0.5"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -1,4 +1,4 @@
-"""python -m visiontrain.bench recipes: fresh train.py runs per seed, summarized as the README's table."""
+"""python -m visiontrain bench recipes: fresh train.py runs per seed, summarized as the README's table."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TINY = ("data.image_size=16", "data.val_image_size=16", "data.crop_padding=2", "
 def test_recipe_table_runs_each_seed_from_scratch_and_reports_their_mean_and_std(shapes_dir, tmp_path):
     out = tmp_path / "table"
     # From another directory, with relative paths: they mean the caller's directory.
-    result = ok(subprocess.run([PYTHON, "-m", "visiontrain.bench", "recipes", "--configs", "fast", *TINY,
+    result = ok(subprocess.run([PYTHON, "-m", "visiontrain", "bench", "recipes", "--configs", "fast", *TINY,
                                 "--data", str(shapes_dir), "--seeds", "fast=2", "--no-warmup", "--nproc", "2",
                                 "--out", "table"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                                env={**os.environ, "PYTHONPATH": str(ROOT)}))

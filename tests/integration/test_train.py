@@ -13,10 +13,10 @@ import torch
 
 from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
 from visiontrain.checkpoint import load_checkpoint
+from visiontrain.checkpoint.weights import read_weights
 from visiontrain.config import load_config
-from visiontrain.logs import EVENT_KEYS
 from visiontrain.models import build_model
-from visiontrain.weights import read_weights
+from visiontrain.train.logs import EVENT_KEYS
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
 COMPARED = ("event", "epoch", "step", "lr", "loss", "top1", "top5")

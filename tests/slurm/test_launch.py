@@ -1,4 +1,4 @@
-"""python -m launch (submitit) against the real SLURM test cluster: a sweep, the
+"""python -m visiontrain launch (submitit) against the real SLURM test cluster: a sweep, the
 pretrain -> fine-tune pipeline (and its cancellation), and preemption with requeue."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CONFIG = "configs/demo/train.yaml"
 
 
 def launch(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "launch", *args, "--cluster", "slurm", "--cpus-per-task", "1",
+    return subprocess.run([PYTHON, "-m", "visiontrain", "launch", *args, "--cluster", "slurm", "--cpus-per-task", "1",
                            "--poll", "0.5"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -17,7 +17,7 @@ import torch
 from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
 from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged
 from tests.slurm.conftest import EXTRA, cluster_nodes, job_field, overrides, sbatch, wait_for_state
-from visiontrain.weights import read_weights
+from visiontrain.checkpoint.weights import read_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm2")]
 
@@ -191,7 +191,7 @@ def test_a_node_lost_mid_run_fails_the_job_quickly_with_one_line_and_a_rerun_res
 
 def test_submitit_on_two_nodes_forms_the_world_and_its_requeue_works(slurm2, two_node_run, shapes_dir, tmp_path):
     run_dir = tmp_path / "submitit"
-    result = subprocess.run([PYTHON, "-m", "launch", "submit", "-c", CONFIG, *overrides(shapes_dir, run_dir, *EXTRA),
+    result = subprocess.run([PYTHON, "-m", "visiontrain", "launch", "submit", "-c", CONFIG, *overrides(shapes_dir, run_dir, *EXTRA),
                              "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1",
                              "--no-wait"], cwd=ROOT, env=slurm2, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

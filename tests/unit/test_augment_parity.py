@@ -19,8 +19,8 @@ from visiontrain.config import load_config
 from visiontrain.data import augment
 from visiontrain.data.base import DeviceNormalizer
 from visiontrain.data.seeded import SALT_CROP, SALT_FLIP, random_resized_crop, sample_keys, uniform
-from visiontrain.data.torchvision import open_sources
-from visiontrain.dist import Runtime
+from visiontrain.data.torch_loader import open_sources
+from visiontrain.parallel.dist import Runtime
 
 CPU = torch.device("cpu")
 RUNTIME = Runtime(accelerator=None, device=CPU, rank=0, world_size=1, local_rank=0, launcher="single")
@@ -138,8 +138,8 @@ import sys, numpy as np, torch
 from visiontrain.config import BatchPlan, load_config
 from visiontrain.data import build_data, seeded
 from visiontrain.data.augment import AsIs, Cutout, Flip, RandomResizedCrop, Recipe, Translate
-from visiontrain.data.torchvision import TrainTransform
-from visiontrain.dist import Runtime
+from visiontrain.data.torch_loader import TrainTransform
+from visiontrain.parallel.dist import Runtime
 
 runtime = Runtime(accelerator=None, device=torch.device("cpu"), rank=0, world_size=1, local_rank=0, launcher="single")
 images = [np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)] * 8

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from visiontrain.bench import flops, runner
-from visiontrain.bench.__main__ import main as bench_main
+from visiontrain.bench.cli import main as bench_main
 from visiontrain.bench.sweep import expand
 from visiontrain.bench.throughput import TimedLoader, _per_step, _percentile
-from visiontrain.errors import UsageError, run_cli
+from visiontrain.infra.errors import UsageError, run_cli
 
 
 def test_sweep_is_the_cartesian_product_in_order_with_fixed_overrides_first():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from visiontrain.checkpoint import CheckpointStore, CorruptCheckpoint, load_checkpoint
-from visiontrain.errors import UsageError
-from visiontrain.weights import export_weights, plain_state_dict, read_weights
+from visiontrain.checkpoint.weights import export_weights, plain_state_dict, read_weights
+from visiontrain.infra.errors import UsageError
 
 
 def state(step: int) -> dict:

@@ -4,7 +4,7 @@ import yaml
 
 from tests.conftest import ROOT, run_train
 from visiontrain.config import BatchPlan, Config, all_keys, load_config, to_yaml
-from visiontrain.errors import UsageError
+from visiontrain.infra.errors import UsageError
 
 
 def error_of(*overrides: str, path=None) -> str:
@@ -179,10 +179,10 @@ def test_cli_missing_data_names_the_data_prep_command(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: no train.beton in data.path={cifar} (data.loader=ffcv); "
-        f"create it with `python -m data_prep cifar10 --out {cifar}`")
+        f"create it with `python -m visiontrain prep cifar10 --out {cifar}`")
     other = run_train([f"run.dir={run_dir}", "data.loader=torchvision", f"data.path={tmp_path / 'nothing'}"])
     assert other.returncode == 2
-    assert "no dataset at data.path=" in other.stderr and "python -m data_prep" in other.stderr
+    assert "no dataset at data.path=" in other.stderr and "python -m visiontrain prep" in other.stderr
     assert not run_dir.exists()
 
 

@@ -13,9 +13,9 @@ from tests.conftest import build_loaders
 from visiontrain.config import DataConfig, load_config
 from visiontrain.data.augment import AsIs, Cutout, Recipe, eval_recipe, train_recipe
 from visiontrain.data.base import DeviceNormalizer
-from visiontrain.data.torchvision import EvalTransform, TrainTransform
-from visiontrain.dist import Runtime
-from visiontrain.errors import UsageError
+from visiontrain.data.torch_loader import EvalTransform, TrainTransform
+from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.dist import Runtime
 
 CPU = torch.device("cpu")
 

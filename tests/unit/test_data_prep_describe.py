@@ -1,4 +1,4 @@
-"""`python -m data_prep describe`: meta.json for .beton files written by FFCV's own scripts, then training on them.
+"""`python -m visiontrain prep describe`: meta.json for .beton files written by FFCV's own scripts, then training on them.
 
 The betons here are written the way ffcv-imagenet's `write_imagenet.py` and FFCV's CIFAR example
 `write_datasets.py` write theirs: `DatasetWriter(path, {"image": RGBImageField(...), "label": IntField()})`
@@ -21,9 +21,9 @@ from ffcv.reader import Reader
 from ffcv.writer import DatasetWriter
 from torchvision.datasets import ImageFolder
 
-from data_prep.synthetic import SHAPES
 from tests.conftest import ok, read_json, run_train, tiny_args
 from tests.unit.test_data_prep_writers import prep
+from visiontrain.data.prep.synthetic import SHAPES
 
 SHAPE_NAMES = sorted(SHAPES)  # the shapes data set's labels follow its sorted class names
 
@@ -124,15 +124,15 @@ def coloured_noise(per_class: int, seed: int) -> list[tuple[np.ndarray, int]]:
 
 def test_training_reads_described_ffcv_betons_and_learns(tmp_path):
     from visiontrain.config import load_config
-    from visiontrain.data.ffcv import check_dataset_files
-    from visiontrain.errors import UsageError
+    from visiontrain.data.ffcv_loader import check_dataset_files
+    from visiontrain.infra.errors import UsageError
 
     data = tmp_path / "data"
     data.mkdir()
     ffcv_write(data / "train.beton", coloured_noise(64, seed=0))
     ffcv_write(data / "val.beton", coloured_noise(16, seed=1))
     cfg = load_config("configs/demo/train.yaml", [f"data.path={data}", "data.image_size=16", "data.val_image_size=16"])
-    with pytest.raises(UsageError, match=f"no meta.json .*`python -m data_prep describe --beton {data}"):
+    with pytest.raises(UsageError, match=f"no meta.json .*`python -m visiontrain prep describe --beton {data}"):
         check_dataset_files(data, cfg.data, ("train", "val"))
 
     described = prep("describe", "--beton", data, "--class-names", "red,green,blue,yellow")

@@ -4,12 +4,12 @@ import subprocess
 import numpy as np
 from PIL import Image
 
-from data_prep.synthetic import SHAPES, render
 from tests.conftest import PYTHON, ROOT
+from visiontrain.data.prep.synthetic import SHAPES, render
 
 
 def prep(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "data_prep", "synthetic", *args], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run([PYTHON, "-m", "visiontrain", "prep", "synthetic", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_writes_class_folders_with_the_requested_counts_and_meta(tmp_path):

@@ -1,4 +1,4 @@
-"""python -m data_prep cifar10 / imagenet / folder on real images: round trips, labels, errors."""
+"""python -m visiontrain prep cifar10 / imagenet / folder on real images: round trips, labels, errors."""
 
 from __future__ import annotations
 
@@ -22,19 +22,19 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 
 
 def prep(*args) -> subprocess.CompletedProcess:
-    """Run `python -m data_prep ARGS` in this process (start-up costs seconds): exit code, stdout, stderr."""
-    from data_prep.__main__ import main
-    from visiontrain.errors import run_cli
+    """Run `python -m visiontrain prep ARGS` in this process (start-up costs seconds): exit code, stdout, stderr."""
+    from visiontrain.data.prep.cli import main
+    from visiontrain.infra.errors import run_cli
 
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = run_cli(main, argv)
-    return subprocess.CompletedProcess(["python", "-m", "data_prep", *argv], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["python", "-m", "visiontrain", "prep", *argv], code, out.getvalue(), err.getvalue())
 
 
 def prep_process(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "data_prep", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([PYTHON, "-m", "visiontrain", "prep", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -172,7 +172,7 @@ def test_folder_converts_every_image_mode_to_rgb_exactly_as_pil_does(tmp_path):
 
 
 def test_folder_stratified_split_is_seeded(cifar_slice, tmp_path):
-    from data_prep.sources import class_folders, stratified_split
+    from visiontrain.data.prep.sources import class_folders, stratified_split
 
     samples = class_folders(cifar_slice / "train")
     val_sets = [set(map(str, stratified_split(samples, 0.1, seed)[1].paths)) for seed in (3, 3, 4)]
@@ -256,8 +256,8 @@ def test_refuses_to_overwrite_without_force(cifar_slice, tmp_path):
 
 
 def test_a_crash_while_writing_leaves_no_output(cifar_slice, tmp_path, monkeypatch):
-    import data_prep.__main__ as cli
-    import data_prep.beton as beton
+    import visiontrain.data.prep.beton as beton
+    import visiontrain.data.prep.cli as cli
 
     real = beton.write_beton
 

@@ -10,10 +10,10 @@ import torch
 
 from tests.conftest import PYTHON, ROOT, build_loaders, ok, read_json, run_train, tiny_args
 from tests.unit.test_augment_parity import cfg_for, epoch, identical
-from visiontrain.data import device as device_module
-from visiontrain.dist import Runtime
-from visiontrain.errors import UsageError
-from visiontrain.weights import read_weights
+from visiontrain.checkpoint.weights import read_weights
+from visiontrain.data import device_loader as device_module
+from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.dist import Runtime
 
 RECIPE = ("data.crop_padding=2", "data.cutout=4")
 

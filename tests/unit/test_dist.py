@@ -4,9 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from visiontrain import dist
-from visiontrain.dist import choose_socket_interface, detect_launch, export_torch_env, tasks_on_node
-from visiontrain.errors import UsageError, run_cli
+from visiontrain.infra.errors import UsageError, run_cli
+from visiontrain.parallel import dist
+from visiontrain.parallel.dist import choose_socket_interface, detect_launch, export_torch_env, tasks_on_node
 
 
 def test_single_process_without_launcher_variables():
@@ -39,7 +39,7 @@ def test_the_sbatch_shell_is_not_mistaken_for_a_task():
 def test_shutdown_leaves_the_process_group_so_exit_does_not_tear_gloo_down():
     import torch.distributed as torch_dist
 
-    from visiontrain.dist import _free_port, shutdown
+    from visiontrain.parallel.dist import _free_port, shutdown
 
     torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     assert torch_dist.is_initialized()

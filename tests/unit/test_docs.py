@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from visiontrain import config, config_docs
+from visiontrain import config
+from visiontrain.config import reference as config_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -27,7 +28,7 @@ def markdown_files() -> list[Path]:
 def rendered() -> str:
     """config_docs.render() in a fresh interpreter: CPython 3.11's ast.parse (inspect.getsource) can fail
     with "AST constructor recursion depth mismatch" inside a long-lived test process."""
-    result = subprocess.run([sys.executable, "-c", "import sys\nfrom visiontrain.config_docs import render\n"
+    result = subprocess.run([sys.executable, "-c", "import sys\nfrom visiontrain.config.reference import render\n"
                              "sys.stdout.write(render())"], cwd=ROOT, capture_output=True, text=True, check=True)
     return result.stdout
 
@@ -36,7 +37,7 @@ def test_configuration_reference_is_current(rendered):
     generated = rendered
     current = config_docs.OUTPUT.read_text(encoding="utf-8") if config_docs.OUTPUT.is_file() else ""
     assert current == generated, (
-        f"{config_docs.OUTPUT.relative_to(ROOT)} is stale or missing: run `python -m visiontrain.config_docs`"
+        f"{config_docs.OUTPUT.relative_to(ROOT)} is stale or missing: run `python -m visiontrain.config.reference`"
     )
 
 
@@ -130,7 +131,7 @@ def test_relative_links_point_to_existing_files(path):
 
 def test_link_check_finds_missing_files_and_headings(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("# Data preparation: `python -m data_prep`\n\n## When to use which\n"
+    page.write_text("# Data preparation: `python -m visiontrain prep`\n\n## When to use which\n"
                     "[a](page.md#when-to-use-which) [b](#data-preparation-python--m-data_prep) "
                     "[c](https://example.org/x.md) `[d](in-code.md)`\n"
                     "[e](missing.md) [f](page.md#no-such-heading)\n```\n[g](in-block.md)\n```\n")

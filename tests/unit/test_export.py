@@ -9,7 +9,7 @@ import torch
 from visiontrain.config import ModelConfig
 from visiontrain.data.base import DeviceNormalizer
 from visiontrain.data.preprocess import EvalPreprocess, image_files, read_image
-from visiontrain.export import SUFFIXES, TOLERANCE, check_batches, compare, export_model, load_exported
+from visiontrain.deploy.export import SUFFIXES, TOLERANCE, check_batches, compare, export_model, load_exported
 from visiontrain.models import build_model
 
 # (model, preprocessing, image source): the ImageNet networks at a small size to stay cheap on a CPU.

@@ -11,7 +11,7 @@ import torch
 from tests.conftest import PYTHON, ROOT, build_loaders
 from visiontrain.config import load_config
 from visiontrain.data.augment import resolution_for_epoch
-from visiontrain.dist import Runtime
+from visiontrain.parallel.dist import Runtime
 
 CPU = torch.device("cpu")
 
@@ -121,7 +121,7 @@ def test_progressive_resizing_schedule_and_decoder_output(imagenet_sample, tmp_p
     val.mkdir()
     for wnid in sorted(imagenet_sample.iterdir())[:200]:
         (val / wnid.name).symlink_to(wnid)
-    result = subprocess.run([PYTHON, "-m", "data_prep", "imagenet", "--train", str(imagenet_sample), "--val", str(val),
+    result = subprocess.run([PYTHON, "-m", "visiontrain", "prep", "imagenet", "--train", str(imagenet_sample), "--val", str(val),
                              "--out", str(out), "--max-res", "96", "--write-mode", "jpg", "--workers", "2"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -140,7 +140,7 @@ def test_progressive_resizing_schedule_and_decoder_output(imagenet_sample, tmp_p
 
 
 def test_ffcv_backend_refuses_cifar_recipe_on_images_of_another_size(shapes_dir):
-    from visiontrain.errors import UsageError
+    from visiontrain.infra.errors import UsageError
 
     with pytest.raises(UsageError, match="not all 32x32"):
         build_loaders(cfg_for(shapes_dir, "ffcv", "data.image_size=32", "data.crop_padding=2"), runtime(), 32)

@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from visiontrain import fileio
-from visiontrain.errors import UsageError
+from visiontrain.infra import fileio
+from visiontrain.infra.errors import UsageError
 
 
 class Boom(Exception):

@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 
 from visiontrain.checkpoint import CheckpointStore
 from visiontrain.config import FinetuneConfig, ModelConfig, load_config
-from visiontrain.errors import UsageError
-from visiontrain.finetune import freeze, keep_frozen_bn_in_eval, load_initial_weights, prepare_model
+from visiontrain.infra.errors import UsageError
 from visiontrain.models import build_model
+from visiontrain.train.finetune import freeze, keep_frozen_bn_in_eval, load_initial_weights, prepare_model
 
 
 def cifar18(num_classes: int = 10, width: int = 8, seed: int = 0):

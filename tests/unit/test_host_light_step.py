@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from visiontrain.config import OptimConfig, load_config
-from visiontrain.errors import UsageError
-from visiontrain.metrics import RunningStats, topk_correct
+from visiontrain.evaluate.metrics import RunningStats, topk_correct
+from visiontrain.infra.errors import UsageError
 from visiontrain.models import ResNet9
-from visiontrain.optim import build_optimizer
+from visiontrain.train.optim import build_optimizer
 
 
 def _train(optim: OptimConfig, steps: int = 5) -> list[torch.Tensor]:
@@ -83,7 +83,7 @@ def test_overhead_bench_times_each_piece_of_the_step_bookkeeping():
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_a_checkpoint_of_one_implementation_resumes_with_the_configured_one(name):
-    from visiontrain.optim import keep_implementation
+    from visiontrain.train.optim import keep_implementation
 
     lr = 0.1 if name == "sgd" else 1e-3
     torch.manual_seed(0)

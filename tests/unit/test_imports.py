@@ -94,8 +94,8 @@ def test_the_walker_finds_a_planted_cycle():
 
 
 def test_the_walker_sees_function_level_imports_and_skips_type_checking_ones(tmp_path):
-    modules = {"visiontrain": ROOT / "visiontrain/__init__.py", "visiontrain.config": ROOT / "visiontrain/config.py",
-               "visiontrain.models": ROOT / "visiontrain/models.py", "visiontrain.x": tmp_path / "x.py"}
+    modules = {"visiontrain": ROOT / "visiontrain/__init__.py", "visiontrain.config": ROOT / "visiontrain/config/__init__.py",
+               "visiontrain.models": ROOT / "visiontrain/models/__init__.py", "visiontrain.x": tmp_path / "x.py"}
     source = tmp_path / "x.py"
     source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from visiontrain import models\n"
                       "def f():\n    from visiontrain.config import Config\n")
@@ -105,5 +105,5 @@ def test_the_walker_sees_function_level_imports_and_skips_type_checking_ones(tmp
 def test_project_modules_import_each_other_without_cycles():
     modules = project_modules()
     graph = {name: imported_modules(path, name, modules) for name, path in modules.items()}
-    assert "visiontrain.config" in graph["visiontrain.trainer"]  # the walker does see our imports
+    assert "visiontrain.config" in graph["visiontrain.train.trainer"]  # the walker does see our imports
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"

@@ -1,13 +1,13 @@
-"""python -m launch refuses bad input before submitting anything: one line, exit code 2."""
+"""python -m visiontrain launch refuses bad input before submitting anything: one line, exit code 2."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from launch.__main__ import _slug
-from launch.__main__ import main as launch_main
-from visiontrain.errors import run_cli
+from visiontrain.infra.errors import run_cli
+from visiontrain.launch.cli import _slug
+from visiontrain.launch.cli import main as launch_main
 
 
 @pytest.mark.parametrize("argv, message", [

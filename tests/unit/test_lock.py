@@ -11,7 +11,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from tests.conftest import ROOT
-from visiontrain.lock import LOCK, differences_from_lock, locked_version, locked_versions
+from visiontrain.infra.pinned_versions import LOCK, differences_from_lock, locked_version, locked_versions
 
 
 def test_installed_packages_are_the_locked_versions():
@@ -54,7 +54,7 @@ def test_differences_name_installed_and_locked_versions(tmp_path):
 
 
 def test_local_version_label_meets_its_pin(tmp_path, monkeypatch):
-    from visiontrain import lock as lock_module
+    from visiontrain.infra import pinned_versions as lock_module
 
     monkeypatch.setattr(lock_module.metadata, "version", lambda name: "2.15.0+cu132")
     lock = tmp_path / "constraints.txt"

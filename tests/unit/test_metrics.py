@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from visiontrain.data.sampling import eval_shard
-from visiontrain.metrics import RunningStats, topk_correct
+from visiontrain.evaluate.metrics import RunningStats, topk_correct
 
 
 def test_topk_correct():

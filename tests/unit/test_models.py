@@ -90,8 +90,8 @@ def test_whitening_reads_the_end_of_epoch_0_and_leaves_the_loader_ready(shapes_d
 
     from tests.conftest import build_loaders
     from visiontrain.config import load_config
-    from visiontrain.dist import Runtime
-    from visiontrain.run import init_from_training_images
+    from visiontrain.parallel.dist import Runtime
+    from visiontrain.train.run import init_from_training_images
 
     cfg = load_config("configs/demo/train.yaml", [f"data.loader={loader}", f"data.path={shapes_dir}",
                                                   "data.image_size=16", "data.val_image_size=16",

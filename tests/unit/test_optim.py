@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from visiontrain.config import ModelConfig, OptimConfig, ScheduleConfig
-from visiontrain.errors import UsageError
+from visiontrain.infra.errors import UsageError
 from visiontrain.models import build_model
-from visiontrain.optim import build_optimizer, build_scheduler, lr_factor
+from visiontrain.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def factors(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> list[float]:

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.conftest import ROOT
-from visiontrain.preemption import PreemptionWatch
+from visiontrain.train.preemption import PreemptionWatch
 
 
 def _free_port() -> int:
@@ -57,7 +57,7 @@ def test_one_process_stops_at_the_next_step_on_sigterm():
 
 _POOL_UNDER_A_SIGTERM_HANDLER = """
 import os, signal, time
-from data_prep.beton import worker_pool
+from visiontrain.data.prep.beton import worker_pool
 signal.signal(signal.SIGTERM, lambda *args: None)  # what a training run leaves in its process
 pool = worker_pool(1)
 worker = pool._pool[0]

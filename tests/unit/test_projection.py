@@ -1,4 +1,4 @@
-"""python -m visiontrain.bench project: ImageNet time to train projected from measured per-GPU rates.
+"""python -m visiontrain bench project: ImageNet time to train projected from measured per-GPU rates.
 
 The arithmetic is checked against rows computed by hand, the interpolation rule against rates that
 fall exactly as 1/pixels, and bad input against the one-line exit-2 contract."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from visiontrain.bench.__main__ import main as bench_main
+from visiontrain.bench.cli import main as bench_main
 from visiontrain.bench.projection import (
     FFCV_MAX_RES,
     FFCV_MIN_RES,
@@ -24,7 +24,7 @@ from visiontrain.bench.projection import (
     training_seconds,
 )
 from visiontrain.config import load_config
-from visiontrain.errors import run_cli
+from visiontrain.infra.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 R50 = ROOT / "configs" / "imagenet" / "resnet50.yaml"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from visiontrain.bench.__main__ import main as bench_main
+from visiontrain.bench.cli import main as bench_main
 from visiontrain.bench.recipes import aggregate, markdown, seeds_per_config
-from visiontrain.errors import UsageError, run_cli
+from visiontrain.infra.errors import UsageError, run_cli
 
 
 def _run(seed: int, top1: float, train_s: float, process_s: float) -> dict:
@@ -21,7 +21,7 @@ def test_rows_are_mean_and_sample_std_over_the_seeds_computed_by_hand():
     assert (row["top1_min"], row["top1_max"], row["runs"]) == (93.8, 94.2, 3)
     assert row["train_s_mean"] == pytest.approx(3.0) and row["process_s_mean"] == pytest.approx(11.0)
     assert aggregate("fast", [_run(0, 50.0, 1.0, 2.0)])["top1_std"] == 0.0
-    table = markdown([row], "NVIDIA H100, driver 1; torch 2", "1 GPU", "python -m visiontrain.bench recipes")
+    table = markdown([row], "NVIDIA H100, driver 1; torch 2", "1 GPU", "python -m visiontrain bench recipes")
     assert "| fast | cifar_fast | 10 | 1 | 94.00 ± 0.20 % | 3 | 93.80-94.20 | 3.00 | 11.0 |" in table
     assert "Validation: 5,000 images, training: 45,000 images per epoch" in table
 

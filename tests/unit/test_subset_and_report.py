@@ -12,9 +12,9 @@ import torch
 from visiontrain.config import DataConfig
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
 from visiontrain.data.subset import Relabel, select
-from visiontrain.errors import UsageError
-from visiontrain.metrics import Predictions
-from visiontrain.report import FILES, summarize, write_report
+from visiontrain.evaluate.metrics import Predictions
+from visiontrain.evaluate.report import FILES, summarize, write_report
+from visiontrain.infra.errors import UsageError
 
 NAMES = [f"c{i}" for i in range(4)]
 TRAIN_LABELS = np.repeat(np.arange(4), 50)  # 50 per class

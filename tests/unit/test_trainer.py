@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from tests.conftest import ok, read_jsonl, run_train, tiny_args
+from visiontrain.checkpoint.weights import read_weights
 from visiontrain.config import load_config
-from visiontrain.dist import init_runtime
-from visiontrain.run import build_run
-from visiontrain.trainer import Trainer
-from visiontrain.weights import read_weights
+from visiontrain.parallel.dist import init_runtime
+from visiontrain.train.run import build_run
+from visiontrain.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

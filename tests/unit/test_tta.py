@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from visiontrain.tta import TTA_MODES, tta_logits, views
+from visiontrain.evaluate.tta import TTA_MODES, tta_logits, views
 
 
 class Probe(nn.Module):
@@ -57,7 +57,7 @@ def test_unknown_mode_is_refused():
 
 def test_config_takes_the_tta_modes_and_names_them_when_refusing():
     from visiontrain.config import load_config
-    from visiontrain.errors import UsageError
+    from visiontrain.infra.errors import UsageError
 
     assert load_config(None, ["train.tta=flip_translate"]).train.tta == "flip_translate"
     with pytest.raises(UsageError, match="train.tta.*rotate.*none, flip, flip_translate"):
@@ -66,7 +66,7 @@ def test_config_takes_the_tta_modes_and_names_them_when_refusing():
 
 def test_alternating_flips_without_flips_are_refused():
     from visiontrain.config import load_config
-    from visiontrain.errors import UsageError
+    from visiontrain.infra.errors import UsageError
 
     with pytest.raises(UsageError, match="data.alternate_flip.*data.flip=true"):
         load_config(None, ["data.flip=false", "data.alternate_flip=true"])

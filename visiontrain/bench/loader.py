@@ -42,11 +42,11 @@ import psutil
 import torch
 from PIL import Image
 
-from visiontrain import fileio
 from visiontrain.config import BatchPlan, load_config
 from visiontrain.data import build_data
-from visiontrain.dist import Runtime
-from visiontrain.errors import UsageError
+from visiontrain.infra import fileio
+from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.dist import Runtime
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -57,7 +57,7 @@ def _runtime() -> Runtime:
 
 
 def _prep(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "data_prep", *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "visiontrain", "prep", *args], capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"data_prep {args[0]} failed: {result.stderr[-2000:]}")
 

@@ -31,8 +31,8 @@ def rss_bytes(field: str = "VmRSS:") -> int:
 def worker(strategy: str, model: str, image_size: int, batch: int, steps: int, optimizer: str = "sgd") -> None:
     """One rank of a measurement (run under torchrun)."""
     from visiontrain.config import load_config
-    from visiontrain.dist import all_gather_objects, detect_launch, init_runtime
-    from visiontrain.run import build_run
+    from visiontrain.parallel.dist import all_gather_objects, detect_launch, init_runtime
+    from visiontrain.train.run import build_run
 
     world = detect_launch().world_size
     overrides = ["data.loader=random", f"model.name={model}", f"optim.name={optimizer}", "model.num_classes=1000",

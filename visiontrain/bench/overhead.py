@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from visiontrain.config import load_config
-from visiontrain.dist import Runtime
 from visiontrain.models import build_model
-from visiontrain.optim import build_optimizer, build_scheduler
-from visiontrain.run import build_run, seed_everything
+from visiontrain.parallel.dist import Runtime
+from visiontrain.train.optim import build_optimizer, build_scheduler
+from visiontrain.train.run import build_run, seed_everything
 
 DEFAULTS = ["data.loader=random", "data.image_size=32", "model.name=resnet9", "model.width=32",
             "train.batch_size=128", "train.precision=fp32", "train.epochs=1000", "schedule.warmup_epochs=0",

@@ -1,6 +1,6 @@
 """ImageNet time to train, projected from measured training throughput.
 
-    python -m visiontrain.bench project [RESULTS ...] [--rate MODEL:RES=IMG_S ...] [--of e2e|step]
+    python -m visiontrain bench project [RESULTS ...] [--rate MODEL:RES=IMG_S ...] [--of e2e|step]
         [--where key=value ...] [--epochs 16 24 ...] [--gpus 8] [--efficiency 0.9] [--out DIR]
 
 For each ImageNet config (configs/imagenet/resnet50.yaml, resnet18.yaml by default) and each of
@@ -29,11 +29,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from visiontrain import fileio
-from visiontrain.errors import UsageError
+from visiontrain.infra import fileio
+from visiontrain.infra.errors import UsageError
+from visiontrain.infra.paths import SOURCE_TREE
 
 SCHEMA_VERSION = 1
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = SOURCE_TREE
 DEFAULT_CONFIGS = (ROOT / "configs" / "imagenet" / "resnet50.yaml", ROOT / "configs" / "imagenet" / "resnet18.yaml")
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ImageNet-1k (ILSVRC-2012) training split
 DEFAULT_GPUS = 8
@@ -169,7 +170,7 @@ def result_files(paths: list[Path]) -> list[Path]:
         elif path.is_dir():
             found = [path / "results.json"] if (path / "results.json").is_file() else sorted(path.rglob("results.json"))
             if not found:
-                raise UsageError(f"{path}: no results.json in it (written by `python -m visiontrain.bench e2e/step "
+                raise UsageError(f"{path}: no results.json in it (written by `python -m visiontrain bench e2e/step "
                                  "--out DIR`)")
             files += found
         else:
@@ -429,7 +430,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
-    doc = build(args, "python -m visiontrain.bench " + " ".join(argv))
+    doc = build(args, "python -m visiontrain bench " + " ".join(argv))
     text = markdown(doc)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

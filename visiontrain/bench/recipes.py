@@ -1,6 +1,6 @@
 """The CIFAR-10 recipe table: validation accuracy over seeds, and the time each config takes.
 
-    python -m visiontrain.bench recipes [--data DIR] [--configs fast,resnet9,resnet18]
+    python -m visiontrain bench recipes [--data DIR] [--configs fast,resnet9,resnet18]
         [--seeds fast=20,resnet9=10,resnet18=10] [--nproc N] [--no-warmup] [--out DIR] [section.key=value ...]
 
 Each config of configs/cifar10/ trains once per seed (run.seed = 0, 1, ...), each run a
@@ -33,10 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from visiontrain import fileio
-from visiontrain.errors import TrainingFailed, UsageError
+from visiontrain.infra import fileio
+from visiontrain.infra.errors import TrainingFailed, UsageError
+from visiontrain.infra.paths import SOURCE_TREE
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = SOURCE_TREE
 PER_RUN_KEYS = ("run.seed", "run.dir", "data.path")
 CONFIGS = {"fast": "configs/cifar10/fast.yaml", "resnet9": "configs/cifar10/resnet9.yaml",
            "resnet18": "configs/cifar10/resnet18.yaml"}
@@ -94,7 +95,7 @@ def prepare_split(jpegs: Path, work: Path) -> Path:
             except tarfile.TarError as err:
                 why = str(err).splitlines()[0]
                 raise UsageError(f"--cifar-jpegs {jpegs}: not a readable tar archive ({why})") from None
-    result = subprocess.run([sys.executable, "-m", "data_prep", "cifar10", "--source", str(source), "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "visiontrain", "prep", "cifar10", "--source", str(source), "--out", str(out),
                              "--val-fraction", "0.1", "--seed", "0"], cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
         raise UsageError(f"preparing the 45k/5k split failed: {result.stderr.strip().splitlines()[-1]}")
@@ -167,7 +168,7 @@ def markdown(rows: list[dict[str, Any]], device: str, label: str, command: str) 
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
-    from visiontrain.run import check
+    from visiontrain.train.run import check
 
     seeds = seeds_per_config(args.configs.split(","), args.seeds.split(","))
     if args.nproc < 1:
@@ -199,7 +200,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
             run.pop("environment")
         all_runs[name] = runs
         rows.append(aggregate(name, runs))
-    command = shlex.join(["python", "-m", "visiontrain.bench", *argv])
+    command = shlex.join(["python", "-m", "visiontrain", "bench", *argv])
     device = device_line(environment)
     text = markdown(rows, device, args.label, command)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from visiontrain import fileio
+from visiontrain.infra import fileio
 
 SCHEMA_VERSION = 1
 

@@ -21,9 +21,10 @@ from typing import Any, Callable
 import torch
 
 from visiontrain.bench.sweep import Point
-from visiontrain.errors import UsageError
+from visiontrain.infra.errors import UsageError
+from visiontrain.infra.paths import SOURCE_TREE
 
-DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+DEEPSPEED_CONFIGS = SOURCE_TREE / "configs" / "deepspeed"
 # `strategy=NAME` in overrides and sweeps: the parallel strategy (and ZeRO stage) in one word.
 STRATEGY_ALIASES = {"ddp": ["parallel.strategy=ddp"]} | {
     f"zero{stage}": ["parallel.strategy=deepspeed",
@@ -79,7 +80,7 @@ def check_points(config: str | None, mode: str, points: list[Point], nprocs: lis
 
 def environment() -> dict[str, Any]:
     """train.py's environment record (environment.environment), in the benchmark's documented keys."""
-    from visiontrain.environment import environment as run_environment
+    from visiontrain.infra.environment import environment as run_environment
 
     cuda = torch.cuda.is_available()
     base = run_environment(torch.device("cuda" if cuda else "cpu"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from visiontrain.errors import UsageError
+from visiontrain.infra.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ def point_config(spec: dict[str, Any], world_size: int):
 
 def split_batch_per_device(overrides: list[str]) -> tuple[list[str], int | None]:
     """(config overrides, the `batch_per_device=N` value or None)."""
-    from visiontrain.errors import UsageError
+    from visiontrain.infra.errors import UsageError
 
     rest, per_device = [], None
     for item in overrides:
@@ -155,7 +155,7 @@ def _bare_reference(cfg, runtime, autocast, pool, steps: int, label_smoothing: f
     """A hand-written loop over the same device batches: the trainer's overhead reference."""
     from visiontrain.bench.overhead import bare_loop
     from visiontrain.models import build_model
-    from visiontrain.optim import build_optimizer, build_scheduler
+    from visiontrain.train.optim import build_optimizer, build_scheduler
 
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = build_model(cfg.model).to(runtime.device, memory_format=fmt)
@@ -173,10 +173,10 @@ def _bare_reference(cfg, runtime, autocast, pool, steps: int, label_smoothing: f
 
 def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     """Run one point in this process (one rank of it); rank 0 returns the record."""
-    from visiontrain import dist
     from visiontrain.bench.flops import mfu, peak_tflops, train_flops_per_image
     from visiontrain.models import build_model
-    from visiontrain.run import build_run
+    from visiontrain.parallel import dist
+    from visiontrain.train.run import build_run
 
     cfg = point_config(spec, dist.detect_launch().world_size)
     steps, repeats, warmup = spec["steps"], spec["repeats"], spec["warmup_steps"]
@@ -265,6 +265,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from visiontrain.errors import run_cli
+    from visiontrain.infra.errors import run_cli
 
     sys.exit(run_cli(main))

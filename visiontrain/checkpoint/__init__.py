@@ -6,7 +6,7 @@ without `.pt` are DeepSpeed's sharded checkpoint directories. Every checkpoint i
 written under a temporary name and renamed, so a crash never leaves a half checkpoint
 under a final name. Our files load with `torch.load(weights_only=True)`: a checkpoint
 is never unpickled as code (DeepSpeed's directories are read by DeepSpeed). Plain
-weights (weights.safetensors) are visiontrain.weights' concern; `python -m
+weights (weights.safetensors) are visiontrain.checkpoint.weights' concern; `python -m
 visiontrain.checkpoint export` (in __main__.py) consolidates a run's checkpoint into them.
 """
 
@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from visiontrain import fileio
-from visiontrain.errors import UsageError
+from visiontrain.infra import fileio
+from visiontrain.infra.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -14,27 +14,27 @@ from __future__ import annotations
 
 from visiontrain.config import BatchPlan, Config
 from visiontrain.data.base import DataBundle
-from visiontrain.dist import Runtime
+from visiontrain.parallel.dist import Runtime
 
 __all__ = ["DataBundle", "build_data"]
 
 
 def build_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
     """Loaders for this rank, reading `plan.micro_batch` images per batch; `train=False` builds the eval
-    loader only (python -m visiontrain.evaluate)."""
+    loader only (python -m visiontrain evaluate)."""
     # Each loader's heavy imports (FFCV's native libraries, numba, OpenCV) only when it is asked for.
     if cfg.data.loader == "random":
-        from visiontrain.data.random_tensors import build_random_data
+        from visiontrain.data.random_loader import build_random_data
 
         return build_random_data(cfg, runtime, plan)
     if cfg.data.loader == "device":
-        from visiontrain.data.device import build_device_data
+        from visiontrain.data.device_loader import build_device_data
 
         return build_device_data(cfg, runtime, plan, train)
     if cfg.data.loader == "ffcv":
-        from visiontrain.data.ffcv import build_ffcv_data
+        from visiontrain.data.ffcv_loader import build_ffcv_data
 
         return build_ffcv_data(cfg, runtime, plan, train)
-    from visiontrain.data.torchvision import build_torchvision_data
+    from visiontrain.data.torch_loader import build_torchvision_data
 
     return build_torchvision_data(cfg, runtime, plan, train)

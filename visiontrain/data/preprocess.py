@@ -1,5 +1,5 @@
 """One image file -> the model's input pixels, as evaluation sees them: the one implementation that the
-torchvision loader's evaluation path, `python -m visiontrain.predict` and the export check share.
+torchvision loader's evaluation path, `python -m visiontrain predict` and the export check share.
 
 Steps (an evaluation recipe of `augment.py`, `eval_recipe`):
 1. decode the file and convert it to RGB (greyscale, palette, CMYK and alpha images included);
@@ -23,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from visiontrain.data.augment import AsIs, Recipe, ResizeCenterCrop
-from visiontrain.errors import UsageError
+from visiontrain.infra.errors import UsageError
 
 
 class UnreadableImage(UsageError):

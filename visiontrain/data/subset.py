@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from visiontrain.config import DataConfig
-from visiontrain.errors import UsageError
+from visiontrain.infra.errors import UsageError
 
 
 @dataclass

@@ -1,0 +1,146 @@
+"""Throughput benchmarks.
+
+    python -m visiontrain bench step  [-c CONFIG] [key=value ...] [--sweep key=a,b ...] [--nproc N] [--out DIR]
+    python -m visiontrain bench e2e   [-c CONFIG] [key=value ...] [--sweep key=a,b ...] [--nproc N] [--out DIR]
+    python -m visiontrain bench scaling --nproc 1,2,4 [--of step|e2e] [-c CONFIG] [key=value ...] [--out DIR]
+    python -m visiontrain bench overhead [--steps 10] [--rounds 12] [section.key=value ...]
+    python -m visiontrain bench loader [--workers 2] [--epochs 3] [--res 160 192] [--out DIR]
+    python -m visiontrain bench recipes [--configs fast resnet9 resnet18] [--seeds fast=20 ...] [--nproc N]
+    python -m visiontrain bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--strategies ddp zero1 ...]
+    python -m visiontrain bench project [RESULTS ...] [--rate MODEL:RES=IMG_S ...] [--of e2e|step] [--gpus 8]
+                                        [--efficiency 0.9] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from visiontrain.bench.projection import add_arguments as add_projection_arguments
+from visiontrain.bench.recipes import add_arguments as add_recipe_arguments
+from visiontrain.infra.errors import ArgumentParser, run_cli
+from visiontrain.infra.paths import SOURCE_TREE
+
+
+def main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="python -m visiontrain bench", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    overhead = sub.add_parser("overhead", help="train.py's trainer vs a bare PyTorch loop, same model and batches")
+    overhead.add_argument("--steps", type=int, default=10, help="steps per round")
+    overhead.add_argument("--rounds", type=int, default=12, help="alternating rounds (plus one warm-up)")
+    overhead.add_argument("overrides", nargs="*", metavar="section.key=value")
+    loader = sub.add_parser("loader", help="FFCV vs torchvision data loading on the shared real images")
+    loader.add_argument("--shared", type=Path, default=SOURCE_TREE.parent / "shared" / "datasets")
+    loader.add_argument("--work", type=Path, default=Path("runs/bench_loader_data"), help="prepared data (reused)")
+    loader.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    loader.add_argument("--epochs", type=int, default=3, help="timed epochs per loader (after one warm-up)")
+    loader.add_argument("--imagenet-samples", type=int, default=5000)
+    loader.add_argument("--res", type=int, nargs="+", default=[160, 192])
+    loader.add_argument("--out", type=Path, help="write loader_results.json here")
+    memory = sub.add_parser("memory", help="training-state memory per rank: DDP vs DeepSpeed ZeRO 1/2/3")
+    memory.add_argument("--model", default="resnet50")
+    memory.add_argument("--nproc", type=int, default=2)
+    memory.add_argument("--image-size", type=int, default=64)
+    memory.add_argument("--batch", type=int, default=4, help="images per rank per step")
+    memory.add_argument("--steps", type=int, default=3)
+    memory.add_argument("--strategies", nargs="+", default=["ddp", "zero1", "zero2", "zero3"])
+    memory.add_argument("--optim", default="sgd", choices=("sgd", "adamw"))
+    project = sub.add_parser("project", help="ImageNet time to train of the configs/imagenet schedules, projected "
+                                             "from measured per-GPU rates")
+    add_projection_arguments(project)
+    recipes = sub.add_parser("recipes", help="the CIFAR-10 recipe table: val top-1 over seeds, training seconds")
+    add_recipe_arguments(recipes)
+    for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
+                            ("e2e", "the configured loader + training steps, as train.py runs them"),
+                            ("scaling", "step or e2e at several process counts: images/s and efficiency vs linear")):
+        throughput = sub.add_parser(name, help=help_text)
+        throughput.add_argument("-c", "--config", help="YAML config (train.py's defaults otherwise)")
+        throughput.add_argument("overrides", nargs="*", metavar="section.key=value",
+                                help="fixed overrides; batch_per_device=N (images per device per step); "
+                                     "strategy=ddp|zero0..zero3")
+        throughput.add_argument("--sweep", nargs="+", default=[], metavar="section.key=v1,v2",
+                                help="measure every combination of these values")
+        if name == "scaling":
+            throughput.add_argument("--of", dest="inner", choices=("step", "e2e"), default="step")
+            throughput.add_argument("--nproc", default="1,2", help="process counts, comma-separated (default 1,2)")
+        else:
+            throughput.add_argument("--nproc", default="1", help="processes (GPUs) per point (default 1)")
+        throughput.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
+        throughput.add_argument("--repeats", type=int, default=5, help="timed repeats per point (median reported)")
+        throughput.add_argument("--warmup-steps", type=int, default=10, help="untimed first steps (compilation)")
+        throughput.add_argument("--no-bare", dest="bare", action="store_false",
+                                help="step mode: skip the bare PyTorch loop reference")
+        throughput.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' table)")
+        throughput.add_argument("--out", type=Path, help=f"output directory (default runs/bench/{name})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    if args.mode in ("step", "e2e", "scaling"):
+        return throughput_main(args, argv)
+    if args.mode == "project":
+        from visiontrain.bench import projection
+
+        return projection.main(args, argv)
+    if args.mode == "recipes":
+        from visiontrain.bench import recipes as recipe_table
+
+        return recipe_table.main(args, argv)
+    if args.mode == "overhead":
+        from visiontrain.bench.overhead import measure, report
+
+        print(report(measure(args.overrides, args.steps, args.rounds)))
+    elif args.mode == "memory":
+        from visiontrain.bench import memory as memory_bench
+
+        results = memory_bench.run(args.model, args.nproc, args.image_size, args.batch, args.steps, args.strategies,
+                                   args.optim)
+        print(memory_bench.report(results, args.model, args.nproc, args.optim))
+    else:
+        from visiontrain.bench import loader as loader_bench
+
+        rows = loader_bench.run(args.shared, args.work, args.workers, args.epochs, args.imagenet_samples, args.res,
+                                args.out)
+        print(loader_bench.report(rows))
+    return 0
+
+
+def throughput_main(args: argparse.Namespace, argv: list[str]) -> int:
+    from visiontrain.bench import results, runner
+    from visiontrain.bench.sweep import expand
+    from visiontrain.infra.errors import UsageError
+
+    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:
+            raise UsageError(f"{flag} {value} is invalid: at least 1 is needed")
+    if args.warmup_steps < 0:
+        raise UsageError(f"--warmup-steps {args.warmup_steps} is invalid: 0 or more")
+    inner = args.inner if args.mode == "scaling" else args.mode
+    nprocs = runner.parse_nproc(args.nproc)
+    if args.mode != "scaling" and len(nprocs) > 1:
+        raise UsageError(f"--nproc {args.nproc!r}: {args.mode} takes one process count; "
+                         "use the scaling mode for several")
+    points = expand(args.overrides, args.sweep)
+    runner.check_points(args.config, inner, points, nprocs)
+    out = args.out or Path("runs/bench") / args.mode
+    records = runner.run(inner, args.config, points, nprocs, args.steps, args.repeats, args.warmup_steps, args.bare,
+                         args.peak_tflops)
+    if args.mode == "scaling":
+        runner.add_scaling_efficiency(records)
+    settings = {"inner_mode": inner, "config": args.config, "overrides": args.overrides, "sweep": args.sweep,
+                "nproc": nprocs, "steps": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup_steps,
+                "bare": args.bare and inner == "step", "peak_tflops": args.peak_tflops,
+                "threads_per_process": int(os.environ.get("OMP_NUM_THREADS", runner.threads_per_process(nprocs)))}
+    doc = results.write(out, args.mode, "python -m visiontrain bench " + " ".join(argv), runner.environment(),
+                        settings, records)
+    print(results.table(doc["points"]))
+    print(f"results: {out}/results.json, results.md, *.png")
+    failed = [r for r in records if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,163 @@
+"""Scanning images (bad files, sizes, colour statistics) and writing FFCV .beton files.
+
+The scan decodes every file before anything is written: FFCV's writer waits forever
+if a worker process dies on a bad image, so bad files must be known in advance. JPEGs
+are decoded in draft mode (DCT scaling, 1/8 size): fast, and it still reads the whole
+compressed stream, so truncated files are caught. Channel mean/std come from those
+decodes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from visiontrain.data.prep.sources import Samples
+from visiontrain.infra.errors import UsageError
+
+
+@dataclass
+class ScanResult:
+    good: list[int]
+    bad: list[tuple[Path, str]]
+    widths: np.ndarray
+    heights: np.ndarray
+    channel_sum: np.ndarray  # of pixel values in [0, 1]
+    channel_sq_sum: np.ndarray
+    pixels: int
+
+
+def _inspect(path: Path) -> tuple[int, int, np.ndarray, np.ndarray, int] | str:
+    """(width, height, sum, squared sum, pixel count) of a decodable image, or why it is not one."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            img.load()
+            pixels = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    except Exception as err:  # PIL raises many types for bad input; all mean "not an image"
+        return f"{type(err).__name__}: {err}"
+    flat = pixels.reshape(-1, 3)
+    return width, height, flat.sum(0), (flat**2).sum(0), flat.shape[0]
+
+
+def _default_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def worker_pool(workers: int):
+    """Forked decoding workers that stop on SIGTERM: a forked worker inherits its parent's Python signal
+    handlers, and a caller's catching SIGTERM handler (a training run in the same process) would make
+    Pool.terminate(), which every `with` block calls, wait for ever."""
+    return mp.get_context("fork").Pool(max(1, workers), initializer=_default_signals)
+
+
+def scan(samples: Samples, workers: int, on_bad: str, split: str) -> ScanResult:
+    """Decode every sample once; stop at the first bad file (on_bad='stop') or skip and count them."""
+    if samples.array is not None:
+        flat = samples.array.reshape(-1, 3).astype(np.float64) / 255.0
+        n, h, w = samples.array.shape[:3]
+        return ScanResult(list(range(n)), [], np.full(n, w), np.full(n, h), flat.sum(0), (flat**2).sum(0),
+                          flat.shape[0])
+    good, bad, widths, heights = [], [], [], []
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    with worker_pool(workers) as pool:
+        results = pool.imap(_inspect, samples.paths, chunksize=64)
+        for index, result in enumerate(tqdm(results, total=len(samples), desc=f"scan {split}", unit="img")):
+            if isinstance(result, str):
+                if on_bad == "stop":
+                    pool.terminate()
+                    raise UsageError(f"bad image {samples.paths[index]} ({result}); "
+                                     "pass --on-bad skip to leave such files out")
+                bad.append((samples.paths[index], result))
+                continue
+            width, height, s, sq, n = result
+            good.append(index)
+            widths.append(width)
+            heights.append(height)
+            total += s
+            total_sq += sq
+            count += n
+    if not good:
+        raise UsageError(f"no readable images in the {split} split")
+    return ScanResult(good, bad, np.array(widths), np.array(heights), total, total_sq, count)
+
+
+class _WriterDataset:
+    """What FFCV's DatasetWriter reads: (HxWx3 uint8 RGB array, label) per index.
+
+    It never raises inside FFCV's worker processes (that would hang the writer): a file
+    that fails now is recorded in `failed` and written as a placeholder, and the caller
+    discards the whole output.
+    """
+
+    def __init__(self, samples: Samples):
+        self.samples = samples
+        self.failed = mp.get_context("fork").Value("q", -1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        label = self.samples.labels[index]
+        if self.samples.array is not None:
+            return self.samples.array[index], label
+        try:
+            with Image.open(self.samples.paths[index]) as img:
+                return np.asarray(img.convert("RGB")), label  # grayscale, CMYK, palette, alpha -> RGB
+        except Exception:
+            self.failed.value = index
+            return np.zeros((8, 8, 3), dtype=np.uint8), label
+
+
+@dataclass
+class BetonOptions:
+    write_mode: str = "raw"  # raw | jpg | proportion | smart
+    max_res: int | None = None  # longer side cap (None: keep)
+    jpeg_quality: int = 90
+    compress_prob: float = 0.5  # proportion mode: fraction stored as JPEG
+    smart_threshold: int = 256 * 256 * 3  # smart mode: more values than this -> JPEG
+    chunk_size: int = 100
+    workers: int = 4
+
+
+def write_beton(samples: Samples, out_file: Path, options: BetonOptions) -> None:
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    image_field = RGBImageField(write_mode=options.write_mode, max_resolution=options.max_res,
+                                jpeg_quality=options.jpeg_quality, compress_probability=options.compress_prob,
+                                smart_threshold=options.smart_threshold)
+    dataset = _WriterDataset(samples)
+    writer = DatasetWriter(str(out_file), {"image": image_field, "label": IntField()},
+                           num_workers=max(1, options.workers))
+    writer.from_indexed_dataset(dataset, chunksize=options.chunk_size)
+    if dataset.failed.value >= 0:
+        raise UsageError(f"bad image {samples.paths[dataset.failed.value]}: it could not be read while writing")
+
+
+def split_meta(samples: Samples, result: ScanResult) -> dict:
+    counts = np.bincount([samples.labels[i] for i in result.good], minlength=len(samples.class_names))
+    mean = result.channel_sum / result.pixels
+    std = np.sqrt(np.maximum(result.channel_sq_sum / result.pixels - mean**2, 0))
+    return {
+        "samples": len(result.good),
+        "counts": {name: int(c) for name, c in zip(samples.class_names, counts)},
+        "image_size": {"width": _stats(result.widths), "height": _stats(result.heights)},
+        "mean": [round(float(v), 5) for v in mean],
+        "std": [round(float(v), 5) for v in std],
+        "skipped": len(result.bad),
+        "skipped_files": [f"{path}: {why}" for path, why in result.bad[:100]],
+    }
+
+
+def _stats(values: np.ndarray) -> dict:
+    return {"min": int(values.min()), "max": int(values.max()), "mean": round(float(values.mean()), 1)}

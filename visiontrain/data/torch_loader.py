@@ -1,0 +1,380 @@
+"""The torchvision loader: image folders and CIFAR-10's pickle batches via a torch DataLoader.
+
+Layouts accepted at `data.path`:
+- `train/<class>/*` and `val/<class>/*` image folders (torchvision's ImageFolder rules);
+- CIFAR-10's `cifar-10-batches-py/` (or its contents): data_batch_1..5 and test_batch.
+
+Augmentation: the recipes of `augment.py`. Each op maps to a batch function drawing from
+`seeded.py`'s hash of (seed, op, epoch, sample index), like FFCV's operations, so for the
+same seed, epoch and sample both loaders produce the same pixels. The DataLoader fetches
+whole batches (a batch sampler + `BatchDataset.__getitems__`): the kernels run once per
+batch. Evaluation (no randomness) is `preprocess.py`'s per-image step, shared with prediction.
+"""
+
+from __future__ import annotations
+
+import pickle
+from contextlib import contextmanager
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
+
+from visiontrain.config import BatchPlan, Config
+from visiontrain.data import augment
+from visiontrain.data.augment import (
+    AsIs,
+    Cutout,
+    Flip,
+    PixelOp,
+    RandomResizedCrop,
+    Recipe,
+    Sizing,
+    Translate,
+)
+from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
+from visiontrain.data.preprocess import EvalPreprocess, UnreadableImage, read_image
+from visiontrain.data.sampling import EvalShardSampler, ResumableDistributedSampler
+from visiontrain.data.seeded import (
+    SALT_CROP,
+    cutout_batch,
+    flip_batch,
+    frozen,
+    random_resized_crop,
+    sample_keys,
+    translate_batch,
+)
+from visiontrain.data.subset import Relabel, check_num_classes, select
+from visiontrain.parallel.dist import Runtime
+from visiontrain.infra.errors import UsageError
+
+
+class SampleSource(Dataset):
+    """Raw samples: `load(i)` returns a PIL image or uint8 HWC array; `labels[i]` its class."""
+
+    labels: list[int]
+    class_names: list[str]
+
+    def load(self, index: int):
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class FolderSource(SampleSource):
+    def __init__(self, root: Path, class_names: list[str] | None = None):
+        classes, class_to_idx = find_classes(str(root))
+        if class_names is not None and classes != class_names:
+            raise UsageError(
+                f"class folders in {root} differ from the training classes: "
+                f"{sorted(set(classes) ^ set(class_names))[:5]} are not in both"
+            )
+        self.class_names = classes
+        self.samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+        self.labels = [label for _, label in self.samples]
+
+    def load(self, index: int) -> Image.Image:
+        try:
+            return read_image(self.samples[index][0])
+        except UnreadableImage as err:
+            raise UsageError(f"{err}; remove or replace it, or write the dataset with python -m visiontrain prep folder, "
+                             "which skips such files") from None
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR batches hold dicts of numpy arrays; refuse anything else a file might smuggle in."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch file")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """(N x 32 x 32 x 3 uint8 images, labels) from one CIFAR-10 python pickle batch."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="latin1").load()
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(data), [int(x) for x in batch["labels"]]
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as err:
+        raise UsageError(f"{path} is not a CIFAR-10 batch file: {err}") from None
+
+
+def find_cifar_dir(path: Path) -> Path | None:
+    for candidate in (path / "cifar-10-batches-py", path):
+        if (candidate / "data_batch_1").is_file():
+            return candidate
+    return None
+
+
+class ArraySource(SampleSource):
+    def __init__(self, images: np.ndarray, labels: list[int], class_names: list[str]):
+        self.images, self.labels, self.class_names = images, labels, class_names
+
+    def load(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+def cifar_sources(directory: Path) -> tuple[ArraySource, ArraySource]:
+    meta_path = directory / "batches.meta"
+    names = [f"class_{i}" for i in range(10)]
+    if meta_path.is_file():
+        with open(meta_path, "rb") as f:
+            names = list(_CifarUnpickler(f, encoding="latin1").load()["label_names"])
+    parts = [read_cifar_batch(p) for p in sorted(directory.glob("data_batch_*"))]
+    train = ArraySource(np.concatenate([p[0] for p in parts]), [y for p in parts for y in p[1]], names)
+    if not (directory / "test_batch").is_file():
+        raise UsageError(f"{directory} has no test_batch: the CIFAR-10 folder is incomplete")
+    val = ArraySource(*read_cifar_batch(directory / "test_batch"), names)
+    return train, val
+
+
+def open_sources(path: Path) -> tuple[SampleSource, SampleSource]:
+    """Train and val sample sources at `path`, or a UsageError describing what was expected."""
+    cifar = find_cifar_dir(path)
+    if cifar is not None:
+        return cifar_sources(cifar)
+    if (path / "train").is_dir():
+        if not (path / "val").is_dir():
+            raise UsageError(f"{path} has train/ but no val/ folder (make one with `python -m visiontrain prep folder`)")
+        try:
+            train = FolderSource(path / "train")
+            val = FolderSource(path / "val", class_names=train.class_names)
+        except FileNotFoundError as err:  # ImageFolder's message names the empty folder
+            raise UsageError(str(err)) from None
+        return train, val
+    raise UsageError(
+        f"no dataset at data.path={path}: expected train/ and val/ class folders or CIFAR-10's "
+        "cifar-10-batches-py/; create one with `python -m visiontrain prep --help`"
+    )
+
+
+def _to_size(size: int) -> list:
+    # No-ops on images already at `size`; resizes anything else.
+    return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+
+
+class _AsIs:
+    """`AsIs` for files of any size: images already `size` x `size` are copied as they are."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.fit = v2.Compose(_to_size(size))
+
+    def __call__(self, images: list, indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        batch = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
+        for k, image in enumerate(images):
+            pixels = np.asarray(image)
+            if pixels.shape[:2] != (self.size, self.size):
+                pixels = self.fit(v2.functional.to_image(pixels)).permute(1, 2, 0).numpy()
+            batch[k] = pixels
+        return batch
+
+
+class _RandomResizedCrop:
+    """`RandomResizedCrop` as FFCV's decoder does it: the same crop draws, then OpenCV's INTER_AREA resize."""
+
+    def __init__(self, op: RandomResizedCrop):
+        self.size = op.size
+        self.params = (float(op.scale[0]), float(op.scale[1]), float(np.log(op.ratio[0])), float(np.log(op.ratio[1])))
+
+    def __call__(self, images: list, indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        keys = sample_keys(indices, seed, SALT_CROP, epoch)
+        batch = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
+        for k, image in enumerate(images):
+            pixels = np.asarray(image)
+            i, j, h, w = random_resized_crop(keys[k], pixels.shape[0], pixels.shape[1], *self.params)
+            batch[k] = cv2.resize(pixels[i : i + h, j : j + w], (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return batch
+
+
+def _sizing(sizing: Sizing):
+    """(source images, dataset indices, seed, epoch) -> NHWC uint8 batch."""
+    match sizing:
+        case AsIs(size):
+            return _AsIs(size)
+        case RandomResizedCrop():
+            return _RandomResizedCrop(sizing)
+    raise TypeError(f"{sizing!r} is not a training sizing step of the torchvision loader")
+
+
+def _pixel_op(op: PixelOp):
+    """(NHWC uint8 batch, dataset indices, seed, epoch) -> batch; may work in place."""
+    match op:
+        case Flip(alternate):
+            return partial(flip_batch, alternate=alternate)
+        case Translate(padding, fill):
+            return partial(translate_batch, pad=padding, fill=frozen(np.uint8(fill)))
+        case Cutout(size, fill):
+            return partial(cutout_batch, size=size, fill=frozen(np.uint8(fill)))
+    raise TypeError(f"no torchvision implementation of {op!r}")
+
+
+class TrainTransform:
+    """A training `Recipe` on one batch: source images (PIL or HWC arrays) -> NCHW uint8 (channels-last memory)."""
+
+    def __init__(self, recipe: Recipe, seed: int):
+        self.seed = seed
+        self.sizing = _sizing(recipe.sizing)
+        self.ops = [_pixel_op(op) for op in recipe.ops]
+
+    def __call__(self, images: list, indices: Sequence[int], epoch: int) -> torch.Tensor:
+        indices = frozen(np.uint64(indices))
+        batch = self.sizing(images, indices, self.seed, epoch)
+        for op in self.ops:
+            batch = op(batch, indices, self.seed, epoch)
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+
+class EvalTransform:
+    """An evaluation `Recipe` (no random op), image by image: source images -> NCHW uint8. The per-image step is
+    `preprocess.EvalPreprocess`, which python -m visiontrain predict applies to image files."""
+
+    def __init__(self, recipe: Recipe):
+        self.preprocess = EvalPreprocess.from_recipe(recipe)
+
+    def __call__(self, images: list) -> torch.Tensor:
+        return self.preprocess.batch(images)
+
+
+class BatchDataset(Dataset):
+    """Whole batches of sampler items -> (NCHW uint8 images, labels, valid).
+
+    Items are (index, epoch) for training (`ResumableDistributedSampler`) and (index, valid)
+    for evaluation (`EvalShardSampler`, whose padding is not valid).
+    """
+
+    def __init__(self, source: SampleSource, transform: TrainTransform | EvalTransform):
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitems__(self, items: list[tuple[int, int | bool]]):
+        indices = [index for index, _ in items]
+        images = [self.source.load(index) for index in indices]
+        labels = torch.tensor([self.source.labels[index] for index in indices])
+        if isinstance(self.transform, TrainTransform):
+            return self.transform(images, indices, epoch=items[0][1]), labels, torch.ones(len(items), dtype=torch.bool)
+        return self.transform(images), labels, torch.tensor([valid for _, valid in items])
+
+
+def _whole_batch(batch):
+    return batch  # `__getitems__` made the batch; nothing to collate
+
+
+class HeldBatches:
+    """A batch sampler that yields nothing while held: a pass over the loader then starts its
+    workers without handing them work (the epoch and start position are not known yet)."""
+
+    def __init__(self, batches: BatchSampler):
+        self.batches, self.held = batches, True
+
+    def __iter__(self):
+        return iter(()) if self.held else iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def make_loader(dataset: BatchDataset, batches: BatchSampler, num_workers: int, pin: bool) -> DataLoader:
+    """A DataLoader whose persistent workers are already running.
+
+    They start here, while the process has no helper threads yet: at the first epoch or
+    evaluation it would run TensorBoard's writer, the progress bar's monitor, the other
+    loader's queue feeders and CUDA's pin-memory thread, and a process forked while threads
+    run can inherit a lock that no thread of its own will release (a rank then waits forever
+    for its worker). The later passes reuse these workers (persistent_workers).
+    """
+    held = HeldBatches(batches)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=held if num_workers > 0 else batches,
+        collate_fn=_whole_batch,
+        num_workers=num_workers,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    if num_workers > 0:
+        with torch.random.fork_rng(devices=[]):  # the workers' seed draw must not shift the model's initialization
+            for _ in loader:
+                raise AssertionError("a held sampler hands the workers no work")
+        held.held = False
+    return loader
+
+
+@contextmanager
+def one_line_worker_errors() -> Iterator[None]:
+    """A DataLoader worker's UsageError arrives with the worker's traceback in its message: keep its last line."""
+    try:
+        yield
+    except UsageError as err:
+        last = str(err).strip().splitlines()[-1]
+        raise UsageError(last.partition("UsageError: ")[2] or last) from None
+
+
+class TorchvisionTrainLoader(SampledTrainLoader):
+    def __init__(self, loader: DataLoader, sampler: ResumableDistributedSampler, normalize: DeviceNormalizer,
+                 relabel: Relabel, plan: BatchPlan):
+        super().__init__(sampler, plan)
+        self.loader, self.normalize, self.relabel = loader, normalize, relabel
+
+    def __iter__(self):
+        device = self.normalize.device
+        with one_line_worker_errors():
+            for images, labels, _ in islice(self.loader, self._remaining):
+                yield self.normalize(images), self.relabel(labels.to(device, non_blocking=True))
+
+
+class TorchvisionEvalLoader:
+    def __init__(self, loader: DataLoader, sampler: EvalShardSampler, num_samples: int, normalize: DeviceNormalizer,
+                 relabel: Relabel):
+        self.loader, self.num_samples, self.normalize, self.relabel = loader, num_samples, normalize, relabel
+        self.sample_indices = list(sampler.indices)
+
+    def __iter__(self):
+        device = self.normalize.device
+        with one_line_worker_errors():
+            for images, labels, valid in self.loader:
+                yield (self.normalize(images), self.relabel(labels.to(device, non_blocking=True)),
+                       valid.to(device, non_blocking=True))
+
+
+def build_torchvision_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
+    d = cfg.data
+    path = Path(d.path)
+    train_src, val_src = open_sources(path)
+    chosen = select(d, train_src.class_names, train_src.labels if train else None, val_src.labels)
+    check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
+    relabel = Relabel(chosen.label_map, runtime.device)
+    normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
+    pin = runtime.device.type == "cuda"
+    val_sampler = EvalShardSampler(chosen.val_indices, runtime.world_size, runtime.rank)
+    val = TorchvisionEvalLoader(
+        make_loader(BatchDataset(val_src, EvalTransform(augment.eval_recipe(d))),
+                    BatchSampler(val_sampler, plan.micro_batch, drop_last=False), d.num_workers, pin),
+        val_sampler, len(chosen.val_indices), normalize, relabel)
+    train_loader = None
+    if train:
+        sampler = ResumableDistributedSampler(chosen.train_indices, runtime.world_size, runtime.rank, cfg.run.seed)
+        loader = make_loader(BatchDataset(train_src, TrainTransform(augment.train_recipe(d), cfg.run.seed)),
+                             BatchSampler(sampler, plan.micro_batch, drop_last=True), d.num_workers, pin)
+        train_loader = TorchvisionTrainLoader(loader, sampler, normalize, relabel, plan)
+    return DataBundle(train_loader, val, len(chosen.class_names), chosen.class_names, len(chosen.train_indices))

@@ -1,0 +1,87 @@
+"""Evaluate trained weights on a dataset's validation split and write a report.
+
+    python -m visiontrain evaluate --weights RUN_DIR [--data PATH] [--tta flip|flip_translate] [--out DIR]
+    python -m visiontrain evaluate --weights FILE --data PATH [-c CONFIG] [section.key=value ...]
+
+RUN_DIR: the run's config.yaml describes the model and data (data.classes included);
+its weights.safetensors (or newest checkpoint; --ema for EMA weights) are evaluated and
+the report lands in RUN_DIR/eval/ with its training curves. FILE: a .safetensors
+written by train.py (it records model.name/num_classes/width) or a torchvision
+state dict (give model.name=... model.num_classes=...). The data loader and recipe
+come from the config (data.loader=torchvision for image folders). One process.
+Exit codes: 0 done, 2 bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from visiontrain.evaluate.tta import TTA_MODES
+from visiontrain.infra.errors import UsageError, run_cli
+
+log = logging.getLogger("visiontrain")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m visiontrain evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="run directory, .safetensors or torchvision .pth")
+    parser.add_argument("--data", help="dataset directory (default: the run's data.path)")
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
+                        help="flip: average the logits of each image and its mirror; flip_translate: "
+                             "also of one-pixel shifts (visiontrain/evaluate/tta.py); default: the config's train.tta "
+                             "(a run directory's own)")
+    parser.add_argument("--ema", action="store_true", help="a run directory's EMA weights")
+    parser.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/eval or FILE's eval_<name>/)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("-c", "--config", help="config for FILE weights (model and data settings)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} is invalid: must be >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import torch
+
+    from visiontrain.config import BatchPlan, FinetuneConfig
+    from visiontrain.data import build_data
+    from visiontrain.deploy.trained import resolve_config
+    from visiontrain.evaluate.metrics import predict
+    from visiontrain.evaluate.report import write_report
+    from visiontrain.models import build_model
+    from visiontrain.parallel.backends import autocast_factory
+    from visiontrain.parallel.dist import Runtime, select_device
+    from visiontrain.train.finetune import load_initial_weights
+
+    weights = Path(args.weights)
+    cfg, _ = resolve_config(weights, args.config, args.overrides, data=args.data)
+    run_dir = weights if weights.is_dir() else None
+    device = select_device(cfg.run.device, 0)
+    runtime = Runtime(accelerator=None, device=device, rank=0, world_size=1, local_rank=0, launcher="single")
+    model = build_model(cfg.model)
+    info = load_initial_weights(model, FinetuneConfig(init_from=args.weights, use_ema=args.ema, keep_head=True),
+                                key="--weights")
+    model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
+    data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)
+    args.tta = args.tta or cfg.train.tta  # a run evaluates as it was evaluated during training
+    predictions = predict(model, data.val, autocast_factory(cfg.train.precision, device), 1,
+                          tta=args.tta)
+    out = args.out or (run_dir / "eval" if run_dir else weights.with_name(f"eval_{weights.stem}"))
+    about = {"weights": info["init_from"], "data": cfg.data.path, "split": "val", "tta": args.tta,
+             "model": cfg.model.name}
+    result = write_report(out, predictions, data.class_names, about,
+                          metrics_jsonl=run_dir / "metrics.jsonl" if run_dir else None)
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+          f"({result['samples']} samples, tta {args.tta})")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,191 @@
+"""Fine-tuning: starting weights (`finetune.init_from`) and what trains (`finetune.freeze`).
+
+Starting weights come from a run directory of ours (weights.safetensors, else the
+newest readable checkpoint; EMA weights with `finetune.use_ema`), a .safetensors file,
+or a torchvision ResNet state dict. Every tensor outside the classifier head must fit
+the model exactly; a head with another class count is replaced by a fresh one (or
+refused with `finetune.keep_head`).
+
+Freezing sets `requires_grad=False`: frozen parameters get no gradient computation and
+no optimizer state (DDP and DeepSpeed only see trainable ones). A BatchNorm layer whose
+affine parameters are frozen also keeps its running statistics: it runs in eval mode
+during training (`keep_frozen_bn_in_eval`, called by the trainer after `train()`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from visiontrain.checkpoint import CheckpointStore
+from visiontrain.checkpoint.weights import newest_consolidated_weights
+from visiontrain.config import FREEZE_POLICIES, FinetuneConfig, parse_freeze
+from visiontrain.infra.errors import UsageError
+from visiontrain.models import HEAD, stem_and_stages
+
+log = logging.getLogger(__name__)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DeepSpeed and torch.compile
+
+
+# ------------------------------------------------------------------ reading
+def read_initial_weights(source: str, use_ema: bool, key: str = "finetune.init_from"
+                         ) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, the file or checkpoint it came from). Raises UsageError with one line.
+
+    `key` names the option in error messages (python -m visiontrain evaluate says --weights).
+    """
+    path = Path(source)
+    key = f"{key}={source!r}"
+    if not path.exists():
+        raise UsageError(f"{key} does not exist: give a run directory, a .safetensors file "
+                         f"or a torchvision ResNet state dict (.pth)")
+    if path.is_dir():
+        return _from_run_dir(path, use_ema, key)
+    if use_ema:
+        raise UsageError(f"finetune.use_ema=true reads a run directory's EMA weights, but {key} is a file; "
+                         f"point finetune.init_from at weights_ema.safetensors instead")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, key), str(path)
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return _read_torch(path, key), str(path)
+    raise UsageError(f"{key} has an unknown file type {path.suffix!r}: allowed .safetensors, .pth, .pt, .bin")
+
+
+def _from_run_dir(run_dir: Path, use_ema: bool, key: str) -> tuple[dict[str, torch.Tensor], str]:
+    exported = run_dir / ("weights_ema.safetensors" if use_ema else "weights.safetensors")
+    if exported.is_file():
+        return _read_safetensors(exported, key), str(exported)
+    store = CheckpointStore(run_dir, keep_last=1)
+    candidates = store.candidates() if store.dir.is_dir() else []
+    if not candidates:
+        raise UsageError(f"{key} is a directory with neither {exported.name} nor checkpoints/; "
+                         f"is it a run directory?")
+    found = newest_consolidated_weights(store)
+    if found is None:
+        raise UsageError(f"{key}: no readable checkpoint in {store.dir}")
+    weights, ema, checkpoint = found
+    if use_ema and ema is None:
+        raise UsageError(f"finetune.use_ema=true but {checkpoint} has no EMA weights "
+                         f"(the run did not set train.ema=true)")
+    return (ema if use_ema else weights), str(checkpoint)
+
+
+def _read_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{key} is not a readable .safetensors file: {str(err).splitlines()[0]}") from None
+
+
+def _read_torch(path: Path, key: str) -> dict[str, torch.Tensor]:
+    try:
+        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights_only refusals all land here
+        raise UsageError(f"{key} is not a readable PyTorch state dict: {str(err).splitlines()[0]}") from None
+    # A training checkpoint wraps the state dict; torchvision's files are the state dict.
+    for wrapper in ("model", "state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise UsageError(f"{key} holds no state dict (a mapping of names to tensors)")
+    return loaded
+
+
+def _strip_wrappers(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        while name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+# ------------------------------------------------------------------ loading
+def load_initial_weights(model: nn.Module, cfg: FinetuneConfig, key: str = "finetune.init_from") -> dict[str, Any]:
+    """Load `cfg.init_from` into `model`; returns what happened (for logs and metrics)."""
+    weights, origin = read_initial_weights(cfg.init_from, cfg.use_ema, key)
+    weights = {_strip_wrappers(k): v for k, v in weights.items()}
+    own = model.state_dict()
+    is_head = lambda name: name.startswith(HEAD + ".")  # noqa: E731
+    mismatched = [k for k in own if k in weights and not is_head(k) and weights[k].shape != own[k].shape]
+    missing = [k for k in own if k not in weights and not is_head(k)]
+    unexpected = [k for k in weights if k not in own]
+    if mismatched or missing or unexpected:
+        parts = []
+        if mismatched:
+            parts.append("shape mismatch at " + ", ".join(
+                f"{k} (weights {list(weights[k].shape)}, model {list(own[k].shape)})" for k in mismatched[:3]))
+        if missing:
+            parts.append("missing " + ", ".join(missing[:3]))
+        if unexpected:
+            parts.append("unexpected " + ", ".join(unexpected[:3]))
+        raise UsageError(f"{key}={cfg.init_from!r} does not fit the model (is model.name right?): "
+                         + "; ".join(parts))
+    head_keys = [k for k in own if is_head(k)]
+    head_fits = all(k in weights and weights[k].shape == own[k].shape for k in head_keys)
+    if not head_fits:
+        theirs = weights.get(f"{HEAD}.weight")
+        their_classes = theirs.shape[0] if theirs is not None else "no"
+        ours = own[f"{HEAD}.weight"].shape[0]
+        if cfg.keep_head:
+            raise UsageError(f"{key}={cfg.init_from!r} has a {their_classes}-class head and the model "
+                             f"{ours} classes: set model.num_classes={their_classes}" +
+                             (" or drop finetune.keep_head=true" if key.startswith("finetune.") else ""))
+        log.info("classifier head replaced: the weights have a %s-class head, the model %d classes",
+                 their_classes, ours)
+    to_load = {k: v for k, v in weights.items() if head_fits or not is_head(k)}
+    model.load_state_dict(to_load, strict=False)
+    return {"init_from": origin, "tensors_loaded": len(to_load), "head_replaced": not head_fits}
+
+
+# ------------------------------------------------------------------ freezing
+def freeze(model: nn.Module, policy: str) -> dict[str, int]:
+    """Apply `finetune.freeze`; returns parameter counts (frozen, trainable)."""
+    parsed = parse_freeze(policy)
+    if parsed is None:
+        raise UsageError(f"config key 'finetune.freeze' = {policy!r} is invalid: allowed {FREEZE_POLICIES}")
+    kind, count = parsed
+    frozen: list[nn.Parameter] = []
+    if kind == "backbone":
+        frozen = [p for name, p in model.named_parameters() if not name.startswith(HEAD + ".")]
+    elif kind == "stages":
+        stem, stages = stem_and_stages(model)
+        if count > len(stages):
+            raise UsageError(f"config key 'finetune.freeze' = {policy!r} is invalid: this model has "
+                             f"{len(stages)} stages; allowed stages:1..stages:{len(stages)}")
+        frozen = [p for module in stem + stages[:count] for p in module.parameters()]
+    elif kind == "bn":
+        frozen = [p for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters()]
+    for param in frozen:
+        param.requires_grad_(False)
+    counts = {"frozen": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+              "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    if kind != "none":
+        log.info("finetune.freeze=%s: %d parameters frozen, %d trainable", policy, counts["frozen"],
+                 counts["trainable"])
+    return counts
+
+
+def keep_frozen_bn_in_eval(model: nn.Module) -> None:
+    """BatchNorm layers with frozen affine parameters use (and keep) their running statistics."""
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and module.weight is not None and not module.weight.requires_grad:
+            module.eval()
+
+
+def prepare_model(model: nn.Module, cfg: FinetuneConfig) -> dict[str, Any]:
+    """Starting weights, then freezing; returns what was done (recorded in summary.json).
+
+    The starting weights are read on every start, also when the run resumes (the
+    checkpoint then overwrites them): the run never depends on whether a checkpoint exists.
+    """
+    info: dict[str, Any] = {}
+    if cfg.init_from:
+        info.update(load_initial_weights(model, cfg))
+    info.update(freeze=cfg.freeze, **freeze(model, cfg.freeze))
+    return info

@@ -1,0 +1,121 @@
+"""One setup path: a config becomes a ready-to-train run.
+
+train.py, launch/, the benchmarks and the tests all call `build_run` (or `train`, which
+adds loading the config and fitting), so the wiring config -> runtime -> batch plan ->
+backend -> data -> run dir -> model -> fine-tuning start -> trainer exists once. Every
+check that can fail on user input runs before the run directory is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from visiontrain.config import BatchPlan, Config, load_config
+from visiontrain.data import DataBundle, build_data
+from visiontrain.infra.errors import UsageError
+from visiontrain.models import build_model
+from visiontrain.parallel import dist
+from visiontrain.parallel.backends import build_backend
+from visiontrain.train import finetune, logs, rundir
+from visiontrain.train.trainer import Trainer
+
+log = logging.getLogger("visiontrain")
+
+
+@dataclass
+class Run:
+    cfg: Config
+    runtime: dist.Runtime
+    plan: BatchPlan
+    data: DataBundle
+    trainer: Trainer
+
+    @property
+    def run_dir(self) -> Path:
+        return self.trainer.run_dir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def init_from_training_images(model: nn.Module, train, count: int = 5000) -> None:
+    """Models with a data-dependent initialization (`init_from_data`, e.g. cifar_fast's patch
+    whitening) get about `count` training images: the last micro-batches of epoch 0 (this
+    rank's shard, as the loader delivers them). The pass runs to the epoch's end rather than
+    breaking off, so no loader is left with an abandoned iterator (FFCV's keeps its thread and
+    buffers). Under DDP rank 0's result is what every rank starts from (the wrapper broadcasts
+    the weights); a resumed or fine-tuned run overwrites it with the loaded weights."""
+    if train is None or not hasattr(model, "init_from_data"):
+        return
+    batches = min(train.batches_per_epoch, -(-count // train.micro_batch))
+    with torch.random.fork_rng(devices=[]):  # the rest of the run draws as if this had not happened
+        train.set_epoch(0, start=train.batches_per_epoch - batches)
+        images = torch.cat([images for images, _ in train])
+    model.init_from_data(images[:count])
+
+
+def build_run(cfg: Config, model: nn.Module | None = None, runtime: dist.Runtime | None = None) -> Run:
+    """Join the process group, build loaders, model and trainer, and resume from the run dir if it has
+    checkpoints. `model` replaces the configured architecture (tests); `runtime` reuses a process group."""
+    plan = BatchPlan.for_world(cfg.train, runtime.world_size if runtime else dist.detect_launch().world_size)
+    resuming = rundir.check_run_dir(cfg)
+    runtime = runtime or dist.init_runtime(cfg.run.device, cfg.parallel)
+    backend = build_backend(cfg, runtime, plan)  # DeepSpeed's JSON is checked here, before anything is written
+    logs.setup_logging(runtime.rank)
+    seed_everything(cfg.run.seed)
+    if cfg.run.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    data = build_data(cfg, runtime, plan)
+    model = model if model is not None else build_model(cfg.model)
+    init_from_training_images(model, data.train)
+    init = finetune.prepare_model(model, cfg.finetune)  # finetune.init_from, finetune.freeze
+    run_dir = rundir.write_config(cfg, runtime, resuming)  # the first write: every input has been checked
+    log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch", run_dir, cfg.model.name,
+             runtime.device.type, runtime.world_size, runtime.launcher, plan.global_batch,
+             data.train.steps_per_epoch)
+    trainer = Trainer(cfg, runtime, plan, data, model, backend, run_dir, init)
+    trainer.resume_if_possible()
+    return Run(cfg, runtime, plan, data, trainer)
+
+
+def check(config: str | Path | None, overrides: list[str], world_size: int,
+          environ: Mapping[str, str] = os.environ) -> str:
+    """The checks of a run that need no process group: config, batch plan, run directory. Raises UsageError."""
+    if world_size < 1:
+        raise UsageError(f"--check {world_size}: the number of processes must be >= 1")
+    cfg = load_config(config, overrides, environ)
+    plan = BatchPlan.for_world(cfg.train, world_size)
+    resuming = rundir.check_run_dir(cfg)
+    return (f"ok: {cfg.model.name} on {world_size} process(es), micro-batch {plan.micro_batch} x "
+            f"{plan.accum_steps} accumulation step(s); run dir {cfg.run.dir} ({'resumes' if resuming else 'new'})")
+
+
+def train(config: str | Path | None, overrides: list[str], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Load the config (launcher settings included), train to the end, leave the process group.
+
+    Returns summary.json's contents (on rank 0; {} on the others). Raises UsageError (bad
+    input), TrainingFailed, or Preempted (stopped on a signal after a checkpoint; its
+    `signal` names it).
+    """
+    cfg = load_config(config, overrides, environ)
+    try:
+        run = build_run(cfg)
+        summary = run.trainer.fit()
+        if run.runtime.is_main:
+            log.info("done: val top1 %.2f%% (best %.2f%% at epoch %d); run dir %s", summary["final"]["top1"],
+                     summary["best_top1"], summary["best_epoch"], run.run_dir)
+        return summary
+    finally:
+        dist.shutdown()

@@ -1,0 +1,95 @@
+"""The run directory: whether to start, resume or refuse, and the resolved config.yaml.
+
+Layout: config.yaml, metrics.jsonl, tb/, checkpoints/, curves.png, summary.json,
+weights.safetensors (+ weights_ema.safetensors with EMA), ranks/ (sample-id audits).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from visiontrain.checkpoint import CheckpointStore
+from visiontrain.config import Config, load_config, to_yaml
+from visiontrain.infra import fileio
+from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.dist import Runtime
+
+log = logging.getLogger(__name__)
+
+
+# Keys whose change makes a run's checkpoints unloadable: tensor shapes or checkpoint layout.
+CHECKPOINT_SHAPE_KEYS = ("model.name", "model.num_classes", "model.width", "optim.name", "parallel.strategy")
+
+
+def check_run_dir(cfg: Config) -> bool:
+    """Raise UsageError if the run dir may not be used; True if it holds checkpoints to resume.
+    Reads only: nothing is written before every input has been checked."""
+    path = Path(cfg.run.dir)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"run.dir={path} exists and is not a directory")
+    _check_writable(path)
+    occupied = path.is_dir() and any(path.iterdir())
+    if occupied and not cfg.run.resume:
+        raise UsageError(
+            f"run.dir={path} already exists and run.resume=false: choose another run.dir, "
+            "or set run.resume=true to continue it"
+        )
+    resuming = CheckpointStore(path, cfg.checkpoint.keep_last).has_any()
+    if resuming:
+        _check_same_shape(cfg, path)
+    return resuming
+
+
+def _check_writable(path: Path) -> None:
+    """run.dir, or the nearest part of it that exists, must be a directory this process can write in."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"run.dir={path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"run.dir={path} cannot be written: {existing} is read-only or not writable by this user")
+
+
+def _check_same_shape(cfg: Config, path: Path) -> None:
+    saved_file = path / "config.yaml"
+    if not saved_file.is_file():
+        return
+    try:
+        saved = load_config(saved_file)
+    except UsageError as err:
+        raise UsageError(f"the run's own {saved_file} no longer loads ({err}); move it aside to resume with "
+                         "the config given now") from None
+
+    def value(c: Config, key: str):
+        section, name = key.split(".")
+        return getattr(getattr(c, section), name)
+
+    differing = [f"{key} {value(saved, key)!r} there, {value(cfg, key)!r} now" for key in CHECKPOINT_SHAPE_KEYS
+                 if value(saved, key) != value(cfg, key)]
+    if differing:
+        raise UsageError(f"run.dir={path} holds checkpoints of another configuration ({'; '.join(differing)}): "
+                         f"choose a new run.dir, or start from its weights with finetune.init_from={path}")
+
+
+def write_config(cfg: Config, runtime: Runtime, resuming: bool) -> Path:
+    """Create the run dir and save the resolved config (rank 0); every rank waits for it."""
+    path = Path(cfg.run.dir)
+    runtime.barrier()  # every rank has run check_run_dir before anything is written
+    if runtime.is_main:
+        path.mkdir(parents=True, exist_ok=True)
+        store = CheckpointStore(path, cfg.checkpoint.keep_last)
+        for leftover in fileio.clean_leftovers(path) + fileio.clean_leftovers(store.dir) + store.remove_unfinished():
+            log.info("removed %s, left by a run that was killed while writing it", leftover)
+        config_file = path / "config.yaml"
+        text = to_yaml(cfg)
+        if resuming and config_file.is_file() and config_file.read_text() != text:
+            log.warning("the config differs from the one this run started with; "
+                        "the previous one is kept as config.previous.yaml")
+            # A second name for the old file, not a rename: config.yaml never goes missing.
+            fileio.link(config_file, path / "config.previous.yaml")
+        fileio.write_text(config_file, text)
+    runtime.barrier()
+    return path

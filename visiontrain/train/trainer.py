@@ -1,0 +1,339 @@
+"""The training loop: epochs, the hot step, evaluation, checkpoints and resume.
+
+Hot-loop rules: no host-device sync per step, and few kernels per step (on a short step
+each small kernel is host time). Loss and accuracy accumulate on the device and are read
+every `log.every_steps` steps (and before any checkpoint, so a checkpoint is never written
+after a non-finite loss). Each micro-batch's loss is copied into a device buffer, so when
+a read finds a non-finite loss the error can name the step where it first appeared.
+The run's end (report, exported weights, summary.json) is `run_end.finish_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from visiontrain.checkpoint import CheckpointStore
+from visiontrain.config import BatchPlan, Config, to_yaml
+from visiontrain.data import DataBundle
+from visiontrain.evaluate.metrics import RunningStats, evaluate, gather_sums, restore_sums
+from visiontrain.infra.errors import Preempted, TrainingFailed
+from visiontrain.parallel.dist import Runtime, all_ranks_agree, average_buffers
+from visiontrain.train import logs
+from visiontrain.train.best import BestTracker
+from visiontrain.train.finetune import keep_frozen_bn_in_eval
+from visiontrain.train.optim import build_optimizer, build_scheduler
+from visiontrain.train.preemption import PreemptionWatch
+from visiontrain.train.run_end import finish_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Built by `run.build_run`, which every entry point calls; `fit()` trains to the end."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, plan: BatchPlan, data: DataBundle, model: nn.Module,
+                 backend, run_dir: Path, init: dict[str, Any] | None = None):
+        self.cfg, self.runtime, self.plan, self.data, self.run_dir = cfg, runtime, plan, data, Path(run_dir)
+        self.init = init or {}  # where the starting weights came from (fine-tuning)
+        self.device = runtime.device
+        self.backend = backend
+        self.model = model.to(self.device, memory_format=self.backend.param_memory_format)
+        # EMA before wrapping: it averages the plain module's parameters and BN buffers.
+        self.ema = self._new_ema() if cfg.train.ema else None
+        self.optimizer = build_optimizer(self.model, cfg.optim, deepspeed=cfg.parallel.strategy == "deepspeed")
+        self.steps_per_epoch = data.train.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
+        self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)
+        self.state = Progress()
+        self.best = BestTracker(cfg.train)
+        self.window = RunningStats(self.device)  # since the last train log event
+        self.epoch_stats = RunningStats(self.device)
+        # The losses of the micro-batches since the last finiteness check: checks come at least
+        # every log.every_steps steps (log reads at multiples of it, also in the benchmarks'
+        # epochs longer than the dataset), and more often at epoch ends and checkpoints.
+        self._unchecked_losses = torch.zeros(cfg.log.every_steps * plan.accum_steps, device=self.device)
+        self._unchecked = 0  # micro-batches recorded there
+        self._checked_step = 0  # optimizer steps completed at the last check
+        self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep_last)
+        self.last_checkpoint: Path | None = None
+        self._saved_step = -1  # step of the last checkpoint this process wrote
+        self.preemption = PreemptionWatch(runtime.world_size, self.device, cfg.checkpoint.signal_check_steps).install()
+        self.metrics = logs.MetricsLog(self.run_dir / "metrics.jsonl", runtime.world_size, runtime.is_main)
+        self.tb: logs.TensorBoard | None = None
+        self.last_val: dict[str, Any] = {}
+        self.last_val_ema: dict[str, Any] = {}
+        self.train_seconds = 0.0
+        self.train_images = 0
+
+    # ----------------------------------------------------------------- resume
+    def resume_if_possible(self) -> bool:
+        found = self.store.load_latest(self.backend.load, self._all_ranks_agree)
+        if found is None:
+            self._open_logs(purge_step=0)
+            return False
+        state, path = found
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                log.warning("checkpoint %s has no EMA weights; the EMA restarts from the current model", path)
+                self.ema = self._new_ema()
+            else:
+                self.ema.load_state_dict(state["ema"])
+        self.state = Progress(**{key: state["trainer"][key] for key in asdict(Progress())})
+        self.best.load_state_dict(state["trainer"])
+        restore_sums(self._running_stats(), state["stats"], self.runtime.rank, self.runtime.world_size)
+        self._checked_step = self.state.step
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.last_checkpoint = path
+        self._open_logs(purge_step=self.state.step + 1)
+        self.metrics.truncate_after(self.state.step)
+        log.info("resuming from %s (epoch %d, step %d, %d micro-batches into the epoch)",
+                 path, self.state.epoch, self.state.step, self.state.batch_in_epoch)
+        self.metrics.write("resume", epoch=self.state.epoch, step=self.state.step, checkpoint=str(path))
+        return True
+
+    def _new_ema(self) -> AveragedModel:
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema_decay), use_buffers=True)
+
+    def _running_stats(self) -> dict[str, RunningStats]:
+        return {"window": self.window, "epoch": self.epoch_stats}
+
+    def _all_ranks_agree(self, ok: bool) -> bool:
+        return all_ranks_agree(ok, self.runtime.world_size, self.device)
+
+    def _open_logs(self, purge_step: int) -> None:
+        if self.runtime.is_main:
+            if purge_step == 0:
+                self.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
+            self.tb = logs.TensorBoard(self.run_dir / "tb", self.cfg.log.tensorboard, purge_step)
+        else:
+            self.tb = logs.TensorBoard(self.run_dir / "tb", False, None)
+
+    # -------------------------------------------------------------- main loop
+    def fit(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        epochs = self.cfg.train.epochs
+        while self.state.epoch < epochs and not self.state.stopped_early:
+            epoch = self.state.epoch
+            self.train_one_epoch(epoch)
+            self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
+            improved = False
+            if self.state.epoch == epochs or self.state.epoch % self.cfg.train.eval_every_epochs == 0:
+                improved = self.run_evaluation()
+                self.state.stopped_early = self.best.should_stop()
+                if self.state.stopped_early:
+                    self._log_early_stop()
+            done = self.state.epoch == epochs or self.state.stopped_early
+            every = self.cfg.checkpoint.every_epochs
+            self.save_checkpoint(periodic=done or (every > 0 and self.state.epoch % every == 0), best=improved)
+            if not done and self.preemption.stop_now(self.state.step, boundary=True):
+                self.stop_for_signal()
+        if self.cfg.train.restore_best or self.cfg.train.early_stop_patience:
+            self.restore_best()
+        elif not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
+            self.run_evaluation()
+        return finish_run(self, time.perf_counter() - start)
+
+    def _log_early_stop(self) -> None:
+        best = self.best.state
+        log.info("early stop after epoch %d: val %s has not improved for %d evaluations (best %.4f at epoch %d)",
+                 self.state.epoch, self.best.monitor, self.best.patience, best.best_value, best.best_epoch)
+        self.metrics.write("early_stop", epoch=self.state.epoch, step=self.state.step, monitor=self.best.monitor,
+                           best=best.best_value, best_epoch=best.best_epoch)
+
+    def restore_best(self) -> None:
+        """Load the best checkpoint's weights (and EMA) and evaluate them: the run ends with them."""
+        best = self.store.best_entry()
+        if best is None:
+            raise TrainingFailed(f"train.restore_best: no best checkpoint in {self.store.dir}")
+        state = self.backend.load(best)
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        log.info("restored the best checkpoint %s (epoch %d)", best, self.best.state.best_epoch)
+        self.metrics.write("restore_best", epoch=self.best.state.best_epoch, step=self.state.step, checkpoint=str(best))
+        self.run_evaluation()
+
+    def train_one_epoch(self, epoch: int) -> None:
+        cfg, loader = self.cfg, self.data.train
+        accum = self.plan.accum_steps
+        micro = self.state.batch_in_epoch
+        loader.set_epoch(epoch, start=micro)
+        self._record_sample_ids(epoch, micro)
+        self.train_model.train()
+        keep_frozen_bn_in_eval(self.model)
+        bar = logs.progress_bar(self.runtime.is_main and cfg.log.progress_bar, self.steps_per_epoch,
+                                micro // accum, f"epoch {epoch + 1}/{cfg.train.epochs}")
+        window_start, window_images = time.perf_counter(), 0
+        epoch_start, epoch_images = window_start, 0
+        for images, labels in loader:
+            micro += 1
+            sync = micro % accum == 0
+            with self.backend.sync_context(self.train_model, sync):
+                with self.backend.autocast():
+                    logits = self.train_model(self.backend.prepare_inputs(images))
+                losses = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing,
+                                         reduction="none")
+                loss = losses.mean()
+                self.backend.backward(loss)
+            self.window.update(losses.detach(), logits.detach(), labels)
+            self._unchecked_losses[self._unchecked].copy_(loss.detach())
+            self._unchecked += 1
+            batch_images = images.shape[0] * self.runtime.world_size
+            window_images += batch_images
+            epoch_images += batch_images
+            if not self.backend.step(self.optimizer, sync):
+                continue
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.state.step += 1
+            self.state.batch_in_epoch = micro
+            bar.update(1)
+            if self.state.step % cfg.log.every_steps == 0:
+                self._log_window(epoch, window_images, time.perf_counter() - window_start, bar)
+                window_start, window_images = time.perf_counter(), 0
+            if cfg.checkpoint.every_steps and self.state.step % cfg.checkpoint.every_steps == 0:
+                self.save_checkpoint(periodic=True, best=False)
+            if self.preemption.stop_now(self.state.step):
+                bar.close()
+                self.stop_for_signal()
+        if window_images:
+            self._log_window(epoch, window_images, time.perf_counter() - window_start, bar)
+        bar.close()
+        seconds = time.perf_counter() - epoch_start
+        self.train_seconds += seconds
+        self.train_images += epoch_images
+        summary = self.epoch_stats.reduce(self.runtime.world_size)
+        self.epoch_stats.reset()
+        record = self.metrics.write("epoch", epoch=epoch + 1, step=self.state.step, lr=self._lr(),
+                                    loss=summary["loss"], top1=summary["top1"], top5=summary["top5"],
+                                    img_per_s=epoch_images / max(seconds, 1e-9))
+        self.tb.scalars("epoch", {k: record[k] for k in ("loss", "top1", "top5", "img_per_s")}, self.state.step)
+
+    def _lr(self) -> float:
+        """The highest group lr (the head's, when optim.backbone_lr_mult < 1)."""
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+    def _log_window(self, epoch: int, images: int, seconds: float, bar) -> None:
+        """Read the device-side sums (a sync), check the loss is finite, log one train event."""
+        self._check_finite()
+        self.epoch_stats.sums += self.window.sums
+        stats = self.window.reduce(self.runtime.world_size)
+        self.window.reset()
+        lr = self._lr()
+        img_per_s = images / max(seconds, 1e-9)
+        self.metrics.write("train", epoch=epoch + 1, step=self.state.step, lr=lr, loss=stats["loss"],
+                           top1=stats["top1"], top5=stats["top5"], img_per_s=img_per_s)
+        self.tb.scalars("train", {"loss": stats["loss"], "top1": stats["top1"], "lr": lr, "img_per_s": img_per_s},
+                        self.state.step)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.3g}", img_s=f"{img_per_s:.0f}", refresh=False)
+
+    def _check_finite(self) -> None:
+        """Stop if a loss since the last check was non-finite (on any rank), naming the earliest step."""
+        none = torch.iinfo(torch.int64).max
+        bad = ~torch.isfinite(self._unchecked_losses[: self._unchecked])
+        # The first bad micro-batch's optimizer step (1-based), or `none`; MIN over ranks picks the earliest.
+        first_bad = torch.where(bad.any(), self._checked_step + bad.int().argmax() // self.plan.accum_steps + 1,
+                                none) if self._unchecked else torch.tensor(none, device=self.device)
+        if self.runtime.world_size > 1:
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+        step = int(first_bad)
+        self._unchecked, self._checked_step = 0, self.state.step
+        if step != none:
+            where = self.last_checkpoint or "none written yet"
+            raise TrainingFailed(
+                f"loss became non-finite at step {step} (epoch {self.state.epoch + 1}); training stopped; "
+                f"last good checkpoint: {where}. Lower optim.lr, set train.grad_clip_norm, or use fp32/bf16"
+            )
+
+    # ------------------------------------------------------------- evaluation
+    def run_evaluation(self) -> bool:
+        """Evaluate the model (and EMA); log val events; True if val top-1 improved."""
+        self._check_finite()
+        average_buffers(self.model, self.runtime.world_size)  # as timm does: every rank evaluates the same model
+        t0 = time.perf_counter()
+        tta = self.cfg.train.tta
+        val = evaluate(self.train_model, self.data.val, self.backend.autocast, self.device, self.runtime.world_size,
+                       self.backend.prepare_inputs, tta=tta)
+        seconds = time.perf_counter() - t0
+        self.last_val = self.metrics.write("val", epoch=self.state.epoch, step=self.state.step, lr=self._lr(),
+                                           img_per_s=val["samples"] / max(seconds, 1e-9), **val)
+        self.tb.scalars("val", val, self.state.step)
+        log.info("epoch %d/%d  step %d  val loss %.4f  top1 %.2f%%  top5 %.2f%%  (%d samples)",
+                 self.state.epoch, self.cfg.train.epochs, self.state.step, val["loss"], val["top1"], val["top5"],
+                 val["samples"])
+        if self.ema is not None:
+            ema_val = evaluate(self.ema.module, self.data.val, self.backend.autocast, self.device,
+                               self.runtime.world_size, tta=tta)
+            self.last_val_ema = self.metrics.write("val_ema", epoch=self.state.epoch, step=self.state.step,
+                                                   lr=self._lr(), **ema_val)
+            self.tb.scalars("val_ema", ema_val, self.state.step)
+            log.info("    EMA val top1 %.2f%%", ema_val["top1"])
+        return self.best.update(val, self.state.epoch)
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What the trainer owns; the backend adds the model and optimizer in its own format."""
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "trainer": {**asdict(self.state), **self.best.state_dict()},
+            "stats": gather_sums(self._running_stats(), self.runtime.world_size),  # a collective: every rank calls
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "config": to_yaml(self.cfg),
+            "world_size": self.runtime.world_size,
+        }
+
+    def stop_for_signal(self) -> None:
+        """Checkpoint this step (unless just done) and stop with exit code 3; a restart resumes here."""
+        if self._saved_step != self.state.step:
+            self.save_checkpoint(periodic=True, best=False)
+        name = self.preemption.signal_name or "a signal on another rank"
+        log.warning("stopping on %s after step %d (epoch %d); checkpoint %s", name, self.state.step,
+                    self.state.epoch + 1, self.last_checkpoint)
+        self.metrics.write("preempted", epoch=self.state.epoch, step=self.state.step, signal=name)
+        self.tb.close()
+        self.runtime.barrier()
+        raise Preempted(f"stopped on {name} after step {self.state.step}; start the same command again to resume "
+                        f"from {self.run_dir}", signal=self.preemption.signal_name)
+
+    def save_checkpoint(self, periodic: bool, best: bool) -> None:
+        if not (periodic or best):
+            return
+        self._check_finite()
+        self._saved_step = self.state.step
+        path = self.backend.save(self.store, self.checkpoint_state(), self.state.step, periodic=periodic, best=best)
+        if self.runtime.is_main:
+            self.metrics.write("checkpoint", epoch=self.state.epoch, step=self.state.step, path=str(path),
+                               best=best)
+            self.last_checkpoint = path
+
+    def _record_sample_ids(self, epoch: int, start: int) -> None:
+        if not self.cfg.log.sample_ids:
+            return
+        out = self.run_dir / "ranks"
+        out.mkdir(exist_ok=True)
+        with open(out / f"rank{self.runtime.rank}_samples.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": epoch, "start": start, "indices": self.data.train.epoch_indices()})
+                    + "\n")
