@@ -10,8 +10,10 @@ from safetensors.torch import save_file
 from visiontrain.checkpoint import CheckpointStore
 from visiontrain.config import FinetuneConfig, ModelConfig, load_config
 from visiontrain.infra.errors import UsageError
-from visiontrain.models import build_model
+from visiontrain.models import build_model, spec_of
 from visiontrain.train.finetune import freeze, keep_frozen_bn_in_eval, load_initial_weights, prepare_model
+
+CIFAR18 = spec_of("cifar_resnet18")
 
 
 def cifar18(num_classes: int = 10, width: int = 8, seed: int = 0):
@@ -39,7 +41,7 @@ def test_run_dir_weights_safetensors_are_loaded(tmp_path):
     run.mkdir()
     save_file(source, str(run / "weights.safetensors"))
     model = cifar18(seed=2)
-    info = load_initial_weights(model, FinetuneConfig(init_from=str(run)))
+    info = load_initial_weights(model, CIFAR18, FinetuneConfig(init_from=str(run)))
     assert equal(model.state_dict(), source)
     assert info["init_from"].endswith("weights.safetensors") and not info["head_replaced"]
 
@@ -48,16 +50,16 @@ def test_run_dir_without_export_uses_newest_checkpoint_and_its_ema(tmp_path):
     weights, ema = cifar18(seed=1).state_dict(), cifar18(seed=3).state_dict()
     run = run_dir_with_checkpoint(tmp_path, weights, ema)
     model = cifar18(seed=2)
-    load_initial_weights(model, FinetuneConfig(init_from=str(run)))
+    load_initial_weights(model, CIFAR18, FinetuneConfig(init_from=str(run)))
     assert equal(model.state_dict(), weights)
-    load_initial_weights(model, FinetuneConfig(init_from=str(run), use_ema=True))
+    load_initial_weights(model, CIFAR18, FinetuneConfig(init_from=str(run), use_ema=True))
     assert equal(model.state_dict(), ema)
 
 
 def test_use_ema_without_ema_weights_is_refused(tmp_path):
     run = run_dir_with_checkpoint(tmp_path, cifar18().state_dict())
     with pytest.raises(UsageError, match="has no EMA weights"):
-        load_initial_weights(cifar18(), FinetuneConfig(init_from=str(run), use_ema=True))
+        load_initial_weights(cifar18(), CIFAR18, FinetuneConfig(init_from=str(run), use_ema=True))
 
 
 def test_safetensors_file_with_wrapper_prefixes(tmp_path):
@@ -65,7 +67,7 @@ def test_safetensors_file_with_wrapper_prefixes(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({f"module.{k}": v.contiguous() for k, v in source.items()}, str(path))
     model = cifar18(seed=2)
-    load_initial_weights(model, FinetuneConfig(init_from=str(path)))
+    load_initial_weights(model, CIFAR18, FinetuneConfig(init_from=str(path)))
     assert equal(model.state_dict(), source)
 
 
@@ -78,7 +80,7 @@ def test_torchvision_state_dict_with_another_head_replaces_the_head(tmp_path, ca
     model = build_model(ModelConfig(name="resnet18", num_classes=7))
     fresh_head = model.fc.weight.detach().clone()
     caplog.set_level("INFO")
-    info = load_initial_weights(model, FinetuneConfig(init_from=str(path)))
+    info = load_initial_weights(model, spec_of("resnet18"), FinetuneConfig(init_from=str(path)))
     assert info["head_replaced"]
     assert equal(model.state_dict(), imagenet.state_dict(), skip_head=True)
     assert torch.equal(model.fc.weight, fresh_head)  # the new head keeps its fresh initialisation
@@ -90,14 +92,14 @@ def test_keep_head_refuses_another_class_count(tmp_path):
     save_file(cifar18(num_classes=10).state_dict(), str(path))
     with pytest.raises(UsageError, match="10-class head and the model 5 classes: set model.num_classes=10 or drop "
                                          "finetune.keep_head=true"):
-        load_initial_weights(cifar18(num_classes=5), FinetuneConfig(init_from=str(path), keep_head=True))
+        load_initial_weights(cifar18(num_classes=5), CIFAR18, FinetuneConfig(init_from=str(path), keep_head=True))
 
 
 def test_shape_mismatch_outside_the_head_names_the_first_keys(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file(cifar18(width=16).state_dict(), str(path))
     with pytest.raises(UsageError) as err:
-        load_initial_weights(cifar18(width=8), FinetuneConfig(init_from=str(path)))
+        load_initial_weights(cifar18(width=8), CIFAR18, FinetuneConfig(init_from=str(path)))
     message = str(err.value)
     assert "\n" not in message
     assert "shape mismatch at conv1.weight (weights [16, 3, 3, 3], model [8, 3, 3, 3])" in message
@@ -107,7 +109,8 @@ def test_another_architecture_lists_missing_keys(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(UsageError, match="missing layer1.2"):
-        load_initial_weights(build_model(ModelConfig(name="resnet34")), FinetuneConfig(init_from=str(path)))
+        load_initial_weights(build_model(ModelConfig(name="resnet34")), spec_of("resnet34"),
+                             FinetuneConfig(init_from=str(path)))
 
 
 @pytest.mark.parametrize("name, content", [("w.safetensors", b"\x00garbage" * 10), ("w.pth", b"PK\x03\x04junk")])
@@ -115,19 +118,19 @@ def test_corrupt_file_is_a_one_line_usage_error(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(UsageError, match=f"finetune.init_from='{path}' is not a readable") as err:
-        load_initial_weights(cifar18(), FinetuneConfig(init_from=str(path)))
+        load_initial_weights(cifar18(), CIFAR18, FinetuneConfig(init_from=str(path)))
     assert "\n" not in str(err.value)
 
 
 def test_missing_path_unknown_suffix_and_non_run_dir(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
-        load_initial_weights(cifar18(), FinetuneConfig(init_from=str(tmp_path / "nope")))
+        load_initial_weights(cifar18(), CIFAR18, FinetuneConfig(init_from=str(tmp_path / "nope")))
     (tmp_path / "w.npz").write_bytes(b"x")
     with pytest.raises(UsageError, match="unknown file type '.npz'"):
-        load_initial_weights(cifar18(), FinetuneConfig(init_from=str(tmp_path / "w.npz")))
+        load_initial_weights(cifar18(), CIFAR18, FinetuneConfig(init_from=str(tmp_path / "w.npz")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="is it a run directory"):
-        load_initial_weights(cifar18(), FinetuneConfig(init_from=str(tmp_path / "empty")))
+        load_initial_weights(cifar18(), CIFAR18, FinetuneConfig(init_from=str(tmp_path / "empty")))
 
 
 def test_finetune_config_errors():
@@ -158,7 +161,7 @@ def train_steps(model, steps: int = 3):
 
 
 def changed_keys(model, policy: str) -> tuple[set[str], set[str], torch.optim.Optimizer]:
-    counts = freeze(model, policy)
+    counts = freeze(model, CIFAR18, policy)
     assert counts["frozen"] + counts["trainable"] == sum(p.numel() for p in model.parameters())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = train_steps(model)
@@ -188,7 +191,7 @@ def test_freeze_stages_keeps_stem_and_first_stages_bit_for_bit():
 def test_freeze_stages_beyond_the_model_is_refused():
     resnet9 = build_model(ModelConfig(name="resnet9", width=8))
     with pytest.raises(UsageError, match="this model has 3 stages; allowed stages:1..stages:3"):
-        freeze(resnet9, "stages:4")
+        freeze(resnet9, spec_of("resnet9"), "stages:4")
 
 
 def test_freeze_bn_keeps_bn_parameters_and_statistics():
@@ -211,7 +214,7 @@ def test_prepare_model_loads_then_freezes(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file(source.state_dict(), str(path))
     model = cifar18(num_classes=4, seed=2)
-    info = prepare_model(model, FinetuneConfig(init_from=str(path), freeze="backbone"))
+    info = prepare_model(model, CIFAR18, FinetuneConfig(init_from=str(path), freeze="backbone"))
     assert info["head_replaced"] and info["freeze"] == "backbone"
     assert info["trainable"] == model.fc.weight.numel() + model.fc.bias.numel()
     assert equal(model.state_dict(), source.state_dict(), skip_head=True)

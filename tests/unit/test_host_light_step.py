@@ -9,14 +9,17 @@ import torch.nn.functional as F
 from visiontrain.config import OptimConfig, load_config
 from visiontrain.evaluate.metrics import RunningStats, topk_correct
 from visiontrain.infra.errors import UsageError
-from visiontrain.models import ResNet9
+from visiontrain.models import spec_of
+from visiontrain.models.resnets import ResNet9
 from visiontrain.train.optim import build_optimizer
+
+RESNET9 = spec_of("resnet9")
 
 
 def _train(optim: OptimConfig, steps: int = 5) -> list[torch.Tensor]:
     torch.manual_seed(0)
     model = ResNet9(10, width=4)
-    optimizer = build_optimizer(model, optim)
+    optimizer = build_optimizer(model, optim, RESNET9)
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
         images = torch.randn(16, 3, 16, 16, generator=generator)
@@ -36,8 +39,8 @@ def test_the_fused_update_gives_the_parameters_of_the_per_tensor_update(name):
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(fused, foreach))
     assert any(not torch.equal(a, s) for a, s in zip(fused, start))  # they did train
     model = ResNet9(10, width=4)
-    assert build_optimizer(model, OptimConfig(name=name, fused=True)).defaults["fused"] is True
-    assert build_optimizer(model, OptimConfig(name=name, fused=False)).defaults["foreach"] is True
+    assert build_optimizer(model, OptimConfig(name=name, fused=True), RESNET9).defaults["fused"] is True
+    assert build_optimizer(model, OptimConfig(name=name, fused=False), RESNET9).defaults["foreach"] is True
 
 
 def test_one_pass_running_stats_equal_the_per_metric_formulas():
@@ -88,11 +91,11 @@ def test_a_checkpoint_of_one_implementation_resumes_with_the_configured_one(name
     lr = 0.1 if name == "sgd" else 1e-3
     torch.manual_seed(0)
     model = ResNet9(10, width=4)
-    old = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=False))
+    old = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=False), RESNET9)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     old.step()
-    new = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=True))
+    new = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=True), RESNET9)
     new.load_state_dict(old.state_dict())
     assert new.param_groups[0]["fused"] is None  # what loading alone leaves: the checkpoint's choice
     keep_implementation(new)
@@ -103,7 +106,7 @@ def test_a_checkpoint_of_one_implementation_resumes_with_the_configured_one(name
     scaler.scale(model(torch.randn(4, 3, 16, 16)).sum()).backward()
     scaler.step(new)
     scaler.update()
-    back = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=False))
+    back = build_optimizer(model, OptimConfig(name=name, lr=lr, fused=False), RESNET9)
     back.load_state_dict(new.state_dict())
     keep_implementation(back)
     assert all(g["foreach"] is True and not g["fused"] for g in back.param_groups)

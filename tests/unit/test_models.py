@@ -4,7 +4,8 @@ import torch.nn.functional as F
 import torchvision
 
 from visiontrain.config import ModelConfig
-from visiontrain.models import CIFAR_MODEL_NAMES, MODEL_NAMES, build_model, last_bn_of_residual_branches
+from visiontrain.models import CIFAR_MODEL_NAMES, MODEL_NAMES, build_model
+from visiontrain.models.resnets import residual_branch_ends
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -46,15 +47,15 @@ def test_resnet9_width_scales_channels():
 def test_zero_init_residual_zeroes_exactly_the_last_bn_of_each_block(name, blocks):
     plain = build_model(ModelConfig(name=name))
     zeroed = build_model(ModelConfig(name=name, zero_init_residual=True))
-    assert len(last_bn_of_residual_branches(zeroed)) == blocks
-    assert all(bool((bn.weight == 0).all()) for bn in last_bn_of_residual_branches(zeroed))
-    assert all(bool((bn.weight == 1).all()) for bn in last_bn_of_residual_branches(plain))
+    assert len(residual_branch_ends(zeroed)) == blocks
+    assert all(bool((bn.weight == 0).all()) for bn in residual_branch_ends(zeroed))
+    assert all(bool((bn.weight == 1).all()) for bn in residual_branch_ends(plain))
     zero_count = sum(int((m.weight == 0).all()) for m in zeroed.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert zero_count == blocks
 
 
 def test_patch_whitening_decorrelates_the_patches_it_was_set_from():
-    from visiontrain.models import PatchWhitening
+    from visiontrain.models.cifar_fast import PatchWhitening
 
     torch.manual_seed(0)
     # Correlated channels and neighbouring pixels, as in photographs.

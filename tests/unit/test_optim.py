@@ -5,8 +5,10 @@ import torch
 
 from visiontrain.config import ModelConfig, OptimConfig, ScheduleConfig
 from visiontrain.infra.errors import UsageError
-from visiontrain.models import build_model
+from visiontrain.models import build_model, spec_of
 from visiontrain.train.optim import build_optimizer, build_scheduler, lr_factor
+
+RESNET18 = spec_of("resnet18")
 
 
 def factors(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> list[float]:
@@ -37,7 +39,7 @@ def test_step_schedule_multiplies_by_gamma_at_each_milestone():
 
 def test_scheduler_steps_per_iteration_on_the_optimizer():
     model = torch.nn.Linear(2, 2)
-    opt = build_optimizer(model, OptimConfig(lr=0.4))
+    opt = build_optimizer(model, OptimConfig(lr=0.4), RESNET18)
     sched = build_scheduler(opt, ScheduleConfig(name="constant", warmup_epochs=1), steps_per_epoch=4, epochs=3)
     seen = []
     for _ in range(6):
@@ -49,7 +51,7 @@ def test_scheduler_steps_per_iteration_on_the_optimizer():
 
 def test_no_weight_decay_on_bn_and_bias_when_asked():
     model = build_model(ModelConfig(name="resnet18"))
-    opt = build_optimizer(model, OptimConfig(weight_decay=5e-4, no_decay_bn_bias=True))
+    opt = build_optimizer(model, OptimConfig(weight_decay=5e-4, no_decay_bn_bias=True), RESNET18)
     groups = {g["name"]: g for g in opt.param_groups}
     assert sorted(groups) == ["backbone", "backbone_no_decay", "head", "head_no_decay"]
     for name in ("backbone", "head"):
@@ -57,13 +59,13 @@ def test_no_weight_decay_on_bn_and_bias_when_asked():
         plain = groups[f"{name}_no_decay"]
         assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
-    single = build_optimizer(model, OptimConfig(weight_decay=5e-4, no_decay_bn_bias=False))
+    single = build_optimizer(model, OptimConfig(weight_decay=5e-4, no_decay_bn_bias=False), RESNET18)
     assert [g["name"] for g in single.param_groups] == ["backbone", "head"]
 
 
 def test_backbone_lr_mult_scales_every_group_but_the_head_and_warmup_applies_to_all():
     model = build_model(ModelConfig(name="resnet18", num_classes=5))
-    opt = build_optimizer(model, OptimConfig(lr=0.4, backbone_lr_mult=0.1))
+    opt = build_optimizer(model, OptimConfig(lr=0.4, backbone_lr_mult=0.1), RESNET18)
     head_params = {id(p) for p in model.fc.parameters()}
     for group in opt.param_groups:
         in_head = {id(p) in head_params for p in group["params"]}
@@ -80,19 +82,19 @@ def test_backbone_lr_mult_scales_every_group_but_the_head_and_warmup_applies_to_
 
 def test_sgd_is_nesterov_and_adamw_uses_betas():
     model = torch.nn.Linear(2, 2)
-    assert build_optimizer(model, OptimConfig(name="sgd")).defaults["nesterov"] is True
-    adamw = build_optimizer(model, OptimConfig(name="adamw", betas=[0.8, 0.95]))
+    assert build_optimizer(model, OptimConfig(name="sgd"), RESNET18).defaults["nesterov"] is True
+    adamw = build_optimizer(model, OptimConfig(name="adamw", betas=[0.8, 0.95]), RESNET18)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.95)
 
 
 def test_frozen_parameters_get_no_optimizer_group_entry():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     model[0].requires_grad_(False)
-    opt = build_optimizer(model, OptimConfig())
+    opt = build_optimizer(model, OptimConfig(), RESNET18)
     assert sum(len(g["params"]) for g in opt.param_groups) == 2
 
 
 def test_nothing_trainable_is_a_usage_error():
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(UsageError, match="no parameter is trainable"):
-        build_optimizer(model, OptimConfig())
+        build_optimizer(model, OptimConfig(), RESNET18)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from visiontrain.config import load_config
-from visiontrain.models import build_model
+from visiontrain.models import build_model, spec_of
 from visiontrain.parallel.dist import Runtime
 from visiontrain.train.optim import build_optimizer, build_scheduler
 from visiontrain.train.run import build_run, seed_everything
@@ -117,7 +117,7 @@ def measure(overrides: list[str], steps: int, rounds: int, runtime: Runtime | No
         seed_everything(cfg.run.seed)
         fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         bare_model = build_model(cfg.model).to(device, memory_format=fmt)
-        bare_opt = build_optimizer(bare_model, cfg.optim)
+        bare_opt = build_optimizer(bare_model, cfg.optim, spec_of(cfg.model.name))
         bare_sched = build_scheduler(bare_opt, cfg.schedule, steps, cfg.train.epochs)
         batches = list(run.data.train)
 

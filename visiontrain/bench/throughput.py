@@ -154,12 +154,12 @@ def split_batch_per_device(overrides: list[str]) -> tuple[list[str], int | None]
 def _bare_reference(cfg, runtime, autocast, pool, steps: int, label_smoothing: float):
     """A hand-written loop over the same device batches: the trainer's overhead reference."""
     from visiontrain.bench.overhead import bare_loop
-    from visiontrain.models import build_model
+    from visiontrain.models import build_model, spec_of
     from visiontrain.train.optim import build_optimizer, build_scheduler
 
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = build_model(cfg.model).to(runtime.device, memory_format=fmt)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, spec_of(cfg.model.name))
     scheduler = build_scheduler(optimizer, cfg.schedule, steps, cfg.train.epochs)
     train_model = model
     if runtime.world_size > 1:

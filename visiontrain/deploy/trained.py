@@ -22,7 +22,7 @@ from visiontrain.data import augment
 from visiontrain.data.preprocess import EvalPreprocess
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
-from visiontrain.models import build_model
+from visiontrain.models import build_model, spec_of
 from visiontrain.train.finetune import load_initial_weights
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def load_trained(source: str | Path, ema: bool = False, config_file: str | None 
                          "train.ema=true); leave out --ema")
     cfg, run_dir = resolve_config(path, config_file, overrides)
     model = build_model(cfg.model)
-    info = load_initial_weights(model, FinetuneConfig(init_from=str(path), use_ema=ema, keep_head=True), key=key)
+    info = load_initial_weights(model, spec_of(cfg.model.name), FinetuneConfig(init_from=str(path), use_ema=ema, keep_head=True), key=key)
     model.eval()
     return TrainedModel(model, cfg, class_names_of(cfg, run_dir), info["init_from"], run_dir,
                         _recorded_top1(run_dir, path, ema), ema)

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     from visiontrain.deploy.trained import resolve_config
     from visiontrain.evaluate.metrics import predict
     from visiontrain.evaluate.report import write_report
-    from visiontrain.models import build_model
+    from visiontrain.models import build_model, spec_of
     from visiontrain.parallel.backends import autocast_factory
     from visiontrain.parallel.dist import Runtime, select_device
     from visiontrain.train.finetune import load_initial_weights
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
     device = select_device(cfg.run.device, 0)
     runtime = Runtime(accelerator=None, device=device, rank=0, world_size=1, local_rank=0, launcher="single")
     model = build_model(cfg.model)
-    info = load_initial_weights(model, FinetuneConfig(init_from=args.weights, use_ema=args.ema, keep_head=True),
+    info = load_initial_weights(model, spec_of(cfg.model.name), FinetuneConfig(init_from=args.weights, use_ema=args.ema, keep_head=True),
                                 key="--weights")
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
     data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)

@@ -28,7 +28,7 @@ from visiontrain.checkpoint import CheckpointStore
 from visiontrain.checkpoint.weights import newest_consolidated_weights
 from visiontrain.config import FREEZE_POLICIES, FinetuneConfig, parse_freeze
 from visiontrain.infra.errors import UsageError
-from visiontrain.models import HEAD, stem_and_stages
+from visiontrain.models.contract import ModelSpec
 
 log = logging.getLogger(__name__)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DeepSpeed and torch.compile
@@ -106,12 +106,13 @@ def _strip_wrappers(name: str) -> str:
 
 
 # ------------------------------------------------------------------ loading
-def load_initial_weights(model: nn.Module, cfg: FinetuneConfig, key: str = "finetune.init_from") -> dict[str, Any]:
+def load_initial_weights(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig,
+                         key: str = "finetune.init_from") -> dict[str, Any]:
     """Load `cfg.init_from` into `model`; returns what happened (for logs and metrics)."""
     weights, origin = read_initial_weights(cfg.init_from, cfg.use_ema, key)
     weights = {_strip_wrappers(k): v for k, v in weights.items()}
     own = model.state_dict()
-    is_head = lambda name: name.startswith(HEAD + ".")  # noqa: E731
+    is_head = spec.is_head
     mismatched = [k for k in own if k in weights and not is_head(k) and weights[k].shape != own[k].shape]
     missing = [k for k in own if k not in weights and not is_head(k)]
     unexpected = [k for k in weights if k not in own]
@@ -129,9 +130,9 @@ def load_initial_weights(model: nn.Module, cfg: FinetuneConfig, key: str = "fine
     head_keys = [k for k in own if is_head(k)]
     head_fits = all(k in weights and weights[k].shape == own[k].shape for k in head_keys)
     if not head_fits:
-        theirs = weights.get(f"{HEAD}.weight")
+        theirs = weights.get(f"{spec.head}.weight")
         their_classes = theirs.shape[0] if theirs is not None else "no"
-        ours = own[f"{HEAD}.weight"].shape[0]
+        ours = own[f"{spec.head}.weight"].shape[0]
         if cfg.keep_head:
             raise UsageError(f"{key}={cfg.init_from!r} has a {their_classes}-class head and the model "
                              f"{ours} classes: set model.num_classes={their_classes}" +
@@ -144,7 +145,7 @@ def load_initial_weights(model: nn.Module, cfg: FinetuneConfig, key: str = "fine
 
 
 # ------------------------------------------------------------------ freezing
-def freeze(model: nn.Module, policy: str) -> dict[str, int]:
+def freeze(model: nn.Module, spec: ModelSpec, policy: str) -> dict[str, int]:
     """Apply `finetune.freeze`; returns parameter counts (frozen, trainable)."""
     parsed = parse_freeze(policy)
     if parsed is None:
@@ -152,9 +153,9 @@ def freeze(model: nn.Module, policy: str) -> dict[str, int]:
     kind, count = parsed
     frozen: list[nn.Parameter] = []
     if kind == "backbone":
-        frozen = [p for name, p in model.named_parameters() if not name.startswith(HEAD + ".")]
+        frozen = [p for name, p in model.named_parameters() if not spec.is_head(name)]
     elif kind == "stages":
-        stem, stages = stem_and_stages(model)
+        stem, stages = spec.stem_and_stages(model)
         if count > len(stages):
             raise UsageError(f"config key 'finetune.freeze' = {policy!r} is invalid: this model has "
                              f"{len(stages)} stages; allowed stages:1..stages:{len(stages)}")
@@ -178,7 +179,7 @@ def keep_frozen_bn_in_eval(model: nn.Module) -> None:
             module.eval()
 
 
-def prepare_model(model: nn.Module, cfg: FinetuneConfig) -> dict[str, Any]:
+def prepare_model(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig) -> dict[str, Any]:
     """Starting weights, then freezing; returns what was done (recorded in summary.json).
 
     The starting weights are read on every start, also when the run resumes (the
@@ -186,6 +187,6 @@ def prepare_model(model: nn.Module, cfg: FinetuneConfig) -> dict[str, Any]:
     """
     info: dict[str, Any] = {}
     if cfg.init_from:
-        info.update(load_initial_weights(model, cfg))
-    info.update(freeze=cfg.freeze, **freeze(model, cfg.freeze))
+        info.update(load_initial_weights(model, spec, cfg))
+    info.update(freeze=cfg.freeze, **freeze(model, spec, cfg.freeze))
     return info

@@ -9,19 +9,19 @@ process (DESIGN.md).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from visiontrain.config import OptimConfig, ScheduleConfig
 from visiontrain.infra.errors import UsageError
-from visiontrain.models import HEAD
+from visiontrain.models.contract import ModelSpec
 
 
 def param_groups(
     named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, no_decay_bn_bias: bool,
-    backbone_lr_mult: float = 1.0,
+    backbone_lr_mult: float = 1.0, is_head: Callable[[str], bool] = lambda name: False,
 ) -> list[dict]:
     """Trainable parameters in up to four groups: head or backbone, decayed or not (BN/bias: 1-D tensors).
 
@@ -32,7 +32,7 @@ def param_groups(
     for name, param in named_params:
         if not param.requires_grad:
             continue  # frozen parameters get no optimizer state
-        part = "head" if name.startswith(HEAD + ".") else "backbone"
+        part = "head" if is_head(name) else "backbone"
         decayed = not (no_decay_bn_bias and param.ndim <= 1)
         groups.setdefault((part, decayed), []).append(param)
     return [
@@ -44,12 +44,13 @@ def param_groups(
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, deepspeed: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, spec: ModelSpec, deepspeed: bool = False
+                    ) -> torch.optim.Optimizer:
     """`deepspeed`: the optimizer DeepSpeed will wrap gets the foreach update. ZeRO-1/2 step it on
     their own flattened fp32 partitions, and there the fused one did not reproduce DDP's training
     (losses 8e-4 apart after 25 steps, where foreach matches DDP to 1e-4)."""
     groups = param_groups(model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.no_decay_bn_bias,
-                          cfg.backbone_lr_mult)
+                          cfg.backbone_lr_mult, spec.is_head)
     if not groups:
         raise UsageError("no parameter is trainable (finetune.freeze left nothing to train)")
     # fused: one kernel updates every parameter (CPU and CUDA); foreach: a few kernels per group.

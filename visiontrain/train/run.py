@@ -22,7 +22,7 @@ from torch import nn
 from visiontrain.config import BatchPlan, Config, load_config
 from visiontrain.data import DataBundle, build_data
 from visiontrain.infra.errors import UsageError
-from visiontrain.models import build_model
+from visiontrain.models import build_model, spec_of
 from visiontrain.parallel import dist
 from visiontrain.parallel.backends import build_backend
 from visiontrain.train import finetune, logs, rundir
@@ -80,7 +80,7 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: dist.Runtime
     data = build_data(cfg, runtime, plan)
     model = model if model is not None else build_model(cfg.model)
     init_from_training_images(model, data.train)
-    init = finetune.prepare_model(model, cfg.finetune)  # finetune.init_from, finetune.freeze
+    init = finetune.prepare_model(model, spec_of(cfg.model.name), cfg.finetune)  # finetune.init_from, finetune.freeze
     run_dir = rundir.write_config(cfg, runtime, resuming)  # the first write: every input has been checked
     log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch", run_dir, cfg.model.name,
              runtime.device.type, runtime.world_size, runtime.launcher, plan.global_batch,

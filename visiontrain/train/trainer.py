@@ -27,6 +27,7 @@ from visiontrain.config import BatchPlan, Config, to_yaml
 from visiontrain.data import DataBundle
 from visiontrain.evaluate.metrics import RunningStats, evaluate, gather_sums, restore_sums
 from visiontrain.infra.errors import Preempted, TrainingFailed
+from visiontrain.models import spec_of
 from visiontrain.parallel.dist import Runtime, all_ranks_agree, average_buffers
 from visiontrain.train import logs
 from visiontrain.train.best import BestTracker
@@ -58,7 +59,8 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.backend.param_memory_format)
         # EMA before wrapping: it averages the plain module's parameters and BN buffers.
         self.ema = self._new_ema() if cfg.train.ema else None
-        self.optimizer = build_optimizer(self.model, cfg.optim, deepspeed=cfg.parallel.strategy == "deepspeed")
+        self.optimizer = build_optimizer(self.model, cfg.optim, spec_of(cfg.model.name),
+                                         deepspeed=cfg.parallel.strategy == "deepspeed")
         self.steps_per_epoch = data.train.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
         self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)

@@ -1,0 +1,42 @@
+"""The model contract: what the rest of the project may know about a model, in one small spec per model.
+
+Config validation, fine-tuning (head swap, freezing), the optimizer's parameter groups, export and
+the benchmarks read a `ModelSpec` instead of testing a model's class. A new architecture is one
+`ModelSpec` in a family module (`resnets.py`, `cifar_fast.py`, ...) listed in `models/__init__.py`.
+
+Besides the spec, a model may define `init_from_data(images)`: a data-dependent initialization
+that `build_run` calls with normalized training images before training (cifar_fast's whitening).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from visiontrain.config import ModelConfig
+
+
+def _no_branches(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return []
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the value of model.name
+    # ModelConfig -> a freshly initialised model on the CPU (no compile, no memory-format change)
+    build: Callable[[ModelConfig], nn.Module]
+    # model -> (stem modules, stages from input to output): what finetune.freeze=stages:K counts
+    stem_and_stages: Callable[[nn.Module], tuple[list[nn.Module], list[nn.Module]]]
+    input_size: int  # the resolution the architecture is designed for (32: CIFAR-sized, 224: ImageNet-sized)
+    # The classifier's attribute path: fine-tuning replaces it, optim.backbone_lr_mult spares it.
+    head: str = "fc"
+    has_width: bool = False  # model.width scales the network (otherwise it must stay 64)
+    # model -> the BatchNorm closing each residual branch: model.zero_init_residual zeroes their scale
+    residual_branch_ends: Callable[[nn.Module], list[nn.BatchNorm2d]] = _no_branches
+    channels_last: bool = True  # convolutions run faster on NHWC tensors (model.channels_last's default)
+
+    def is_head(self, parameter_name: str) -> bool:
+        return parameter_name.startswith(self.head + ".")
