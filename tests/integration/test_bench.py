@@ -23,7 +23,7 @@ POINT_FIELDS = {
     "warmup_s", "images_per_s", "images_per_s_min", "images_per_s_max", "images_per_s_per_device",
     "repeat_images_per_s", "step_ms_p50", "step_ms_p90", "data_wait_fraction", "peak_memory_mib", "memory_kind",
     "train_gflops_per_image", "achieved_tflops_per_device", "peak_tflops_per_device", "mfu", "bare_images_per_s",
-    "engine_vs_bare",
+    "trainer_vs_bare",
 }
 
 
@@ -61,7 +61,7 @@ def test_step_sweep_writes_every_point_with_timing_flops_mfu_and_the_bare_refere
         assert p["achieved_tflops_per_device"] == pytest.approx(p["images_per_s"] * expected_flops / 1e12)
         assert p["mfu"] == pytest.approx(p["achieved_tflops_per_device"] / 0.5)
         assert p["bare_images_per_s"] > 0
-        assert p["engine_vs_bare"] == pytest.approx(p["images_per_s"] / p["bare_images_per_s"])
+        assert p["trainer_vs_bare"] == pytest.approx(p["images_per_s"] / p["bare_images_per_s"])
         assert p["peak_memory_mib"] > 0 and p["memory_kind"] == "host_peak_rss"
     table = (out / "results.md").read_text()
     assert "model.channels_last=false" in table and "model.channels_last=true" in table
@@ -77,7 +77,7 @@ def test_scaling_runs_one_and_two_processes_with_a_fixed_per_device_batch(tmp_pa
     assert one["scaling_efficiency"] == 1.0
     assert two["scaling_efficiency"] == pytest.approx(two["images_per_s"] / 2 / one["images_per_s"])
     assert two["images_per_s_per_device"] == pytest.approx(two["images_per_s"] / 2)
-    assert one["bare_images_per_s"] is None and one["engine_vs_bare"] is None
+    assert one["bare_images_per_s"] is None and one["trainer_vs_bare"] is None
     assert _is_png(out / "scaling.png")
     assert "scaling eff." in (out / "results.md").read_text()
 

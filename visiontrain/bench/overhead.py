@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from visiontrain.bench.timing import timed
 from visiontrain.config import load_config
 from visiontrain.models import build_model, spec_of
 from visiontrain.parallel.dist import Runtime
 from visiontrain.train.optim import build_optimizer, build_scheduler
 from visiontrain.train.run import build_run, seed_everything
+from visiontrain.train.step import reference_loop
 
 DEFAULTS = ["data.loader=random", "data.image_size=32", "model.name=resnet9", "model.width=32",
             "train.batch_size=128", "train.precision=fp32", "train.epochs=1000", "schedule.warmup_epochs=0",
@@ -38,38 +39,16 @@ DEFAULTS = ["data.loader=random", "data.image_size=32", "model.name=resnet9", "m
 
 @dataclass
 class OverheadResult:
-    engine_s_per_step: float
+    trainer_s_per_step: float
     bare_s_per_step: float
-    engine_spread: tuple[float, float]
+    trainer_spread: tuple[float, float]
     bare_spread: tuple[float, float]
-    ratio: float  # median of per-round bare/engine time ratios
+    ratio: float  # median of per-round bare/trainer time ratios
     ratio_spread: tuple[float, float]
     parts_s_per_step: dict[str, float]  # each bookkeeping piece alone, seconds per step
     batch: int
     steps: int
     rounds: int
-
-
-def bare_loop(model, optimizer, scheduler, batches, autocast, label_smoothing: float) -> None:
-    """What a user would write by hand: the reference the trainer is compared with."""
-    for images, labels in batches:
-        with autocast():
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-
-
-def _timed(device: torch.device, work) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def bookkeeping_parts(trainer, batch: tuple[torch.Tensor, torch.Tensor], repeats: int) -> dict[str, float]:
@@ -101,7 +80,7 @@ def bookkeeping_parts(trainer, batch: tuple[torch.Tensor, torch.Tensor], repeats
     seconds = {}
     for name, work in parts.items():
         work()  # first call: lazy state
-        seconds[name] = _timed(trainer.device, lambda work=work: [work() for _ in range(repeats)]) / repeats
+        seconds[name] = timed(trainer.device, lambda work=work: [work() for _ in range(repeats)]) / repeats
     trainer.window.reset()
     return seconds
 
@@ -121,45 +100,45 @@ def measure(overrides: list[str], steps: int, rounds: int, runtime: Runtime | No
         bare_sched = build_scheduler(bare_opt, cfg.schedule, steps, cfg.train.epochs)
         batches = list(run.data.train)
 
-        def run_engine(round_index: int) -> float:
+        def run_trainer(round_index: int) -> float:
             trainer.state.batch_in_epoch = 0  # what fit() does between epochs
-            return _timed(device, lambda: trainer.train_one_epoch(round_index))
+            return timed(device, lambda: trainer.train_one_epoch(round_index))
 
         def run_bare() -> float:
-            return _timed(device, lambda: bare_loop(bare_model, bare_opt, bare_sched, batches,
+            return timed(device, lambda: reference_loop(bare_model, bare_opt, bare_sched, batches,
                                                             trainer.backend.autocast, cfg.train.label_smoothing))
 
-        engine_times, bare_times = [], []
+        trainer_times, bare_times = [], []
         for round_index in range(rounds + 1):  # round 0 warms both up and is discarded
             if round_index % 2:
-                engine, bare = run_engine(round_index), run_bare()
+                trainer, bare = run_trainer(round_index), run_bare()
             else:
-                bare, engine = run_bare(), run_engine(round_index)
+                bare, trainer = run_bare(), run_trainer(round_index)
             if round_index:
-                engine_times.append(engine / steps)
+                trainer_times.append(trainer / steps)
                 bare_times.append(bare / steps)
         parts = bookkeeping_parts(trainer, batches[0], repeats=max(20, steps))
         trainer.tb.close()
-    ratios = [b / e for e, b in zip(engine_times, bare_times)]
+    ratios = [b / e for e, b in zip(trainer_times, bare_times)]
     return OverheadResult(
-        engine_s_per_step=statistics.median(engine_times), bare_s_per_step=statistics.median(bare_times),
-        engine_spread=(min(engine_times), max(engine_times)), bare_spread=(min(bare_times), max(bare_times)),
+        trainer_s_per_step=statistics.median(trainer_times), bare_s_per_step=statistics.median(bare_times),
+        trainer_spread=(min(trainer_times), max(trainer_times)), bare_spread=(min(bare_times), max(bare_times)),
         ratio=statistics.median(ratios), ratio_spread=(min(ratios), max(ratios)), parts_s_per_step=parts,
         batch=cfg.train.batch_size, steps=steps, rounds=rounds,
     )
 
 
 def report(result: OverheadResult) -> str:
-    ips = result.batch / result.engine_s_per_step, result.batch / result.bare_s_per_step
+    ips = result.batch / result.trainer_s_per_step, result.batch / result.bare_s_per_step
     return "\n".join([
         f"trainer overhead: {result.rounds} alternating rounds of {result.steps} steps, batch {result.batch}",
-        f"  trainer {1000 * result.engine_s_per_step:8.1f} ms/step  {ips[0]:8.1f} img/s  "
-        f"(range {1000 * result.engine_spread[0]:.1f}-{1000 * result.engine_spread[1]:.1f} ms)",
+        f"  trainer {1000 * result.trainer_s_per_step:8.1f} ms/step  {ips[0]:8.1f} img/s  "
+        f"(range {1000 * result.trainer_spread[0]:.1f}-{1000 * result.trainer_spread[1]:.1f} ms)",
         f"  bare    {1000 * result.bare_s_per_step:8.1f} ms/step  {ips[1]:8.1f} img/s  "
         f"(range {1000 * result.bare_spread[0]:.1f}-{1000 * result.bare_spread[1]:.1f} ms)",
-        f"  ratio engine/bare throughput (median of paired rounds): {result.ratio:.3f} "
+        f"  ratio trainer/bare throughput (median of paired rounds): {result.ratio:.3f} "
         f"(range {result.ratio_spread[0]:.3f}-{result.ratio_spread[1]:.3f})",
         "  per-step bookkeeping, each piece alone:",
-        *(f"    {name:36s} {1e6 * seconds:9.1f} us/step  ({100 * seconds / result.engine_s_per_step:5.2f} % of a step)"
+        *(f"    {name:36s} {1e6 * seconds:9.1f} us/step  ({100 * seconds / result.trainer_s_per_step:5.2f} % of a step)"
           for name, seconds in result.parts_s_per_step.items()),
     ])

@@ -95,8 +95,9 @@ def prepare_split(jpegs: Path, work: Path) -> Path:
             except tarfile.TarError as err:
                 why = str(err).splitlines()[0]
                 raise UsageError(f"--cifar-jpegs {jpegs}: not a readable tar archive ({why})") from None
-    result = subprocess.run([sys.executable, "-m", "visiontrain", "prep", "cifar10", "--source", str(source), "--out", str(out),
-                             "--val-fraction", "0.1", "--seed", "0"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "visiontrain", "prep", "cifar10", "--source", str(source),
+                             "--out", str(out), "--val-fraction", "0.1", "--seed", "0"],
+                            cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
         raise UsageError(f"preparing the 45k/5k split failed: {result.stderr.strip().splitlines()[-1]}")
     return out

@@ -38,7 +38,7 @@ def table(records: list[dict[str, Any]]) -> str:
                 f"{r['train_gflops_per_image']:.3g}",
                 f"{r['achieved_tflops_per_device']:.3g}",
                 _fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f") + ("%" if r["mfu"] is not None else ""),
-                _fmt(r["engine_vs_bare"], ".3f"),
+                _fmt(r["trainer_vs_bare"], ".3f"),
             ]
             if scaling:
                 cells.insert(4, f"{100 * r['scaling_efficiency']:.1f}%")

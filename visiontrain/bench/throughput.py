@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from visiontrain.bench.timing import timed
+
 # Settings that keep the measurement to training steps alone: no checkpoints, no
 # progress bar, a flat learning rate (its value does not change the speed).
 BENCH_OVERRIDES = ["log.progress_bar=false", "checkpoint.every_steps=0", "checkpoint.every_epochs=0",
@@ -90,19 +92,6 @@ class TimedLoader:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(device: torch.device, work) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    work()
-    _synchronize(device)
-    return time.perf_counter() - start
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     position = (len(ordered) - 1) * q
@@ -153,9 +142,9 @@ def split_batch_per_device(overrides: list[str]) -> tuple[list[str], int | None]
 
 def _bare_reference(cfg, runtime, autocast, pool, steps: int, label_smoothing: float):
     """A hand-written loop over the same device batches: the trainer's overhead reference."""
-    from visiontrain.bench.overhead import bare_loop
     from visiontrain.models import build_model, spec_of
     from visiontrain.train.optim import build_optimizer, build_scheduler
+    from visiontrain.train.step import reference_loop
 
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = build_model(cfg.model).to(runtime.device, memory_format=fmt)
@@ -168,7 +157,7 @@ def _bare_reference(cfg, runtime, autocast, pool, steps: int, label_smoothing: f
     if cfg.model.compile:
         train_model = torch.compile(train_model)
     batches = [pool[i % len(pool)] for i in range(steps)]
-    return lambda: bare_loop(train_model, optimizer, scheduler, batches, autocast, label_smoothing)
+    return lambda: reference_loop(train_model, optimizer, scheduler, batches, autocast, label_smoothing)
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -194,30 +183,30 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         loader = TimedLoader(run.data.train, device)
         trainer.data.train = loader
 
-        def engine_run(batches: int, epoch: int) -> float:
+        def trainer_run(batches: int, epoch: int) -> float:
             loader.plan(batches)
             trainer.state.batch_in_epoch = 0
-            return _timed(device, lambda: trainer.train_one_epoch(epoch))
+            return timed(device, lambda: trainer.train_one_epoch(epoch))
 
-        warmup_s = engine_run(max(1, warmup) * accum, 0)  # includes compilation when model.compile=true
+        warmup_s = trainer_run(max(1, warmup) * accum, 0)  # includes compilation when model.compile=true
         peak_mib, memory_kind = _peak_memory_mib(device)
         bare = None
         if spec.get("bare") and spec["mode"] == "step":
             bare = _bare_reference(cfg, runtime, trainer.backend.autocast, loader.inner.pool, steps,
                                    cfg.train.label_smoothing)
-            _timed(device, bare)  # warm-up (and compilation) of the reference
+            timed(device, bare)  # warm-up (and compilation) of the reference
 
-        engine_ips, bare_ips, step_s, wait_fraction = [], [], [], []
+        trainer_ips, bare_ips, step_s, wait_fraction = [], [], [], []
         for repeat in range(repeats):
-            order = ("engine", "bare") if repeat % 2 == 0 else ("bare", "engine")
+            order = ("trainer", "bare") if repeat % 2 == 0 else ("bare", "trainer")
             for side in order:
-                if side == "engine":
-                    seconds = engine_run(steps * accum, repeat + 1)
-                    engine_ips.append(steps * images_per_step / seconds)
+                if side == "trainer":
+                    seconds = trainer_run(steps * accum, repeat + 1)
+                    trainer_ips.append(steps * images_per_step / seconds)
                     step_s += _per_step(loader.step_seconds(), accum)
                     wait_fraction.append(loader.wait_s / seconds)
                 elif bare is not None:
-                    bare_ips.append(steps * images_per_step / _timed(device, bare))
+                    bare_ips.append(steps * images_per_step / timed(device, bare))
         if trainer.tb is not None:
             trainer.tb.close()
 
@@ -227,7 +216,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         return None
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     peak = spec.get("peak_tflops") or peak_tflops(device_name, cfg.train.precision)
-    ips = statistics.median(engine_ips)
+    ips = statistics.median(trainer_ips)
     per_device = ips / runtime.world_size
     record = {
         "label": spec["label"], "mode": spec["mode"], "overrides": list(spec["overrides"]),
@@ -237,8 +226,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         "channels_last": cfg.model.channels_last, "compile": cfg.model.compile, "strategy": strategy,
         "data_loader": cfg.data.loader, "steps": steps, "repeats": repeats, "warmup_steps": max(1, warmup),
         "warmup_s": warmup_s,
-        "images_per_s": ips, "images_per_s_min": min(engine_ips), "images_per_s_max": max(engine_ips),
-        "images_per_s_per_device": per_device, "repeat_images_per_s": engine_ips,
+        "images_per_s": ips, "images_per_s_min": min(trainer_ips), "images_per_s_max": max(trainer_ips),
+        "images_per_s_per_device": per_device, "repeat_images_per_s": trainer_ips,
         "step_ms_p50": 1000 * _percentile(step_s, 0.5), "step_ms_p90": 1000 * _percentile(step_s, 0.9),
         "data_wait_fraction": statistics.mean(p["wait"] for p in peaks),
         "peak_memory_mib": max(p["peak_mib"] for p in peaks), "memory_kind": memory_kind,
@@ -246,7 +235,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         "achieved_tflops_per_device": per_device * flops_per_image / 1e12,
         "peak_tflops_per_device": peak, "mfu": mfu(per_device, flops_per_image, peak),
         "bare_images_per_s": statistics.median(bare_ips) if bare_ips else None,
-        "engine_vs_bare": ips / statistics.median(bare_ips) if bare_ips else None,
+        "trainer_vs_bare": ips / statistics.median(bare_ips) if bare_ips else None,
     }
     return record
 

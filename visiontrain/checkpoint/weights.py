@@ -1,4 +1,5 @@
-"""Plain weights: state dicts as safetensors files, loadable without this package's classes.
+"""Plain weights: state dicts as safetensors files, loadable without this package's classes, and the one
+reader that turns a run directory or a weights file into a state dict (`read_state_dict`).
 
 `export_run` consolidates a run's newest readable checkpoint (ours, or a DeepSpeed
 directory at any ZeRO stage) into weights.safetensors (+ weights_ema.safetensors);
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from visiontrain.checkpoint import (
@@ -25,6 +27,7 @@ from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
 
 log = logging.getLogger(__name__)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DeepSpeed and torch.compile
 
 
 def plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -105,3 +108,81 @@ def export_run(run_dir: Path, out: Path | None = None) -> Path:
             export_weights(ema, out.with_name(out.stem + "_ema.safetensors"), {"checkpoint": str(path)})
         return out
     raise UsageError(f"no readable checkpoint in {store.dir}")
+
+
+def read_state_dict(source: str | Path, use_ema: bool = False, key: str = "finetune.init_from"
+                    ) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, the file or checkpoint it came from) of a run directory (weights.safetensors, else the
+    newest readable checkpoint: ours or DeepSpeed's at any ZeRO stage; EMA weights with `use_ema`), a
+    .safetensors file or a PyTorch state dict (.pth/.pt/.bin, read with weights_only). The one reader of
+    weights for fine-tuning, evaluation, export and prediction. Parameter names lose the prefixes DDP,
+    DeepSpeed and torch.compile add. Raises UsageError with one line; `key` names the option in it.
+    """
+    path = Path(source)
+    key = f"{key}={source!r}"
+    if not path.exists():
+        raise UsageError(f"{key} does not exist: give a run directory, a .safetensors file "
+                         f"or a torchvision ResNet state dict (.pth)")
+    if path.is_dir():
+        weights, origin = _from_run_dir(path, use_ema, key)
+        return _without_wrapper_prefixes(weights), origin
+    if use_ema:
+        raise UsageError(f"finetune.use_ema=true reads a run directory's EMA weights, but {key} is a file; "
+                         f"point finetune.init_from at weights_ema.safetensors instead")
+    if path.suffix == ".safetensors":
+        return _without_wrapper_prefixes(_read_safetensors(path, key)), str(path)
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return _without_wrapper_prefixes(_read_torch(path, key)), str(path)
+    raise UsageError(f"{key} has an unknown file type {path.suffix!r}: allowed .safetensors, .pth, .pt, .bin")
+
+
+def _from_run_dir(run_dir: Path, use_ema: bool, key: str) -> tuple[dict[str, torch.Tensor], str]:
+    exported = run_dir / ("weights_ema.safetensors" if use_ema else "weights.safetensors")
+    if exported.is_file():
+        return _read_safetensors(exported, key), str(exported)
+    store = CheckpointStore(run_dir, keep_last=1)
+    candidates = store.candidates() if store.dir.is_dir() else []
+    if not candidates:
+        raise UsageError(f"{key} is a directory with neither {exported.name} nor checkpoints/; "
+                         f"is it a run directory?")
+    found = newest_consolidated_weights(store)
+    if found is None:
+        raise UsageError(f"{key}: no readable checkpoint in {store.dir}")
+    weights, ema, checkpoint = found
+    if use_ema and ema is None:
+        raise UsageError(f"finetune.use_ema=true but {checkpoint} has no EMA weights "
+                         f"(the run did not set train.ema=true)")
+    return (ema if use_ema else weights), str(checkpoint)
+
+
+def _read_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{key} is not a readable .safetensors file: {str(err).splitlines()[0]}") from None
+
+
+def _read_torch(path: Path, key: str) -> dict[str, torch.Tensor]:
+    try:
+        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights_only refusals all land here
+        raise UsageError(f"{key} is not a readable PyTorch state dict: {str(err).splitlines()[0]}") from None
+    # A training checkpoint wraps the state dict; torchvision's files are the state dict.
+    for wrapper in ("model", "state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise UsageError(f"{key} holds no state dict (a mapping of names to tensors)")
+    return loaded
+
+
+
+
+def _without_wrapper_prefixes(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def strip(name: str) -> str:
+        for prefix in _WRAPPER_PREFIXES:
+            while name.startswith(prefix):
+                name = name[len(prefix):]
+        return name
+
+    return {strip(k): v for k, v in weights.items()}

@@ -118,8 +118,10 @@ class TrainedModel:
 
 
 def load_trained(source: str | Path, ema: bool = False, config_file: str | None = None,
-                 overrides: Sequence[str] = (), key: str = "--model") -> TrainedModel:
-    """The model of a run directory or weights file; UsageError (one line, naming `key`) if it cannot be had."""
+                 overrides: Sequence[str] = (), key: str = "--model", data: str | None = None) -> TrainedModel:
+    """The model of a run directory or weights file, with the config that describes it (`data`: another
+    data.path); UsageError (one line, naming `key`) if it cannot be had. Evaluate, export and predict
+    all start here."""
     path = Path(source)
     if not path.exists():
         raise UsageError(f"{key}={str(source)!r} does not exist: give a run directory or a weights file "
@@ -130,9 +132,10 @@ def load_trained(source: str | Path, ema: bool = False, config_file: str | None 
     if ema and (path / "weights.safetensors").is_file() and not (path / "weights_ema.safetensors").is_file():
         raise UsageError(f"--ema: the run {path} has no EMA weights (no weights_ema.safetensors: it did not set "
                          "train.ema=true); leave out --ema")
-    cfg, run_dir = resolve_config(path, config_file, overrides)
+    cfg, run_dir = resolve_config(path, config_file, overrides, data)
     model = build_model(cfg.model)
-    info = load_initial_weights(model, spec_of(cfg.model.name), FinetuneConfig(init_from=str(path), use_ema=ema, keep_head=True), key=key)
+    info = load_initial_weights(model, spec_of(cfg.model.name), FinetuneConfig(init_from=str(path), use_ema=ema,
+                                                                               keep_head=True), key=key)
     model.eval()
     return TrainedModel(model, cfg, class_names_of(cfg, run_dir), info["init_from"], run_dir,
                         _recorded_top1(run_dir, path, ema), ema)

@@ -47,33 +47,26 @@ def main(argv: list[str]) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} is invalid: must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import torch
-
-    from visiontrain.config import BatchPlan, FinetuneConfig
+    from visiontrain.config import BatchPlan
     from visiontrain.data import build_data
-    from visiontrain.deploy.trained import resolve_config
-    from visiontrain.evaluate.metrics import predict
+    from visiontrain.deploy.inference import TorchClassifier
+    from visiontrain.deploy.trained import load_trained
+    from visiontrain.evaluate.metrics import collect_predictions
     from visiontrain.evaluate.report import write_report
-    from visiontrain.models import build_model, spec_of
-    from visiontrain.parallel.backends import autocast_factory
     from visiontrain.parallel.dist import Runtime, select_device
-    from visiontrain.train.finetune import load_initial_weights
 
     weights = Path(args.weights)
-    cfg, _ = resolve_config(weights, args.config, args.overrides, data=args.data)
+    trained = load_trained(weights, args.ema, args.config, args.overrides, key="--weights", data=args.data)
+    cfg = trained.cfg
     run_dir = weights if weights.is_dir() else None
     device = select_device(cfg.run.device, 0)
+    classifier = TorchClassifier(trained.model, device, cfg.model.channels_last, cfg.train.precision)
     runtime = Runtime(accelerator=None, device=device, rank=0, world_size=1, local_rank=0, launcher="single")
-    model = build_model(cfg.model)
-    info = load_initial_weights(model, spec_of(cfg.model.name), FinetuneConfig(init_from=args.weights, use_ema=args.ema, keep_head=True),
-                                key="--weights")
-    model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
     data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)
     args.tta = args.tta or cfg.train.tta  # a run evaluates as it was evaluated during training
-    predictions = predict(model, data.val, autocast_factory(cfg.train.precision, device), 1,
-                          tta=args.tta)
+    predictions = collect_predictions(classifier.model, data.val, classifier.autocast, 1, tta=args.tta)
     out = args.out or (run_dir / "eval" if run_dir else weights.with_name(f"eval_{weights.stem}"))
-    about = {"weights": info["init_from"], "data": cfg.data.path, "split": "val", "tta": args.tta,
+    about = {"weights": trained.weights, "data": cfg.data.path, "split": "val", "tta": args.tta,
              "model": cfg.model.name}
     result = write_report(out, predictions, data.class_names, about,
                           metrics_jsonl=run_dir / "metrics.jsonl" if run_dir else None)

@@ -79,8 +79,9 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader, autocast, world_size: int, prepare_inputs=lambda images: images,
-            tta: str = "none") -> Predictions:
+def collect_predictions(model: torch.nn.Module, loader, autocast, world_size: int,
+                        prepare_inputs=lambda images: images,
+                        tta: str = "none") -> Predictions:
     """Logits of every eval sample, gathered from all ranks (every rank gets the whole set).
 
     `tta`: a mode of `tta.py` (the logits are averaged over its views).

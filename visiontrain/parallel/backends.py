@@ -14,8 +14,9 @@ two backends. The trainer never branches on the backend.
   own fp16 with its dynamic loss scaling. Checkpoints are DeepSpeed's sharded
   directories, written by every rank.
 
-Interface: prepare, sync_context, prepare_inputs, backward, step, save, load,
-full_state_dict; `autocast` and `param_memory_format` attributes.
+Interface: prepare, before_micro_batch, sync_context, prepare_inputs, backward, step, save, load,
+full_state_dict; `autocast` and `param_memory_format` attributes. How they make one training step:
+train/step.py (which also holds the DDP backend's gradient numerics).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from visiontrain.infra.fileio import raise_if_disk_full
 from visiontrain.parallel import deepspeed_config
 from visiontrain.parallel.dist import Runtime
 from visiontrain.train.optim import keep_implementation
+from visiontrain.train.step import apply_gradients, scaled_backward
 
 log = logging.getLogger(__name__)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,6 +81,9 @@ class DDPBackend:
         self._params = [p for p in model.parameters() if p.requires_grad]
         return wrapped, optimizer
 
+    def before_micro_batch(self) -> None:
+        pass  # DDP's forward broadcasts rank 0's BatchNorm buffers itself
+
     def sync_context(self, model: nn.Module, sync: bool) -> ContextManager:
         """Inside it, backward skips the gradient all-reduce unless `sync` (accumulation)."""
         if sync or self.runtime.world_size == 1:
@@ -89,28 +94,13 @@ class DDPBackend:
         return images
 
     def backward(self, loss: torch.Tensor) -> None:
-        """`loss`: the micro-batch mean. Accumulated micro-batches average to the full batch's mean."""
-        if self.accum > 1:
-            loss = loss / self.accum
-        if self.scaler is not None:
-            loss = self.scaler.scale(loss)
-        self.accelerator.backward(loss)
+        scaled_backward(loss, self.accum, self.scaler)
 
     def step(self, optimizer: torch.optim.Optimizer, sync: bool) -> bool:
         """Apply the accumulated gradients at the end of an accumulation window; True if it stepped."""
-        if not sync:
-            return False
-        if self.grad_clip_norm > 0:
-            if self.scaler is not None:
-                self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip_norm, foreach=True)
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return True
+        if sync:
+            apply_gradients(optimizer, self._params, self.grad_clip_norm, self.scaler)
+        return sync
 
     def save(self, store: CheckpointStore, state: dict[str, Any], step: int, periodic: bool, best: bool) -> Path | None:
         path = None
@@ -167,13 +157,11 @@ class DeepSpeedBackend:
         return self.engine, optimizer
 
     def sync_context(self, model: nn.Module, sync: bool) -> ContextManager:
-        """DeepSpeed reduces at its accumulation boundary itself. Like DDP's forward, start each
-        micro-batch from rank 0's BatchNorm statistics: the ranks' running statistics then
-        never drift apart, and a checkpoint (rank 0's) resumes every rank exactly."""
-        self._broadcast_buffers()
-        return contextlib.nullcontext()
+        return contextlib.nullcontext()  # DeepSpeed reduces at its accumulation boundary itself
 
-    def _broadcast_buffers(self) -> None:
+    def before_micro_batch(self) -> None:
+        """Like DDP's forward, start each micro-batch from rank 0's BatchNorm statistics: the ranks'
+        running statistics then never drift apart, and a checkpoint (rank 0's) resumes every rank exactly."""
         if self.runtime.world_size == 1:
             return
         from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors

@@ -1,8 +1,7 @@
 """Fine-tuning: starting weights (`finetune.init_from`) and what trains (`finetune.freeze`).
 
-Starting weights come from a run directory of ours (weights.safetensors, else the
-newest readable checkpoint; EMA weights with `finetune.use_ema`), a .safetensors file,
-or a torchvision ResNet state dict. Every tensor outside the classifier head must fit
+Starting weights come from any source `checkpoint.weights.read_state_dict` reads (a run directory,
+a .safetensors file, a PyTorch state dict). Every tensor outside the classifier head must fit
 the model exactly; a head with another class count is replaced by a fresh one (or
 refused with `finetune.keep_head`).
 
@@ -15,102 +14,24 @@ during training (`keep_frozen_bn_in_eval`, called by the trainer after `train()`
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from visiontrain.checkpoint import CheckpointStore
-from visiontrain.checkpoint.weights import newest_consolidated_weights
+from visiontrain.checkpoint.weights import read_state_dict
 from visiontrain.config import FREEZE_POLICIES, FinetuneConfig, parse_freeze
 from visiontrain.infra.errors import UsageError
 from visiontrain.models.contract import ModelSpec
 
 log = logging.getLogger(__name__)
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DeepSpeed and torch.compile
-
-
-# ------------------------------------------------------------------ reading
-def read_initial_weights(source: str, use_ema: bool, key: str = "finetune.init_from"
-                         ) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, the file or checkpoint it came from). Raises UsageError with one line.
-
-    `key` names the option in error messages (python -m visiontrain evaluate says --weights).
-    """
-    path = Path(source)
-    key = f"{key}={source!r}"
-    if not path.exists():
-        raise UsageError(f"{key} does not exist: give a run directory, a .safetensors file "
-                         f"or a torchvision ResNet state dict (.pth)")
-    if path.is_dir():
-        return _from_run_dir(path, use_ema, key)
-    if use_ema:
-        raise UsageError(f"finetune.use_ema=true reads a run directory's EMA weights, but {key} is a file; "
-                         f"point finetune.init_from at weights_ema.safetensors instead")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path, key), str(path)
-    if path.suffix in (".pth", ".pt", ".bin"):
-        return _read_torch(path, key), str(path)
-    raise UsageError(f"{key} has an unknown file type {path.suffix!r}: allowed .safetensors, .pth, .pt, .bin")
-
-
-def _from_run_dir(run_dir: Path, use_ema: bool, key: str) -> tuple[dict[str, torch.Tensor], str]:
-    exported = run_dir / ("weights_ema.safetensors" if use_ema else "weights.safetensors")
-    if exported.is_file():
-        return _read_safetensors(exported, key), str(exported)
-    store = CheckpointStore(run_dir, keep_last=1)
-    candidates = store.candidates() if store.dir.is_dir() else []
-    if not candidates:
-        raise UsageError(f"{key} is a directory with neither {exported.name} nor checkpoints/; "
-                         f"is it a run directory?")
-    found = newest_consolidated_weights(store)
-    if found is None:
-        raise UsageError(f"{key}: no readable checkpoint in {store.dir}")
-    weights, ema, checkpoint = found
-    if use_ema and ema is None:
-        raise UsageError(f"finetune.use_ema=true but {checkpoint} has no EMA weights "
-                         f"(the run did not set train.ema=true)")
-    return (ema if use_ema else weights), str(checkpoint)
-
-
-def _read_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{key} is not a readable .safetensors file: {str(err).splitlines()[0]}") from None
-
-
-def _read_torch(path: Path, key: str) -> dict[str, torch.Tensor]:
-    try:
-        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and weights_only refusals all land here
-        raise UsageError(f"{key} is not a readable PyTorch state dict: {str(err).splitlines()[0]}") from None
-    # A training checkpoint wraps the state dict; torchvision's files are the state dict.
-    for wrapper in ("model", "state_dict"):
-        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
-            loaded = loaded[wrapper]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise UsageError(f"{key} holds no state dict (a mapping of names to tensors)")
-    return loaded
-
-
-def _strip_wrappers(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        while name.startswith(prefix):
-            name = name[len(prefix):]
-    return name
 
 
 # ------------------------------------------------------------------ loading
 def load_initial_weights(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig,
                          key: str = "finetune.init_from") -> dict[str, Any]:
     """Load `cfg.init_from` into `model`; returns what happened (for logs and metrics)."""
-    weights, origin = read_initial_weights(cfg.init_from, cfg.use_ema, key)
-    weights = {_strip_wrappers(k): v for k, v in weights.items()}
+    weights, origin = read_state_dict(cfg.init_from, cfg.use_ema, key)
     own = model.state_dict()
     is_head = spec.is_head
     mismatched = [k for k in own if k in weights and not is_head(k) and weights[k].shape != own[k].shape]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -34,7 +33,8 @@ from visiontrain.train.best import BestTracker
 from visiontrain.train.finetune import keep_frozen_bn_in_eval
 from visiontrain.train.optim import build_optimizer, build_scheduler
 from visiontrain.train.preemption import PreemptionWatch
-from visiontrain.train.run_end import finish_run
+from visiontrain.train.run_end import RunEnd, finish_run
+from visiontrain.train.step import Step, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class Trainer:
         self.steps_per_epoch = data.train.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
         self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)
+        self.step = Step(self.train_model, self.optimizer, self.scheduler, self.backend, cfg.train.label_smoothing,
+                         self.model, self.ema)
         self.state = Progress()
         self.best = BestTracker(cfg.train)
         self.window = RunningStats(self.device)  # since the last train log event
@@ -154,7 +156,22 @@ class Trainer:
             self.restore_best()
         elif not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
             self.run_evaluation()
-        return finish_run(self, time.perf_counter() - start)
+        self.tb.close()
+        return finish_run(self.run_end(time.perf_counter() - start))
+
+    def run_end(self, wall_seconds: float) -> RunEnd:
+        b, data = self.backend, self.data
+        return RunEnd(
+            cfg=self.cfg, runtime=self.runtime, run_dir=self.run_dir, model=self.model, eval_model=self.train_model,
+            ema_model=self.ema.module if self.ema is not None else None, autocast=b.autocast,
+            prepare_inputs=b.prepare_inputs, full_state_dict=b.full_state_dict, strategy=b.name,
+            zero_stage=getattr(b, "stage", None), val_loader=data.val, class_names=data.class_names,
+            train_samples=data.train_samples,
+            samples_per_epoch=self.steps_per_epoch * self.plan.accum_steps * self.plan.micro_batch,
+            global_batch=self.plan.global_batch, epochs=self.state.epoch, steps=self.state.step,
+            stopped_early=self.state.stopped_early, best=self.best.state, init=self.init, last_val=self.last_val,
+            last_val_ema=self.last_val_ema, train_seconds=self.train_seconds, train_images=self.train_images,
+            wall_seconds=wall_seconds)
 
     def _log_early_stop(self) -> None:
         best = self.best.state
@@ -189,25 +206,13 @@ class Trainer:
         epoch_start, epoch_images = window_start, 0
         for images, labels in loader:
             micro += 1
-            sync = micro % accum == 0
-            with self.backend.sync_context(self.train_model, sync):
-                with self.backend.autocast():
-                    logits = self.train_model(self.backend.prepare_inputs(images))
-                losses = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing,
-                                         reduction="none")
-                loss = losses.mean()
-                self.backend.backward(loss)
-            self.window.update(losses.detach(), logits.detach(), labels)
-            self._unchecked_losses[self._unchecked].copy_(loss.detach())
-            self._unchecked += 1
+            out = self.step(images, labels, sync=micro % accum == 0)
+            self._record(out, labels)
             batch_images = images.shape[0] * self.runtime.world_size
             window_images += batch_images
             epoch_images += batch_images
-            if not self.backend.step(self.optimizer, sync):
+            if not out.stepped:
                 continue
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
             self.state.step += 1
             self.state.batch_in_epoch = micro
             bar.update(1)
@@ -231,6 +236,12 @@ class Trainer:
                                     loss=summary["loss"], top1=summary["top1"], top5=summary["top5"],
                                     img_per_s=epoch_images / max(seconds, 1e-9))
         self.tb.scalars("epoch", {k: record[k] for k in ("loss", "top1", "top5", "img_per_s")}, self.state.step)
+
+    def _record(self, out: StepOutput, labels: torch.Tensor) -> None:
+        """Device-side running sums, and the micro-batch's loss kept for the next finiteness check: no host sync."""
+        self.window.update(out.losses.detach(), out.logits.detach(), labels)
+        self._unchecked_losses[self._unchecked].copy_(out.loss.detach())
+        self._unchecked += 1
 
     def _lr(self) -> float:
         """The highest group lr (the head's, when optim.backbone_lr_mult < 1)."""
