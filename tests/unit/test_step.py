@@ -6,28 +6,26 @@ from __future__ import annotations
 import contextlib
 import copy
 
-import pytest
 import torch
 
 from visiontrain.config import load_config
 from visiontrain.models import build_model, spec_of
-from visiontrain.parallel.dist import init_runtime
+from visiontrain.parallel.runtime import init_runtime
 from visiontrain.train.optim import build_optimizer, build_scheduler
 from visiontrain.train.run import build_run
 from visiontrain.train.step import reference_loop
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_one_fp32_process_without_accumulation_ends_bit_equal_to_the_reference_loop(shapes_dir, tmp_path,
-                                                                                      optimizer):
+def test_one_fp32_process_without_accumulation_ends_bit_equal_to_the_reference_loop(shapes_dir, tmp_path):
     cfg = load_config("configs/demo/train.yaml", [
         "data.loader=torchvision", f"data.path={shapes_dir}", f"run.dir={tmp_path}", "data.image_size=16",
         "data.val_image_size=16", "data.num_workers=0", "train.batch_size=50", "train.epochs=2",
         "train.precision=fp32", "train.label_smoothing=0.1", "train.grad_clip_norm=0", "model.name=resnet9",
-        "model.width=8", f"optim.name={optimizer}", "log.progress_bar=false", "log.tensorboard=false"])
+        "model.width=8", "optim.name=sgd", "log.progress_bar=false", "log.tensorboard=false"])
     torch.manual_seed(3)
     model = build_model(cfg.model)
     initial = copy.deepcopy(model)
+    start = {name: value.clone() for name, value in model.state_dict().items()}
     trainer = build_run(cfg, model=model, runtime=init_runtime("cpu")).trainer
     trainer.train_one_epoch(0)
     assert trainer.state.step == trainer.steps_per_epoch == 8  # 400 training images, batches of 50
@@ -44,7 +42,7 @@ def test_one_fp32_process_without_accumulation_ends_bit_equal_to_the_reference_l
     assert trained.keys() == expected.keys()
     unequal = [name for name in expected if not torch.equal(trained[name], expected[name])]
     assert unequal == []
-    moved = [name for name, value in initial.state_dict().items()
+    moved = [name for name, value in start.items()
              if value.is_floating_point() and not torch.equal(value, expected[name])]
     assert len(moved) > len(expected) // 2  # the comparison is between trained models
     assert trainer.scheduler.get_last_lr() == ref_scheduler.get_last_lr()
