@@ -1,10 +1,13 @@
 
+import dataclasses
+
 import pytest
 import yaml
 
 from tests.conftest import ROOT, run_train
-from visiontrain.config import BatchPlan, Config, all_keys, load_config, to_yaml
+from visiontrain.config import Config, all_keys, load_config, to_yaml
 from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.batch_plan import BatchPlan
 
 
 def error_of(*overrides: str, path=None) -> str:
@@ -189,3 +192,9 @@ def test_cli_missing_data_names_the_data_prep_command(tmp_path):
 def test_config_dataclass_has_every_documented_section():
     assert set(yaml.safe_load(to_yaml(Config()))) == {
         "run", "data", "model", "optim", "schedule", "train", "checkpoint", "parallel", "finetune", "log"}
+
+
+def test_each_section_names_itself_as_config_does():
+    # The name a section puts in its error messages is its field name in Config.
+    for section in dataclasses.fields(Config):
+        assert section.default_factory.section == section.name

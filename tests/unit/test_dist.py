@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 
 from visiontrain.infra.errors import UsageError, run_cli
-from visiontrain.parallel import dist
-from visiontrain.parallel.dist import choose_socket_interface, detect_launch, export_torch_env, tasks_on_node
+from visiontrain.parallel import launchers, network
+from visiontrain.parallel.launchers import detect_launch, export_torch_env, tasks_on_node
+from visiontrain.parallel.network import choose_socket_interface
 
 
 def test_single_process_without_launcher_variables():
@@ -39,9 +40,10 @@ def test_the_sbatch_shell_is_not_mistaken_for_a_task():
 def test_shutdown_leaves_the_process_group_so_exit_does_not_tear_gloo_down():
     import torch.distributed as torch_dist
 
-    from visiontrain.parallel.dist import _free_port, shutdown
+    from visiontrain.parallel.network import free_port
+    from visiontrain.parallel.runtime import shutdown
 
-    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     assert torch_dist.is_initialized()
     shutdown()
     assert not torch_dist.is_initialized()
@@ -73,7 +75,7 @@ def test_master_addr_is_the_head_nodes_slurm_address(monkeypatch):
         out = "nodeA\nnodeB\n" if cmd[1:3] == ["show", "hostnames"] else node
         return subprocess.CompletedProcess(cmd, 0, stdout=out)
 
-    monkeypatch.setattr(dist.subprocess, "run", scontrol)
+    monkeypatch.setattr(launchers.subprocess, "run", scontrol)
     env = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
            "SLURM_NODEID": "1", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[A-B]"}
     export_torch_env(detect_launch(env), env)
@@ -89,7 +91,7 @@ def test_one_node_leaves_the_socket_interface_alone():
 
 
 def test_across_nodes_gloo_gets_the_interface_that_routes_to_the_head_node(monkeypatch):
-    monkeypatch.setattr(dist, "route_to", lambda host: ("10.0.0.12", "eth7"))
+    monkeypatch.setattr(network, "route_to", lambda host: ("10.0.0.12", "eth7"))
     env = {"MASTER_ADDR": "10.0.0.11"}
     across = detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"})
     assert choose_socket_interface(across, env) == ("10.0.0.12", "eth7")
@@ -98,8 +100,8 @@ def test_across_nodes_gloo_gets_the_interface_that_routes_to_the_head_node(monke
 
 def test_on_the_head_node_a_loopback_master_addr_uses_the_outward_interface(monkeypatch):
     # MASTER_ADDR=node1 resolves to 127.0.1.1 on node1 itself (Debian's /etc/hosts)
-    monkeypatch.setattr(dist, "route_to", lambda host: ("127.0.0.1", "lo"))
-    monkeypatch.setattr(dist, "outward_interface", lambda: ("10.0.0.11", "eth7"))
+    monkeypatch.setattr(network, "route_to", lambda host: ("127.0.0.1", "lo"))
+    monkeypatch.setattr(network, "outward_interface", lambda: ("10.0.0.11", "eth7"))
     env = {"MASTER_ADDR": "node1"}
     head = detect_launch({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"})
     assert choose_socket_interface(head, env) == ("10.0.0.11", "eth7")
@@ -107,7 +109,7 @@ def test_on_the_head_node_a_loopback_master_addr_uses_the_outward_interface(monk
 
 
 def test_an_interface_the_user_named_is_kept(monkeypatch):
-    monkeypatch.setattr(dist, "route_to", lambda host: pytest.fail("the named interface is used as is"))
+    monkeypatch.setattr(network, "route_to", lambda host: pytest.fail("the named interface is used as is"))
     env = {"MASTER_ADDR": "10.0.0.11", "GLOO_SOCKET_IFNAME": "ib0"}
     across = detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"})
     assert choose_socket_interface(across, env)[1] == "ib0"
@@ -126,13 +128,13 @@ def test_the_outward_interface_must_be_unambiguous(monkeypatch):
 
     up = SimpleNamespace(isup=True)
     monkeypatch.setattr(psutil, "net_if_stats", lambda: {"lo": up, "eth0": up, "eth1": up})
-    monkeypatch.setattr(dist, "ipv4_of", lambda name: {"eth0": "10.0.0.1", "eth1": "10.1.0.1"}.get(name, ""))
-    monkeypatch.setattr(dist, "open", lambda *a, **k: io.StringIO("Iface\tDestination\tGateway\n"), raising=False)
+    monkeypatch.setattr(network, "ipv4_of", lambda name: {"eth0": "10.0.0.1", "eth1": "10.1.0.1"}.get(name, ""))
+    monkeypatch.setattr(network, "open", lambda *a, **k: io.StringIO("Iface\tDestination\tGateway\n"), raising=False)
     with pytest.raises(UsageError, match="up: eth0, eth1.*GLOO_SOCKET_IFNAME"):
-        dist.outward_interface()
+        network.outward_interface()
     routes = "Iface\tDestination\tGateway\neth1\t00000000\t0101000A\neth0\t0000000A\t00000000\n"
-    monkeypatch.setattr(dist, "open", lambda *a, **k: io.StringIO(routes), raising=False)
-    assert dist.outward_interface() == ("10.1.0.1", "eth1")
+    monkeypatch.setattr(network, "open", lambda *a, **k: io.StringIO(routes), raising=False)
+    assert network.outward_interface() == ("10.1.0.1", "eth1")
 
 
 def test_a_lost_peer_is_one_line_naming_its_address(capsys):
@@ -164,6 +166,21 @@ def test_a_broken_pipe_outside_communication_keeps_its_traceback(capsys):
 
 
 def test_an_address_no_interface_carries_is_one_line_asking_for_the_interface(monkeypatch):
-    monkeypatch.setattr(dist, "interface_of", lambda address: "")
+    monkeypatch.setattr(network, "interface_of", lambda address: "")
     with pytest.raises(UsageError, match="cannot tell which network interface carries .*GLOO_SOCKET_IFNAME"):
-        dist.route_to("127.0.0.1")
+        network.route_to("127.0.0.1")
+
+
+def test_select_device_serves_the_config_and_a_command_line_option(monkeypatch):
+    import torch
+
+    from visiontrain.parallel.runtime import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto") == select_device("cpu", 3) == torch.device("cpu")
+    with pytest.raises(UsageError, match=r"^config key 'run.device' = 'cuda' but no CUDA device is visible; use auto"):
+        select_device("cuda", 1)
+    with pytest.raises(UsageError, match=r"^--device cuda but no CUDA device is visible; use auto or cpu$"):
+        select_device("cuda", option="--device")
+    with pytest.raises(UsageError, match=r"^--device 'gpu' is invalid: allowed auto, cpu, cuda$"):
+        select_device("gpu", option="--device")

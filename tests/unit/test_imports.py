@@ -8,7 +8,7 @@ import ast
 import gc
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PACKAGES = ("visiontrain", "data_prep", "launch")
 
@@ -94,7 +94,8 @@ def test_the_walker_finds_a_planted_cycle():
 
 
 def test_the_walker_sees_function_level_imports_and_skips_type_checking_ones(tmp_path):
-    modules = {"visiontrain": ROOT / "visiontrain/__init__.py", "visiontrain.config": ROOT / "visiontrain/config/__init__.py",
+    modules = {"visiontrain": ROOT / "visiontrain/__init__.py",
+               "visiontrain.config": ROOT / "visiontrain/config/__init__.py",
                "visiontrain.models": ROOT / "visiontrain/models/__init__.py", "visiontrain.x": tmp_path / "x.py"}
     source = tmp_path / "x.py"
     source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from visiontrain import models\n"

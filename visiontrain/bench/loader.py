@@ -42,11 +42,12 @@ import psutil
 import torch
 from PIL import Image
 
-from visiontrain.config import BatchPlan, load_config
+from visiontrain.config import load_config
 from visiontrain.data import build_data
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
-from visiontrain.parallel.dist import Runtime
+from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.parallel.runtime import Runtime
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -244,7 +245,8 @@ def ffcv_stage_costs(beton: Path, decoder, images: int = 256) -> dict[str, float
     from ffcv.libffcv import imdecode, resize_crop
     from ffcv.reader import Reader
 
-    from visiontrain.data.seeded import SALT_CROP, flip_batch, frozen, random_resized_crop, sample_keys
+    from visiontrain.data.draws import SALT_CROP, frozen, random_resized_crop, sample_keys
+    from visiontrain.data.kernels import flip_batch
 
     reader = Reader(str(beton))
     indices = frozen(spread(images, reader.num_samples))

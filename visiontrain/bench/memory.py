@@ -31,7 +31,8 @@ def rss_bytes(field: str = "VmRSS:") -> int:
 def worker(strategy: str, model: str, image_size: int, batch: int, steps: int, optimizer: str = "sgd") -> None:
     """One rank of a measurement (run under torchrun)."""
     from visiontrain.config import load_config
-    from visiontrain.parallel.dist import all_gather_objects, detect_launch, init_runtime
+    from visiontrain.parallel.launchers import detect_launch
+    from visiontrain.parallel.runtime import all_gather_objects, init_runtime
     from visiontrain.train.run import build_run
 
     world = detect_launch().world_size

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from visiontrain.bench.timing import timed
 from visiontrain.config import load_config
 from visiontrain.models import build_model, spec_of
-from visiontrain.parallel.dist import Runtime
+from visiontrain.parallel.runtime import Runtime
 from visiontrain.train.optim import build_optimizer, build_scheduler
 from visiontrain.train.run import build_run, seed_everything
 from visiontrain.train.step import reference_loop

@@ -63,7 +63,7 @@ def parse_nproc(text: str) -> list[int]:
 def check_points(config: str | None, mode: str, points: list[Point], nprocs: list[int]) -> None:
     """Every point's config must load and fit every process count: fail before running any."""
     from visiontrain.bench.throughput import point_config
-    from visiontrain.config import BatchPlan
+    from visiontrain.parallel.batch_plan import BatchPlan
 
     if config is not None and not Path(config).is_file():
         raise UsageError(f"config file {config!r} does not exist")

@@ -164,10 +164,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     """Run one point in this process (one rank of it); rank 0 returns the record."""
     from visiontrain.bench.flops import mfu, peak_tflops, train_flops_per_image
     from visiontrain.models import build_model
-    from visiontrain.parallel import dist
+    from visiontrain.parallel.launchers import detect_launch
+    from visiontrain.parallel.runtime import all_gather_objects
     from visiontrain.train.run import build_run
 
-    cfg = point_config(spec, dist.detect_launch().world_size)
+    cfg = point_config(spec, detect_launch().world_size)
     steps, repeats, warmup = spec["steps"], spec["repeats"], spec["warmup_steps"]
     flops_per_image = train_flops_per_image(build_model(cfg.model), cfg.data.image_size, torch.device("cpu"))
 
@@ -210,7 +211,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         if trainer.tb is not None:
             trainer.tb.close()
 
-    peaks = dist.all_gather_objects({"peak_mib": peak_mib, "wait": statistics.mean(wait_fraction)},
+    peaks = all_gather_objects({"peak_mib": peak_mib, "wait": statistics.mean(wait_fraction)},
                                     runtime.world_size)
     if not runtime.is_main:
         return None

@@ -1,20 +1,25 @@
 """Train and eval loaders for one rank, behind one interface (`base.py`) for every `data.loader`.
 
 Where to change what:
-- augmentation: `augment.py`, the recipes described once; both file loaders are built from them;
-- loaders: `ffcv.py` (.beton files; FFCV operations in `ffcv_ops.py`), `torchvision.py`
-  (image folders, CIFAR-10 batches), `device.py` (the whole dataset in device memory, augmented there),
-  `random_tensors.py` (data.loader=random: tensors made on the device);
-- random draws of augmentation, shared by both file loaders: `seeded.py`;
+- augmentation: `augment.py`, the recipes described once; every image loader is built from them;
+- loaders: `ffcv_loader.py` (.beton files; FFCV operations in `ffcv_ops.py`), `torch_loader.py`
+  (image folders, CIFAR-10 batches, through a torch DataLoader), `device_loader.py` (the whole dataset
+  in device memory, augmented there), `random_loader.py` (data.loader=random: tensors made on the device);
+- reading datasets (which files of a class folder are samples, CIFAR-10's batches, image decoding):
+  `sources.py`, shared by the torchvision and device loaders and the writers;
+- random draws of augmentation, shared by all three image loaders: `draws.py`; the numba pixel kernels
+  (flip, translate, cutout) both file loaders run: `kernels.py`; evaluation pixels: `preprocess.py`;
 - data order and rank split: `sampling.py`; part of a dataset (classes, fraction): `subset.py`;
-- uint8 -> normalized float on a CPU device (`DeviceNormalizer`, `base.py`): `cpu_normalize.py`.
+- uint8 -> normalized float on a CPU device (`DeviceNormalizer`, `base.py`): `cpu_normalize.py`;
+- writing datasets (`visiontrain prep`: .beton files, meta.json): `prep/`.
 """
 
 from __future__ import annotations
 
-from visiontrain.config import BatchPlan, Config
+from visiontrain.config import Config
 from visiontrain.data.base import DataBundle
-from visiontrain.parallel.dist import Runtime
+from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.parallel.runtime import Runtime
 
 __all__ = ["DataBundle", "build_data"]
 

@@ -2,12 +2,13 @@
 
 A `Recipe` is a sizing step (how a stored image becomes `size` x `size`) followed by pixel
 operations on the sized image, in order. `train_recipe` and `eval_recipe` derive them from
-the config; both file loaders are built from what they return:
-- `ffcv.py` maps each op to an FFCV operation (`ffcv_ops.py`),
-- `torchvision.py` maps each op to a batch function on the CPU,
-and both draw an op's randomness from the same hash (`seeded.py`), so for the same seed,
-epoch and sample the two loaders produce the same augmented pixels. A new op is a
-dataclass here plus one case in each of those two mappings.
+the config; the image loaders are built from what they return:
+- `ffcv_loader.py` maps each op to an FFCV operation (`ffcv_ops.py`),
+- `torch_loader.py` maps each op to a batch kernel on the CPU (`kernels.py`),
+- `device_loader.py` maps each op of the cifar recipe to tensor ops on the training device,
+and all three draw an op's randomness from the same hash (`draws.py`), so for the same seed,
+epoch and sample the loaders produce the same augmented pixels. A new op is a dataclass here
+plus one case in each of those three mappings (the device loader refuses what it lacks).
 
 Recipes (`data.recipe`):
 - cifar:    the image as stored; flip; translate by up to `data.crop_padding` px, filled

@@ -18,8 +18,8 @@ from typing import Iterator, Protocol
 
 import torch
 
-from visiontrain.config import BatchPlan
 from visiontrain.data.sampling import ResumableDistributedSampler
+from visiontrain.parallel.batch_plan import BatchPlan
 
 
 class TrainLoader(Protocol):

@@ -6,13 +6,13 @@ device) and augments each batch there with batched tensor ops: no per-sample Pyt
 threads, no host-to-device copy of pixels during training.
 
 Same contracts as the other loaders, and the same pixels:
-- data: the `data_prep` output (train.beton / val.beton, read through FFCV when it is installed),
-  or what the torchvision loader reads (class folders, CIFAR-10's python batches), so it also
-  runs where FFCV's native libraries are missing;
+- data: what `visiontrain prep` writes (train.beton / val.beton, read through FFCV when it is
+  installed), or what the torchvision loader reads (`sources.py`: class folders, CIFAR-10's python
+  batches), so it also runs where FFCV's native libraries are missing;
 - order: `ResumableDistributedSampler` (each rank its shard, exact mid-epoch start), subsets of
   `data.classes` / `data.train_fraction`, evaluation counting every val sample once (`eval_shard`);
 - augmentation: the cifar recipe of `augment.py` (flip, translate, cutout). The random draws are
-  `seeded.py`'s hash of (seed, op, epoch, sample index), computed on the host once per epoch for
+  `draws.py`'s hash of (seed, op, epoch, sample index), computed on the host once per epoch for
   this rank's samples (a few numbers per sample) and applied on the device, so the batches are
   pixel-identical to the FFCV and torchvision loaders'.
 """
@@ -26,22 +26,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from visiontrain.config import BatchPlan, Config
+from visiontrain.config import Config
 from visiontrain.data import augment
 from visiontrain.data.augment import AsIs, Cutout, Flip, Recipe, Translate
 from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
+from visiontrain.data.draws import SALT_CUTOUT, SALT_TRANSLATE, flip_decisions, frozen, sample_keys, uniform_ints
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
-from visiontrain.data.seeded import (
-    SALT_CUTOUT,
-    SALT_TRANSLATE,
-    flip_decisions,
-    frozen,
-    sample_keys,
-    uniform_ints,
-)
 from visiontrain.data.subset import Relabel, check_num_classes, select
-from visiontrain.parallel.dist import Runtime
 from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.parallel.runtime import Runtime
 
 # Room left on the device for the model, activations and the optimizer.
 MAX_DEVICE_FRACTION = 0.5
@@ -156,7 +150,7 @@ class HostDataset:
 
 
 def read_betons(path: Path, cfg: Config, train: bool, check: Callable[[int, int], None]) -> HostDataset:
-    """train.beton / val.beton as written by data_prep, decoded once, in file order (after `check` of the counts)."""
+    """train.beton / val.beton as `visiontrain prep` writes them, decoded once in file order after `check` of counts."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -187,7 +181,8 @@ def read_betons(path: Path, cfg: Config, train: bool, check: Callable[[int, int]
 def read_files(path: Path, cfg: Config, train: bool, check: Callable[[int, int], None]) -> HostDataset:
     """Class folders or CIFAR-10 batches (what the torchvision loader reads), decoded and sized once
     (after `check` of the counts)."""
-    from visiontrain.data.torch_loader import EvalTransform, TrainTransform, open_sources
+    from visiontrain.data.sources import open_sources
+    from visiontrain.data.torch_loader import EvalTransform, TrainTransform
 
     train_src, val_src = open_sources(path)
     check(len(train_src) if train else 0, len(val_src))

@@ -26,8 +26,7 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.types import CURRENT_VERSION, HeaderType
 
-from visiontrain.infra import fileio
-from visiontrain.config import BatchPlan, Config, DataConfig
+from visiontrain.config import Config, DataConfig
 from visiontrain.data import augment
 from visiontrain.data.augment import (
     AsIs,
@@ -50,8 +49,10 @@ from visiontrain.data.ffcv_ops import (
 )
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
 from visiontrain.data.subset import Relabel, check_num_classes, select
-from visiontrain.parallel.dist import Runtime
+from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.parallel.runtime import Runtime
 
 
 class FixedOrder(TraversalOrder):
@@ -202,7 +203,7 @@ def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool 
 
 
 def check_dataset_files(path: Path, d: DataConfig, splits: tuple[str, ...]) -> list[str]:
-    """The class names of a data_prep output at `path`, after checking that its files exist and that images the
+    """The class names of a `visiontrain prep` output at `path`, after checking that its files exist and that images the
     recipe reads as stored have the configured size (meta.json records the sizes): one line otherwise."""
     files = {name: path / name for name in [f"{split}.beton" for split in splits] + ["meta.json"]}
     for name, file in files.items():

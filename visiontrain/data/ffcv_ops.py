@@ -2,8 +2,8 @@
 
 FFCV's own random operations draw from numba's global generator, which is seeded
 from system entropy per thread: two runs (or a run and its resumption) augment
-differently. These operations draw from `seeded.py`'s hash instead and run its
-per-sample kernels in FFCV's parallel loop, so they produce exactly the pixels of the
+differently. These operations draw from `draws.py`'s hash instead and run the
+per-sample kernels of `kernels.py` in FFCV's parallel loop, so they produce exactly the pixels of the
 torchvision loader. Semantics follow FFCV's operations of the same name.
 
 FFCV tells an operation which samples its batch holds, not the epoch. The loader writes
@@ -27,18 +27,16 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from visiontrain.data.seeded import (
+from visiontrain.data.draws import (
     SALT_CROP,
     SALT_CUTOUT,
     SALT_TRANSLATE,
-    cutout,
     flip_decisions,
-    flip_into,
     frozen,
     random_resized_crop,
     sample_keys,
-    translate,
 )
+from visiontrain.data.kernels import cutout, flip_into, translate
 
 
 class EpochCell:

@@ -2,7 +2,8 @@
 torchvision loader's evaluation path, `python -m visiontrain predict` and the export check share.
 
 Steps (an evaluation recipe of `augment.py`, `eval_recipe`):
-1. decode the file and convert it to RGB (greyscale, palette, CMYK and alpha images included);
+1. decode the file and convert it to RGB (greyscale, palette, CMYK and alpha images included):
+   `sources.read_image`, the decode the loaders also give class-folder files for training;
 2. resize so that the shorter side is `resize_to` (bilinear with antialiasing), unless the image is
    already `size` x `size` and `resize_to == size`: such images (CIFAR-10) are used exactly as stored;
 3. take the centre `size` x `size` (torchvision's CenterCrop: the offset rounds half to even);
@@ -24,19 +25,6 @@ from torchvision.transforms import v2
 
 from visiontrain.data.augment import AsIs, Recipe, ResizeCenterCrop
 from visiontrain.infra.errors import UsageError
-
-
-class UnreadableImage(UsageError):
-    """A file that is not a decodable image; the message names it and says why."""
-
-
-def read_image(path: Path) -> Image.Image:
-    """The file's pixels as an RGB image (fully decoded, so a truncated file fails here)."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as err:  # truncated, not an image, a broken chunk, a directory: PIL raises many kinds
-        raise UnreadableImage(f"image {path} cannot be read ({type(err).__name__}: {err})") from None
 
 
 def image_files(paths: list[str]) -> list[Path]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from visiontrain.config import BatchPlan, Config
+from visiontrain.config import Config
 from visiontrain.data.base import DataBundle
 from visiontrain.data.subset import is_subset
-from visiontrain.parallel.dist import Runtime
 from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.parallel.runtime import Runtime
 
 _POOL = 4  # distinct batches; more only costs device memory
 

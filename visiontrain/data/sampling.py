@@ -2,7 +2,7 @@
 
 Training: torch's DistributedSampler (a seeded permutation per epoch, drop_last so
 that no sample is seen twice in an epoch), able to start mid-epoch on resume. Each
-index travels with its epoch, which keys its augmentation draws (`seeded.py`): a
+index travels with its epoch, which keys its augmentation draws (`draws.py`): a
 resumed run replays exactly the batches an uninterrupted run would have seen,
 whatever the number of workers.
 

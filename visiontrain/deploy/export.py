@@ -143,7 +143,8 @@ def check_batches(images: torch.Tensor, batch_size: int | None) -> list[torch.Te
 def images_from_files(paths: list[str], trained: TrainedModel, count: int) -> torch.Tensor:
     """Up to `count` images under `paths`, preprocessed and normalized as evaluation does (float32, CPU)."""
     from visiontrain.data.base import DeviceNormalizer
-    from visiontrain.data.preprocess import UnreadableImage, image_files, read_image
+    from visiontrain.data.preprocess import image_files
+    from visiontrain.data.sources import UnreadableImage, read_image
 
     preprocess, pixels = trained.preprocess, []
     for path in image_files(paths):
@@ -161,9 +162,9 @@ def images_from_files(paths: list[str], trained: TrainedModel, count: int) -> to
 
 def images_from_run_data(trained: TrainedModel, count: int) -> torch.Tensor:
     """The first `count` validation images of the run's dataset, through its own evaluation loader."""
-    from visiontrain.config import BatchPlan
     from visiontrain.data import build_data
-    from visiontrain.parallel.dist import Runtime
+    from visiontrain.parallel.batch_plan import BatchPlan
+    from visiontrain.parallel.runtime import Runtime
 
     cpu = torch.device("cpu")
     trained.cfg.model.channels_last = False

@@ -17,15 +17,6 @@ from visiontrain.data.base import DeviceNormalizer
 from visiontrain.infra.errors import UsageError
 
 
-def select_device(requested: str) -> torch.device:
-    """--device auto|cpu|cuda for one process."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device {requested!r} is invalid: allowed auto, cpu, cuda")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA device is visible; use auto or cpu")
-    return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 class TorchClassifier:
     backend = "pytorch"
 

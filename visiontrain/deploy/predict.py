@@ -32,11 +32,13 @@ import torch
 from tqdm import tqdm
 
 from visiontrain.data.base import DeviceNormalizer
-from visiontrain.data.preprocess import EvalPreprocess, UnreadableImage, image_files, read_image
-from visiontrain.deploy.inference import OnnxClassifier, TorchClassifier, inputs, select_device
+from visiontrain.data.preprocess import EvalPreprocess, image_files
+from visiontrain.data.sources import UnreadableImage, read_image
+from visiontrain.deploy.inference import OnnxClassifier, TorchClassifier, inputs
 from visiontrain.evaluate.tta import TTA_MODES, tta_logits
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import ArgumentParser, UsageError, run_cli
+from visiontrain.parallel.runtime import select_device
 
 REFUSED_SUFFIXES = (".pt2", ".jit", ".ts", ".torchscript", ".torchscript.pt")
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -169,7 +171,7 @@ def main(argv: list[str]) -> int:
     files = image_files(args.images)
     if not files:
         raise UsageError(f"no image files in {' '.join(args.images)}")
-    predictor = load_predictor(args.model, select_device(args.device), args.ema, args.config)
+    predictor = load_predictor(args.model, select_device(args.device, option="--device"), args.ema, args.config)
     began = time.perf_counter()
     progress = any(Path(name).is_dir() for name in args.images)
     predictions, skipped, model_seconds = predict_files(predictor, files, args.batch_size, args.topk,

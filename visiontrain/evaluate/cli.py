@@ -47,13 +47,13 @@ def main(argv: list[str]) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} is invalid: must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from visiontrain.config import BatchPlan
     from visiontrain.data import build_data
     from visiontrain.deploy.inference import TorchClassifier
     from visiontrain.deploy.trained import load_trained
     from visiontrain.evaluate.metrics import collect_predictions
     from visiontrain.evaluate.report import write_report
-    from visiontrain.parallel.dist import Runtime, select_device
+    from visiontrain.parallel.batch_plan import BatchPlan
+    from visiontrain.parallel.runtime import Runtime, select_device
 
     weights = Path(args.weights)
     trained = load_trained(weights, args.ema, args.config, args.overrides, key="--weights", data=args.data)

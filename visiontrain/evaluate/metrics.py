@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from visiontrain.evaluate.tta import tta_logits
-from visiontrain.parallel.dist import all_gather_objects
+from visiontrain.parallel.runtime import all_gather_objects
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:

@@ -81,7 +81,8 @@ def _resources(args):
 
 def _run_dir(config: str | None, overrides: list[str], nproc: int) -> str:
     """The job's run directory, after checking its config as train.py will (exit 2 here, not on a node)."""
-    from visiontrain.config import BatchPlan, load_config
+    from visiontrain.config import load_config
+    from visiontrain.parallel.batch_plan import BatchPlan
 
     if config is not None and not Path(config).is_file():
         raise UsageError(f"config file {config!r} does not exist")

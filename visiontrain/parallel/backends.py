@@ -39,11 +39,12 @@ from visiontrain.checkpoint import (
     weights_only_loading,
     write_manifest,
 )
-from visiontrain.config import BatchPlan, Config
+from visiontrain.config import Config
 from visiontrain.infra.errors import UsageError
 from visiontrain.infra.fileio import raise_if_disk_full
 from visiontrain.parallel import deepspeed_config
-from visiontrain.parallel.dist import Runtime
+from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.parallel.runtime import Runtime
 from visiontrain.train.optim import keep_implementation
 from visiontrain.train.step import apply_gradients, scaled_backward
 

@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from visiontrain.config import BatchPlan, Config
+from visiontrain.config import Config
 from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.batch_plan import BatchPlan
 
 # JSON key -> the config key that owns it
 OWNED_KEYS = {

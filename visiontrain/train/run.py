@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from visiontrain.config import BatchPlan, Config, load_config
+from visiontrain.config import Config, load_config
 from visiontrain.data import DataBundle, build_data
 from visiontrain.infra.errors import UsageError
 from visiontrain.models import build_model, spec_of
-from visiontrain.parallel import dist
 from visiontrain.parallel.backends import build_backend
+from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.parallel.launchers import detect_launch
+from visiontrain.parallel.runtime import Runtime, init_runtime, shutdown
 from visiontrain.train import finetune, logs, rundir
 from visiontrain.train.trainer import Trainer
 
@@ -34,7 +36,7 @@ log = logging.getLogger("visiontrain")
 @dataclass
 class Run:
     cfg: Config
-    runtime: dist.Runtime
+    runtime: Runtime
     plan: BatchPlan
     data: DataBundle
     trainer: Trainer
@@ -66,12 +68,12 @@ def init_from_training_images(model: nn.Module, train, count: int = 5000) -> Non
     model.init_from_data(images[:count])
 
 
-def build_run(cfg: Config, model: nn.Module | None = None, runtime: dist.Runtime | None = None) -> Run:
+def build_run(cfg: Config, model: nn.Module | None = None, runtime: Runtime | None = None) -> Run:
     """Join the process group, build loaders, model and trainer, and resume from the run dir if it has
     checkpoints. `model` replaces the configured architecture (tests); `runtime` reuses a process group."""
-    plan = BatchPlan.for_world(cfg.train, runtime.world_size if runtime else dist.detect_launch().world_size)
+    plan = BatchPlan.for_world(cfg.train, runtime.world_size if runtime else detect_launch().world_size)
     resuming = rundir.check_run_dir(cfg)
-    runtime = runtime or dist.init_runtime(cfg.run.device, cfg.parallel)
+    runtime = runtime or init_runtime(cfg.run.device, cfg.parallel)
     backend = build_backend(cfg, runtime, plan)  # DeepSpeed's JSON is checked here, before anything is written
     logs.setup_logging(runtime.rank)
     seed_everything(cfg.run.seed)
@@ -118,4 +120,4 @@ def train(config: str | Path | None, overrides: list[str], environ: Mapping[str,
                      summary["best_top1"], summary["best_epoch"], run.run_dir)
         return summary
     finally:
-        dist.shutdown()
+        shutdown()

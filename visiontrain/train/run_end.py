@@ -20,7 +20,7 @@ from visiontrain.evaluate.metrics import collect_predictions
 from visiontrain.evaluate.report import plot_curves, write_report
 from visiontrain.infra.environment import environment
 from visiontrain.infra.fileio import write_json
-from visiontrain.parallel.dist import Runtime, all_gather_objects, average_buffers
+from visiontrain.parallel.runtime import Runtime, all_gather_objects, average_buffers
 from visiontrain.train.best import BestState
 
 log = logging.getLogger(__name__)

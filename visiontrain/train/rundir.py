@@ -14,7 +14,7 @@ from visiontrain.checkpoint import CheckpointStore
 from visiontrain.config import Config, load_config, to_yaml
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
-from visiontrain.parallel.dist import Runtime
+from visiontrain.parallel.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from visiontrain.checkpoint import CheckpointStore
-from visiontrain.config import BatchPlan, Config, to_yaml
+from visiontrain.config import Config, to_yaml
 from visiontrain.data import DataBundle
 from visiontrain.evaluate.metrics import RunningStats, evaluate, gather_sums, restore_sums
 from visiontrain.infra.errors import Preempted, TrainingFailed
 from visiontrain.models import spec_of
-from visiontrain.parallel.dist import Runtime, all_ranks_agree, average_buffers
+from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.parallel.runtime import Runtime, all_ranks_agree, average_buffers
 from visiontrain.train import logs
 from visiontrain.train.best import BestTracker
 from visiontrain.train.finetune import keep_frozen_bn_in_eval

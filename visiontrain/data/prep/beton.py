@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from visiontrain.data.prep.sources import Samples
+from visiontrain.data.sources import Samples
 from visiontrain.infra.errors import UsageError
 
 

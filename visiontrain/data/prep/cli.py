@@ -93,6 +93,7 @@ def _report(out: Path, meta: dict) -> None:
 
 def run_cifar10(args: argparse.Namespace) -> None:
     from visiontrain.data.prep import sources
+    from visiontrain.data.sources import class_folders, find_cifar_dir
 
     options = _options(args)
     if args.source is None:
@@ -100,17 +101,15 @@ def run_cifar10(args: argparse.Namespace) -> None:
         origin = "torchvision CIFAR10 download"
     else:
         root = Path(args.source)
-        from visiontrain.data.torch_loader import find_cifar_dir
-
         batches = find_cifar_dir(root) if root.is_dir() else None
         if batches is not None:
             train, val = sources.cifar10_batches(batches)
             origin = f"CIFAR-10 python batches at {batches}"
         elif (root / "train").is_dir():
-            train = sources.class_folders(root / "train", "--source train folder")
+            train = class_folders(root / "train", "--source train folder")
             val_root = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
             if val_root is not None:
-                val = sources.class_folders(val_root, "--source val folder")
+                val = class_folders(val_root, "--source val folder")
                 sources.check_same_classes(train, val, val_root)
                 origin = f"image folders {root}/train and {val_root}"
             else:
@@ -126,7 +125,7 @@ def run_cifar10(args: argparse.Namespace) -> None:
 def _download_cifar10(directory: Path):
     from torchvision.datasets import CIFAR10
 
-    from visiontrain.data.prep.sources import Samples
+    from visiontrain.data.sources import Samples
 
     try:
         train = CIFAR10(str(directory), train=True, download=True)
@@ -140,8 +139,9 @@ def _download_cifar10(directory: Path):
 
 def run_imagenet(args: argparse.Namespace) -> None:
     from visiontrain.data.prep import sources
+    from visiontrain.data.sources import class_folders
 
-    train = sources.class_folders(args.train, "--train")
+    train = class_folders(args.train, "--train")
     val = sources.imagenet_val(args.val, train.class_names, args.val_labels)
     sources.check_same_classes(train, val, args.val)
     meta = write_dataset(args.out, args.force, train, val, _options(args), args.on_bad,
@@ -151,12 +151,13 @@ def run_imagenet(args: argparse.Namespace) -> None:
 
 def run_folder(args: argparse.Namespace) -> None:
     from visiontrain.data.prep import sources
+    from visiontrain.data.sources import class_folders
 
-    train = sources.class_folders(args.train, "--train")
+    train = class_folders(args.train, "--train")
     if args.val is not None and args.val_fraction is not None:
         raise UsageError("give either --val or --val-fraction, not both")
     if args.val is not None:
-        val = sources.class_folders(args.val, "--val")
+        val = class_folders(args.val, "--val")
         sources.check_same_classes(train, val, args.val)
         origin = f"image folders: train {args.train}, val {args.val}"
     elif args.val_fraction is not None:
@@ -169,7 +170,6 @@ def run_folder(args: argparse.Namespace) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> None:
-    from visiontrain.data.prep import sources
     from visiontrain.data.prep.beton import BetonOptions
     from visiontrain.data.prep.output import atomic_output_dir, write_meta
     from visiontrain.data.prep.synthetic import SHAPES, write_image_folder
@@ -190,7 +190,9 @@ def run_synthetic(args: argparse.Namespace) -> None:
         # folders and the .beton files of one dataset directory agree.
         extra = {"generator": options, "counts": counts, "class_names": sorted(classes)}
         if args.beton:
-            train, val = sources.class_folders(tmp / "train"), sources.class_folders(tmp / "val")
+            from visiontrain.data.sources import class_folders  # torch: paid only when writing .beton files
+
+            train, val = class_folders(tmp / "train"), class_folders(tmp / "val")
             write_dataset(args.out, False, train, val, BetonOptions(write_mode="raw", workers=args.workers),
                           "stop", "synthetic shapes", extra, into=tmp)
         else:

@@ -1,6 +1,6 @@
 """meta.json for .beton files written by another program (FFCV's own ImageNet and CIFAR scripts).
 
-Those scripts write `image` (RGBImageField) and `label` (IntField) fields, as data_prep does, but no
+Those scripts write `image` (RGBImageField) and `label` (IntField) fields, as `visiontrain prep` does, but no
 meta.json: describing the files is enough to train on them, converting 1.2 M images again is not
 needed. Everything comes from the files' own tables (labels, image sizes and storage modes of every
 sample: no image decoded), except the decode check and the colour statistics, which come from an
@@ -19,7 +19,7 @@ from PIL import Image
 
 from visiontrain.data.prep.beton import ScanResult, split_meta
 from visiontrain.data.prep.output import write_meta
-from visiontrain.data.prep.sources import Samples
+from visiontrain.data.sources import Samples
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
 
@@ -81,7 +81,7 @@ def _bytes_of(file, ptrs: np.ndarray, sizes: np.ndarray, data_ptr: int) -> bytes
 
 
 def _decode(data: bytes, mode: int, width: int, height: int) -> np.ndarray:
-    """The image's pixels in [0, 1]; JPEGs at 1/8 scale, as data_prep's statistics (the whole stream is read)."""
+    """The image's pixels in [0, 1]; JPEGs at 1/8 scale, as the writers' statistics (the whole stream is read)."""
     if mode == RAW:
         if len(data) != width * height * 3:
             raise ValueError(f"{len(data)} bytes for {width}x{height} raw pixels")
@@ -164,7 +164,7 @@ def _write_mode(splits: dict[str, Split]) -> str:
 
 
 def describe(directory: Path, class_names: str | None, force: bool, sample: int) -> dict:
-    """Check the two betons in `directory` and write its meta.json (as data_prep's writers do); returns it."""
+    """Check the two betons in `directory` and write its meta.json (as the other writers do); returns it."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"--beton {directory} is not a directory; give the directory that holds train.beton and "
@@ -183,7 +183,7 @@ def describe(directory: Path, class_names: str | None, force: bool, sample: int)
     names = class_list(splits, given, files, class_names)
     described = {}
     for split, s in splits.items():
-        # data_prep's own summary of a split, from the values read here: the same keys, the same format.
+        # The writers' own summary of a split, from the values read here: the same keys, the same format.
         meta = split_meta(Samples(names, s.labels.tolist()),
                           ScanResult(list(range(len(s.labels))), [], s.widths, s.heights, s.channel_sum,
                                      s.channel_sq_sum, s.pixels))

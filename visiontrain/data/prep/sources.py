@@ -1,69 +1,18 @@
-"""Finding the images of a dataset: class folders, ImageNet's layouts, CIFAR-10 batches.
+"""What the writers read beyond the shared readers of `visiontrain.data.sources`: ImageNet's val layouts,
+a val split made from a training folder alone, and CIFAR-10's batches as `Samples`.
 
-A `Samples` is what a writer needs: an image source per sample (a file path or a row
-of a uint8 array), its label, and the class names in label order. Every bad layout is
-a UsageError naming the path.
+Every bad layout is a UsageError naming the path.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from visiontrain.data.sources import Samples, cifar_sources, class_folders, require_dir, visible_files
 from visiontrain.infra.errors import UsageError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
-
-
-@dataclass
-class Samples:
-    class_names: list[str]
-    labels: list[int]
-    paths: list[Path] = field(default_factory=list)  # files, or
-    array: np.ndarray | None = None  # N x H x W x 3 uint8 images
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, keep: list[int]) -> Samples:
-        return Samples(self.class_names, [self.labels[i] for i in keep],
-                       [self.paths[i] for i in keep] if self.paths else [],
-                       self.array[keep] if self.array is not None else None)
-
-
-def _require_dir(path: Path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise UsageError(f"{what} {path} is not a directory")
-    return path
-
-
-def _files_in(folder: Path) -> list[Path]:
-    """Every visible regular file below `folder` (sub-folders included), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def class_folders(root: Path, what: str = "folder") -> Samples:
-    """`root/<class>/**/*`: one folder per class, sorted names = labels 0..K-1."""
-    root = _require_dir(root, what)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise UsageError(f"{what} {root} has no class folders (expected {root}/<class>/<images>)")
-    if len(classes) < 2:
-        raise UsageError(f"{what} {root} has one class folder ({classes[0]}): a classifier needs at least 2 "
-                         f"(expected {root}/<class>/<images> for every class)")
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        files = _files_in(root / name)
-        if not files:
-            raise UsageError(f"class folder {root / name} is empty")
-        paths += files
-        labels += [label] * len(files)
-    return Samples(classes, labels, paths)
 
 
 def check_same_classes(train: Samples, val: Samples, val_root: Path) -> None:
@@ -117,7 +66,7 @@ def read_val_labels(path: Path) -> dict[str, str]:
 
 def imagenet_val(val_root: Path, class_names: list[str], labels_file: Path | None) -> Samples:
     """ILSVRC val: `<wnid>/*.JPEG` folders, or flat files plus a labels file."""
-    val_root = _require_dir(val_root, "--val")
+    val_root = require_dir(val_root, "--val")
     if labels_file is not None and not labels_file.is_file():
         raise UsageError(f"--val-labels {labels_file} does not exist")
     if any(p.is_dir() for p in val_root.iterdir()):
@@ -131,7 +80,7 @@ def imagenet_val(val_root: Path, class_names: list[str], labels_file: Path | Non
     mapping = read_val_labels(labels_file)
     index = {name: i for i, name in enumerate(class_names)}
     paths, labels = [], []
-    for path in _files_in(val_root):
+    for path in visible_files(val_root):
         wnid = mapping.get(path.stem)
         if wnid is None:
             raise UsageError(f"{path} has no entry in --val-labels {labels_file}")
@@ -145,8 +94,6 @@ def imagenet_val(val_root: Path, class_names: list[str], labels_file: Path | Non
 
 
 def cifar10_batches(directory: Path) -> tuple[Samples, Samples]:
-    from visiontrain.data.torch_loader import cifar_sources
-
     train, val = cifar_sources(directory)
     return (Samples(train.class_names, list(train.labels), array=train.images),
             Samples(val.class_names, list(val.labels), array=val.images))

@@ -1,0 +1,60 @@
+"""The whole config: `Config` (one field per section), every key's allowed values (`CHOICES`), and `validate`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from visiontrain.config.checks import choices_of
+from visiontrain.config.sections import (
+    CheckpointConfig,
+    DataConfig,
+    FinetuneConfig,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    RunConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# Dotted key -> allowed values, gathered from the sections' `choice` fields (the reference lists them).
+CHOICES: dict[str, tuple[str, ...]] = {
+    f"{section.name}.{name}": allowed
+    for section in dataclasses.fields(Config)
+    for name, allowed in choices_of(section.default_factory).items()  # type: ignore[arg-type]
+}
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that need no knowledge of the launch (the world size is checked by `BatchPlan`).
+
+    Each section checks itself first, so the rules below may rely on every section's own values being valid.
+    """
+    for section in dataclasses.fields(cfg):
+        getattr(cfg, section.name).validate()
+    d, m, s, t = cfg.data, cfg.model, cfg.schedule, cfg.train
+    s.require(0 <= s.warmup_epochs < t.epochs, "warmup_epochs", f"must be in [0, train.epochs={t.epochs})")
+    s.require(all(0 < e <= t.epochs for e in s.milestones) and list(s.milestones) == sorted(s.milestones),
+              "milestones", f"increasing epochs in (0, train.epochs={t.epochs}]")
+    if d.progressive_resizing:
+        d.require(0 <= d.ramp_start_epoch <= d.ramp_end_epoch <= t.epochs, "ramp_end_epoch",
+                  f"need 0 <= data.ramp_start_epoch ({d.ramp_start_epoch}) <= data.ramp_end_epoch <= train.epochs")
+    if cfg.parallel.strategy == "deepspeed":
+        m.require(not m.compile, "compile", "not supported with parallel.strategy=deepspeed; use ddp")

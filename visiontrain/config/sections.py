@@ -1,0 +1,283 @@
+"""The config sections: each key's type, default, allowed values and checks, side by side.
+
+One dataclass per section of the YAML file. A key's comments are its documentation:
+docs/configuration.md is generated from them (`python -m visiontrain.config.reference`).
+The defaults are the documented default run: CIFAR-10, ResNet-18 (CIFAR stem).
+Each section's `check` holds the rules that read only that section; rules that read two
+sections are in `schema.validate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List
+
+from visiontrain.config.checks import Section, choice
+from visiontrain.evaluate.tta import TTA_MODES
+from visiontrain.models import CIFAR_MODEL_NAMES, MODEL_NAMES
+
+CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
+CIFAR10_STD = [0.2470, 0.2435, 0.2616]
+
+
+@dataclass
+class RunConfig(Section):
+    section = "run"
+    dir: str = "runs/cifar10_resnet18"  # the run directory: config, metrics, checkpoints, weights, report
+    seed: int = 0  # model init, data order and augmentation all follow from it
+    # true: a run dir holding checkpoints is resumed; false: an existing run dir is refused.
+    resume: bool = True
+    device: str = choice("auto", ("auto", "cpu", "cuda"))  # auto | cpu | cuda
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+
+    def check(self) -> None:
+        self.require(bool(self.dir.strip()), "dir", "must be a directory path")
+
+
+@dataclass
+class DataConfig(Section):
+    section = "data"
+    # ffcv | torchvision | device (the whole dataset in device memory, augmented there: CIFAR-sized data)
+    # | random (random tensors made on the device: no input pipeline)
+    loader: str = choice("ffcv", ("ffcv", "torchvision", "device", "random"))
+    path: str = "data/cifar10"  # ffcv: train.beton/val.beton/meta.json; torchvision: image folders or CIFAR batches
+    recipe: str = choice("cifar", ("cifar", "imagenet"))  # cifar (pad-and-translate) | imagenet (random-resized-crop)
+    image_size: int = 32  # training resolution
+    val_image_size: int = 32  # evaluation resolution
+    val_crop_ratio: float = 0.875  # imagenet recipe: center crop covers this fraction
+    crop_padding: int = 4  # cifar recipe: random translation of up to this many pixels
+    cutout: int = 0  # cifar recipe: side of a square filled with the mean colour; 0 = off
+    flip: bool = True  # random horizontal flip (both recipes)
+    # With flip: epoch 0 flips a fair coin per image, each later epoch mirrors exactly the
+    # images the previous one did not (every image is seen both ways in any two epochs).
+    alternate_flip: bool = False
+    mean: List[float] = field(default_factory=lambda: list(CIFAR10_MEAN))  # per channel (R, G, B), in [0, 1]
+    std: List[float] = field(default_factory=lambda: list(CIFAR10_STD))  # per channel (R, G, B), in (0, 1]
+    num_workers: int = 2  # torchvision: DataLoader processes; ffcv: decoding threads
+    os_cache: bool = True  # ffcv: read through the OS page cache (best when the file fits in RAM)
+    batches_ahead: int = 3  # ffcv: batches prepared ahead of the training loop
+    # Progressive resizing (ffcv + imagenet recipe): training resolution min_res up to
+    # ramp_start_epoch, linear to max_res at ramp_end_epoch, rounded down to res_multiple.
+    progressive_resizing: bool = False
+    min_res: int = 160  # progressive resizing: first resolution
+    max_res: int = 192  # progressive resizing: final resolution
+    ramp_start_epoch: int = 0  # progressive resizing: last epoch at min_res
+    ramp_end_epoch: int = 0  # progressive resizing: first epoch at max_res
+    res_multiple: int = 32  # progressive resizing: resolutions are multiples of this
+    # Part of a dataset (ffcv and torchvision loaders): these class indices, renumbered
+    # 0..k-1 in this order (empty = all), and this fraction of each class's training
+    # samples, drawn with subset_seed (independent of run.seed: every run sees the same).
+    classes: List[int] = field(default_factory=list)
+    train_fraction: float = 1.0  # of each class's training samples, in (0, 1]
+    subset_seed: int = 0  # draws the train_fraction subset
+    random_train_samples: int = 2048  # data.loader=random: how many random training tensors
+    random_val_samples: int = 512  # data.loader=random: how many random validation tensors
+
+    def check(self) -> None:
+        self.require(self.flip or not self.alternate_flip, "alternate_flip",
+                     "alternates the flips of data.flip=true; set data.flip=true or leave it false")
+        self.require(self.image_size >= 8, "image_size", "must be >= 8")
+        self.require(self.val_image_size >= 8, "val_image_size", "must be >= 8")
+        self.require(0 < self.val_crop_ratio <= 1, "val_crop_ratio", "must be in (0, 1]")
+        self.require(0 <= self.crop_padding <= self.image_size // 2, "crop_padding",
+                     f"must be in [0, data.image_size/2={self.image_size // 2}]")
+        self.require(0 <= self.cutout <= self.image_size, "cutout",
+                     f"must be in [0, data.image_size={self.image_size}]")
+        self.require(len(self.mean) == 3 and all(0 <= v <= 1 for v in self.mean), "mean",
+                     "three numbers (R, G, B) in [0, 1]")
+        self.require(len(self.std) == 3 and all(0 < v <= 1 for v in self.std), "std",
+                     "three numbers (R, G, B) in (0, 1], as fractions of the pixel range")
+        self.require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        self.require(self.batches_ahead >= 1, "batches_ahead", "must be >= 1")
+        if self.progressive_resizing:  # the epoch ramp is checked against train.epochs in schema.validate
+            self.require(self.loader == "ffcv" and self.recipe == "imagenet", "progressive_resizing",
+                         "needs data.loader=ffcv and data.recipe=imagenet")
+            self.require(8 <= self.min_res <= self.max_res, "min_res", f"must be in [8, data.max_res={self.max_res}]")
+            self.require(self.res_multiple >= 1, "res_multiple", "must be >= 1")
+        self.require(self.random_train_samples >= 1, "random_train_samples", "must be >= 1")
+        self.require(self.random_val_samples >= 1, "random_val_samples", "must be >= 1")
+        self.require(all(c >= 0 for c in self.classes) and len(set(self.classes)) == len(self.classes), "classes",
+                     "distinct class indices >= 0 (empty = all classes)")
+        self.require(0 < self.train_fraction <= 1, "train_fraction", "must be in (0, 1]")
+
+
+@dataclass
+class ModelConfig(Section):
+    section = "model"
+    # a torchvision ResNet (ImageNet stem) or a CIFAR variant (3x3 stem)
+    name: str = choice("cifar_resnet18", MODEL_NAMES)
+    num_classes: int = 10  # must equal the dataset's class count (after data.classes)
+    width: int = 64  # base channel count of the CIFAR models (cifar_resnet18, resnet9)
+    zero_init_residual: bool = False  # zero the last BN of each residual block
+    channels_last: bool = True  # NHWC weights and inputs: faster convolutions on tensor cores
+    compile: bool = False  # torch.compile the model (the first steps include compilation)
+    # torch.compile mode: default | reduce-overhead (CUDA graphs: one launch replays the whole
+    # forward and backward, for short steps the host cannot keep up with) | max-autotune
+    compile_mode: str = choice("default", ("default", "reduce-overhead", "max-autotune"))
+
+    def check(self) -> None:
+        self.require(self.num_classes >= 2, "num_classes", "must be >= 2")
+        self.require(self.width >= 1, "width", "must be >= 1")
+        self.require(self.width == 64 or self.name in CIFAR_MODEL_NAMES, "width",
+                     f"only the CIFAR models ({', '.join(CIFAR_MODEL_NAMES)}) have a width; leave it at 64")
+        self.require(self.compile or self.compile_mode == "default", "compile_mode",
+                     "takes effect only with model.compile=true; set both")
+
+
+@dataclass
+class OptimConfig(Section):
+    section = "optim"
+    name: str = choice("sgd", ("sgd", "adamw"))  # sgd | adamw
+    lr: float = 0.5  # peak learning rate for the global batch size
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    weight_decay: float = 5e-4  # L2 (sgd) or decoupled (adamw) weight decay
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    eps: float = 1e-8  # adamw
+    no_decay_bn_bias: bool = True  # no weight decay on BatchNorm parameters and biases
+    backbone_lr_mult: float = 1.0  # lr of every parameter outside the classifier head, relative to optim.lr
+    # One kernel per update for all parameters (torch's fused SGD/AdamW); false: one per tensor group
+    # (foreach). DDP only: under parallel.strategy=deepspeed the update is foreach.
+    fused: bool = True
+
+    def check(self) -> None:
+        self.require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a finite number > 0")
+        self.require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        self.require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        self.require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
+        self.require(self.eps > 0, "eps", "must be > 0")
+        self.require(self.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0 (1 = same lr)")
+
+
+@dataclass
+class ScheduleConfig(Section):
+    section = "schedule"
+    # Per-iteration learning-rate factor; every schedule starts with a linear warmup.
+    # cosine | step | triangular | constant
+    name: str = choice("triangular", ("cosine", "step", "triangular", "constant"))
+    warmup_epochs: float = 2.0  # FFCV CIFAR-10 recipe: lr peaks at epoch 2 of 24
+    min_lr_ratio: float = 0.0  # cosine/triangular end at lr * min_lr_ratio
+    milestones: List[float] = field(default_factory=list)  # step: epochs where lr *= gamma
+    gamma: float = 0.1  # step: lr factor at each milestone
+
+    def check(self) -> None:
+        # warmup_epochs and the milestones are checked against train.epochs in schema.validate
+        self.require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        self.require(self.gamma > 0, "gamma", "must be > 0")
+        self.require(self.name != "step" or len(self.milestones) > 0, "milestones",
+                     "the step schedule needs at least one milestone")
+
+
+@dataclass
+class TrainConfig(Section):
+    section = "train"
+    epochs: int = 24  # passes over the training set
+    batch_size: int = 512  # global: images per optimizer step over all processes
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (same result, less memory)
+    precision: str = choice("bf16", ("fp32", "bf16", "fp16"))  # fp32 | bf16 | fp16 (fp16 adds a GradScaler)
+    grad_clip_norm: float = 0.0  # 0 = off
+    label_smoothing: float = 0.1  # of the training loss (validation loss is plain cross-entropy)
+    ema: bool = False  # keep an exponential moving average of the weights (evaluated and exported too)
+    ema_decay: float = 0.999  # per optimizer step
+    eval_every_epochs: int = 1  # and always after the last epoch
+    # Test-time augmentation of every evaluation (and the final report): none | flip (image and
+    # mirror) | flip_translate (also one-pixel shifts); visiontrain/evaluate/tta.py.
+    tta: str = choice("none", TTA_MODES)
+    # validation metric that decides the best checkpoint: top1 | top5 | loss
+    monitor: str = choice("top1", ("top1", "top5", "loss"))
+    # Stop after this many evaluations without improvement of `monitor` (0 = off);
+    # an early-stopped run ends with its best checkpoint's weights.
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0  # smaller improvements do not count
+    restore_best: bool = False  # end every run with the best checkpoint's weights (implied by early stopping)
+
+    def check(self) -> None:
+        self.require(self.epochs >= 1, "epochs", "must be >= 1")
+        self.require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self.require(self.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+        self.require(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 = off)")
+        self.require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        self.require(0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)")
+        self.require(self.eval_every_epochs >= 1, "eval_every_epochs", "must be >= 1")
+        self.require(self.early_stop_patience >= 0, "early_stop_patience", "must be >= 0 (0 = off)")
+        self.require(self.early_stop_min_delta >= 0, "early_stop_min_delta", "must be >= 0")
+
+
+FREEZE_POLICIES = "none, backbone, stages:K (K = 1..4), bn"
+
+
+def parse_freeze(policy: str) -> tuple[str, int] | None:
+    """'stages:2' -> ('stages', 2); 'none'/'backbone'/'bn' -> (policy, 0); anything else -> None."""
+    if policy in ("none", "backbone", "bn"):
+        return policy, 0
+    name, _, count = policy.partition(":")
+    if name == "stages" and count.isdigit() and 1 <= int(count) <= 4:
+        return name, int(count)
+    return None
+
+
+@dataclass
+class FinetuneConfig(Section):
+    section = "finetune"
+    # Starting weights: a run directory (its weights.safetensors, else its newest checkpoint),
+    # a .safetensors file, or a torchvision ResNet state dict (.pth/.pt). Empty = random init.
+    init_from: str = ""
+    use_ema: bool = False  # a run directory's EMA weights
+    keep_head: bool = False  # refuse a classifier head of another class count instead of replacing it
+    freeze: str = "none"  # none | backbone (linear probe) | stages:K (stem + first K stages) | bn
+
+    def check(self) -> None:
+        self.require(parse_freeze(self.freeze) is not None, "freeze", f"allowed {FREEZE_POLICIES}")
+        self.require(bool(self.init_from) or not self.use_ema, "use_ema",
+                     "only read with finetune.init_from (a run directory)")
+        self.require(bool(self.init_from) or not self.keep_head, "keep_head", "only read with finetune.init_from")
+
+
+@dataclass
+class CheckpointConfig(Section):
+    section = "checkpoint"
+    every_epochs: int = 1  # 0 = only at the end
+    every_steps: int = 0  # 0 = off
+    keep_last: int = 2  # periodic checkpoints kept; the best one (by train.monitor) is kept in addition
+    # On SIGUSR1/SIGTERM: checkpoint at the next step boundary and exit with code 3. With
+    # several processes, ranks agree on a stop request every this many steps (one all-reduce).
+    signal_check_steps: int = 10
+
+    def check(self) -> None:
+        self.require(self.every_epochs >= 0, "every_epochs", "must be >= 0 (0 = only at the end)")
+        self.require(self.every_steps >= 0, "every_steps", "must be >= 0 (0 = off)")
+        self.require(self.keep_last >= 1, "keep_last", "must be >= 1")
+        self.require(self.signal_check_steps >= 1, "signal_check_steps", "must be >= 1")
+
+
+@dataclass
+class ParallelConfig(Section):
+    section = "parallel"
+    # ddp (DistributedDataParallel) | deepspeed (ZeRO stage from the JSON)
+    strategy: str = choice("ddp", ("ddp", "deepspeed"))
+    deepspeed_config: str = ""  # deepspeed: JSON file, e.g. configs/deepspeed/zero2.json
+    find_unused_parameters: bool = False  # ddp
+
+    def check(self) -> None:
+        if self.strategy == "deepspeed":
+            self.require(bool(self.deepspeed_config), "deepspeed_config",
+                         "parallel.strategy=deepspeed needs a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json")
+        else:
+            self.require(not self.deepspeed_config, "deepspeed_config",
+                         "only read with parallel.strategy=deepspeed; set that too, or leave it empty")
+
+
+@dataclass
+class LogConfig(Section):
+    section = "log"
+    every_steps: int = 50  # read losses from the device (a host sync) this often
+    progress_bar: bool = True  # rank 0, on stderr
+    tensorboard: bool = True  # RUN_DIR/tb/
+    plots: bool = True  # RUN_DIR/curves.png at the end
+    report: bool = True  # evaluation report of the final weights in RUN_DIR/eval/
+    # Each rank writes the sample indices it drew per epoch to ranks/ (data-order audits).
+    sample_ids: bool = False
+
+    def check(self) -> None:
+        self.require(self.every_steps >= 1, "every_steps", "must be >= 1")
