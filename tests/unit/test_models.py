@@ -4,14 +4,14 @@ import torch.nn.functional as F
 import torchvision
 
 from visiontrain.config import ModelConfig
-from visiontrain.models import CIFAR_MODEL_NAMES, MODEL_NAMES, build_model
+from visiontrain.models import MODEL_NAMES, build_model, spec_of
 from visiontrain.models.resnets import residual_branch_ends
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_classifies_into_num_classes(name):
     model = build_model(ModelConfig(name=name, num_classes=7)).eval()
-    size = 32 if name in CIFAR_MODEL_NAMES else 64
+    size = min(spec_of(name).input_size, 64)  # ImageNet-sized models at 64 px: the same code paths, faster
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size).contiguous(memory_format=torch.channels_last))
     assert out.shape == (2, 7)
@@ -89,9 +89,9 @@ def test_cifar_fast_is_small_wide_and_whitened_from_data():
 def test_whitening_reads_the_end_of_epoch_0_and_leaves_the_loader_ready(shapes_dir, loader):
     import threading
 
-    from tests.conftest import build_loaders
+    from tests.helpers import build_loaders
     from visiontrain.config import load_config
-    from visiontrain.parallel.dist import Runtime
+    from visiontrain.parallel.runtime import Runtime
     from visiontrain.train.run import init_from_training_images
 
     cfg = load_config("configs/demo/train.yaml", [f"data.loader={loader}", f"data.path={shapes_dir}",
@@ -115,3 +115,20 @@ def test_whitening_reads_the_end_of_epoch_0_and_leaves_the_loader_ready(shapes_d
     train.set_epoch(0)
     epoch = torch.cat([images for images, _ in train])
     assert len(epoch) == 12 * 32 and torch.equal(seen[0], epoch[-128:][:100])  # the end of the same epoch 0
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_spec_describes_its_model(name):
+    """The contract fine-tuning, the optimizer and the config rely on holds for every registered model."""
+    spec = spec_of(name)
+    model = build_model(ModelConfig(name=name, num_classes=7, width=16 if spec.has_width else 64))
+    head = model.get_submodule(spec.head)
+    assert isinstance(head, torch.nn.Linear) and head.out_features == 7
+    assert {n for n, _ in model.named_parameters() if spec.is_head(n)} == {f"{spec.head}.{n}"
+                                                                        for n, _ in head.named_parameters()}
+    stem, stages = spec.stem_and_stages(model)
+    own = set(map(id, model.modules()))
+    assert stem and len(stages) >= 3 and all(id(m) in own for m in stem + stages)
+    staged = {id(p) for m in stem + stages for p in m.parameters()}
+    assert not staged & {id(p) for p in head.parameters()}  # freezing every stage never freezes the head
+    assert spec.input_size in (32, 224)

@@ -8,7 +8,7 @@ between two batch hand-offs:
 
 - step mode: a few batches of random tensors already on the device, cycled (no input
   pipeline: the compute ceiling);
-- e2e mode: the configured loader (FFCV, torchvision or synthetic), kept running across
+- e2e mode: the configured loader (FFCV, torchvision, device or random tensors), kept running across
   the timed repeats so that they see its steady state, epoch boundaries included.
 
 Per repeat, throughput is images over synchronized wall-clock time. Step times are the

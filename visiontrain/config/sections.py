@@ -15,7 +15,7 @@ from typing import List
 
 from visiontrain.config.checks import Section, choice
 from visiontrain.evaluate.tta import TTA_MODES
-from visiontrain.models import CIFAR_MODEL_NAMES, MODEL_NAMES
+from visiontrain.models import MODEL_NAMES, MODELS_WITH_WIDTH
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
@@ -119,8 +119,8 @@ class ModelConfig(Section):
     def check(self) -> None:
         self.require(self.num_classes >= 2, "num_classes", "must be >= 2")
         self.require(self.width >= 1, "width", "must be >= 1")
-        self.require(self.width == 64 or self.name in CIFAR_MODEL_NAMES, "width",
-                     f"only the CIFAR models ({', '.join(CIFAR_MODEL_NAMES)}) have a width; leave it at 64")
+        self.require(self.width == 64 or self.name in MODELS_WITH_WIDTH, "width",
+                     f"only the CIFAR models ({', '.join(MODELS_WITH_WIDTH)}) have a width; leave it at 64")
         self.require(self.compile or self.compile_mode == "default", "compile_mode",
                      "takes effect only with model.compile=true; set both")
 

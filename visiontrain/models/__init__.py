@@ -19,8 +19,7 @@ if TYPE_CHECKING:  # config imports this module's registry to validate model.nam
 
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (*resnets.SPECS, *cifar_fast.SPECS)}
 MODEL_NAMES: tuple[str, ...] = tuple(SPECS)
-# The models that model.width scales (designed for CIFAR-sized images).
-CIFAR_MODEL_NAMES: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.has_width)
+MODELS_WITH_WIDTH: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.has_width)
 
 
 def spec_of(name: str) -> ModelSpec:

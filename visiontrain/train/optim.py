@@ -3,7 +3,7 @@
 The schedule is a pure function of the optimizer step (`lr_factor`), wrapped in
 `torch.optim.lr_scheduler.LambdaLR` and stepped by the trainer once per optimizer
 step. It is never handed to accelerate, whose prepared schedulers step once per
-process (DESIGN.md).
+process (seen with accelerate 1.x: a StepLR stepped 2x per call on 2 processes).
 """
 
 from __future__ import annotations
