@@ -1,22 +1,36 @@
-# Every target is idempotent. `make demo` and `make test` set up first when needed.
-VENV   ?= .venv
-PYTHON := $(VENV)/bin/python
-STAMP  := $(VENV)/.setup-done
+# Every target is idempotent. `make demo` sets up first when needed, `make test` sets up for development.
+VENV      ?= .venv
+PYTHON    := $(VENV)/bin/python
+STAMP     := $(VENV)/.setup-done
+DEV_STAMP := $(VENV)/.setup-dev-done
+SETUP_INPUTS := pyproject.toml requirements/constraints.txt scripts/setup.sh
 
-.PHONY: setup lock wheelhouse demo lint test bench clean
+.PHONY: setup setup-dev lock wheelhouse demo lint test bench clean
 
-# make setup [WHEELHOUSE=DIR]: the locked versions, from PyPI or (offline) from a wheelhouse.
+# make setup [WHEELHOUSE=DIR]: what a user needs, at the locked versions, from PyPI or (offline) from a
+# wheelhouse. No root needed where the compilers and libraries FFCV builds with are installed;
+# otherwise it names what is missing (scripts/setup.sh --check-system runs only that check).
 WHEELHOUSE ?=
 setup:
 	WHEELHOUSE="$(WHEELHOUSE)" bash scripts/setup.sh
 	touch $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt scripts/setup.sh
+# make setup-dev: setup, plus the test and build extras (pytest, ruff, shellcheck, uv) and, as root
+# with apt-get, the system tools of the SLURM and offline-install tests (without them those tests skip).
+setup-dev:
+	WHEELHOUSE="$(WHEELHOUSE)" bash scripts/setup.sh --dev
+	touch $(STAMP) $(DEV_STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
 	WHEELHOUSE="$(WHEELHOUSE)" bash scripts/setup.sh
 	touch $(STAMP)
 
+$(DEV_STAMP): $(SETUP_INPUTS)
+	WHEELHOUSE="$(WHEELHOUSE)" bash scripts/setup.sh --dev
+	touch $(STAMP) $(DEV_STAMP)
+
 # Refresh the lock from pyproject.toml's ranges: newest versions, resolved for Python 3.10+ on any platform.
-lock: $(STAMP)
+lock: $(DEV_STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --universal --python-version 3.10 \
 		--no-build-isolation --python $(PYTHON) --override requirements/overrides.txt \
 		--custom-compile-command "make lock" --upgrade -o requirements/constraints.txt
@@ -31,7 +45,7 @@ ifneq ($(filter-out skip,$(TORCH)),)
 $(error TORCH=$(TORCH) is not understood (TORCH=skip leaves torch out))
 endif
 endif
-wheelhouse: $(STAMP)
+wheelhouse: $(DEV_STAMP)
 	$(PYTHON) scripts/wheelhouse.py $(DIR) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
 		$(if $(filter skip,$(TORCH)),--skip-torch) $(if $(HAVE),--have $(HAVE))
 
@@ -44,8 +58,11 @@ demo: $(STAMP)
 PYTEST_WORKERS ?= -n 2 --dist loadgroup
 
 # Lint first: a style error fails in seconds, before the suite's minutes.
-lint: $(STAMP)
+# -x: shellcheck follows the slurm scripts' `source` of slurm/common.sh.
+SHELL_SCRIPTS := $(wildcard scripts/*.sh slurm/*.sh) .ci/run
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/shellcheck -x $(SHELL_SCRIPTS)
 
 test: lint
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)

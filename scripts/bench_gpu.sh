@@ -76,12 +76,13 @@ photos() {  # the shared photos, extracted once: $data/photos/imagenet-sample/<w
 }
 
 replicate() {  # replicate DIR COPIES: DIR/train/<wnid>/1..COPIES.JPEG (links to the photo), DIR/val/<wnid>/<photo>
-    local dir=$1 copies=$2 class_dir wnid photo copy
+    local dir=$1 copies=$2 class_dir wnid photo copy first
     photos
     for class_dir in "$data"/photos/imagenet-sample/*/; do
         wnid=$(basename "$class_dir")
         mkdir -p "$dir/train/$wnid" "$dir/val/$wnid"
-        photo=$(ls "$class_dir" | head -1)
+        first=("$class_dir"*)
+        photo=${first[0]##*/}
         cp "$class_dir/$photo" "$dir/val/$wnid/"
         for copy in $(seq 1 "$copies"); do ln -sf "$(realpath "$class_dir/$photo")" "$dir/train/$wnid/$copy.JPEG"; done
     done
@@ -90,6 +91,7 @@ replicate() {  # replicate DIR COPIES: DIR/train/<wnid>/1..COPIES.JPEG (links to
 data=$OUT/data
 
 R50="model.name=resnet50 model.num_classes=1000 data.image_size=224 data.val_image_size=224 batch_per_device=256"
+# shellcheck disable=SC2086  # R50, IMAGENET and FFCV are lists of key=value settings, split into words on purpose
 if [[ $PART == step || $PART == all ]]; then
     section step
     bench r50_step step $R50 --sweep train.precision=fp32,bf16 model.channels_last=false,true
@@ -101,6 +103,7 @@ if [[ $PART == step || $PART == all ]]; then
         model.compile_mode=reduce-overhead --sweep model.name=cifar_resnet18,resnet9,cifar_fast
 fi
 
+# shellcheck disable=SC2086  # R50, IMAGENET and FFCV are lists of key=value settings, split into words on purpose
 if [[ $PART == e2e || $PART == all ]]; then
     section e2e
     [[ -d $data/imagenet/train ]] || replicate "$data/imagenet" 25
@@ -116,10 +119,11 @@ for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
 EOF
     IMAGENET="data.loader=torchvision data.path=$data/imagenet data.recipe=imagenet data.num_workers=$WORKERS"
     bench r50_e2e e2e $R50 model.num_classes=200 train.precision=bf16 $IMAGENET
-    bench cifar_e2e e2e data.loader=torchvision data.path=$data/cifar data.num_workers=$WORKERS \
+    bench cifar_e2e e2e data.loader=torchvision "data.path=$data/cifar" "data.num_workers=$WORKERS" \
         batch_per_device=512 train.precision=bf16 --sweep model.name=cifar_resnet18,resnet9
 fi
 
+# shellcheck disable=SC2086  # R50, IMAGENET and FFCV are lists of key=value settings, split into words on purpose
 if [[ $PART == ffcv || $PART == all ]]; then
     section ffcv
     beton=$data/imagenet_ffcv_x${FFCV_COPIES}_${MAX_RES}_$COMPRESS_PROB
@@ -147,7 +151,7 @@ if [[ $PART == ffcv || $PART == all ]]; then
         echo "== python -m visiontrain bench project ${results[*]:-} --of $of --out $dest"
         if (( ${#results[@]} == 0 )); then
             status=1; err="no results to project from"
-        elif err=$("$PY" -m visiontrain bench project "${results[@]}" --of "$of" --out "$dest" 2>&1 > /dev/null); then
+        elif err=$("$PY" -m visiontrain bench project ${results[@]+"${results[@]}"} --of "$of" --out "$dest" 2>&1 > /dev/null); then
             err=""
         else
             status=1

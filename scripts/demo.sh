@@ -16,7 +16,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 if [[ ! -f "$DATA/train.beton" ]]; then
     # (re)make the demo dataset; DEMO_DATA_ARGS e.g. "--train-per-class 100 --size 24"
     read -r -a DATA_ARGS <<< "${DEMO_DATA_ARGS:-}"
-    python -m visiontrain prep synthetic --out "$DATA" --beton --force "${DATA_ARGS[@]}"
+    python -m visiontrain prep synthetic --out "$DATA" --beton --force ${DATA_ARGS[@]+"${DATA_ARGS[@]}"}
 fi
 
 train() {  # train CONFIG RUN_DIR [key=value ...]
@@ -24,7 +24,7 @@ train() {  # train CONFIG RUN_DIR [key=value ...]
     shift 2
     echo "== $run_dir"
     torchrun --nproc_per_node "$NPROC" train.py -c "$config" data.path="$DATA" run.dir="$run_dir" \
-        log.progress_bar=false "${EXTRA[@]}" "$@"
+        log.progress_bar=false ${EXTRA[@]+"${EXTRA[@]}"} "$@"
 }
 
 train configs/demo/pretrain.yaml "$RUN_ROOT/pretrain"

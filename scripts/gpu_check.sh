@@ -13,12 +13,13 @@
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR}
 PY=${PYTHON:-python}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 mkdir -p "$OUT"
 status=0
 PARTS=${PARTS:-numerics train learn step}
 if [[ $PARTS == *numerics* ]]; then "$PY" scripts/gpu_numerics.py || status=1; fi
 COMMON="schedule.warmup_epochs=0 data.loader=random model.name=cifar_resnet18 train.batch_size=256 data.random_train_samples=8192 log.progress_bar=false"
+# shellcheck disable=SC2086  # COMMON is a list of key=value settings, split into words on purpose
 train() {  # train NAME OVERRIDES...
     local name=$1; shift
     if "$PY" train.py $COMMON run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1; then
@@ -35,8 +36,13 @@ train zero3_bf16 train.epochs=3 train.precision=bf16 parallel.strategy=deepspeed
 # Resume: two epochs, then the same run dir asked for three: it continues from epoch 2.
 train resume train.epochs=2 train.precision=bf16
 train resume train.epochs=3 train.precision=bf16
-grep -q '"resume"' "$OUT/resume/metrics.jsonl" && echo "resume: continued from its checkpoint" || { status=1; echo "resume: did not resume"; }
+if grep -q '"resume"' "$OUT/resume/metrics.jsonl"; then
+    echo "resume: continued from its checkpoint"
+else
+    status=1; echo "resume: did not resume"
 fi
+fi
+# shellcheck disable=SC2086  # LEARN and each variant's settings are split into words on purpose
 if [[ $PARTS == *learn* && -n ${CIFAR_DIR:-} ]]; then
     LEARN="data.loader=torchvision data.path=$CIFAR_DIR model.name=resnet9 train.batch_size=512 train.epochs=8 data.num_workers=$(( $(nproc) - 1 )) log.progress_bar=false"
     for variant in "fp32:train.precision=fp32 model.channels_last=false" "bf16_cl:train.precision=bf16" \
@@ -59,8 +65,8 @@ if [[ $PARTS == *step* ]]; then
         "$PY" train.py $STEP run.dir="$OUT/$name" ${variant#*:} > "$OUT/$name.log" 2>&1 || { status=1; echo "$name: FAILED"; tail -5 "$OUT/$name.log"; }
     done
     for pair in "fused foreach" "graphs compiled"; do
-        set -- $pair
-        "$PY" - "$OUT/step_$1" "$OUT/step_$2" <<'PYEOF' || status=1
+        read -r one other <<< "$pair"
+        "$PY" - "$OUT/step_$one" "$OUT/step_$other" <<'PYEOF' || status=1
 import sys
 from visiontrain.checkpoint.weights import read_weights
 a, b = (read_weights(f"{d}/weights.safetensors") for d in sys.argv[1:])

@@ -15,7 +15,7 @@
 # (its network, host name and /etc/hosts): nsenter -t "$(cat DIR/slurmd-node2.pid)" -n -u -m COMMAND
 #
 # Then: export SLURM_CONF=DIR/slurm.conf; sbatch ... Needs root (slurmd runs jobs as
-# their users; namespaces) and the packages `slurm-wlm munge iproute2` (make setup installs them).
+# their users; namespaces) and the packages `slurm-wlm munge iproute2` (make setup-dev installs them as root).
 # SLURM_TEST_PORT (16817) sets the controller's port; names and the subnet derive from it,
 # so two clusters with different ports can run side by side.
 set -euo pipefail
@@ -181,6 +181,7 @@ EOF
             { grep -vE "\snode[0-9]+(\s|$)" /etc/hosts || true
               echo "127.0.1.1 node$k"
               awk -v self="node$k" '$1 != self {print $3, $1}' "$dir/nodes"; } > "$dir/hosts-node$k"
+            # shellcheck disable=SC2016  # $1 and $2 are the inner shell's arguments
             nsenter --net="/run/netns/$(namespace "$k")" unshare --uts --mount --propagation private \
                 sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec slurmd -N "$2"' sh \
                 "$dir/hosts-node$k" "node$k"

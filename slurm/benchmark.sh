@@ -14,6 +14,7 @@
 #SBATCH --cpus-per-task=32
 #SBATCH --time=01:00:00
 #SBATCH --output=slurm-%x-%j.out
+# shellcheck source=slurm/common.sh
 source "${VISIONTRAIN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 [[ $# -ge 1 ]] || { echo "usage: sbatch slurm/benchmark.sh MODE [options]  (python -m visiontrain bench --help)" >&2; exit 2; }
 echo "$(date +%T) job $SLURM_JOB_ID: python -m visiontrain bench $* on $(hostname)"

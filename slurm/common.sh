@@ -1,5 +1,6 @@
+# shellcheck shell=bash
 # Sourced by the slurm/*.sh batch scripts. One SLURM task per GPU runs train.py (srun
-# starts them; visiontrain/parallel/dist.py turns SLURM's variables into the torch rendezvous on
+# starts them; visiontrain/parallel/launchers.py turns SLURM's variables into the torch rendezvous on
 # the first node of `scontrol show hostnames`), so SLURM's signals reach every rank.
 #
 # Environment (defaults):
@@ -49,7 +50,7 @@ run_train() {
         overrides+=("run.dir=$RUN_DIR")
     fi
     local run_dir
-    run_dir="$(resolve_run_dir "$config" "${overrides[@]}")"
+    run_dir="$(resolve_run_dir "$config" ${overrides[@]+"${overrides[@]}"})"
     mkdir -p "$run_dir"
     exec > >(tee -a "$run_dir/slurm-${SLURM_JOB_ID}.log") 2>&1
     local tasks_per_node="${SLURM_NTASKS_PER_NODE:-1}"
@@ -61,7 +62,9 @@ run_train() {
          "$tasks_per_node task(s), head node $(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)," \
          "run dir $run_dir"
     local rc=0
-    srun --export=ALL python train.py -c "$config" run.dir="$run_dir" "$@" || rc=$?
+    # The resolved directory last: it overrides any run.dir= among the arguments, as RUN_DIR did above,
+    # so the training writes where this job's log is.
+    srun --export=ALL python train.py -c "$config" "$@" run.dir="$run_dir" || rc=$?
     if [[ $rc -eq 3 ]]; then
         echo "$(date +%T) stopped with a checkpoint: requeueing job $SLURM_JOB_ID; it resumes from $run_dir"
         scontrol requeue "$SLURM_JOB_ID"

@@ -20,6 +20,7 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
+# shellcheck source=slurm/common.sh
 source "${VISIONTRAIN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 [[ $# -ge 1 ]] || { echo "usage: sbatch slurm/finetune.sh CONFIG [key=value ...]" >&2; exit 2; }
 run_train "$@"

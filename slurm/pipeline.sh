@@ -30,12 +30,12 @@ read -r -a sbatch_args <<< "${SBATCH_ARGS:-}"
 read -r -a pretrain_overrides <<< "${PRETRAIN_OVERRIDES:-}"
 read -r -a finetune_overrides <<< "${FINETUNE_OVERRIDES:-}"
 
-pretrain_job="$(RUN_DIR="$dir/pretrain" sbatch --parsable "${sbatch_args[@]}" slurm/pretrain.sh "$1" \
-    "${pretrain_overrides[@]}")"
+pretrain_job="$(RUN_DIR="$dir/pretrain" sbatch --parsable ${sbatch_args[@]+"${sbatch_args[@]}"} slurm/pretrain.sh "$1" \
+    ${pretrain_overrides[@]+"${pretrain_overrides[@]}"})"
 pretrain_job="${pretrain_job%%;*}"
 finetune_job="$(RUN_DIR="$dir/finetune" sbatch --parsable --dependency="afterok:$pretrain_job" \
-    --kill-on-invalid-dep=yes "${sbatch_args[@]}" slurm/finetune.sh "$2" finetune.init_from="$dir/pretrain" \
-    "${finetune_overrides[@]}")"
+    --kill-on-invalid-dep=yes ${sbatch_args[@]+"${sbatch_args[@]}"} slurm/finetune.sh "$2" finetune.init_from="$dir/pretrain" \
+    ${finetune_overrides[@]+"${finetune_overrides[@]}"})"
 finetune_job="${finetune_job%%;*}"
 echo "pretrain: job $pretrain_job, run dir $dir/pretrain"
 echo "finetune: job $finetune_job (starts when job $pretrain_job succeeds), run dir $dir/finetune"

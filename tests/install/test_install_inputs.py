@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import PYTHON, ROOT
+from tests.helpers import PYTHON, ROOT
 
 
-def setup(tmp_path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+def setup(tmp_path, *args: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/setup.sh", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "VENV": str(tmp_path / "venv"), **env})
 
 
@@ -21,6 +21,32 @@ def assert_one_line_usage_error(result: subprocess.CompletedProcess, *words: str
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def test_setup_refuses_an_unknown_option(tmp_path):
+    result = setup(tmp_path, "--check-system", "--user")
+    assert_one_line_usage_error(result, "'--user'", "--dev", "--check-system")
+    assert not (tmp_path / "venv").exists()
+
+
+def test_setup_refuses_a_python_that_does_not_exist(tmp_path):
+    result = setup(tmp_path, "--check-system", PYTHON=str(tmp_path / "python9"))
+    assert_one_line_usage_error(result, f"PYTHON={tmp_path / 'python9'}", "no such interpreter", "3.10 or newer")
+
+
+def test_setup_refuses_a_python_older_than_3_10(tmp_path):
+    # An interpreter that reports 3.9 for the one thing setup asks it (it answers every question the same).
+    old = tmp_path / "python3.9"
+    old.write_text("#!/bin/sh\nprintf '3.9\\n0\\ngcc\\ng++\\n/usr/include/python3.9\\n'\n")
+    old.chmod(0o755)
+    result = setup(tmp_path, "--check-system", PYTHON=str(old))
+    assert_one_line_usage_error(result, f"PYTHON={old} is Python 3.9", "3.10 or newer")
+
+
+def test_setup_dev_refuses_a_wheelhouse(tmp_path):
+    result = setup(tmp_path, "--dev", WHEELHOUSE=str(tmp_path / "wheelhouse"))
+    assert_one_line_usage_error(result, "--dev", "WHEELHOUSE=", "make setup WHEELHOUSE=")
+    assert not (tmp_path / "venv").exists()
 
 
 def test_setup_refuses_a_folder_that_is_not_a_wheelhouse(tmp_path):

@@ -26,13 +26,15 @@ import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
-from tests.conftest import PYTHON, ROOT, ok, tiny_args
+from tests.helpers import PYTHON, ROOT, ok, tiny_args
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.xdist_group("install"),
     # The isolation needs root (namespaces, bind mounts); building the wheelhouse needs PyPI.
-    pytest.mark.skipif(os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "ip", "ldd"))),
-                       reason="OFFLINE INSTALL TESTS NOT RUN: they need root, unshare (util-linux), ip (iproute2)"),
+    pytest.mark.requires_root,
+    pytest.mark.skipif(not all(map(shutil.which, ("unshare", "ip", "ldd"))),
+                       reason="OFFLINE INSTALL TESTS NOT RUN: they need unshare (util-linux) and ip (iproute2), "
+                              "which make setup-dev installs as root"),
 ]
 
 SYSTEM_LIBRARIES = ("libopencv_core.so", "libopencv_imgproc.so", "libturbojpeg.so")

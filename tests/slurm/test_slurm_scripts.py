@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, read_json, read_jsonl
-from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged
+from tests.helpers import ROOT, assert_identical_continuation, checkpoint_logged, read_json, read_jsonl
 from tests.slurm.conftest import CPU_JOB, EXTRA, job_field, overrides, sbatch, wait_for_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
@@ -25,7 +24,9 @@ def test_finetune_script_runs_two_tasks_that_form_a_world_of_two(uninterrupted, 
 
 def test_pipeline_runs_finetuning_after_pretraining_from_its_weights(slurm, shapes_dir, tmp_path):
     pipeline_dir = tmp_path / "pipeline"
-    tiny = " ".join(o for o in overrides(shapes_dir, tmp_path, "train.epochs=1") if not o.startswith("run.dir="))
+    # run.dir= among the settings and RUN_DIR (which the pipeline sets for each job): RUN_DIR wins, for the
+    # job's log and for the training alike.
+    tiny = " ".join(overrides(shapes_dir, tmp_path / "ignored", "train.epochs=1"))
     job, rc = sbatch(slurm, "slurm/pipeline.sh", "configs/demo/train.yaml", "configs/demo/train.yaml",
                      options=(f"--output={tmp_path}/pipeline-%j.out",),
                      extra_env={"PIPELINE_DIR": str(pipeline_dir), "PRETRAIN_OVERRIDES": tiny,
@@ -45,6 +46,9 @@ def test_pipeline_runs_finetuning_after_pretraining_from_its_weights(slurm, shap
     first_event = read_jsonl(pipeline_dir / "finetune" / "metrics.jsonl")[0]["time"]
     assert first_event > (pipeline_dir / "pretrain" / "summary.json").stat().st_mtime
     assert pre["world_size"] == fine["world_size"] == 2
+    assert (pipeline_dir / "pretrain" / f"slurm-{pretrain_job}.log").is_file()
+    assert (pipeline_dir / "finetune" / f"slurm-{finetune_job}.log").is_file()
+    assert not (tmp_path / "ignored").exists()
 
 
 def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(slurm, shapes_dir, start_weights,
@@ -55,7 +59,7 @@ def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(slurm, sha
                     *overrides(shapes_dir, run_dir, f"finetune.init_from={start_weights}", *EXTRA),
                     options=options, wait=False)
     deadline = time.time() + 240
-    while not _checkpoint_logged(run_dir, epoch=1):
+    while not checkpoint_logged(run_dir, epoch=1):
         assert time.time() < deadline, "no epoch-1 checkpoint"
         time.sleep(0.05)
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True)  # batch shell and every task
@@ -73,7 +77,7 @@ def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(slurm, sha
     assert len([e for e in events if e["event"] == "resume"]) == 1
     log = (run_dir / f"slurm-{job}.log").read_text()
     assert "requeueing job" in log and "(restart 1)" in log
-    _assert_identical_continuation(uninterrupted[0], run_dir)
+    assert_identical_continuation(uninterrupted[0], run_dir)
 
 
 def test_failed_pretraining_cancels_the_pipelines_finetuning(slurm, tmp_path):
