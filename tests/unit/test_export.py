@@ -8,7 +8,8 @@ import torch
 
 from visiontrain.config import ModelConfig
 from visiontrain.data.base import DeviceNormalizer
-from visiontrain.data.preprocess import EvalPreprocess, image_files, read_image
+from visiontrain.data.preprocess import EvalPreprocess, image_files
+from visiontrain.data.sources import read_image
 from visiontrain.deploy.export import SUFFIXES, TOLERANCE, check_batches, compare, export_model, load_exported
 from visiontrain.models import build_model
 

@@ -1,0 +1,75 @@
+"""The pixel kernels of the two file loaders: flip, translate and cutout on uint8 HWC images, in numba.
+
+The per-sample kernels (`flip_into`, `translate`, `cutout`) are shared: `ffcv_ops` loops over
+them in FFCV's parallel loop, the `*_batch` functions below in a plain loop (the torchvision
+loader's DataLoader workers are already one process per core). Their randomness comes from
+`draws.py`, so both loaders change the same pixels of the same sample in the same epoch; the
+device loader reimplements these ops as tensor ops on the draws alone. Only numba and numpy
+here, as in `draws.py`; 1-D arrays from outside FFCV must be `draws.frozen`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from visiontrain.data.draws import SALT_CUTOUT, SALT_TRANSLATE, flip_decisions, sample_keys, uniform_int
+
+
+@njit(cache=True)
+def flip_into(image, out, flip):
+    """`out` = `image`, mirrored left-right if `flip`."""
+    if flip:
+        out[:] = image[:, ::-1]
+    else:
+        out[:] = image
+
+
+@njit(cache=True)
+def translate(image, padded, key, pad, fill):
+    """Shift `image` in place by up to `pad` px each way; uncovered pixels get `fill` (FFCV's RandomTranslate).
+
+    `padded` is scratch space of (h + 2 pad, w + 2 pad, c).
+    """
+    h, w = image.shape[0], image.shape[1]
+    padded[:] = fill
+    padded[pad : pad + h, pad : pad + w] = image
+    dy = uniform_int(key, 0, 2 * pad)
+    dx = uniform_int(key, 1, 2 * pad)
+    image[:] = padded[dy : dy + h, dx : dx + w]
+
+
+@njit(cache=True)
+def cutout(image, key, size, fill):
+    """Fill one `size` x `size` square lying inside `image` with `fill`, in place (FFCV's Cutout)."""
+    h, w = image.shape[0], image.shape[1]
+    top = uniform_int(key, 0, h - size)
+    left = uniform_int(key, 1, w - size)
+    image[top : top + size, left : left + size] = fill
+
+
+@njit(cache=True)
+def flip_batch(images, indices, seed, epoch, alternate):
+    flips = flip_decisions(indices, seed, epoch, alternate)
+    out = np.empty_like(images)
+    for i in range(images.shape[0]):
+        flip_into(images[i], out[i], flips[i])
+    return out
+
+
+@njit(cache=True)
+def translate_batch(images, indices, seed, epoch, pad, fill):
+    keys = sample_keys(indices, seed, SALT_TRANSLATE, epoch)
+    n, h, w, c = images.shape
+    padded = np.empty((h + 2 * pad, w + 2 * pad, c), dtype=images.dtype)
+    for i in range(n):
+        translate(images[i], padded, keys[i], pad, fill)
+    return images
+
+
+@njit(cache=True)
+def cutout_batch(images, indices, seed, epoch, size, fill):
+    keys = sample_keys(indices, seed, SALT_CUTOUT, epoch)
+    for i in range(images.shape[0]):
+        cutout(images[i], keys[i], size, fill)
+    return images
