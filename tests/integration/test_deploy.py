@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, ok, read_json, run_train
-from visiontrain.data.torch_loader import FolderSource
+from tests.helpers import PYTHON, ROOT, ok, read_json, run_train
+from visiontrain.data.sources import FolderSource
 from visiontrain.deploy import export as export_module
 from visiontrain.deploy.export import SUFFIXES, compare, images_from_files, load_exported
 from visiontrain.deploy.export import main as export_main
@@ -106,9 +106,9 @@ def test_predict_gives_the_evaluation_predictions_with_pytorch_and_onnx(cifar_sp
     assert max(abs(a["probability"] - b["probability"]) for p in files
                for a, b in zip(onnx[p]["top"], ours[p]["top"])) < 1e-5
 
-    # The README's example: ONNX Runtime, PIL, numpy and the JSON file, nothing of this package.
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    example = re.search(r"\*\*Deploy\*\*.*?```python\n(.*?)```", readme, re.DOTALL).group(1)
+    # The documented example: ONNX Runtime, PIL, numpy and the JSON file, nothing of this package.
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    example = re.search(r"## Using the model without visiontrain.*?```python\n(.*?)```", page, re.DOTALL).group(1)
     image = files[37]
     run = subprocess.run([PYTHON, "-c", example.replace("model.onnx", str(tmp_path / "m.onnx"))
                           .replace("cat.jpg", str(image))], capture_output=True, text=True, cwd=tmp_path)

@@ -61,7 +61,7 @@ def _runtime() -> Runtime:
 def _prep(*args: str) -> None:
     result = subprocess.run([sys.executable, "-m", "visiontrain", "prep", *args], capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"data_prep {args[0]} failed: {result.stderr[-2000:]}")
+        raise RuntimeError(f"visiontrain prep {args[0]} failed: {result.stderr[-2000:]}")
 
 
 def prepare_imagenet(shared: Path, work: Path, samples: int, workers: int) -> dict[str, Path]:

@@ -13,10 +13,10 @@ training seconds (train.py's `train_time_s`: the epochs' training loops, without
 evaluation, set-up or the first layer's data-dependent initialization) and the process's
 whole wall time. The table gives top-1 as mean +- sample standard deviation over the seeds.
 
-The data: `--data` holds a data_prep output (train.beton/val.beton/meta.json, or image
+The data: `--data` holds a `visiontrain prep` output (train.beton/val.beton/meta.json, or image
 folders). Without it, `--cifar-jpegs` (the CIFAR-10 training split as `train/<class>/*.jpg`,
 a folder or .tar.gz) is split 45,000 / 5,000 (stratified, seed 0) by
-`data_prep cifar10 --val-fraction 0.1` into DIR/cifar10_45k_5k, reused by later runs.
+`visiontrain prep cifar10 --val-fraction 0.1` into DIR/cifar10_45k_5k, reused by later runs.
 """
 
 from __future__ import annotations

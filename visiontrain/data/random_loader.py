@@ -67,7 +67,7 @@ def build_random_data(cfg: Config, runtime: Runtime, plan: BatchPlan) -> DataBun
     d = cfg.data
     if is_subset(d):
         raise UsageError("data.classes and data.train_fraction select from a dataset's labels; "
-                         "data.loader=random has none (use data_prep synthetic for a generated dataset)")
+                         "data.loader=random has none (use `visiontrain prep synthetic` for a generated dataset)")
     steps = plan.steps_per_epoch(d.random_train_samples)
     args = (plan.micro_batch, d.image_size, cfg.model.num_classes, runtime.device, cfg.model.channels_last)
     train_pool = random_batches(steps * plan.accum_steps, *args, seed=cfg.run.seed)
