@@ -26,7 +26,7 @@ COMMANDS = {
     "train": "visiontrain.train.cli",
     "prep": "visiontrain.data.prep.cli",
     "launch": "visiontrain.launch.cli",
-    "evaluate": "visiontrain.evaluate.cli",
+    "evaluate": "visiontrain.deploy.evaluate",
     "export": "visiontrain.deploy.export",
     "predict": "visiontrain.deploy.predict",
     "checkpoint": "visiontrain.checkpoint.cli",

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import List
 
 from visiontrain.config.checks import Section, choice
-from visiontrain.evaluate.tta import TTA_MODES
 from visiontrain.models import MODEL_NAMES, MODELS_WITH_WIDTH
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
+TTA_MODES = ("none", "flip", "flip_translate")  # evaluate/tta.py implements them
 
 
 @dataclass

@@ -21,7 +21,7 @@ class TorchClassifier:
     backend = "pytorch"
 
     def __init__(self, model: torch.nn.Module, device: torch.device, channels_last: bool, precision: str = "fp32"):
-        from visiontrain.parallel.backends import autocast_factory
+        from visiontrain.train.backends import autocast_factory
 
         self.device, self.channels_last = device, channels_last
         memory_format = torch.channels_last if channels_last else torch.preserve_format

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from visiontrain.evaluate.metrics import Predictions, topk_correct
 from visiontrain.infra import fileio
-from visiontrain.train.logs import read_metrics
 
 FILES = ("eval.json", "report.md", "confusion.png", "per_class.png", "predictions.csv")
 
@@ -179,7 +178,7 @@ def _plot_per_class(path: Path, result: dict[str, Any]) -> None:
 def plot_curves(metrics_path: Path, out_path: Path) -> None:
     """Training loss by step and val top-1 by epoch, from metrics.jsonl."""
     plt = _pyplot()
-    records = read_metrics(metrics_path)
+    records = fileio.read_jsonl(metrics_path)
     train = [r for r in records if r["event"] == "train"]
     val = [r for r in records if r["event"] == "val"]
     val_ema = [r for r in records if r["event"] == "val_ema"]

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-TTA_MODES = ("none", "flip", "flip_translate")
+from visiontrain.config.sections import TTA_MODES
 
 
 def _shifted(images: torch.Tensor, down: int) -> torch.Tensor:

@@ -30,6 +30,13 @@ class UnreadableFile(UsageError):
     """A JSON file the program depends on is missing or damaged; the message names it."""
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (metrics.jsonl); none for a file that does not exist."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _temp_name(final: Path) -> Path:
     # Unique per process and call; keeps the suffix because some writers (matplotlib) pick the format from it.
     return final.with_name(f".{final.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{final.suffix}")

@@ -71,12 +71,6 @@ def _parse(line: str) -> dict[str, Any]:
         return {"step": float("inf")}
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class TensorBoard:
     def __init__(self, log_dir: Path, enabled: bool, purge_step: int | None):
         self.writer = None

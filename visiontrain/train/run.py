@@ -23,11 +23,11 @@ from visiontrain.config import Config, load_config
 from visiontrain.data import DataBundle, build_data
 from visiontrain.infra.errors import UsageError
 from visiontrain.models import build_model, spec_of
-from visiontrain.parallel.backends import build_backend
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.launchers import detect_launch
 from visiontrain.parallel.runtime import Runtime, init_runtime, shutdown
 from visiontrain.train import finetune, logs, rundir
+from visiontrain.train.backends import build_backend
 from visiontrain.train.trainer import Trainer
 
 log = logging.getLogger("visiontrain")
