@@ -14,10 +14,10 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from visiontrain.config.launcher_settings import apply_launcher_settings
 from visiontrain.config.renames import current_name, renamed_yaml
 from visiontrain.config.schema import Config, validate
 from visiontrain.infra.errors import UsageError
-from visiontrain.parallel.launcher_settings import apply_launcher_settings
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

@@ -7,15 +7,10 @@ in that module's SPECS.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import nn
 
 from visiontrain.models import cifar_fast, resnets
-from visiontrain.models.contract import ModelSpec
-
-if TYPE_CHECKING:  # config imports this module's registry to validate model.name
-    from visiontrain.config import ModelConfig
+from visiontrain.models.contract import ModelSettings, ModelSpec
 
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (*resnets.SPECS, *cifar_fast.SPECS)}
 MODEL_NAMES: tuple[str, ...] = tuple(SPECS)
@@ -27,7 +22,7 @@ def spec_of(name: str) -> ModelSpec:
     return SPECS[name]
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
+def build_model(cfg: ModelSettings) -> nn.Module:
     """A freshly initialised model (no compile, no memory-format change, on the CPU)."""
     spec = spec_of(cfg.name)
     model = spec.build(cfg)

@@ -11,12 +11,18 @@ that `build_run` calls with normalized training images before training (cifar_fa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from visiontrain.config import ModelConfig
+
+class ModelSettings(Protocol):
+    """What a builder reads of the `model` config section (ModelConfig has these fields and more)."""
+
+    name: str
+    num_classes: int
+    width: int
+    zero_init_residual: bool
 
 
 def _no_branches(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -26,8 +32,8 @@ def _no_branches(model: nn.Module) -> list[nn.BatchNorm2d]:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # the value of model.name
-    # ModelConfig -> a freshly initialised model on the CPU (no compile, no memory-format change)
-    build: Callable[[ModelConfig], nn.Module]
+    # the model config section -> a freshly initialised model on the CPU (no compile, no memory-format change)
+    build: Callable[[ModelSettings], nn.Module]
     # model -> (stem modules, stages from input to output): what finetune.freeze=stages:K counts
     stem_and_stages: Callable[[nn.Module], tuple[list[nn.Module], list[nn.Module]]]
     input_size: int  # the resolution the architecture is designed for (32: CIFAR-sized, 224: ImageNet-sized)

@@ -8,17 +8,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from visiontrain.models.contract import ModelSpec
-
-if TYPE_CHECKING:
-    from visiontrain.config import ModelConfig
+from visiontrain.models.contract import ModelSettings, ModelSpec
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -118,7 +113,7 @@ def _resnet9_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]
 
 
 def _torchvision_resnet(name: str) -> ModelSpec:
-    def build(cfg: ModelConfig) -> nn.Module:
+    def build(cfg: ModelSettings) -> nn.Module:
         return getattr(resnet, name)(weights=None, num_classes=cfg.num_classes)
 
     return ModelSpec(name, build, stem_and_stages=_resnet_stages, input_size=224,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Mapping
 
 from visiontrain.infra.errors import UsageError
 
-if TYPE_CHECKING:  # config.loading imports this module: a run-time import of the config would be circular
-    from visiontrain.config import Config
+if TYPE_CHECKING:
+    from visiontrain.config.schema import Config
 
 
 def apply_launcher_settings(cfg: Config, environ: Mapping[str, str]) -> None:
