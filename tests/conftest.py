@@ -1,21 +1,58 @@
-"""Shared fixtures: a tiny generated dataset, and helpers that run the real entry points."""
+"""Fixtures (a tiny generated dataset, slices of real images) and hooks: the requires_* markers skip, with
+the reason, where this machine lacks what a test needs. Helpers the test modules share are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import signal
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
-# Real images beside the checkout (../shared/datasets), or where VISIONTRAIN_SHARED_DATASETS says.
-SHARED_DATASETS = Path(os.environ.get("VISIONTRAIN_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))
+# ROOT and run_train: tests/unit/test_config.py still imports them from here (until it imports tests.helpers).
+from tests.helpers import ROOT, SHARED_DATASETS, ok, prep, run_train  # noqa: F401
+
+# The daemons and tools of the SLURM test cluster (scripts/slurm_cluster.sh; make setup installs them).
+SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "ip", "nsenter")
+
+
+def _lacks_root() -> str | None:
+    if os.geteuid() != 0:
+        return "NOT RUN: needs root, which this process is not (CI runs the suite as root)"
+    return None
+
+
+def _lacks_slurm() -> str | None:
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"SLURM TESTS NOT RUN: {', '.join(missing)} not installed (make setup installs them)"
+    return None
+
+
+def _lacks_gpu() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "NOT RUN without a CUDA device"
+
+
+REQUIREMENTS = {"requires_root": _lacks_root, "requires_slurm": _lacks_slurm, "requires_gpu": _lacks_gpu}
+
+
+@pytest.hookimpl(trylast=True)  # after folder conftests (tests/slurm/) have added their markers
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip, naming what is missing, the tests marked requires_root / requires_slurm / requires_gpu that this
+    machine cannot run: a contributor without root, SLURM or a GPU sees skips with the reason, never failures."""
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for name, lacks in REQUIREMENTS.items():
+            if item.get_closest_marker(name) is None:
+                continue
+            if name not in reasons:
+                reasons[name] = lacks()
+            if reasons[name]:
+                item.add_marker(pytest.mark.skip(reason=reasons[name]))
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +70,9 @@ def shapes_dir(tmp_path_factory) -> Path:
     """10 classes x (40 train + 11 val) generated 16x16 images (an odd val count on purpose),
     as image folders and as train.beton/val.beton in the same directory."""
     out = tmp_path_factory.mktemp("data") / "shapes"
-    subprocess.run([PYTHON, "-m", "visiontrain", "prep", "synthetic", "--out", str(out), "--train-per-class", "40",
-                    "--val-per-class", "11", "--size", "16", "--beton", "--workers", "2"],
-                   check=True, cwd=ROOT, capture_output=True)
+    # In this process: an interpreter of its own would cost each test process seconds of imports.
+    ok(prep("synthetic", "--out", out, "--train-per-class", "40", "--val-per-class", "11", "--size", "16", "--beton",
+            "--workers", "2"))
     return out
 
 
@@ -54,6 +91,17 @@ def cifar_slice(tmp_path_factory) -> Path:
         members = [m for m in tar if m.isfile() and Path(m.name).name < "0030.jpg"]
         tar.extractall(out, members=members, filter="data")
     return out
+
+
+@pytest.fixture
+def folder_with_bad_files(cifar_slice, tmp_path) -> Path:
+    """The CIFAR-10 slice as class folders, with a truncated JPEG in cat/ and a text file in dog/."""
+    root = tmp_path / "data"
+    shutil.copytree(cifar_slice / "train", root)
+    victim = sorted((root / "cat").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:200])  # a truncated JPEG
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -77,75 +125,6 @@ def imagenet_sample(tmp_path_factory) -> Path:
     with tarfile.open(_shared("imagenet-sample-200.tar")) as tar:
         tar.extractall(out, filter="data")
     return out / "imagenet-sample"
-
-
-def read_beton(path: Path, size: int | None = None):
-    """(images N x H x W x 3 uint8, labels) of a .beton in file order; `size` centre-crops+resizes."""
-    import numpy as np
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-
-    decoder = SimpleRGBImageDecoder() if size is None else CenterCropRGBImageDecoder((size, size), ratio=1.0)
-    loader = Loader(str(path), batch_size=50, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                    pipelines={"image": [decoder], "label": [IntDecoder()]})
-    images, labels = [], []
-    for batch_images, batch_labels in loader:
-        images.append(np.array(batch_images))
-        labels.append(np.array(batch_labels).reshape(-1))
-    return np.concatenate(images), np.concatenate(labels)
-
-
-def build_loaders(cfg, runtime, micro_batch: int):
-    """The loaders of `cfg` for this runtime, `micro_batch` images per batch, no accumulation."""
-    from visiontrain.config import BatchPlan
-    from visiontrain.data import build_data
-
-    return build_data(cfg, runtime, BatchPlan.of_micro_batch(micro_batch, runtime.world_size))
-
-
-def tiny_args(data_dir: Path, run_dir: Path, *extra: str, loader: str = "torchvision") -> list[str]:
-    """train.py arguments for a run of a few seconds on the tiny dataset."""
-    return ["-c", "configs/demo/train.yaml", f"data.loader={loader}", f"data.path={data_dir}", f"run.dir={run_dir}",
-            "data.image_size=16", "data.val_image_size=16", "data.crop_padding=2", "data.num_workers=0",
-            "model.width=8", "train.batch_size=64", "train.epochs=2", "schedule.warmup_epochs=0.5",
-            "log.progress_bar=false", "log.every_steps=2", *extra]
-
-
-def run_train(args: list[str], nproc: int = 1, env: dict | None = None, timeout: float = 300,
-              launcher: str = "torchrun") -> subprocess.CompletedProcess:
-    if nproc == 1 and launcher == "torchrun":
-        cmd = [PYTHON, "train.py", *args]
-    elif launcher == "torchrun":
-        cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "train.py", *args]
-    else:
-        cmd = [str(Path(PYTHON).parent / "accelerate"), "launch", *launcher.split()[1:], "train.py", *args]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    # A session of its own: on timeout the whole group goes (torchrun's ranks and their loader
-    # workers), not only the launcher, which would leave the ranks running into the next tests.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def pytest_report_header(config) -> list[str]:

@@ -11,8 +11,18 @@ import pytest
 import torch
 import torchvision
 
-from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
-from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged, _train_until
+from tests.helpers import (
+    PYTHON,
+    ROOT,
+    assert_identical_continuation,
+    checkpoint_logged,
+    ok,
+    read_json,
+    read_jsonl,
+    run_train,
+    tiny_args,
+    train_until,
+)
 from visiontrain.checkpoint.weights import read_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("accelerate")]
@@ -88,10 +98,10 @@ def test_accumulation_and_clipping_mean_the_same_as_under_ddp(shapes_dir, tmp_pa
 def test_zero2_sigkill_then_restart_is_bit_exact(shapes_dir, zero_runs, tmp_path):
     args = tiny_args(shapes_dir, tmp_path / "killed", *EQUIVALENCE, *deepspeed(2), "checkpoint.every_steps=10")
     killed = tmp_path / "killed"
-    _train_until(args, 2, lambda: _checkpoint_logged(killed, step=10))
+    train_until(args, 2, lambda: checkpoint_logged(killed, step=10))
     result = ok(run_train(args, nproc=2))
     assert "resuming from" in result.stderr and "step_000000010" in result.stderr
-    _assert_identical_continuation(zero_runs[2], killed)
+    assert_identical_continuation(zero_runs[2], killed)
 
 
 def test_resuming_zero_shards_with_another_process_count(shapes_dir, zero_runs, tmp_path):
@@ -171,9 +181,10 @@ BAD_JSON_CASES = {
 }
 _CHECKER = """
 import json, sys
-from visiontrain.config import BatchPlan, ParallelConfig, load_config
+from visiontrain.config import ParallelConfig, load_config
+from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.deepspeed_config import build
-from visiontrain.parallel.dist import init_runtime
+from visiontrain.parallel.runtime import init_runtime
 from visiontrain.infra.errors import UsageError
 init_runtime("cpu", ParallelConfig(strategy="deepspeed"))
 for name, path, extra in json.loads(sys.argv[1]):

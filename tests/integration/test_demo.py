@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, read_json
+from tests.helpers import PYTHON, ROOT, read_json
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,11 @@ import torch
 from tests.helpers import PYTHON, ROOT, ok, read_json, run_train
 from visiontrain.data.sources import FolderSource
 from visiontrain.deploy import export as export_module
+from visiontrain.deploy.evaluate import main as evaluate_main
 from visiontrain.deploy.export import SUFFIXES, compare, images_from_files, load_exported
 from visiontrain.deploy.export import main as export_main
 from visiontrain.deploy.predict import main as predict_main
 from visiontrain.deploy.trained import load_trained
-from visiontrain.evaluate.cli import main as evaluate_main
 from visiontrain.infra.errors import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]

@@ -8,9 +8,10 @@ import subprocess
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
+from tests.helpers import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
 from visiontrain.checkpoint.weights import read_weights
 
+pytestmark = pytest.mark.slow  # a training run on 2,000 real images, then two evaluations
 # The recipe as written, scaled to a CPU and 2,000 images: 31 steps of 64 instead of 44 of 1024.
 CPU_SCALE = ("train.epochs=1", "train.batch_size=64", "optim.lr=0.4", "schedule.warmup_epochs=0.3",
              "train.precision=fp32", "run.device=cpu", "log.progress_bar=false", "log.every_steps=10")

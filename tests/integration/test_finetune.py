@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
+from tests.helpers import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
 from visiontrain.checkpoint import load_checkpoint
 from visiontrain.checkpoint.weights import read_weights
 from visiontrain.infra.errors import UsageError
@@ -115,7 +115,7 @@ def test_early_stopping_restores_the_best_checkpoint_and_stays_stopped(transfer_
 
 
 def test_evaluate_cli_on_a_run_dir_a_file_and_a_torchvision_state_dict(transfer_data, pretrained, tmp_path, capsys):
-    from visiontrain.evaluate.cli import main as evaluate  # in-process: the exit-code path is checked below
+    from visiontrain.deploy.evaluate import main as evaluate  # in-process: the exit-code path is checked below
 
     assert evaluate(["--weights", str(pretrained), "--tta", "flip", "--out", str(tmp_path / "tta")]) == 0
     report = read_json(tmp_path / "tta" / "eval.json")

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, read_json, read_jsonl, tiny_args
+from tests.helpers import PYTHON, ROOT, read_json, read_jsonl, tiny_args
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,6 @@
+"""Evaluation metrics: top-k counts, and the reduction over two real gloo ranks (processes of their own)."""
+
 import os
-import socket
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.multiprocessing as mp
 
 from visiontrain.data.sampling import eval_shard
 from visiontrain.evaluate.metrics import RunningStats, topk_correct
+from visiontrain.parallel.network import free_port
 
 
 def test_topk_correct():
@@ -16,12 +18,6 @@ def test_topk_correct():
     assert topk_correct(logits, labels, 1).tolist() == [1.0, 0.0, 0.0]
     assert topk_correct(logits, labels, 2).tolist() == [1.0, 1.0, 0.0]
     assert topk_correct(logits, labels, 5).tolist() == [1.0, 1.0, 1.0]  # k capped at the class count
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # 5 samples, labels 0..4, logits right for samples 0, 1, 2 only: top-1 is exactly 60%.
@@ -46,7 +42,7 @@ def _eval_rank(rank: int, world: int, port: int, use_mask: bool, out) -> None:
 def test_two_rank_reduction_counts_every_sample_exactly_once(use_mask, samples, top1):
     """With the padding mask: 5 samples, 60%. Without it, the padded duplicate is counted (6)."""
     results = mp.Manager().dict()
-    mp.spawn(_eval_rank, args=(2, _free_port(), use_mask, results), nprocs=2, join=True)
+    mp.spawn(_eval_rank, args=(2, free_port(), use_mask, results), nprocs=2, join=True)
     assert results[0] == results[1]
     assert results[0]["samples"] == samples
     assert results[0]["top1"] == pytest.approx(top1)

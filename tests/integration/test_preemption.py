@@ -1,8 +1,8 @@
-"""PreemptionWatch: a signal on one rank stops every rank after the same step."""
+"""PreemptionWatch: a signal on one rank stops every rank after the same step (two real gloo ranks, processes of
+their own); data_prep's workers stop on SIGTERM (a fresh interpreter)."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -10,14 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
+from visiontrain.parallel.network import free_port
 from visiontrain.train.preemption import PreemptionWatch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank(rank: int, port: int, out) -> None:
@@ -36,7 +31,7 @@ def _rank(rank: int, port: int, out) -> None:
 
 def test_a_signal_on_one_rank_stops_both_at_the_next_agreement_step():
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), results), nprocs=2, join=True)
     expected = [step >= 8 and step % 4 == 0 for step in range(1, 13)] + [True]
     assert results[0][0] == results[1][0] == expected
     assert results[1][1] == "SIGUSR1" and results[0][1] == ""  # rank 0 learned it from rank 1
@@ -73,9 +68,20 @@ os._exit(0)  # no pool shutdown: it is what would hang
 """
 
 
-def test_data_prep_workers_stop_on_sigterm_in_a_process_that_catches_it():
+def test_data_prep_workers_stop_on_sigterm_in_a_process_that_catches_it(tmp_path):
     """data_prep's pool is terminated (SIGTERM) at the end of every scan: workers that inherited a training
     run's catching handler would never stop, and the scan would wait for them for ever."""
-    result = subprocess.run([sys.executable, "-c", _POOL_UNDER_A_SIGTERM_HANDLER], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
-    assert result.stdout.strip() == "stopped", result.stderr[-2000:]
+    # Output to files, and the interpreter awaited rather than its pipes: the pool's handler thread may start a
+    # worker again between the kills and os._exit, and that orphan would hold pipes open until the timeout.
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _POOL_UNDER_A_SIGTERM_HANDLER], cwd=ROOT, stdout=out,
+                                stderr=err, start_new_session=True)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever worker is left in its session
+        except ProcessLookupError:
+            pass
+    assert stdout.read_text().strip() == "stopped", stderr.read_text()[-2000:]

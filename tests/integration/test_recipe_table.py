@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, ok, read_json
+from tests.helpers import PYTHON, ROOT, ok, read_json
 
+pytestmark = pytest.mark.slow  # two training runs of two processes each
 TINY = ("data.image_size=16", "data.val_image_size=16", "data.crop_padding=2", "model.width=8", "train.epochs=2",
         "train.batch_size=64", "schedule.warmup_epochs=0.5", "train.precision=fp32", "run.device=cpu")
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
+from tests.helpers import (
+    assert_identical_continuation,
+    checkpoint_logged,
+    ok,
+    read_json,
+    read_jsonl,
+    run_train,
+    tiny_args,
+    train_until,
+)
 from visiontrain.checkpoint import load_checkpoint
 from visiontrain.checkpoint.weights import read_weights
 from visiontrain.config import load_config
@@ -19,7 +24,6 @@ from visiontrain.models import build_model
 from visiontrain.train.logs import EVENT_KEYS
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
-COMPARED = ("event", "epoch", "step", "lr", "loss", "top1", "top5")
 
 
 @pytest.fixture(scope="module")
@@ -101,70 +105,18 @@ def test_accelerate_launch_forms_a_world_of_two_and_refuses_the_cpu_trap(shapes_
     assert not (tmp_path / "trap").exists()
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants at once, as a node failure would.
-
-    torchrun starts each worker in a session of its own, so killing its process group
-    would leave the workers running.
-    """
-    parent = psutil.Process(pid)
-    for proc in [parent, *parent.children(recursive=True)]:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-
-
-def _train_until(args: list[str], nproc: int, stop_when) -> None:
-    """Start train.py, SIGKILL it with all its processes once `stop_when()` is true."""
-    cmd = [PYTHON, "train.py", *args] if nproc == 1 else [
-        PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "train.py", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not stop_when():
-        assert proc.poll() is None, f"run ended before the kill point: {proc.stderr.read().decode()[-3000:]}"
-        assert time.time() < deadline, "kill point never reached"
-        time.sleep(0.02)
-    _kill_tree(proc.pid)
-    proc.wait()
-
-
-def _checkpoint_logged(run_dir: Path, **match) -> bool:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return False
-    for line in path.read_text().splitlines():
-        if '"checkpoint"' in line and all(f'"{k}": {v}' in line for k, v in match.items()):
-            return True
-    return False
-
-
-def _assert_identical_continuation(reference: Path, resumed: Path) -> None:
-    ref_w, res_w = read_weights(reference / "weights.safetensors"), read_weights(resumed / "weights.safetensors")
-    assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w), "resumed weights differ"
-    resume = [e for e in read_jsonl(resumed / "metrics.jsonl") if e["event"] == "resume"]
-    assert len(resume) == 1
-    after = resume[0]["step"]
-
-    def later(run: Path) -> list[tuple]:
-        return [tuple(e[k] for k in COMPARED) for e in read_jsonl(run / "metrics.jsonl")
-                if e["event"] in ("train", "epoch", "val") and e["step"] > after]
-
-    assert later(reference) and later(resumed) == later(reference)
-
-
 def test_sigkill_after_the_half_way_checkpoint_then_restart_is_bit_exact(shapes_dir, tmp_path):
     args = ("train.epochs=4", "data.num_workers=1")
     reference = tmp_path / "reference"
     ok(run_train(tiny_args(shapes_dir, reference, *args), nproc=2))
     killed = tmp_path / "killed"
-    _train_until(tiny_args(shapes_dir, killed, *args), 2, lambda: _checkpoint_logged(killed, epoch=2))
+    train_until(tiny_args(shapes_dir, killed, *args), 2, lambda: checkpoint_logged(killed, epoch=2))
     assert not (killed / "summary.json").exists()
     result = ok(run_train(tiny_args(shapes_dir, killed, *args), nproc=2))
     assert "resuming from" in result.stderr
     resumed_at = [e for e in read_jsonl(killed / "metrics.jsonl") if e["event"] == "resume"][0]["epoch"]
     assert resumed_at in (2, 3)  # killed after the half-way checkpoint, before the end
-    _assert_identical_continuation(reference, killed)
+    assert_identical_continuation(reference, killed)
 
 
 # The torchvision loader only: the loop's resume is loader-independent, and FFCV's
@@ -175,10 +127,10 @@ def test_mid_epoch_checkpoint_resume_with_two_processes_is_bit_exact(shapes_dir,
     reference = tmp_path / "reference"
     ok(run_train(tiny_args(shapes_dir, reference, *args, loader=loader), nproc=2))
     killed = tmp_path / "killed"
-    _train_until(tiny_args(shapes_dir, killed, *args, loader=loader), 2, lambda: _checkpoint_logged(killed, step=4))
+    train_until(tiny_args(shapes_dir, killed, *args, loader=loader), 2, lambda: checkpoint_logged(killed, step=4))
     result = ok(run_train(tiny_args(shapes_dir, killed, *args, loader=loader), nproc=2))
     assert "(epoch 0, step 4, 4 micro-batches into the epoch)" in result.stderr
-    _assert_identical_continuation(reference, killed)
+    assert_identical_continuation(reference, killed)
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_good_one(shapes_dir, tmp_path):

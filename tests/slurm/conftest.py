@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,21 +11,25 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import PYTHON, ROOT, tiny_args
+from tests.helpers import PYTHON, ROOT, tiny_args
 from visiontrain.config import ModelConfig
 from visiontrain.models import build_model
 
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test in this folder runs jobs on a test cluster started here: its daemons need their binaries and
+    root. tests/conftest.py skips the marked tests, naming what is missing, where either is lacking."""
+    for item in items:
+        if HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.requires_slurm)
+            item.add_marker(pytest.mark.requires_root)
 
 
 def start_cluster(tmp_path_factory, nodes: int, port: int):
     """Start a test cluster of `nodes` nodes; yields the environment for sbatch/scontrol pointing at it."""
-    missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch", "ip", "nsenter")
-               if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"SLURM TESTS NOT RUN: {', '.join(missing)} not installed (make setup installs them)")
-    if os.geteuid() != 0:
-        pytest.skip("SLURM TESTS NOT RUN: the test cluster's daemons need root")
     state = tmp_path_factory.mktemp(f"slurm-cluster-{nodes}")
     env = {**os.environ, "SLURM_TEST_PORT": str(port)}
     try:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, read_json, read_jsonl
-from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged
+from tests.helpers import PYTHON, ROOT, assert_identical_continuation, checkpoint_logged, read_json, read_jsonl
 from tests.slurm.conftest import EXTRA, job_field, overrides, wait_for_state
 from visiontrain.config import load_config
 
@@ -81,7 +80,7 @@ def test_usr1_checkpoints_requeues_through_submitit_and_ends_like_an_uninterrupt
     assert result.returncode == 0, result.stderr[-3000:]
     (job,) = _job_ids(result.stdout)
     deadline = time.time() + 240
-    while not _checkpoint_logged(run_dir, epoch=1):
+    while not checkpoint_logged(run_dir, epoch=1):
         assert time.time() < deadline, "no epoch-1 checkpoint"
         time.sleep(0.05)
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True)
@@ -95,4 +94,4 @@ def test_usr1_checkpoints_requeues_through_submitit_and_ends_like_an_uninterrupt
     events = read_jsonl(run_dir / "metrics.jsonl")
     assert [e["signal"] for e in events if e["event"] == "preempted"] == ["SIGUSR1"]
     assert len([e for e in events if e["event"] == "resume"]) == 1
-    _assert_identical_continuation(uninterrupted[0], run_dir)
+    assert_identical_continuation(uninterrupted[0], run_dir)

@@ -14,8 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, ok, read_json, read_jsonl, run_train, tiny_args
-from tests.integration.test_train import _assert_identical_continuation, _checkpoint_logged
+from tests.helpers import (
+    PYTHON,
+    ROOT,
+    assert_identical_continuation,
+    checkpoint_logged,
+    ok,
+    read_json,
+    read_jsonl,
+    run_train,
+    tiny_args,
+)
 from tests.slurm.conftest import EXTRA, cluster_nodes, job_field, overrides, sbatch, wait_for_state
 from visiontrain.checkpoint.weights import read_weights
 
@@ -114,7 +123,7 @@ def test_pipeline_on_two_nodes_finetunes_after_pretraining_from_its_weights(slur
 
 def wait_for_checkpoint(run_dir: Path, epoch: int, timeout: float = 240) -> None:
     deadline = time.time() + timeout
-    while not _checkpoint_logged(run_dir, epoch=epoch):
+    while not checkpoint_logged(run_dir, epoch=epoch):
         assert time.time() < deadline, f"no epoch-{epoch} checkpoint in {run_dir}"
         time.sleep(0.05)
 
@@ -150,7 +159,7 @@ def test_usr1_on_two_nodes_stops_both_at_one_step_requeues_and_ends_bit_identica
     assert wait_for_state(slurm2, job, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
     assert_one_stop_and_resume(run_dir)
     assert_spans_both_nodes(read_json(run_dir / "summary.json"), slurm2)
-    _assert_identical_continuation(two_node_run[0], run_dir)
+    assert_identical_continuation(two_node_run[0], run_dir)
 
 
 def training_processes_on(env: dict[str, str], node: int) -> list[int]:
@@ -186,14 +195,15 @@ def test_a_node_lost_mid_run_fails_the_job_quickly_with_one_line_and_a_rerun_res
     rerun, rc = sbatch(slurm2, "slurm/pretrain.sh", *args, options=(*TWO_NODES, f"--output={tmp_path}/slurm-%j.out"))
     assert rc == 0, (run_dir / f"slurm-{rerun}.log").read_text()[-3000:]
     assert "resuming from" in (run_dir / f"slurm-{rerun}.log").read_text()
-    _assert_identical_continuation(two_node_run[0], run_dir)
+    assert_identical_continuation(two_node_run[0], run_dir)
 
 
 def test_submitit_on_two_nodes_forms_the_world_and_its_requeue_works(slurm2, two_node_run, shapes_dir, tmp_path):
     run_dir = tmp_path / "submitit"
-    result = subprocess.run([PYTHON, "-m", "visiontrain", "launch", "submit", "-c", CONFIG, *overrides(shapes_dir, run_dir, *EXTRA),
-                             "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1",
-                             "--no-wait"], cwd=ROOT, env=slurm2, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([PYTHON, "-m", "visiontrain", "launch", "submit", "-c", CONFIG,
+                             *overrides(shapes_dir, run_dir, *EXTRA), "--cluster", "slurm", "--nodes", "2",
+                             "--tasks-per-node", "1", "--cpus-per-task", "1", "--no-wait"],
+                            cwd=ROOT, env=slurm2, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     (job,) = [line.split(": job ")[1].split()[0].rstrip(",") for line in result.stdout.splitlines()
               if line.startswith("submitted ")]
@@ -203,7 +213,7 @@ def test_submitit_on_two_nodes_forms_the_world_and_its_requeue_works(slurm2, two
     assert wait_for_state(slurm2, job, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
     assert_one_stop_and_resume(run_dir)
     assert_spans_both_nodes(read_json(run_dir / "summary.json"), slurm2)  # submitit sets torchrun's variables
-    _assert_identical_continuation(two_node_run[0], run_dir)
+    assert_identical_continuation(two_node_run[0], run_dir)
 
 
 def test_a_second_cluster_on_the_same_port_or_subnet_is_refused_and_leaves_nothing(slurm2, tmp_path):

@@ -7,41 +7,22 @@ Both read the shapes dataset: PNG files for torchvision, the same pixels stored 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, build_loaders
-from visiontrain.config import load_config
+from tests.helpers import build_loaders, cfg_for, epoch, identical, single_cpu_runtime
 from visiontrain.data import augment
 from visiontrain.data.base import DeviceNormalizer
-from visiontrain.data.seeded import SALT_CROP, SALT_FLIP, random_resized_crop, sample_keys, uniform
-from visiontrain.data.torch_loader import open_sources
-from visiontrain.parallel.dist import Runtime
+from visiontrain.data.draws import SALT_CROP, SALT_FLIP, random_resized_crop, sample_keys, uniform
+from visiontrain.data.sources import open_sources
 
 CPU = torch.device("cpu")
-RUNTIME = Runtime(accelerator=None, device=CPU, rank=0, world_size=1, local_rank=0, launcher="single")
+RUNTIME = single_cpu_runtime()
 PLAIN = ("data.flip=false", "data.crop_padding=0", "data.cutout=0")
 NORMALIZE = DeviceNormalizer([0.5] * 3, [0.25] * 3, CPU, channels_last=True)  # the demo config's mean and std
-
-
-def cfg_for(path, loader: str, *extra: str):
-    return load_config("configs/demo/train.yaml", [
-        f"data.loader={loader}", f"data.path={path}", "data.image_size=16", "data.val_image_size=16",
-        "data.num_workers=1", "run.seed=5", *extra])
-
-
-def epoch(path, loader: str, *extra: str, number: int = 1, start: int = 0, batch: int = 32) -> list[torch.Tensor]:
-    train = build_loaders(cfg_for(path, loader, *extra), RUNTIME, batch).train
-    train.set_epoch(number, start)
-    return [images.clone() for images, _ in train]
-
-
-def identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_cifar_recipe_flip_translate_cutout_gives_identical_batches_in_both_loaders(shapes_dir):
@@ -132,36 +113,3 @@ def test_one_edit_of_the_recipe_changes_both_loaders(shapes_dir, monkeypatch):
     three_fill_columns = lambda images: (torch.cat(images)[..., :3] == fill).all(dim=(1, 2, 3))  # noqa: E731
     assert three_fill_columns(before["torchvision"]).any() and not three_fill_columns(after["torchvision"]).any()
 
-
-AFTER_FFCV = """
-import sys, numpy as np, torch
-from visiontrain.config import BatchPlan, load_config
-from visiontrain.data import build_data, seeded
-from visiontrain.data.augment import AsIs, Cutout, Flip, RandomResizedCrop, Recipe, Translate
-from visiontrain.data.torch_loader import TrainTransform
-from visiontrain.parallel.dist import Runtime
-
-runtime = Runtime(accelerator=None, device=torch.device("cpu"), rank=0, world_size=1, local_rank=0, launcher="single")
-images = [np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)] * 8
-ops = (Flip(), Translate(2, (1, 2, 3)), Cutout(4, (1, 2, 3)))
-transforms = [TrainTransform(Recipe(AsIs(16), ops), 0), TrainTransform(Recipe(RandomResizedCrop(8), ops), 0)]
-before = [t(images, range(8), 0) for t in transforms]
-for os_cache in ("true", "false"):  # FFCV's two memory managers, each changing shared numba types
-    build_data(load_config("configs/demo/train.yaml", ["data.loader=ffcv", f"data.path={sys.argv[1]}",
-                                                       "data.image_size=16", "data.val_image_size=16",
-                                                       f"data.os_cache={os_cache}"]),
-               runtime, BatchPlan.of_micro_batch(32))
-for name in ("sample_keys", "random_resized_crop", "flip_decisions", "flip_batch", "translate_batch", "cutout_batch"):
-    getattr(seeded, name).nopython_signatures  # a KeyError once a type its overloads are keyed by has changed
-assert all(torch.equal(t(images, range(8), 0), b) for t, b in zip(transforms, before))
-print("kernels intact")
-"""
-
-
-def test_building_an_ffcv_loader_leaves_the_shared_kernels_working(shapes_dir):
-    """FFCV 1.0.2 turns numba's shared uint8[::1] and uint64[::1] types read-only when it builds a Loader
-    (`seeded.frozen` says how that breaks compiled functions); the torchvision loader's kernels, compiled
-    before in the same process, must survive it. A fresh process: in this one, FFCV ran already."""
-    result = subprocess.run([PYTHON, "-c", AFTER_FFCV, str(shapes_dir)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and "kernels intact" in result.stdout, result.stderr[-3000:]

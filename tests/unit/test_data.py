@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import build_loaders
+from tests.helpers import build_loaders
 from visiontrain.config import DataConfig, load_config
 from visiontrain.data.augment import AsIs, Cutout, Recipe, eval_recipe, train_recipe
 from visiontrain.data.base import DeviceNormalizer
 from visiontrain.data.torch_loader import EvalTransform, TrainTransform
 from visiontrain.infra.errors import UsageError
-from visiontrain.parallel.dist import Runtime
+from visiontrain.parallel.runtime import Runtime
 
 CPU = torch.device("cpu")
 

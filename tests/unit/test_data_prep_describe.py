@@ -1,4 +1,5 @@
-"""`python -m visiontrain prep describe`: meta.json for .beton files written by FFCV's own scripts, then training on them.
+"""`python -m visiontrain prep describe`: meta.json for .beton files written by FFCV's own scripts (training on
+them: tests/integration/test_train_loaders.py).
 
 The betons here are written the way ffcv-imagenet's `write_imagenet.py` and FFCV's CIFAR example
 `write_datasets.py` write theirs: `DatasetWriter(path, {"image": RGBImageField(...), "label": IntField()})`
@@ -16,22 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ffcv.fields import IntField, RGBImageField
 from ffcv.reader import Reader
-from ffcv.writer import DatasetWriter
 from torchvision.datasets import ImageFolder
 
-from tests.conftest import ok, read_json, run_train, tiny_args
-from tests.unit.test_data_prep_writers import prep
+from tests.helpers import ffcv_write, prep, read_json
 from visiontrain.data.prep.synthetic import SHAPES
 
 SHAPE_NAMES = sorted(SHAPES)  # the shapes data set's labels follow its sorted class names
-
-
-def ffcv_write(out: Path, dataset, image_name: str = "image", label_name: str = "label", **image_options) -> None:
-    writer = DatasetWriter(str(out), {image_name: RGBImageField(**image_options), label_name: IntField()},
-                           num_workers=2)
-    writer.from_indexed_dataset(dataset)
 
 
 @pytest.fixture(scope="module")
@@ -109,43 +101,6 @@ def test_given_class_names_give_the_meta_json_data_prep_writes(ffcv_betons, shap
         assert ours["mean"] == pytest.approx(theirs["mean"], abs=1e-5)
         assert ours["std"] == pytest.approx(theirs["std"], abs=1e-5)
     assert meta["options"]["class_names"] == "given" and "model.num_classes=10" in result.stdout
-
-
-COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
-
-
-def coloured_noise(per_class: int, seed: int) -> list[tuple[np.ndarray, int]]:
-    """16x16 images of 4 classes told apart by their mean colour under heavy noise: learnable in a few steps."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.repeat(np.arange(len(COLOURS)), per_class))
-    noisy = COLOURS[labels][:, None, None, :] + rng.normal(0, 40, (len(labels), 16, 16, 3))
-    return list(zip(np.clip(noisy, 0, 255).astype(np.uint8), labels.tolist()))
-
-
-def test_training_reads_described_ffcv_betons_and_learns(tmp_path):
-    from visiontrain.config import load_config
-    from visiontrain.data.ffcv_loader import check_dataset_files
-    from visiontrain.infra.errors import UsageError
-
-    data = tmp_path / "data"
-    data.mkdir()
-    ffcv_write(data / "train.beton", coloured_noise(64, seed=0))
-    ffcv_write(data / "val.beton", coloured_noise(16, seed=1))
-    cfg = load_config("configs/demo/train.yaml", [f"data.path={data}", "data.image_size=16", "data.val_image_size=16"])
-    with pytest.raises(UsageError, match=f"no meta.json .*`python -m visiontrain prep describe --beton {data}"):
-        check_dataset_files(data, cfg.data, ("train", "val"))
-
-    described = prep("describe", "--beton", data, "--class-names", "red,green,blue,yellow")
-    assert described.returncode == 0, described.stderr
-    assert "model.num_classes=4 data.image_size=16 data.val_image_size=16" in described.stdout
-    run_dir = tmp_path / "run"
-    ok(run_train(tiny_args(data, run_dir, "model.num_classes=4", loader="ffcv")))
-    summary = read_json(run_dir / "summary.json")
-    assert summary["world_size"] == 1 and summary["epochs"] == 2
-    assert summary["steps"] == 2 * (256 // 64)  # 256 training images, whole batches of 64
-    assert summary["final"]["samples"] == 64  # every val image once
-    assert summary["final"]["top1"] > 50  # chance is 25 % on 4 balanced classes
-    assert summary["class_names"] == ["red", "green", "blue", "yellow"]
 
 
 @pytest.fixture(scope="module")

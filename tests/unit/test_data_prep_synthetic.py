@@ -4,12 +4,13 @@ import subprocess
 import numpy as np
 from PIL import Image
 
-from tests.conftest import PYTHON, ROOT
+from tests import helpers
 from visiontrain.data.prep.synthetic import SHAPES, render
 
 
 def prep(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "visiontrain", "prep", "synthetic", *args], cwd=ROOT, capture_output=True, text=True)
+    """`python -m visiontrain prep synthetic ARGS`, in this process: the same exit code, stdout and stderr."""
+    return helpers.prep("synthetic", *args)
 
 
 def test_writes_class_folders_with_the_requested_counts_and_meta(tmp_path):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import pickle
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +13,9 @@ import pytest
 from ffcv.reader import Reader
 from PIL import Image
 
-from tests.conftest import PYTHON, ROOT, read_beton
+from tests.helpers import prep, read_beton
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def prep(*args) -> subprocess.CompletedProcess:
-    """Run `python -m visiontrain prep ARGS` in this process (start-up costs seconds): exit code, stdout, stderr."""
-    from visiontrain.data.prep.cli import main
-    from visiontrain.infra.errors import run_cli
-
-    argv = [str(a) for a in args]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_cli(main, argv)
-    return subprocess.CompletedProcess(["python", "-m", "visiontrain", "prep", *argv], code, out.getvalue(), err.getvalue())
-
-
-def prep_process(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "visiontrain", "prep", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
 
 
 def digest(pixels: np.ndarray) -> str:
@@ -172,7 +152,8 @@ def test_folder_converts_every_image_mode_to_rgb_exactly_as_pil_does(tmp_path):
 
 
 def test_folder_stratified_split_is_seeded(cifar_slice, tmp_path):
-    from visiontrain.data.prep.sources import class_folders, stratified_split
+    from visiontrain.data.prep.sources import stratified_split
+    from visiontrain.data.sources import class_folders
 
     samples = class_folders(cifar_slice / "train")
     val_sets = [set(map(str, stratified_split(samples, 0.1, seed)[1].paths)) for seed in (3, 3, 4)]
@@ -182,27 +163,6 @@ def test_folder_stratified_split_is_seeded(cifar_slice, tmp_path):
                 "--out", out, "--write-mode", "raw", "--workers", "1").returncode == 0
     written = sorted(digest(i) for i in read_beton(out / "val.beton")[0])
     assert written == sorted(digest(np.asarray(Image.open(p).convert("RGB"))) for p in val_sets[0])
-
-
-@pytest.fixture
-def folder_with_bad_files(cifar_slice, tmp_path) -> Path:
-    root = tmp_path / "data"
-    shutil.copytree(cifar_slice / "train", root)
-    victim = sorted((root / "cat").iterdir())[3]
-    victim.write_bytes(victim.read_bytes()[:200])  # a truncated JPEG
-    (root / "dog" / "notes.txt").write_text("not an image")
-    return root
-
-
-def test_a_bad_image_stops_the_writer_naming_it_and_leaves_nothing(folder_with_bad_files, tmp_path):
-    out = tmp_path / "out"
-    result = prep_process("folder", "--train", folder_with_bad_files, "--val-fraction", "0.1", "--out", out,
-                          "--workers", "2")
-    assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: bad image ") and ("cat/0003.jpg" in last or "dog/notes.txt" in last)
-    assert "--on-bad skip" in last
-    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["data"]
 
 
 def test_on_bad_skip_leaves_bad_files_out_and_counts_them(folder_with_bad_files, tmp_path):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, build_loaders, ok, read_json, run_train, tiny_args
-from tests.unit.test_augment_parity import cfg_for, epoch, identical
-from visiontrain.checkpoint.weights import read_weights
+from tests.helpers import build_loaders, cfg_for, epoch, identical
 from visiontrain.data import device_loader as device_module
 from visiontrain.infra.errors import UsageError
-from visiontrain.parallel.dist import Runtime
+from visiontrain.parallel.runtime import Runtime
 
 RECIPE = ("data.crop_padding=2", "data.cutout=4")
 
@@ -83,8 +79,8 @@ def test_a_dataset_larger_than_half_the_memory_is_one_line_with_its_size(shapes_
 
 
 def test_the_imagenet_recipe_is_refused_in_one_line_also_for_evaluation_only(shapes_dir):
-    from visiontrain.config import BatchPlan
     from visiontrain.data import build_data
+    from visiontrain.parallel.batch_plan import BatchPlan
 
     cfg = cfg_for(shapes_dir, "device", "data.recipe=imagenet")
     with pytest.raises(UsageError, match="data.loader=device implements the cifar recipe"):
@@ -99,20 +95,6 @@ def test_stored_images_of_another_size_are_refused_as_the_ffcv_loader_does(shape
         build_loaders(cfg, rank(0, 1), 32)
 
 
-def test_it_runs_where_ffcv_cannot_be_imported(shapes_dir):
-    """From class folders, with FFCV made unimportable (a GPU node without its native libraries)."""
-    script = (
-        "import sys; sys.modules['ffcv'] = None\n"
-        "from tests.conftest import build_loaders\n"
-        "from tests.unit.test_augment_parity import RUNTIME, cfg_for\n"
-        f"data = build_loaders(cfg_for({str(shapes_dir)!r}, 'device'), RUNTIME, 32)\n"
-        "data.train.set_epoch(0)\n"
-        "print(sum(1 for _ in data.train), 'ffcv' in sys.modules and sys.modules['ffcv'] is not None)\n"
-    )
-    out = ok(subprocess.run([PYTHON, "-c", script], cwd=ROOT, capture_output=True, text=True)).stdout.split()
-    assert out == ["12", "False"]
-
-
 def test_beton_without_ffcv_and_without_folders_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "train.beton").write_bytes(b"")
     monkeypatch.setitem(__import__("sys").modules, "ffcv", None)
@@ -121,20 +103,8 @@ def test_beton_without_ffcv_and_without_folders_is_one_line(tmp_path, monkeypatc
         device_module.read_dataset(cfg, train=True)
 
 
-@pytest.mark.slow
-def test_training_on_the_device_loader_ends_with_the_torchvision_runs_weights(shapes_dir, tmp_path):
-    runs = {}
-    for loader in ("device", "torchvision"):
-        runs[loader] = tmp_path / loader
-        ok(run_train(tiny_args(shapes_dir, runs[loader], "data.num_workers=0", *RECIPE, loader=loader), nproc=2))
-    a, b = (read_weights(runs[name] / "weights.safetensors") for name in ("device", "torchvision"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    summary = read_json(runs["device"] / "summary.json")
-    assert summary["world_size"] == 2 and summary["final"]["samples"] == 110
-
-
 def test_alternating_flip_mirrors_each_image_the_other_way_every_next_epoch():
-    from visiontrain.data.seeded import flip_decisions, frozen
+    from visiontrain.data.draws import flip_decisions, frozen
 
     indices = frozen(np.arange(1000, dtype=np.uint64))
     alternating = [flip_decisions(indices, 5, epoch, True) for epoch in range(4)]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, build_loaders
+from tests.helpers import build_loaders, prep
 from visiontrain.config import load_config
 from visiontrain.data.augment import resolution_for_epoch
-from visiontrain.parallel.dist import Runtime
+from visiontrain.parallel.runtime import Runtime
 
 CPU = torch.device("cpu")
 
@@ -121,9 +119,8 @@ def test_progressive_resizing_schedule_and_decoder_output(imagenet_sample, tmp_p
     val.mkdir()
     for wnid in sorted(imagenet_sample.iterdir())[:200]:
         (val / wnid.name).symlink_to(wnid)
-    result = subprocess.run([PYTHON, "-m", "visiontrain", "prep", "imagenet", "--train", str(imagenet_sample), "--val", str(val),
-                             "--out", str(out), "--max-res", "96", "--write-mode", "jpg", "--workers", "2"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = prep("imagenet", "--train", imagenet_sample, "--val", val, "--out", out, "--max-res", "96",
+                  "--write-mode", "jpg", "--workers", "2")
     assert result.returncode == 0, result.stderr
     cfg.data.path = str(out)
     cfg.model.num_classes = 200

@@ -10,7 +10,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from visiontrain.infra.pinned_versions import LOCK, differences_from_lock, locked_version, locked_versions
 
 
