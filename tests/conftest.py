@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-# ROOT and run_train: tests/unit/test_config.py still imports them from here (until it imports tests.helpers).
-from tests.helpers import ROOT, SHARED_DATASETS, ok, prep, run_train  # noqa: F401
+from tests.helpers import SHARED_DATASETS, ok, prep
 
 # The daemons and tools of the SLURM test cluster (scripts/slurm_cluster.sh; make setup installs them).
 SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "ip", "nsenter")

@@ -61,7 +61,7 @@ def test_one_loader_over_consecutive_epochs_equals_fresh_loaders(shapes_dir, loa
 
 
 def test_imagenet_recipe_draws_the_same_crops_and_gives_identical_pixels(shapes_dir):
-    """Exact equality, no tolerance: both loaders crop with `seeded.random_resized_crop` under the same keys
+    """Exact equality, no tolerance: both loaders crop with `draws.random_resized_crop` under the same keys
     and resize with OpenCV's INTER_AREA (FFCV's `resize_crop` calls cv::resize with it). On a .beton written
     with --write-mode jpg they would differ by JPEG decoding: FFCV decodes with libjpeg-turbo's fast integer
     DCT (TJFLAG_FASTDCT) its own re-encoded copy, torchvision the original file with PIL."""

@@ -4,10 +4,11 @@ import dataclasses
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_train
+from tests.helpers import ROOT
 from visiontrain.config import Config, all_keys, load_config, to_yaml
-from visiontrain.infra.errors import UsageError
+from visiontrain.infra.errors import UsageError, run_cli
 from visiontrain.parallel.batch_plan import BatchPlan
+from visiontrain.train.cli import main as train_main
 
 
 def error_of(*overrides: str, path=None) -> str:
@@ -164,28 +165,31 @@ def test_every_shipped_config_loads():
         load_config(path)
 
 
-@pytest.mark.slow
-def test_cli_config_error_exits_2_and_writes_nothing(tmp_path):
+def train_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """train.py's entry point in this process: (exit code, last line on stderr)."""
+    code = run_cli(train_main, argv)
+    return code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cli_config_error_exits_2_and_writes_nothing(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    result = run_train(["-c", "configs/demo/train.yaml", f"run.dir={run_dir}", "optim.lrr=0.1"])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: unknown config key 'optim.lrr' in override 'optim.lrr=0.1'; did you mean 'optim.lr'?")
+    code, line = train_cli(["-c", "configs/demo/train.yaml", f"run.dir={run_dir}", "optim.lrr=0.1"], capsys)
+    assert code == 2
+    assert line == "error: unknown config key 'optim.lrr' in override 'optim.lrr=0.1'; did you mean 'optim.lr'?"
     assert not run_dir.exists()
 
 
-@pytest.mark.slow
-def test_cli_missing_data_names_the_data_prep_command(tmp_path):
+def test_cli_missing_data_names_the_data_prep_command(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cifar = tmp_path / "cifar10"
-    result = run_train([f"run.dir={run_dir}", f"data.path={cifar}"])
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: no train.beton in data.path={cifar} (data.loader=ffcv); "
-        f"create it with `python -m visiontrain prep cifar10 --out {cifar}`")
-    other = run_train([f"run.dir={run_dir}", "data.loader=torchvision", f"data.path={tmp_path / 'nothing'}"])
-    assert other.returncode == 2
-    assert "no dataset at data.path=" in other.stderr and "python -m visiontrain prep" in other.stderr
+    code, line = train_cli([f"run.dir={run_dir}", f"data.path={cifar}", "run.device=cpu"], capsys)
+    assert code == 2
+    assert line == (f"error: no train.beton in data.path={cifar} (data.loader=ffcv); "
+                    f"create it with `python -m visiontrain prep cifar10 --out {cifar}`")
+    code, line = train_cli([f"run.dir={run_dir}", "data.loader=torchvision", f"data.path={tmp_path / 'nothing'}",
+                            "run.device=cpu"], capsys)
+    assert code == 2
+    assert "no dataset at data.path=" in line and "python -m visiontrain prep" in line
     assert not run_dir.exists()
 
 

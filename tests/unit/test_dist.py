@@ -21,7 +21,12 @@ def test_torchrun_and_accelerate_variables():
     assert info.launcher == "torchrun"
 
 
-def test_srun_task_variables_become_torch_rendezvous_variables():
+def test_srun_task_variables_become_torch_rendezvous_variables(monkeypatch):
+    def scontrol(cmd, **kwargs):  # the head node's address, as SLURM would answer: no real scontrol
+        out = "nodeA\n" if cmd[1:3] == ["show", "hostnames"] else "NodeName=nodeA\n   NodeAddr=10.1.2.3\n"
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    monkeypatch.setattr(launchers.subprocess, "run", scontrol)
     env = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": "1",
            "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "nodeA"}
     info = detect_launch(env)

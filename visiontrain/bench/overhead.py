@@ -106,17 +106,17 @@ def measure(overrides: list[str], steps: int, rounds: int, runtime: Runtime | No
 
         def run_bare() -> float:
             return timed(device, lambda: reference_loop(bare_model, bare_opt, bare_sched, batches,
-                                                            trainer.backend.autocast, cfg.train.label_smoothing))
+                                                        trainer.backend.autocast, cfg.train.label_smoothing))
 
         trainer_times, bare_times = [], []
         for round_index in range(rounds + 1):  # round 0 warms both up and is discarded
             if round_index % 2:
-                trainer, bare = run_trainer(round_index), run_bare()
+                trainer_s, bare_s = run_trainer(round_index), run_bare()
             else:
-                bare, trainer = run_bare(), run_trainer(round_index)
+                bare_s, trainer_s = run_bare(), run_trainer(round_index)
             if round_index:
-                trainer_times.append(trainer / steps)
-                bare_times.append(bare / steps)
+                trainer_times.append(trainer_s / steps)
+                bare_times.append(bare_s / steps)
         parts = bookkeeping_parts(trainer, batches[0], repeats=max(20, steps))
         trainer.tb.close()
     ratios = [b / e for e, b in zip(trainer_times, bare_times)]
