@@ -129,7 +129,7 @@ if [[ $PART == ffcv || $PART == all ]]; then
     beton=$data/imagenet_ffcv_x${FFCV_COPIES}_${MAX_RES}_$COMPRESS_PROB
     if [[ ! -f $beton/meta.json ]]; then
         replicate "$data/imagenet_x$FFCV_COPIES" "$FFCV_COPIES"
-        echo "== data_prep imagenet -> $beton"
+        echo "== visiontrain prep imagenet -> $beton"
         "$PY" -m visiontrain prep imagenet --train "$data/imagenet_x$FFCV_COPIES/train" --val "$data/imagenet_x$FFCV_COPIES/val" \
             --out "$beton" --max-res "$MAX_RES" --write-mode proportion --compress-prob "$COMPRESS_PROB" --jpeg-quality 90 \
             --workers "$WORKERS" --force || status=1

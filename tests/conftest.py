@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import SHARED_DATASETS, ok, prep
 
-# The daemons and tools of the SLURM test cluster (scripts/slurm_cluster.sh; make setup installs them).
+# The daemons and tools of the SLURM test cluster (scripts/slurm_cluster.sh; make setup-dev installs them).
 SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "ip", "nsenter")
 
 
@@ -26,7 +26,7 @@ def _lacks_root() -> str | None:
 def _lacks_slurm() -> str | None:
     missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
     if missing:
-        return f"SLURM TESTS NOT RUN: {', '.join(missing)} not installed (make setup installs them)"
+        return f"SLURM TESTS NOT RUN: {', '.join(missing)} not installed (make setup-dev installs them)"
     return None
 
 

@@ -41,7 +41,7 @@ def test_step_sweep_writes_every_point_with_timing_flops_mfu_and_the_bare_refere
             "--out", str(out)]
     assert run_cli(bench_main, argv) == 0
     doc = _results(out)
-    assert doc["schema_version"] == 1 and doc["mode"] == "step"
+    assert doc["schema_version"] == 2 and doc["mode"] == "step"
     assert {"torch", "cuda", "gpu", "driver", "cpu_count", "cpu_model", "hostname", "git_commit", "packages"} \
         <= set(doc["environment"])
     assert doc["environment"]["torch"] == torch.__version__

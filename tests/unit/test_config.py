@@ -149,6 +149,14 @@ def test_launcher_precision_and_compile_flags_must_not_contradict_the_config():
                                                      "ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"})
 
 
+def test_accelerate_gradient_accumulation_must_agree_with_the_config_under_ddp_too():
+    # accelerate's backward would divide each loss by its own count on top of train.grad_accum_steps.
+    with pytest.raises(UsageError, match="gradient_accumulation_steps = 4 contradicts train.grad_accum_steps=1"):
+        load_config(None, [], {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"})
+    cfg = load_config(None, ["train.grad_accum_steps=4", "train.batch_size=512"],
+                      {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"})
+    assert cfg.parallel.strategy == "ddp"
+
 
 def test_saved_yaml_reloads_to_the_same_config(tmp_path):
     cfg = load_config(None, ["optim.lr=0.123", "model.name=resnet50", "data.mean=[0.1,0.2,0.3]"])

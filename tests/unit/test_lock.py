@@ -15,7 +15,7 @@ from visiontrain.infra.pinned_versions import LOCK, differences_from_lock, locke
 
 
 def test_installed_packages_are_the_locked_versions():
-    assert differences_from_lock(include_missing=True) == {}, "make setup installs the lock; refresh with make lock"
+    assert differences_from_lock(include_missing=True) == {}, "make setup-dev installs the lock; refresh with make lock"
 
 
 def test_every_declared_dependency_is_locked_within_its_range():

@@ -75,3 +75,20 @@ def test_compile_mode_reaches_torch_compile(shapes_dir, tmp_path, runtime, monke
             "model.compile=true", f"model.compile_mode={mode}"])
         build_run(cfg, model=linear_model(), runtime=runtime)
     assert modes == ["default", "reduce-overhead"]
+
+
+def test_an_ema_started_on_resume_from_a_checkpoint_without_one_is_the_one_that_trains(shapes_dir, tmp_path, runtime):
+    first = train_one_epoch(shapes_dir, tmp_path, runtime)
+    first.save_checkpoint(periodic=True, best=False)
+    cfg = load_config("configs/demo/train.yaml", [
+        "data.loader=torchvision", f"data.path={shapes_dir}", f"run.dir={tmp_path}", "data.image_size=16",
+        "data.val_image_size=16", "data.num_workers=0", "train.batch_size=64", "train.epochs=2",
+        "schedule.warmup_epochs=0", "log.progress_bar=false", "log.tensorboard=false", "model.channels_last=false",
+        "train.ema=true"])
+    resumed = build_run(cfg, model=linear_model(), runtime=runtime).trainer
+    assert resumed.state.epoch == 0 and resumed.state.step == 6  # resumed after the first epoch's 6 steps
+    ema = resumed.ema
+    resumed.state.epoch, resumed.state.batch_in_epoch = 1, 0  # what fit() does between epochs
+    resumed.train_one_epoch(1)
+    assert resumed.state.step == 12
+    assert resumed.ema is ema and int(ema.n_averaged) == 6  # the evaluated, checkpointed EMA saw every step

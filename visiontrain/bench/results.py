@@ -10,7 +10,7 @@ from typing import Any
 
 from visiontrain.infra import fileio
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: trainer_vs_bare (was engine_vs_bare)
 
 
 def _fmt(value: Any, spec: str, missing: str = "-") -> str:

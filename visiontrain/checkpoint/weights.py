@@ -176,8 +176,6 @@ def _read_torch(path: Path, key: str) -> dict[str, torch.Tensor]:
     return loaded
 
 
-
-
 def _without_wrapper_prefixes(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     def strip(name: str) -> str:
         for prefix in _WRAPPER_PREFIXES:

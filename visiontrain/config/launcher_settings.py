@@ -37,6 +37,9 @@ def apply_launcher_settings(cfg: Config, environ: Mapping[str, str]) -> None:
     if dynamo not in ("no", ""):
         raise UsageError(f"accelerate launch --dynamo_backend {dynamo} is not used by train.py; "
                          f"set model.compile=true instead (now {str(cfg.model.compile).lower()})")
+    # accelerate's own accumulation would divide every loss once more (its `backward`): one setting only.
+    _refuse_contradiction(environ, "ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "train.grad_accum_steps",
+                          cfg.train.grad_accum_steps)
     if environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
         return
     json_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
@@ -47,10 +50,11 @@ def apply_launcher_settings(cfg: Config, environ: Mapping[str, str]) -> None:
     if p.deepspeed_config and os.path.abspath(p.deepspeed_config) != os.path.abspath(json_file):
         raise UsageError(f"accelerate's deepspeed_config_file {json_file} contradicts parallel.deepspeed_config="
                          f"{p.deepspeed_config}; keep one")
-    for variable, key, value in (("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "train.grad_accum_steps",
-                                  cfg.train.grad_accum_steps),
-                                 ("ACCELERATE_GRADIENT_CLIPPING", "train.grad_clip_norm", cfg.train.grad_clip_norm)):
-        if variable in environ and float(environ[variable]) != float(value):
-            raise UsageError(f"accelerate's {variable.lower()} = {environ[variable]} contradicts {key}={value}; "
-                             f"set {key} only")
+    _refuse_contradiction(environ, "ACCELERATE_GRADIENT_CLIPPING", "train.grad_clip_norm", cfg.train.grad_clip_norm)
     p.strategy, p.deepspeed_config = "deepspeed", json_file
+
+
+def _refuse_contradiction(environ: Mapping[str, str], variable: str, key: str, value: float) -> None:
+    if variable in environ and float(environ[variable]) != float(value):
+        raise UsageError(f"accelerate's {variable.lower()} = {environ[variable]} contradicts {key}={value}; "
+                         f"set {key} only")

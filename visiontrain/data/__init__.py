@@ -16,12 +16,16 @@ Where to change what:
 
 from __future__ import annotations
 
-from visiontrain.config import Config
-from visiontrain.data.base import DataBundle
-from visiontrain.parallel.batch_plan import BatchPlan
-from visiontrain.parallel.runtime import Runtime
+from typing import TYPE_CHECKING
 
-__all__ = ["DataBundle", "build_data"]
+# Types only: `visiontrain prep` (data/prep/) and the dataset readers import this package without torch.
+if TYPE_CHECKING:
+    from visiontrain.config import Config
+    from visiontrain.data.base import DataBundle
+    from visiontrain.parallel.batch_plan import BatchPlan
+    from visiontrain.parallel.runtime import Runtime
+
+__all__ = ["build_data"]
 
 
 def build_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:

@@ -17,6 +17,7 @@ Labels are the positions of the sorted class names, as torchvision's ImageFolder
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +54,12 @@ def require_dir(path: Path, what: str) -> Path:
 
 
 def visible_files(folder: Path) -> list[Path]:
-    """Every visible regular file below `folder` (sub-folders included), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(folder).parts))
+    """Every visible regular file below `folder` (sub-folders included, symlinked ones too), sorted."""
+    found = []
+    for directory, subfolders, files in os.walk(folder, followlinks=True):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [Path(directory, name) for name in files if not name.startswith(".")]
+    return sorted(path for path in found if path.is_file())
 
 
 def class_folders(root: Path, what: str = "folder") -> Samples:
@@ -121,8 +125,8 @@ class FolderSource(SampleSource):
         try:
             return read_image(self.samples[index][0])
         except UnreadableImage as err:
-            raise UsageError(f"{err}; remove or replace it, or write the dataset with python -m visiontrain prep "
-                             "folder, which skips such files") from None
+            raise UsageError(f"{err}; remove or replace it, or write the dataset with `visiontrain prep folder "
+                             "--on-bad skip`, which leaves such files out") from None
 
 
 class _CifarUnpickler(pickle.Unpickler):

@@ -8,7 +8,7 @@ Images are preprocessed exactly as evaluation does (visiontrain.data.preprocess:
 RGB, shorter-side resize, centre crop; then the run's mean/std), so a run's validation
 images get the predictions its evaluation report lists. A run directory or weights file
 is run by PyTorch (as evaluation runs it); a .onnx file by ONNX Runtime, with the input
-contract written beside it by python -m visiontrain.deploy.export. TorchScript and .pt2 files are
+contract written beside it by `visiontrain export`. TorchScript and .pt2 files are
 refused: loading them can run arbitrary code.
 
 Output: one line per image (path, then the top-k classes with probabilities), or the

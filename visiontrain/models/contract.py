@@ -1,7 +1,7 @@
 """The model contract: what the rest of the project may know about a model, in one small spec per model.
 
-Config validation, fine-tuning (head swap, freezing), the optimizer's parameter groups, export and
-the benchmarks read a `ModelSpec` instead of testing a model's class. A new architecture is one
+Config validation (model.width), fine-tuning (head swap, freezing), the optimizer's parameter groups
+and zero-init read a `ModelSpec` instead of testing a model's class. A new architecture is one
 `ModelSpec` in a family module (`resnets.py`, `cifar_fast.py`, ...) listed in `models/__init__.py`.
 
 Besides the spec, a model may define `init_from_data(images)`: a data-dependent initialization
@@ -42,7 +42,6 @@ class ModelSpec:
     has_width: bool = False  # model.width scales the network (otherwise it must stay 64)
     # model -> the BatchNorm closing each residual branch: model.zero_init_residual zeroes their scale
     residual_branch_ends: Callable[[nn.Module], list[nn.BatchNorm2d]] = _no_branches
-    channels_last: bool = True  # convolutions run faster on NHWC tensors (model.channels_last's default)
 
     def is_head(self, parameter_name: str) -> bool:
         return parameter_name.startswith(self.head + ".")

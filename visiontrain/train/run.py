@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from visiontrain.config import Config, load_config
-from visiontrain.data import DataBundle, build_data
+from visiontrain.data import build_data
+from visiontrain.data.base import DataBundle
 from visiontrain.infra.errors import UsageError
 from visiontrain.models import build_model, spec_of
 from visiontrain.parallel.batch_plan import BatchPlan

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from visiontrain.checkpoint import CheckpointStore
 from visiontrain.config import Config, to_yaml
-from visiontrain.data import DataBundle
+from visiontrain.data.base import DataBundle
 from visiontrain.evaluate.metrics import RunningStats, evaluate, gather_sums, restore_sums
 from visiontrain.infra.errors import Preempted, TrainingFailed
 from visiontrain.models import spec_of
@@ -99,7 +99,7 @@ class Trainer:
         if self.ema is not None:
             if state.get("ema") is None:
                 log.warning("checkpoint %s has no EMA weights; the EMA restarts from the current model", path)
-                self.ema = self._new_ema()
+                self.ema = self.step.ema = self._new_ema()
             else:
                 self.ema.load_state_dict(state["ema"])
         self.state = Progress(**{key: state["trainer"][key] for key in asdict(Progress())})
