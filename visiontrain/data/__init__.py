@@ -30,7 +30,16 @@ __all__ = ["build_data"]
 
 def build_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
     """Loaders for this rank, reading `plan.micro_batch` images per batch; `train=False` builds the eval
-    loader only (python -m visiontrain evaluate)."""
+    loader only (python -m visiontrain evaluate). Torch's thread count is the decided one afterwards,
+    whatever a loader's imports did to it (importing FFCV sets 1)."""
+    from visiontrain.parallel import threads
+
+    bundle = _build(cfg, runtime, plan, train)
+    threads.restore()
+    return bundle
+
+
+def _build(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool) -> DataBundle:
     # Each loader's heavy imports (FFCV's native libraries, numba, OpenCV) only when it is asked for.
     if cfg.data.loader == "random":
         from visiontrain.data.random_loader import build_random_data

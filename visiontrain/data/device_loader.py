@@ -34,6 +34,7 @@ from visiontrain.data.draws import SALT_CUTOUT, SALT_TRANSLATE, flip_decisions, 
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
 from visiontrain.data.subset import Relabel, check_num_classes, select
 from visiontrain.infra.errors import UsageError
+from visiontrain.parallel import threads
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.runtime import Runtime
 
@@ -169,13 +170,11 @@ def read_betons(path: Path, cfg: Config, train: bool, check: Callable[[int, int]
         images, labels = zip(*[(np.array(x), np.array(y).reshape(-1)) for x, y in loader])
         return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
-    # FFCV's Loader sets torch's thread count to its own worker count; training must not inherit it.
-    threads = torch.get_num_threads()
     try:
         train_images, train_labels = decode(path / "train.beton") if train else (None, None)
         return HostDataset(train_images, train_labels, *decode(path / "val.beton"), class_names)
     finally:
-        torch.set_num_threads(threads)
+        threads.restore()  # FFCV's Loader sets torch's thread count to its worker count
 
 
 def read_files(path: Path, cfg: Config, train: bool, check: Callable[[int, int], None]) -> HostDataset:

@@ -51,6 +51,7 @@ from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
 from visiontrain.data.subset import Relabel, check_num_classes, select
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
+from visiontrain.parallel import threads
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.runtime import Runtime
 
@@ -98,13 +99,12 @@ def _device_ops(device: torch.device) -> list:
 def _loader(path: Path, d: DataConfig, device: torch.device, micro_batch: int, image_ops: list, order: FixedOrder,
             drop_last: bool) -> Loader:
     device_ops = _device_ops(device)
-    threads = torch.get_num_threads()
     loader = Loader(
         str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache, order=order,
         drop_last=drop_last, batches_ahead=d.batches_ahead,
         pipelines={"image": image_ops + [ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
                    "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
-    torch.set_num_threads(threads)  # FFCV sets torch's thread count to its own
+    threads.restore()  # FFCV sets torch's thread count to its own
     return loader
 
 
@@ -118,7 +118,6 @@ class FFCVTrainLoader(SampledTrainLoader):
         recipe = augment.train_recipe(d)
         self.epoch = EpochCell()
         self.decoder = decoder_for(recipe.sizing, seed, self.epoch)
-        self.torch_threads = torch.get_num_threads()
         self.loader = _loader(path, d, runtime.device, plan.micro_batch,
                               [self.decoder] + [operation_for(op, seed, self.epoch) for op in recipe.ops],
                               FixedOrder(self._order), drop_last=True)
@@ -142,8 +141,7 @@ class FFCVTrainLoader(SampledTrainLoader):
         device = self.normalize.device
         for count, (images, labels) in enumerate(self.loader):
             if count == 0:
-                # FFCV's epoch thread set torch's intra-op threads to its worker count.
-                torch.set_num_threads(self.torch_threads)
+                threads.restore()  # FFCV's epoch thread set torch's intra-op threads to its worker count
             yield self.normalize(images), self.relabel(labels.to(device, dtype=torch.long, copy=True))
 
 
@@ -159,7 +157,6 @@ class FFCVEvalLoader:
         self.micro_batch = micro_batch
         self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
         recipe = augment.eval_recipe(d)  # no random op: no seed
-        self.torch_threads = torch.get_num_threads()
         self.loader = _loader(path, d, runtime.device, micro_batch, [decoder_for(recipe.sizing, 0, EpochCell())],
                               FixedOrder(lambda epoch: self.order), drop_last=False)
 
@@ -167,7 +164,7 @@ class FFCVEvalLoader:
         device = self.normalize.device
         for batch, (images, labels) in enumerate(self.loader):
             if batch == 0:
-                torch.set_num_threads(self.torch_threads)
+                threads.restore()
             start = batch * self.micro_batch
             valid = self.valid[start : start + images.shape[0]]
             yield self.normalize(images), self.relabel(labels.to(device, dtype=torch.long, copy=True)), valid

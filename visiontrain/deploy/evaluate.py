@@ -54,7 +54,9 @@ def main(argv: list[str]) -> int:
     from visiontrain.evaluate.report import write_report
     from visiontrain.parallel.batch_plan import BatchPlan
     from visiontrain.parallel.runtime import Runtime, select_device
+    from visiontrain.parallel.threads import use_threads
 
+    use_threads()
     weights = Path(args.weights)
     trained = load_trained(weights, args.ema, args.config, args.overrides, key="--weights", data=args.data)
     cfg = trained.cfg

@@ -36,6 +36,7 @@ from visiontrain.deploy.contract import INPUT_NAME, OUTPUT_NAME, build_contract,
 from visiontrain.deploy.trained import TrainedModel, load_trained
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import ArgumentParser, CheckFailed, UsageError, run_cli
+from visiontrain.parallel.threads import use_threads
 
 log = logging.getLogger("visiontrain")
 
@@ -215,6 +216,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)  # ours only: the ONNX optimizer logs every pass at INFO
     source = Path(args.source)
+    use_threads()
     trained = load_trained(source, args.ema, args.config, args.overrides, key="source")
     batch_size = None if args.batch_size == "dynamic" else int(args.batch_size)
     out = args.out or default_out(source, trained, args.format, args.precision)

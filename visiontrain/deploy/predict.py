@@ -39,6 +39,7 @@ from visiontrain.evaluate.tta import TTA_MODES, tta_logits
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import ArgumentParser, UsageError, run_cli
 from visiontrain.parallel.runtime import select_device
+from visiontrain.parallel.threads import use_threads
 
 REFUSED_SUFFIXES = (".pt2", ".jit", ".ts", ".torchscript", ".torchscript.pt")
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -171,6 +172,7 @@ def main(argv: list[str]) -> int:
     files = image_files(args.images)
     if not files:
         raise UsageError(f"no image files in {' '.join(args.images)}")
+    use_threads()
     predictor = load_predictor(args.model, select_device(args.device, option="--device"), args.ema, args.config)
     began = time.perf_counter()
     progress = any(Path(name).is_dir() for name in args.images)

@@ -17,6 +17,7 @@ from visiontrain.config import ParallelConfig
 from visiontrain.infra.errors import UsageError
 from visiontrain.parallel.launchers import LaunchInfo, detect_launch, export_torch_env
 from visiontrain.parallel.network import choose_socket_interface, free_port
+from visiontrain.parallel.threads import use_threads
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -75,6 +76,7 @@ def init_runtime(device_request: str, parallel: ParallelConfig | None = None) ->
     parallel = parallel or ParallelConfig()
     info = detect_launch()
     export_torch_env(info)
+    use_threads(info.local_world_size)  # before any loader imports FFCV, which would set 1
     node_address, interface = choose_socket_interface(info) or (None, None)
     device = select_device(device_request, info.local_rank)
     if device.type == "cuda":
