@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,10 @@ def run_point(spec: dict[str, Any], nproc: int, threads: int) -> dict[str, Any]:
     if proc.returncode == 2 and errors:
         raise UsageError(errors[-1][len("error: "):])
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    reason = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+    # A rank's exception says why; torchrun's own summary after it ("error_file: <N/A>") does not.
+    raised = [line for line in lines if re.match(r"^(\[rank\d+\]:)?\s*[\w.]*(Error|Exception): ", line)]
+    reason = raised[0] if raised else next((line for line in reversed(lines) if "Error" in line or "error" in line),
+                                           lines[-1] if lines else "")
     return {"label": spec["label"], "mode": spec["mode"], "overrides": spec["overrides"], "world_size": nproc,
             "error": reason.strip()[-500:], "returncode": proc.returncode}
 
