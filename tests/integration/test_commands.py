@@ -20,3 +20,10 @@ def usage(*module_and_args: str) -> str:
 @pytest.mark.parametrize(("old", "new"), [("data_prep", "prep"), ("launch", "launch")])
 def test_the_old_commands_still_work_for_one_release(old, new):
     assert usage(old) == usage("visiontrain", new)
+
+
+def test_the_dataset_writers_command_starts_without_torch():
+    # `visiontrain prep synthetic/folder/describe` on a login node should not pay for torch's import.
+    code = "import sys, visiontrain.data.prep.cli; sys.exit('torch' in sys.modules)"
+    result = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr or "torch was imported"
