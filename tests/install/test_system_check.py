@@ -175,8 +175,9 @@ def nobody():
         shutil.rmtree(home)
 
 
-@pytest.mark.requires_root
-def test_check_as_a_user_without_root_slurm_munge_or_namespaces_passes(nobody):
+def without_test_tools(nobody) -> tuple[str, Path, str, Path]:
+    """(user, home, its python, a PATH folder without package managers, SLURM, munge or namespace tools);
+    skips where the build tools themselves are absent."""
     user, home = nobody
     python = unprivileged_python()
     missing = lacks_build_tools(python)
@@ -184,6 +185,12 @@ def test_check_as_a_user_without_root_slurm_munge_or_namespaces_passes(nobody):
         pytest.skip(f"BUILD TOOLS ABSENT: {missing}")
     folder = command_folder(home / "bin", re.compile(f"{PACKAGE_MANAGERS.pattern}|{TEST_TOOLS.pattern}"),
                             list(SYSTEM_DIRS))
+    return user, home, python, folder
+
+
+@pytest.mark.requires_root
+def test_check_as_a_user_without_root_slurm_munge_or_namespaces_passes(nobody):
+    user, home, python, folder = without_test_tools(nobody)
     assert not [name for name in ("sbatch", "slurmd", "munged", "ip", "unshare", "dpkg-query")
                 if shutil.which(name, path=str(folder))]
     result = setup_check(folder, python=python, venv=home / "venv", user=user, cwd=home)
@@ -198,13 +205,7 @@ def test_check_as_a_user_without_root_slurm_munge_or_namespaces_passes(nobody):
 def test_setup_as_a_user_without_root_or_test_tools_goes_on_to_install(nobody):
     """The whole `make setup` as nobody gets past the system, creates the venv and asks pip for torch (which
     an index-less pip cannot find here: the test stops at the network)."""
-    user, home = nobody
-    python = unprivileged_python()
-    missing = lacks_build_tools(python)
-    if missing:
-        pytest.skip(f"BUILD TOOLS ABSENT: {missing}")
-    folder = command_folder(home / "bin", re.compile(f"{PACKAGE_MANAGERS.pattern}|{TEST_TOOLS.pattern}"),
-                            list(SYSTEM_DIRS))
+    user, home, python, folder = without_test_tools(nobody)
     (home / "wheels").mkdir()
     os.chown(home / "wheels", user.pw_uid, user.pw_gid)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PIP_", "CC", "CXX", "VIRTUAL_ENV"))}
