@@ -210,3 +210,9 @@ def test_each_section_names_itself_as_config_does():
     # The name a section puts in its error messages is its field name in Config.
     for section in dataclasses.fields(Config):
         assert section.default_factory.section == section.name
+
+
+def test_lookahead_is_refused_with_deepspeed_in_one_line():
+    with pytest.raises(UsageError, match="train.lookahead_every_steps.*deepspeed"):
+        load_config(None, ["parallel.strategy=deepspeed", "parallel.deepspeed_config=configs/deepspeed/zero2.json",
+                           "train.lookahead_every_steps=5"])

@@ -132,3 +132,39 @@ def test_every_spec_describes_its_model(name):
     staged = {id(p) for m in stem + stages for p in m.parameters()}
     assert not staged & {id(p) for p in head.parameters()}  # freezing every stage never freezes the head
     assert spec.input_size in (32, 224)
+
+
+def test_layer_settings_reach_every_batchnorm_and_a_frozen_scale_stays_one():
+    model = build_model(ModelConfig(name="resnet18", bn_momentum=0.4, bn_eps=1e-12, bn_scale="frozen"))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 20
+    assert {(m.momentum, m.eps) for m in norms} == {(0.4, 1e-12)}
+    assert all(not m.weight.requires_grad and bool((m.weight == 1).all()) and m.bias.requires_grad for m in norms)
+    default = build_model(ModelConfig(name="resnet18"))
+    assert {(m.momentum, m.eps, m.weight.requires_grad) for m in default.modules()
+            if isinstance(m, torch.nn.BatchNorm2d)} == {(0.1, 1e-5, True)}
+
+
+def test_dirac_init_puts_the_identity_in_the_first_filters_of_odd_kernels_only():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="cifar_fast", width=16, conv_init="dirac"))
+    conv = model.layer1[0]  # 24 -> 16 channels, 3x3
+    identity = torch.zeros_like(conv.weight)
+    for i in range(16):
+        identity[i, i, 1, 1] = 1
+    assert torch.equal(conv.weight, identity)  # out < in: every filter passes one input channel through
+    wider = model.layer2[0]  # 16 -> 64
+    assert torch.equal(wider.weight[:16], torch.nn.init.dirac_(torch.empty(16, 16, 3, 3)))
+    torch.manual_seed(0)
+    default = build_model(ModelConfig(name="cifar_fast", width=16))
+    assert torch.equal(wider.weight[16:], default.layer2[0].weight[16:])  # the other filters: the default init
+    assert torch.equal(model.whiten.weight, default.whiten.weight)  # 2x2 and frozen: no centre, left alone
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(torch.nn.functional.conv2d(x, wider.weight[:16], padding=1), x)
+
+
+def test_frozen_bn_scale_cannot_be_combined_with_zero_init_residual():
+    from visiontrain.infra.errors import UsageError
+
+    with pytest.raises(UsageError, match="model.bn_scale"):
+        ModelConfig(name="resnet18", bn_scale="frozen", zero_init_residual=True).validate()

@@ -98,3 +98,54 @@ def test_nothing_trainable_is_a_usage_error():
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(UsageError, match="no parameter is trainable"):
         build_optimizer(model, OptimConfig(), RESNET18)
+
+
+def test_warmup_can_start_above_zero():
+    f = factors(ScheduleConfig(name="triangular", warmup_epochs=1, warmup_start_ratio=0.2, min_lr_ratio=0.07), 10, 3)
+    assert f[:10] == pytest.approx([0.2 + 0.8 * (i + 1) / 10 for i in range(10)])
+    assert f[-1] == pytest.approx(0.07 + 0.93 / 20)
+
+
+def test_norm_bias_lr_mult_scales_the_norm_shifts_lr_and_keeps_their_decay_per_step():
+    model = build_model(ModelConfig(name="cifar_fast", width=8, bn_scale="frozen"))
+    spec = spec_of("cifar_fast")
+    opt = build_optimizer(model, OptimConfig(lr=1.5, weight_decay=1e-3, no_decay_bn_bias=False,
+                                             norm_bias_lr_mult=64), spec)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert sorted(groups) == ["backbone", "backbone_norm_bias", "head"]
+    norm_biases = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert {id(p) for p in groups["backbone_norm_bias"]["params"]} == norm_biases
+    assert groups["backbone_norm_bias"]["lr"] == pytest.approx(96)
+    for group in groups.values():  # lr x weight_decay: the same decay per step in every group
+        assert group["lr"] * group["weight_decay"] == pytest.approx(1.5e-3)
+    assert model.whiten.bias in groups["backbone"]["params"]  # a conv bias, not a normalization shift
+
+
+def test_parameters_trained_briefly_stop_changing_at_their_epoch_despite_momentum_and_decay():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    cfg = OptimConfig(lr=0.1, momentum=0.9, weight_decay=0.1, no_decay_bn_bias=False,
+                      freeze_after_params=["0.bias"], freeze_after_epochs=1.5)
+    start = model[0].weight.detach().clone()
+    opt = build_optimizer(model, cfg, RESNET18)
+    brief = [g for g in opt.param_groups if g["name"].endswith("_brief")]
+    assert len(brief) == 1 and brief[0]["params"] == [model[0].bias] and brief[0]["train_epochs"] == 1.5
+    sched = build_scheduler(opt, ScheduleConfig(name="constant", warmup_epochs=0), steps_per_epoch=4, epochs=4)
+    seen = []
+    for _ in range(16):
+        seen.append(model[0].bias.detach().clone())
+        model(torch.randn(8, 4)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    # steps 0..5 (1.5 epochs of 4) move it; from step 6 on it is fixed, bit for bit
+    assert all(not torch.equal(a, b) for a, b in zip(seen[:6], seen[1:7]))
+    assert all(torch.equal(seen[6], s) for s in seen[6:])
+    assert not torch.equal(model[0].weight, start)  # the rest kept training
+
+
+def test_an_unknown_parameter_to_freeze_names_the_closest():
+    model = build_model(ModelConfig(name="cifar_fast", width=8))
+    with pytest.raises(UsageError, match=r"'whiten.bais'.*closest: whiten.bias"):
+        build_optimizer(model, OptimConfig(freeze_after_params=["whiten.bais"], freeze_after_epochs=1),
+                        spec_of("cifar_fast"))

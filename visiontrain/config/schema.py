@@ -58,3 +58,6 @@ def validate(cfg: Config) -> None:
                   f"need 0 <= data.ramp_start_epoch ({d.ramp_start_epoch}) <= data.ramp_end_epoch <= train.epochs")
     if cfg.parallel.strategy == "deepspeed":
         m.require(not m.compile, "compile", "not supported with parallel.strategy=deepspeed; use ddp")
+        # Lookahead writes the module's weights; DeepSpeed keeps its own (partitioned) master copy.
+        t.require(not t.lookahead_every_steps, "lookahead_every_steps",
+                  "not supported with parallel.strategy=deepspeed (it keeps its own master weights); use ddp")

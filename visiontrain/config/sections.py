@@ -115,9 +115,23 @@ class ModelConfig(Section):
     # torch.compile mode: default | reduce-overhead (CUDA graphs: one launch replays the whole
     # forward and backward, for short steps the host cannot keep up with) | max-autotune
     compile_mode: str = choice("default", ("default", "reduce-overhead", "max-autotune"))
+    # Every BatchNorm layer of the model (models/layer_settings.py): the weight of each batch in the
+    # running statistics (PyTorch's convention: new = (1 - m) * old + m * batch), and the epsilon.
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5  # every BatchNorm layer's epsilon (PyTorch's default 1e-5)
+    # train | frozen: the scale stays 1 and only the shift trains (the layer then still normalizes
+    # with batch statistics in training; finetune.freeze=bn freezes both)
+    bn_scale: str = choice("train", ("train", "frozen"))
+    # default (each layer's own) | dirac: each convolution with an odd square kernel also starts
+    # with the identity in its first min(in, out) filters, so a deep stack starts near a shallow one
+    conv_init: str = choice("default", ("default", "dirac"))
 
     def check(self) -> None:
         self.require(self.num_classes >= 2, "num_classes", "must be >= 2")
+        self.require(0 < self.bn_momentum <= 1, "bn_momentum", "must be in (0, 1]")
+        self.require(self.bn_eps > 0, "bn_eps", "must be > 0")
+        self.require(not (self.zero_init_residual and self.bn_scale == "frozen"), "bn_scale",
+                     "frozen keeps every BN scale at 1; it cannot be combined with model.zero_init_residual=true")
         self.require(self.width >= 1, "width", "must be >= 1")
         self.require(self.width == 64 or self.name in MODELS_WITH_WIDTH, "width",
                      f"only the CIFAR models ({', '.join(MODELS_WITH_WIDTH)}) have a width; leave it at 64")
@@ -140,6 +154,14 @@ class OptimConfig(Section):
     # One kernel per update for all parameters (torch's fused SGD/AdamW); false: one per tensor group
     # (foreach). DDP only: under parallel.strategy=deepspeed the update is foreach.
     fused: bool = True
+    # Learning rate of the normalization layers' shifts (BatchNorm/GroupNorm/LayerNorm biases)
+    # relative to their group's; their weight decay is divided by it, so the decay per step
+    # (lr x weight_decay) stays the same. Large values suit a frozen BN scale (model.bn_scale).
+    norm_bias_lr_mult: float = 1.0
+    # These parameters (names or name prefixes, e.g. whiten.bias) train only for the first
+    # freeze_after_epochs epochs, then stay fixed (their learning rate becomes 0).
+    freeze_after_params: List[str] = field(default_factory=list)
+    freeze_after_epochs: float = 0.0  # epochs that optim.freeze_after_params train (0 = off)
 
     def check(self) -> None:
         self.require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a finite number > 0")
@@ -148,6 +170,11 @@ class OptimConfig(Section):
         self.require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
         self.require(self.eps > 0, "eps", "must be > 0")
         self.require(self.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0 (1 = same lr)")
+        self.require(math.isfinite(self.norm_bias_lr_mult) and self.norm_bias_lr_mult > 0, "norm_bias_lr_mult",
+                     "must be a finite number > 0 (1 = same lr)")
+        self.require(self.freeze_after_epochs >= 0, "freeze_after_epochs", "must be >= 0")
+        self.require(not self.freeze_after_params or self.freeze_after_epochs > 0, "freeze_after_epochs",
+                     "must be > 0 when optim.freeze_after_params names parameters")
 
 
 @dataclass
@@ -157,6 +184,7 @@ class ScheduleConfig(Section):
     # cosine | step | triangular | constant
     name: str = choice("triangular", ("cosine", "step", "triangular", "constant"))
     warmup_epochs: float = 2.0  # FFCV CIFAR-10 recipe: lr peaks at epoch 2 of 24
+    warmup_start_ratio: float = 0.0  # the warmup rises linearly from lr * this to lr
     min_lr_ratio: float = 0.0  # cosine/triangular end at lr * min_lr_ratio
     milestones: List[float] = field(default_factory=list)  # step: epochs where lr *= gamma
     gamma: float = 0.1  # step: lr factor at each milestone
@@ -164,6 +192,7 @@ class ScheduleConfig(Section):
     def check(self) -> None:
         # warmup_epochs and the milestones are checked against train.epochs in schema.validate
         self.require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        self.require(0 <= self.warmup_start_ratio <= 1, "warmup_start_ratio", "must be in [0, 1]")
         self.require(self.gamma > 0, "gamma", "must be > 0")
         self.require(self.name != "step" or len(self.milestones) > 0, "milestones",
                      "the step schedule needs at least one milestone")
@@ -180,6 +209,12 @@ class TrainConfig(Section):
     label_smoothing: float = 0.1  # of the training loss (validation loss is plain cross-entropy)
     ema: bool = False  # keep an exponential moving average of the weights (evaluated and exported too)
     ema_decay: float = 0.999  # per optimizer step
+    # Lookahead (train/lookahead.py): every this many optimizer steps the weights and BN statistics
+    # move to a running average of themselves, and training ends on that average (0 = off).
+    # The average's decay ramps up as lookahead_decay * (step / total steps) ** lookahead_power.
+    lookahead_every_steps: int = 0
+    lookahead_decay: float = 0.7738  # the average's decay at the last step (0.7738 = 0.95 ** 5)
+    lookahead_power: float = 3.0  # how late the decay ramps up: decay x (step / total) ** power
     eval_every_epochs: int = 1  # and always after the last epoch
     # Test-time augmentation of every evaluation (and the final report): none | flip (image and
     # mirror) | flip_translate (also one-pixel shifts); visiontrain/evaluate/tta.py.
@@ -199,6 +234,9 @@ class TrainConfig(Section):
         self.require(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 = off)")
         self.require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         self.require(0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)")
+        self.require(self.lookahead_every_steps >= 0, "lookahead_every_steps", "must be >= 0 (0 = off)")
+        self.require(0 <= self.lookahead_decay < 1, "lookahead_decay", "must be in [0, 1)")
+        self.require(self.lookahead_power >= 0, "lookahead_power", "must be >= 0")
         self.require(self.eval_every_epochs >= 1, "eval_every_epochs", "must be >= 1")
         self.require(self.early_stop_patience >= 0, "early_stop_patience", "must be >= 0 (0 = off)")
         self.require(self.early_stop_min_delta >= 0, "early_stop_min_delta", "must be >= 0")

@@ -11,6 +11,7 @@ from torch import nn
 
 from visiontrain.models import cifar_fast, resnets
 from visiontrain.models.contract import ModelSettings, ModelSpec
+from visiontrain.models.layer_settings import apply_layer_settings
 
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (*resnets.SPECS, *cifar_fast.SPECS)}
 MODEL_NAMES: tuple[str, ...] = tuple(SPECS)
@@ -30,4 +31,5 @@ def build_model(cfg: ModelSettings) -> nn.Module:
         # Each residual block starts as the identity: trains deep nets stably at large batch.
         for bn in spec.residual_branch_ends(model):
             nn.init.zeros_(bn.weight)
+    apply_layer_settings(model, cfg)
     return model

@@ -18,7 +18,8 @@ class PatchWhitening(nn.Conv2d):
     `init_from_images` sets the filters to the eigenvectors of the patch covariance, each
     divided by the square root of its eigenvalue (and their negatives, so a following
     GELU passes both signs): the next layer sees decorrelated, unit-variance inputs,
-    which lets a short schedule train fast. The filters stay frozen; the bias trains.
+    which lets a short schedule train fast. The filters stay frozen; the bias starts at 0 and trains
+    (the fast recipe trains it for its first epochs only: optim.freeze_after_params).
     """
 
     def __init__(self, out_channels: int = 24):
@@ -26,6 +27,7 @@ class PatchWhitening(nn.Conv2d):
         if out_channels != 24:
             raise ValueError("PatchWhitening has 24 filters: 12 eigenvectors and their negatives")
         self.weight.requires_grad_(False)
+        nn.init.zeros_(self.bias)  # whitened patches start centred as the data's are
 
     @torch.no_grad()
     def init_from_images(self, images: torch.Tensor, eps: float = 5e-4) -> None:

@@ -23,6 +23,10 @@ class ModelSettings(Protocol):
     num_classes: int
     width: int
     zero_init_residual: bool
+    bn_momentum: float
+    bn_eps: float
+    bn_scale: str
+    conv_init: str
 
 
 def _no_branches(model: nn.Module) -> list[nn.BatchNorm2d]:

@@ -94,9 +94,11 @@ def freeze(model: nn.Module, spec: ModelSpec, policy: str) -> dict[str, int]:
 
 
 def keep_frozen_bn_in_eval(model: nn.Module) -> None:
-    """BatchNorm layers with frozen affine parameters use (and keep) their running statistics."""
+    """BatchNorm layers whose scale and shift are both frozen use (and keep) their running statistics.
+    A layer with only its scale frozen (model.bn_scale=frozen) still trains on batch statistics."""
     for module in model.modules():
-        if isinstance(module, _BatchNorm) and module.weight is not None and not module.weight.requires_grad:
+        if (isinstance(module, _BatchNorm) and module.weight is not None
+                and not module.weight.requires_grad and not module.bias.requires_grad):
             module.eval()
 
 

@@ -8,6 +8,7 @@ process (seen with accelerate 1.x: a StepLR stepped 2x per call on 2 processes).
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Callable, Iterable
 
@@ -19,29 +20,64 @@ from visiontrain.infra.errors import UsageError
 from visiontrain.models.contract import ModelSpec
 
 
+def norm_bias_names(model: nn.Module) -> set[str]:
+    """Parameter names of the normalization layers' shifts (what optim.norm_bias_lr_mult scales)."""
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    return {f"{module_name}.bias" if module_name else "bias"
+            for module_name, module in model.named_modules()
+            if isinstance(module, norms) and getattr(module, "bias", None) is not None}
+
+
+def frozen_later(names: Iterable[str], patterns: list[str]) -> set[str]:
+    """The names that optim.freeze_after_params selects (exact names or dotted prefixes); an unmatched
+    pattern is a usage error naming the closest parameter names."""
+    names = list(names)
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matched = {n for n in names if n == pattern or n.startswith(pattern.rstrip(".") + ".")}
+        if not matched:
+            close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+            raise UsageError(f"optim.freeze_after_params: no trainable parameter is named {pattern!r}"
+                             + (f"; closest: {', '.join(close)}" if close else ""))
+        chosen |= matched
+    return chosen
+
+
 def param_groups(
     named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, no_decay_bn_bias: bool,
     backbone_lr_mult: float = 1.0, is_head: Callable[[str], bool] = lambda name: False,
+    norm_biases: set[str] = frozenset(), norm_bias_lr_mult: float = 1.0,
+    train_briefly: set[str] = frozenset(), train_epochs: float = 0.0,
 ) -> list[dict]:
-    """Trainable parameters in up to four groups: head or backbone, decayed or not (BN/bias: 1-D tensors).
+    """Trainable parameters in groups: head or backbone, decayed or not (BN/bias: 1-D tensors), and
+    apart when they are normalization shifts with their own lr multiplier or train only briefly.
 
-    Each group carries its own peak `lr` (backbone: lr * backbone_lr_mult); the schedule
-    scales every group by the same factor, so warmup applies to all of them.
+    Each group carries its own peak `lr` (backbone: lr * backbone_lr_mult; normalization shifts:
+    also * norm_bias_lr_mult, with weight_decay / norm_bias_lr_mult, so lr * weight_decay is
+    unchanged); the schedule scales every group by the same factor, so warmup applies to all of
+    them. A group with `train_epochs` > 0 has its lr set to 0 from that epoch on (build_scheduler).
     """
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[str, bool, bool, bool], list[nn.Parameter]] = {}
     for name, param in named_params:
         if not param.requires_grad:
             continue  # frozen parameters get no optimizer state
         part = "head" if is_head(name) else "backbone"
         decayed = not (no_decay_bn_bias and param.ndim <= 1)
-        groups.setdefault((part, decayed), []).append(param)
-    return [
-        {"params": params, "name": f"{part}{'' if decayed else '_no_decay'}",
-         "lr": lr * (backbone_lr_mult if part == "backbone" else 1.0),
-         "weight_decay": weight_decay if decayed else 0.0}
-        for (part, decayed), params in sorted(groups.items(), key=lambda item: (item[0][0] != "backbone",
-                                                                                   not item[0][1]))
-    ]
+        scaled = norm_bias_lr_mult != 1.0 and name in norm_biases
+        groups.setdefault((part, decayed, scaled, name in train_briefly), []).append(param)
+    result = []
+    for (part, decayed, scaled, brief), params in sorted(
+            groups.items(), key=lambda item: (item[0][0] != "backbone", not item[0][1], item[0][2], item[0][3])):
+        mult = norm_bias_lr_mult if scaled else 1.0
+        group = {"params": params,
+                 "name": part + ("" if decayed else "_no_decay") + ("_norm_bias" if scaled else "")
+                 + ("_brief" if brief else ""),
+                 "lr": lr * (backbone_lr_mult if part == "backbone" else 1.0) * mult,
+                 "weight_decay": weight_decay / mult if decayed else 0.0}
+        if brief:
+            group["train_epochs"] = train_epochs
+        result.append(group)
+    return result
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, spec: ModelSpec, deepspeed: bool = False
@@ -49,8 +85,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, spec: ModelSpec, deepspe
     """`deepspeed`: the optimizer DeepSpeed will wrap gets the foreach update. ZeRO-1/2 step it on
     their own flattened fp32 partitions, and there the fused one did not reproduce DDP's training
     (losses 8e-4 apart after 25 steps, where foreach matches DDP to 1e-4)."""
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
     groups = param_groups(model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.no_decay_bn_bias,
-                          cfg.backbone_lr_mult, spec.is_head)
+                          cfg.backbone_lr_mult, spec.is_head, norm_bias_names(model), cfg.norm_bias_lr_mult,
+                          frozen_later(trainable, cfg.freeze_after_params), cfg.freeze_after_epochs)
     if not groups:
         raise UsageError("no parameter is trainable (finetune.freeze left nothing to train)")
     # fused: one kernel updates every parameter (CPU and CUDA); foreach: a few kernels per group.
@@ -83,7 +121,8 @@ def lr_factor(step: int, cfg: ScheduleConfig, steps_per_epoch: int, total_steps:
     """Multiplier of the peak lr for optimizer step `step` (0-based): warmup, then the decay."""
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
-        return (step + 1) / warmup
+        start = cfg.warmup_start_ratio
+        return start + (1 - start) * (step + 1) / warmup
     if cfg.name == "constant":
         return 1.0
     if cfg.name == "step":
@@ -101,7 +140,12 @@ def lr_factor(step: int, cfg: ScheduleConfig, steps_per_epoch: int, total_steps:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """One factor per group: the schedule's, and 0 from its `train_epochs` on (optim.freeze_after_*).
+    With SGD and AdamW an lr of 0 leaves a parameter exactly as it is, momentum and decay included."""
     total = steps_per_epoch * epochs
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch, total)
-    )
+
+    def factor_of(group: dict) -> Callable[[int], float]:
+        stop = round(group.get("train_epochs", 0) * steps_per_epoch) or None
+        return lambda step: 0.0 if stop is not None and step >= stop else lr_factor(step, cfg, steps_per_epoch, total)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_of(group) for group in optimizer.param_groups])

@@ -32,6 +32,7 @@ from visiontrain.parallel.runtime import Runtime, all_ranks_agree, average_buffe
 from visiontrain.train import logs
 from visiontrain.train.best import BestTracker
 from visiontrain.train.finetune import keep_frozen_bn_in_eval
+from visiontrain.train.lookahead import Lookahead
 from visiontrain.train.optim import build_optimizer, build_scheduler
 from visiontrain.train.preemption import PreemptionWatch
 from visiontrain.train.run_end import RunEnd, finish_run
@@ -64,6 +65,7 @@ class Trainer:
                                          deepspeed=cfg.parallel.strategy == "deepspeed")
         self.steps_per_epoch = data.train.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
+        self.lookahead = self._new_lookahead() if cfg.train.lookahead_every_steps else None
         self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)
         self.step = Step(self.train_model, self.optimizer, self.scheduler, self.backend, cfg.train.label_smoothing,
                          self.model, self.ema)
@@ -102,6 +104,12 @@ class Trainer:
                 self.ema = self.step.ema = self._new_ema()
             else:
                 self.ema.load_state_dict(state["ema"])
+        if self.lookahead is not None:
+            if state.get("lookahead") is None:
+                log.warning("checkpoint %s has no lookahead average; it restarts from the current model", path)
+                self.lookahead = self._new_lookahead()
+            else:
+                self.lookahead.load_state_dict(state["lookahead"])
         self.state = Progress(**{key: state["trainer"][key] for key in asdict(Progress())})
         self.best.load_state_dict(state["trainer"])
         restore_sums(self._running_stats(), state["stats"], self.runtime.rank, self.runtime.world_size)
@@ -119,6 +127,11 @@ class Trainer:
 
     def _new_ema(self) -> AveragedModel:
         return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema_decay), use_buffers=True)
+
+    def _new_lookahead(self) -> Lookahead:
+        t = self.cfg.train
+        return Lookahead(self.model, t.lookahead_every_steps, t.lookahead_decay, t.lookahead_power,
+                         self.steps_per_epoch * t.epochs)
 
     def _running_stats(self) -> dict[str, RunningStats]:
         return {"window": self.window, "epoch": self.epoch_stats}
@@ -142,6 +155,8 @@ class Trainer:
             epoch = self.state.epoch
             self.train_one_epoch(epoch)
             self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
+            if self.lookahead is not None and self.state.epoch == epochs:
+                self.lookahead.finish()
             improved = False
             if self.state.epoch == epochs or self.state.epoch % self.cfg.train.eval_every_epochs == 0:
                 improved = self.run_evaluation()
@@ -216,6 +231,8 @@ class Trainer:
                 continue
             self.state.step += 1
             self.state.batch_in_epoch = micro
+            if self.lookahead is not None:
+                self.lookahead.after_step(self.state.step)
             bar.update(1)
             if self.state.step % cfg.log.every_steps == 0:
                 self._log_window(epoch, window_images, time.perf_counter() - window_start, bar)
@@ -311,6 +328,7 @@ class Trainer:
         return {
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
             "trainer": {**asdict(self.state), **self.best.state_dict()},
             "stats": gather_sums(self._running_stats(), self.runtime.world_size),  # a collective: every rank calls
             "rng": {"torch": torch.get_rng_state(),
