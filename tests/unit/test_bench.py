@@ -214,3 +214,36 @@ def test_loader_bench_rows_carry_the_per_stage_profile_and_the_report_prints_it(
     assert "Profile, res 160" in text and "| ffcv | 2400 / 2000 | 400 | 5 / 60 |" in text
     assert "ffcv JPEG decode 160 + crop/resize 110 + flip 50 (decode 50%)" in text
     assert "normalize 35 (torch formula 240)" in text and "decoding-side CPU per image" in text
+
+
+def test_the_stock_torchvision_pipeline_hands_over_normalized_float_batches_in_a_seeded_order(tmp_path):
+    from PIL import Image
+
+    from visiontrain.bench.stock_loader import StockTorchvisionTrain
+
+    for k in range(8):
+        folder = tmp_path / f"class{k % 2}"
+        folder.mkdir(exist_ok=True)
+        Image.new("RGB", (40 + 7 * k, 30 + 5 * k), (30 * k, 255, 0)).save(folder / f"{k}.jpg", quality=95)
+    loader = StockTorchvisionTrain(tmp_path, res=16, batch=4, workers=0, mean=[0.5] * 3, std=[0.25] * 3)
+    loader.set_epoch(3)
+    first = [(images.clone(), labels.clone()) for images, labels in loader]
+    loader.set_epoch(3)
+    again = list(loader)
+    assert len(first) == 2 and all(images.shape == (4, 3, 16, 16) and images.dtype == torch.float32
+                                   for images, _ in first)
+    # (255 / 255 - 0.5) / 0.25 = 2 in the green channel of every image: scaled to [0, 1], then normalized
+    torch.testing.assert_close(first[0][0][:, 1], torch.full((4, 16, 16), 2.0), atol=0.05, rtol=0)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(first, again))  # the epoch's seed fixes the order
+
+
+def test_the_loader_report_states_ffcv_against_the_stock_pipeline():
+    from visiontrain.bench.loader import _row, _versus, report
+
+    timings = {"ffcv": [_timing(2000, 60, 440, 0)] * 3, "stock": [_timing(500, 50, 0, 3500)] * 3}
+    row = _row("imagenet-like, 5000 samples, res 160", timings, 2, {"ffcv": "ffcv", "stock": "stock"},
+               baseline="stock")
+    row.update(_versus(timings, "ffcv", "stock", "ffcv_vs_stock"))
+    assert row["ffcv_vs_stock_speedup"] == 4.0 and row["ffcv_vs_stock_cpu_speedup"] == 3550 / 500
+    assert "stock torchvision reference pipeline on the original photos: **4.0x** img/s, 7.1x per CPU-second" \
+        in report([row])

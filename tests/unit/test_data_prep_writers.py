@@ -45,6 +45,10 @@ def test_cifar10_from_real_jpegs_round_trips_pixel_exact_with_labels(cifar_slice
         for image, label in zip(images, labels):
             seen[digest(image)] = int(label)
     assert seen == source  # raw mode: every image exactly once, bit-exact, with its folder's label
+    train_pixels = read_beton(out / "train.beton")[0].reshape(-1, 3) / 255
+    # 32 px images are measured whole: the statistics are exact
+    np.testing.assert_allclose(meta["splits"]["train"]["mean"], train_pixels.mean(0), atol=1e-5)
+    np.testing.assert_allclose(meta["splits"]["train"]["std"], train_pixels.std(0), atol=1e-5)
 
 
 def test_cifar10_from_python_batches(tmp_path):
@@ -104,6 +108,13 @@ def test_imagenet_writer_on_real_photos_with_a_flat_val_folder(imagenet_layout, 
     assert train_labels[0] == 0
     reference = np.asarray(_center_square(first).resize((64, 64), Image.BILINEAR), dtype=np.float64)
     assert np.abs(train_images[0].astype(np.float64) - reference).mean() < 12
+    # Sizes and colour statistics are measured by the writer's own decodes (a subsample of each photo's rows)
+    pixels = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255 for f in source_files]
+    assert meta["splits"]["train"]["image_size"]["width"]["max"] == max(Image.open(f).size[0] for f in source_files)
+    assert meta["splits"]["train"]["image_size"]["height"]["min"] == min(Image.open(f).size[1] for f in source_files)
+    every = np.concatenate(pixels)
+    np.testing.assert_allclose(meta["splits"]["train"]["mean"], every.mean(0), atol=0.005)
+    np.testing.assert_allclose(meta["splits"]["train"]["std"], every.std(0), atol=0.005)
 
 
 def _center_square(image: Image.Image) -> Image.Image:
@@ -221,8 +232,8 @@ def test_a_crash_while_writing_leaves_no_output(cifar_slice, tmp_path, monkeypat
 
     real = beton.write_beton
 
-    def crash_after_train(samples, out_file, options):
-        real(samples, out_file, options)
+    def crash_after_train(samples, out_file, options, **kwargs):
+        real(samples, out_file, options, **kwargs)
         raise KeyboardInterrupt  # e.g. Ctrl-C after train.beton was written
 
     monkeypatch.setattr(beton, "write_beton", crash_after_train)

@@ -5,6 +5,7 @@
     python -m visiontrain bench scaling --nproc 1,2,4 [--of step|e2e] [-c CONFIG] [key=value ...] [--out DIR]
     python -m visiontrain bench overhead [--steps 10] [--rounds 12] [section.key=value ...]
     python -m visiontrain bench loader [--workers 2] [--epochs 3] [--res 160 192] [--out DIR]
+    python -m visiontrain bench prep [--samples 8000] [--workers 1 2] [--repeats 2] [--out DIR]
     python -m visiontrain bench recipes [--configs fast resnet9 resnet18] [--seeds fast=20 ...] [--nproc N]
     python -m visiontrain bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--strategies ddp zero1 ...]
     python -m visiontrain bench project [RESULTS ...] [--rate MODEL:RES=IMG_S ...] [--of e2e|step] [--gpus 8]
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from visiontrain.bench.projection import add_arguments as add_projection_arguments
 from visiontrain.bench.recipes import add_arguments as add_recipe_arguments
-from visiontrain.infra.errors import ArgumentParser, run_cli
+from visiontrain.infra.errors import ArgumentParser, UsageError, run_cli
 from visiontrain.infra.paths import SOURCE_TREE
 
 
@@ -41,6 +42,13 @@ def main(argv: list[str]) -> int:
     loader.add_argument("--imagenet-samples", type=int, default=5000)
     loader.add_argument("--res", type=int, nargs="+", default=[160, 192])
     loader.add_argument("--out", type=Path, help="write loader_results.json here")
+    writer = sub.add_parser("prep", help="visiontrain prep imagenet vs FFCV's own writer on the shared photos")
+    writer.add_argument("--shared", type=Path, default=SOURCE_TREE.parent / "shared" / "datasets")
+    writer.add_argument("--work", type=Path, default=Path("runs/bench_loader_data"), help="prepared data (reused)")
+    writer.add_argument("--samples", type=int, default=8000, help="training images (replicated photos)")
+    writer.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    writer.add_argument("--repeats", type=int, default=2, help="timed runs of each writer per worker count")
+    writer.add_argument("--out", type=Path, help="write prep_results.json here")
     memory = sub.add_parser("memory", help="training-state memory per rank: DDP vs DeepSpeed ZeRO 1/2/3")
     memory.add_argument("--model", default="resnet50")
     memory.add_argument("--nproc", type=int, default=2)
@@ -99,6 +107,17 @@ def main(argv: list[str]) -> int:
         results = memory_bench.run(args.model, args.nproc, args.image_size, args.batch, args.steps, args.strategies,
                                    args.optim)
         print(memory_bench.report(results, args.model, args.nproc, args.optim))
+    elif args.mode == "prep":
+        from visiontrain.bench import prep_writer
+
+        if not (args.shared / "imagenet-sample-200.tar").is_file():
+            raise UsageError(f"--shared {args.shared} does not hold imagenet-sample-200.tar")
+        if args.samples < 1 or args.repeats < 1 or min(args.workers) < 1:
+            raise UsageError("--samples, --repeats and --workers must be >= 1")
+        result = prep_writer.run(args.shared, args.work, args.samples, args.workers, args.repeats)
+        if args.out is not None:
+            prep_writer.write(args.out, result)
+        print(prep_writer.report(result))
     else:
         from visiontrain.bench import loader as loader_bench
 

@@ -1,4 +1,5 @@
-"""Data-loader throughput: the FFCV loader against the torchvision loader.
+"""Data-loader throughput: the FFCV loader against the torchvision loader, and against the pipeline a user
+would otherwise write (torchvision's reference recipe on the original photos: stock_loader.py).
 
 Both loaders are built by `build_data`, exactly as train.py builds them, with the same
 images, recipe, output (float, normalized, channels-last) and worker count, and are
@@ -7,7 +8,8 @@ excluded). Workloads:
 - imagenet: the shared 200 ImageNet photos replicated to N samples; training pipeline
   (random-resized-crop + flip) at each resolution. FFCV reads a .beton written with
   --max-res 256 --write-mode jpg; torchvision reads the same 256-px JPEGs as files
-  (and, for reference, the original photos).
+  (and, for reference, the original photos); the stock pipeline (PIL decode, torchvision v2
+  transforms, DataLoader) reads the original photos.
 - cifar10: the shared CIFAR-10 training JPEGs as 32x32 raw pixels; flip + translate.
   FFCV reads a raw .beton, torchvision the same pixels as CIFAR-10 python batches.
 
@@ -43,6 +45,7 @@ import torch
 from PIL import Image
 
 from visiontrain.bench.loader_stages import ffcv_stage_costs, normalization_costs, torchvision_stage_costs
+from visiontrain.bench.stock_loader import StockBundle, StockTorchvisionTrain
 from visiontrain.config import load_config
 from visiontrain.data import build_data
 from visiontrain.infra import fileio
@@ -64,6 +67,15 @@ def _prep(*args: str) -> None:
         raise RuntimeError(f"visiontrain prep {args[0]} failed: {result.stderr[-2000:]}")
 
 
+def extract_photos(shared: Path, work: Path) -> list[Path]:
+    """The shared 200 ImageNet photos, extracted once under `work`."""
+    photos = work / "imagenet_photos"
+    if not photos.is_dir():
+        with tarfile.open(shared / "imagenet-sample-200.tar") as tar:
+            tar.extractall(photos, filter="data")
+    return sorted((photos / "imagenet-sample").glob("*/*.JPEG"))
+
+
 def prepare_imagenet(shared: Path, work: Path, samples: int, workers: int) -> dict[str, Path]:
     """Folders of originals and of 256-px JPEGs (both replicated to `samples`) and the .beton."""
     work = work.resolve()  # the replicas are symlinks: a relative target would resolve from their own folder
@@ -74,11 +86,7 @@ def prepare_imagenet(shared: Path, work: Path, samples: int, workers: int) -> di
         return paths
     for path in paths.values():
         shutil.rmtree(path, ignore_errors=True)
-    photos = work / "imagenet_photos"
-    if not photos.is_dir():
-        with tarfile.open(shared / "imagenet-sample-200.tar") as tar:
-            tar.extractall(photos, filter="data")
-    sources = sorted((photos / "imagenet-sample").glob("*/*.JPEG"))
+    sources = extract_photos(shared, work)
     copies = -(-samples // len(sources))
     for kind in ("originals", "resized"):
         for split, count in (("train", copies), ("val", 1)):
@@ -224,10 +232,14 @@ def run(shared: Path, work: Path, workers: int, epochs: int, imagenet_samples: i
         bundles = {name: build_data(_cfg(loader, imagenet[name], "imagenet", res, 256, workers), runtime,
                                     BatchPlan.of_micro_batch(256))
                    for name, loader in (("ffcv", "ffcv"), ("resized", "torchvision"), ("originals", "torchvision"))}
+        bundles["stock"] = StockBundle(StockTorchvisionTrain(imagenet["originals"] / "train", res, 256, workers,
+                                                             IMAGENET_MEAN, IMAGENET_STD))
         timings = epoch_timings(bundles, epochs, uint8=("ffcv", "resized"))
         row = _row(f"imagenet-like, {imagenet_samples} samples, res {res}", timings, workers,
                    {"ffcv": "ffcv (.beton, 256 px jpg)", "resized": "torchvision (same 256 px jpgs)",
-                    "originals": "torchvision (original photos)"}, baseline="resized")
+                    "originals": "torchvision (original photos)",
+                    "stock": "stock torchvision reference (original photos, PIL)"}, baseline="resized")
+        row.update(_versus(timings, "ffcv", "stock", "ffcv_vs_stock"))
         row["profile"] = {
             "stages_us_per_img_one_core": {
                 "ffcv": ffcv_stage_costs(imagenet["ffcv"] / "train.beton", bundles["ffcv"].train.decoder),
@@ -281,6 +293,13 @@ def _loop_profile(timings: dict[str, list[dict]], ffcv: str, baseline: str) -> d
             "decode_cpu_ratio": _decode_us(loaders[baseline]["uint8"]) / _decode_us(loaders[ffcv]["uint8"])}
 
 
+def _versus(timings: dict[str, list[dict]], ffcv: str, other: str, key: str) -> dict:
+    """FFCV's images/s over `other`'s (medians), and the same in CPU time per image."""
+    mine, theirs = _median_timing(timings[ffcv]), _median_timing(timings[other])
+    return {f"{key}_speedup": mine["img_per_s"] / theirs["img_per_s"],
+            f"{key}_cpu_speedup": _cpu_us(theirs) / _cpu_us(mine)}
+
+
 def _row(workload: str, timings: dict[str, list[dict]], workers: int, labels: dict[str, str], baseline: str) -> dict:
     medians = {name: _median_timing(timings[name]) for name in labels}
     return {"workload": workload, "workers": workers,
@@ -307,6 +326,11 @@ def report(rows: list[dict]) -> str:
             lines.append(f"| {row['workload'] if k == 0 else ''} | {name} | {values['img_per_s']:.0f} | {speedup} | "
                          f"{values['cores_busy']:.2f} | {cpu['threads'] + cpu['workers']:.0f} / {cpu['main']:.0f} | "
                          f"{values['img_per_s_per_decoding_core']:.0f} |")
+    for row in rows:
+        if "ffcv_vs_stock_speedup" in row:
+            lines += ["", f"{row['workload']}: FFCV against the stock torchvision reference pipeline on the original "
+                          f"photos: **{row['ffcv_vs_stock_speedup']:.1f}x** img/s, "
+                          f"{row['ffcv_vs_stock_cpu_speedup']:.1f}x per CPU-second"]
     for row in rows:
         if "profile" in row:
             lines += ["", _profile_report(row)]

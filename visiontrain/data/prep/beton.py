@@ -1,10 +1,12 @@
-"""Scanning images (bad files, sizes, colour statistics) and writing FFCV .beton files.
+"""Checking images (bad files, sizes, colour statistics) and writing FFCV .beton files.
 
-The scan decodes every file before anything is written: FFCV's writer waits forever
-if a worker process dies on a bad image, so bad files must be known in advance. JPEGs
-are decoded in draft mode (DCT scaling, 1/8 size): fast, and it still reads the whole
-compressed stream, so truncated files are caught. Channel mean/std come from those
-decodes.
+Files are decoded once, by FFCV's writer workers (`write_beton`): each decode is checked there
+and measured (size, and the colour sums of a subsample of about 64 rows), so a bad image is named
+and the output discarded, and meta.json gets its statistics, without a second pass over the data.
+The dataset object never raises inside FFCV's workers, because FFCV's writer would wait for
+ever on a worker that died. `--on-bad skip` must know the good files before writing, so there a
+scan decodes every file first (`scan`: JPEGs in draft mode, DCT scaling to 1/8 size, which still
+reads the whole compressed stream, so truncated files are caught).
 """
 
 from __future__ import annotations
@@ -95,13 +97,20 @@ class _WriterDataset:
     """What FFCV's DatasetWriter reads: (HxWx3 uint8 RGB array, label) per index.
 
     It never raises inside FFCV's worker processes (that would hang the writer): a file
-    that fails now is recorded in `failed` and written as a placeholder, and the caller
-    discards the whole output.
+    that fails now is recorded in `failed` (with why) and written as a placeholder, and the
+    caller discards the whole output. With `measure`, each decoded image's size and colour
+    sums go into arrays shared with the parent, one slot per index (no lock: slots are disjoint).
     """
 
-    def __init__(self, samples: Samples):
+    def __init__(self, samples: Samples, measure: bool = False):
         self.samples = samples
-        self.failed = mp.get_context("fork").Value("q", -1)
+        context = mp.get_context("fork")
+        self.failed = context.Value("q", -1)
+        self.reason = context.Array("c", 300)
+        self.measure = measure
+        if measure:
+            self.sizes = np.frombuffer(context.RawArray("i", 2 * len(samples)), np.int32).reshape(-1, 2)
+            self.sums = np.frombuffer(context.RawArray("d", 7 * len(samples)), np.float64).reshape(-1, 7)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -112,10 +121,28 @@ class _WriterDataset:
             return self.samples.array[index], label
         try:
             with Image.open(self.samples.paths[index]) as img:
-                return np.asarray(img.convert("RGB")), label  # grayscale, CMYK, palette, alpha -> RGB
-        except Exception:
+                image = np.asarray(img.convert("RGB"))  # grayscale, CMYK, palette, alpha -> RGB
+        except Exception as err:  # PIL raises many types for bad input; all mean "not an image"
+            self.reason.value = f"{type(err).__name__}: {err}"[:299].encode(errors="replace")
             self.failed.value = index
             return np.zeros((8, 8, 3), dtype=np.uint8), label
+        if self.measure:
+            self._measure(index, image)
+        return image, label
+
+    def _measure(self, index: int, image: np.ndarray) -> None:
+        height, width = image.shape[:2]
+        stride = max(1, min(height, width) // 64)  # about 64 rows: the statistics of a whole dataset, cheaply
+        flat = image[::stride, ::stride].reshape(-1, 3).astype(np.float64) / 255.0
+        weight = stride * stride  # each sampled pixel stands for its stride x stride block: pixel-weighted, as a full pass
+        self.sizes[index] = width, height
+        self.sums[index] = (*(flat.sum(0) * weight), *((flat**2).sum(0) * weight), len(flat) * weight)
+
+    def result(self) -> ScanResult:
+        """What `scan` would have found, from the writer's own decodes (all of them good)."""
+        totals = self.sums.sum(0)
+        return ScanResult(list(range(len(self.samples))), [], self.sizes[:, 0].copy(), self.sizes[:, 1].copy(),
+                          totals[:3], totals[3:6], int(totals[6]))
 
 
 @dataclass
@@ -129,19 +156,24 @@ class BetonOptions:
     workers: int = 4
 
 
-def write_beton(samples: Samples, out_file: Path, options: BetonOptions) -> None:
+def write_beton(samples: Samples, out_file: Path, options: BetonOptions, measure: bool = False
+                ) -> ScanResult | None:
+    """Write `samples`; a file that cannot be decoded is a UsageError naming it (the caller's output
+    directory is then discarded). `measure`: also return the images' sizes and colour statistics."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
     image_field = RGBImageField(write_mode=options.write_mode, max_resolution=options.max_res,
                                 jpeg_quality=options.jpeg_quality, compress_probability=options.compress_prob,
                                 smart_threshold=options.smart_threshold)
-    dataset = _WriterDataset(samples)
+    dataset = _WriterDataset(samples, measure)
     writer = DatasetWriter(str(out_file), {"image": image_field, "label": IntField()},
                            num_workers=max(1, options.workers))
     writer.from_indexed_dataset(dataset, chunksize=options.chunk_size)
     if dataset.failed.value >= 0:
-        raise UsageError(f"bad image {samples.paths[dataset.failed.value]}: it could not be read while writing")
+        raise UsageError(f"bad image {samples.paths[dataset.failed.value]} ({dataset.reason.value.decode()}); "
+                         "pass --on-bad skip to leave such files out")
+    return dataset.result() if measure else None
 
 
 def split_meta(samples: Samples, result: ScanResult) -> dict:

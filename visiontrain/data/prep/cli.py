@@ -57,19 +57,20 @@ def _options(args: argparse.Namespace):
 
 def write_dataset(out: Path, force: bool, train, val, options, on_bad: str, source: str,
                   extra: dict | None = None, into: Path | None = None) -> dict:
-    """Scan both splits (bad files are found before anything is written), then write them."""
+    """Write both splits, checking and measuring every file as it is written (one decode per file).
+    Images in memory and --on-bad skip (the good files must be known first) are scanned beforehand."""
     from visiontrain.data.prep.beton import scan, split_meta, write_beton
     from visiontrain.data.prep.output import atomic_output_dir, write_meta
-
-    scans = {split: scan(samples, options.workers, on_bad, split) for split, samples in
-             (("train", train), ("val", val))}
 
     def write_into(directory: Path) -> dict:
         splits = {}
         for split, samples in (("train", train), ("val", val)):
-            result = scans[split]
-            write_beton(samples.subset(result.good) if result.bad else samples, directory / f"{split}.beton",
-                        options)
+            beton = directory / f"{split}.beton"
+            if samples.array is None and on_bad == "stop":
+                result = write_beton(samples, beton, options, measure=True)
+            else:
+                result = scan(samples, options.workers, on_bad, split)
+                write_beton(samples.subset(result.good) if result.bad else samples, beton, options)
             splits[split] = split_meta(samples, result)
         meta = {"source": source, "class_names": train.class_names, "num_classes": len(train.class_names),
                 "mean": splits["train"]["mean"], "std": splits["train"]["std"], "splits": splits,
