@@ -35,4 +35,5 @@ def test_recipe_table_runs_each_seed_from_scratch_and_reports_their_mean_and_std
     assert row["top1_std"] == pytest.approx(statistics.stdev(top1))
     assert row["train_s_mean"] == pytest.approx(statistics.fmean(s["train_time_s"] for s in summaries))
     assert all(r["process_s"] > r["train_s"] > 0 for r in runs)
+    assert all(0.2 < r["cores"] <= (os.cpu_count() or 1) + 0.05 for r in runs)  # CPU seconds over wall seconds
     assert "| fast | cifar_fast | 2 | 2 |" in (out / "recipes.md").read_text() and "| fast |" in result.stdout

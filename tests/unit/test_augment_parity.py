@@ -113,3 +113,14 @@ def test_one_edit_of_the_recipe_changes_both_loaders(shapes_dir, monkeypatch):
     three_fill_columns = lambda images: (torch.cat(images)[..., :3] == fill).all(dim=(1, 2, 3))  # noqa: E731
     assert three_fill_columns(before["torchvision"]).any() and not three_fill_columns(after["torchvision"]).any()
 
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (4, 6, 1), (1, 1, 3)])
+def test_the_flip_kernel_mirrors_or_copies_every_byte(shape):
+    from visiontrain.data.kernels import flip_into
+
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for flip, expected in ((True, image[:, ::-1]), (False, image)):
+        out = np.zeros_like(image)
+        flip_into(image, out, flip)
+        assert np.array_equal(out, expected)

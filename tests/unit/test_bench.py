@@ -247,3 +247,35 @@ def test_the_loader_report_states_ffcv_against_the_stock_pipeline():
     assert row["ffcv_vs_stock_speedup"] == 4.0 and row["ffcv_vs_stock_cpu_speedup"] == 3550 / 500
     assert "stock torchvision reference pipeline on the original photos: **4.0x** img/s, 7.1x per CPU-second" \
         in report([row])
+
+
+def test_prep_bench_replicates_the_photos_and_reports_the_ratio_and_the_projection(tmp_path):
+    import tarfile
+
+    from PIL import Image
+
+    from visiontrain.bench import prep_writer
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    with tarfile.open(shared / "imagenet-sample-200.tar", "w") as tar:
+        for wnid in ("n01", "n02", "n03"):
+            path = tmp_path / f"{wnid}_x.JPEG"
+            Image.new("RGB", (20, 10)).save(path)
+            tar.add(path, f"imagenet-sample/{wnid}/{wnid}_x.JPEG")
+    train, val = prep_writer.replicate(shared, tmp_path / "work", samples=7)
+    assert sorted(len(list(d.iterdir())) for d in train.iterdir()) == [2, 2, 3]  # 7 spread over 3 classes
+    assert len(list(val.glob("*/*"))) == 3 and all(p.is_symlink() for p in train.glob("*/*"))
+    commands = prep_writer.commands(train, val, tmp_path / "out", 2, 256, 90)
+    assert commands["visiontrain"][3:5] == ["prep", "imagenet"] and "visiontrain.bench.ffcv_writer" in commands["ffcv"]
+    assert all(c[c.index("--workers") + 1] == "2" and c[c.index("--max-res") + 1] == "256" for c in commands.values())
+
+    def row(workers, ours, theirs):
+        return {"workers": workers, "images": 8200, "img_per_s": 8200 / ours, "speed_vs_ffcv": theirs / ours,
+                "median": {"visiontrain": {"wall_s": ours, "cpu_s": 40.0}, "ffcv": {"wall_s": theirs, "cpu_s": 41.0}}}
+
+    text = prep_writer.report({"max_res": 256, "jpeg_quality": 90, "repeats": 2,
+                               "rows": [row(1, 41.0, 41.0), row(2, 20.5, 24.6)]})
+    assert "| 2 | 20.5 | 24.6 | **1.20x** | 40.0 / 41.0 |" in text
+    assert "1 -> 2 workers: 2.00x faster" in text and "200 images/s per worker" in text
+    assert f"about {1_281_167 / (200 * 32) / 3600:.2f} h" in text

@@ -10,7 +10,7 @@ from visiontrain.infra.errors import UsageError, run_cli
 
 
 def _run(seed: int, top1: float, train_s: float, process_s: float) -> dict:
-    return {"seed": seed, "top1": top1, "train_s": train_s, "process_s": process_s, "epochs": 10,
+    return {"seed": seed, "top1": top1, "train_s": train_s, "process_s": process_s, "cores": 1.9, "epochs": 10,
             "model": "cifar_fast", "world_size": 1, "samples": 5000, "train_samples": 45000}
 
 
@@ -22,7 +22,7 @@ def test_rows_are_mean_and_sample_std_over_the_seeds_computed_by_hand():
     assert row["train_s_mean"] == pytest.approx(3.0) and row["process_s_mean"] == pytest.approx(11.0)
     assert aggregate("fast", [_run(0, 50.0, 1.0, 2.0)])["top1_std"] == 0.0
     table = markdown([row], "NVIDIA H100, driver 1; torch 2", "1 GPU", "python -m visiontrain bench recipes")
-    assert "| fast | cifar_fast | 10 | 1 | 94.00 ± 0.20 % | 3 | 93.80-94.20 | 3.00 | 11.0 |" in table
+    assert "| fast | cifar_fast | 10 | 1 | 94.00 ± 0.20 % | 3 | 93.80-94.20 | 3.00 | 11.0 | 1.90 |" in table
     assert "Validation: 5,000 images, training: 45,000 images per epoch" in table
 
 

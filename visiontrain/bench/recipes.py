@@ -11,7 +11,8 @@ the timed seeds, one untimed warm-up run per config fills the caches a first run
 Per run: the final validation top-1 (with the config's test-time augmentation), the
 training seconds (train.py's `train_time_s`: the epochs' training loops, without
 evaluation, set-up or the first layer's data-dependent initialization) and the process's
-whole wall time. The table gives top-1 as mean +- sample standard deviation over the seeds.
+whole wall time, and the cores it kept busy (CPU seconds of the run's processes over that wall
+time: on a CPU, how much of the machine training used). The table gives top-1 as mean +- sample standard deviation over the seeds.
 
 The data: `--data` holds a `visiontrain prep` output (train.beton/val.beton/meta.json, or image
 folders). Without it, `--cifar-jpegs` (the CIFAR-10 training split as `train/<class>/*.jpg`,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import shutil
 import statistics
@@ -116,9 +118,10 @@ def run_once(config: str, data: Path, run_dir: Path, seed: int, nproc: int, over
         shutil.rmtree(run_dir)  # a table of fresh runs, never a resumed one
     args = [*overrides, f"data.path={data}", f"run.dir={run_dir}", f"run.seed={seed}",
             "log.progress_bar=false", "log.plots=false"]
-    start = time.perf_counter()
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     result = subprocess.run(train_command(config, nproc, args), cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if result.returncode:
         # train.py's own one-line error (under torchrun, the launcher's report follows it).
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -126,7 +129,7 @@ def run_once(config: str, data: Path, run_dir: Path, seed: int, nproc: int, over
         raise TrainingFailed(f"{config} seed {seed} (run dir {run_dir}): {why}")
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"seed": seed, "top1": summary["final"]["top1"], "train_s": summary["train_time_s"],
-            "process_s": wall, "epochs": summary["epochs"], "model": summary["model"],
+            "process_s": wall, "cores": cpu / wall, "epochs": summary["epochs"], "model": summary["model"],
             "world_size": summary["world_size"], "samples": summary["final"]["samples"],
             "train_samples": summary["train_samples"], "environment": summary["environment"]}
 
@@ -142,6 +145,7 @@ def aggregate(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "top1_min": min(top1), "top1_max": max(top1),
         "train_s_mean": statistics.fmean(r["train_s"] for r in runs),
         "process_s_mean": statistics.fmean(r["process_s"] for r in runs),
+        "cores_mean": statistics.fmean(r["cores"] for r in runs),
     }
 
 
@@ -160,11 +164,12 @@ def markdown(rows: list[dict[str, Any]], device: str, label: str, command: str) 
              f"`{command}`", "", f"{device}. Validation: {rows[0]['val_samples']:,} images, training: "
              f"{rows[0]['train_samples']:,} images per epoch.", "",
              "| config | model | epochs | processes | val top-1 (mean ± std) | runs | min-max | training s | "
-             "process s |", "|---|---|---:|---:|---|---:|---|---:|---:|"]
+             "process s | cores busy |", "|---|---|---:|---:|---|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['model']} | {r['epochs']} | {r['world_size']} | "
                      f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} % | {r['runs']} | "
-                     f"{r['top1_min']:.2f}-{r['top1_max']:.2f} | {r['train_s_mean']:.2f} | {r['process_s_mean']:.1f} |")
+                     f"{r['top1_min']:.2f}-{r['top1_max']:.2f} | {r['train_s_mean']:.2f} | {r['process_s_mean']:.1f} | "
+                     f"{r['cores_mean']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
