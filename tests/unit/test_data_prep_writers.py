@@ -242,3 +242,17 @@ def test_a_crash_while_writing_leaves_no_output(cifar_slice, tmp_path, monkeypat
         cli.main(["folder", "--train", str(cifar_slice / "train"), "--val-fraction", "0.1", "--out", str(out),
                   "--workers", "1"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_worker_records_a_long_non_ascii_reason_without_dying(tmp_path):
+    from visiontrain.data.prep.beton import _WriterDataset
+    from visiontrain.data.sources import Samples
+
+    folder = tmp_path / ("画像" * 20) / ("画像" * 20)  # PIL's message names the file: over 300 bytes in UTF-8
+    folder.mkdir(parents=True)
+    bad = folder / ("画像" * 20 + ".jpg")
+    bad.write_bytes(b"not an image")
+    dataset = _WriterDataset(Samples(["a"], [0], [bad]), measure=True)
+    image, label = dataset[0]
+    assert image.shape == (8, 8, 3) and label == 0 and dataset.failed.value == 0
+    assert dataset.reason.value.decode(errors="replace").startswith("UnidentifiedImageError")

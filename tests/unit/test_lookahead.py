@@ -97,3 +97,15 @@ def test_a_run_resumed_with_its_lookahead_average_equals_an_uninterrupted_one(sh
     without = fast_mechanisms(shapes_dir, tmp_path / "without", "train.lookahead_every_steps=0")
     without.fit()
     assert not torch.equal(without.model.fc.weight, whole.model.fc.weight)  # the lookahead changed the run
+
+
+def test_a_run_shorter_than_one_interval_ends_on_its_own_weights():
+    model = nn.Linear(2, 2)
+    look = Lookahead(model, every_steps=5, decay=0.8, power=3, total_steps=3)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    trained = model.weight.detach().clone()
+    for step in (1, 2, 3):
+        look.after_step(step)
+    look.finish()
+    assert torch.equal(model.weight, trained)  # not the initial weights the average started from

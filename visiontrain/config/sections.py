@@ -115,15 +115,17 @@ class ModelConfig(Section):
     # torch.compile mode: default | reduce-overhead (CUDA graphs: one launch replays the whole
     # forward and backward, for short steps the host cannot keep up with) | max-autotune
     compile_mode: str = choice("default", ("default", "reduce-overhead", "max-autotune"))
-    # Every BatchNorm layer of the model (models/layer_settings.py): the weight of each batch in the
-    # running statistics (PyTorch's convention: new = (1 - m) * old + m * batch), and the epsilon.
+    # Every BatchNorm layer's weight of each batch in its running statistics (models/layer_settings.py;
+    # PyTorch's convention: new = (1 - m) * old + m * batch)
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5  # every BatchNorm layer's epsilon (PyTorch's default 1e-5)
-    # train | frozen: the scale stays 1 and only the shift trains (the layer then still normalizes
-    # with batch statistics in training; finetune.freeze=bn freezes both)
+    # train | frozen: the scale is not trained, only the shift (1 from initialization; a fine-tuned
+    # run keeps the loaded scale). The layer still normalizes with batch statistics in training;
+    # finetune.freeze=bn freezes both.
     bn_scale: str = choice("train", ("train", "frozen"))
-    # default (each layer's own) | dirac: each convolution with an odd square kernel also starts
-    # with the identity in its first min(in, out) filters, so a deep stack starts near a shallow one
+    # default (each layer's own) | dirac: in each convolution with an odd square kernel (1x1, 3x3, ...),
+    # the first min(in, out) filters start as the identity (all zero but the centre tap of their own
+    # channel) and the others keep the layer's init, so a deep stack starts near a shallow one
     conv_init: str = choice("default", ("default", "dirac"))
 
     def check(self) -> None:

@@ -9,7 +9,9 @@ Early in training decay_t is near 0 (the average follows the weights); late, it 
 noisy steps of a short schedule, where an EMA kept beside the model would lag behind it
 (airbench's CIFAR-10 recipes use K = 5, decay 0.95 ** 5, power 3). Unlike train.ema the
 average *is* the model: it is what the next steps start from, what is evaluated and exported.
-The average is part of every checkpoint, so a resumed run continues it exactly.
+The average is part of every checkpoint, so a resumed run continues it exactly. A run stopped
+early (train.early_stop_patience) ends on its best checkpoint, not on a final average; train.ema,
+if also on, averages the weights as each optimizer step leaves them, before the lookahead move.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Lookahead:
         self.model, self.every, self.decay, self.power, self.total = model, every_steps, decay, power, total_steps
         # Floating-point state only: BN's num_batches_tracked counts, it is not averaged.
         self.average = {name: value.detach().clone() for name, value in self._tracked().items()}
+        self.moved = False  # a run shorter than one interval ends on its own weights, not on the start
 
     def _tracked(self) -> dict[str, torch.Tensor]:
         return {name: value for name, value in self.model.state_dict().items() if value.is_floating_point()}
@@ -35,11 +38,13 @@ class Lookahead:
         """`step`: optimizer steps completed (1-based)."""
         if step % self.every == 0:
             self._move(1.0 - self.decay_at(step))
+            self.moved = True
 
     @torch.no_grad()
     def finish(self) -> None:
         """The end of training: the weights become the average (the last < K steps are not folded in)."""
-        self._move(0.0)
+        if self.moved:
+            self._move(0.0)
 
     def _move(self, weight_of_current: float) -> None:
         current = self._tracked()
@@ -48,8 +53,10 @@ class Lookahead:
             current[name].copy_(average)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: value.cpu() for name, value in self.average.items()}
+        return {**{name: value.cpu() for name, value in self.average.items()},
+                "_moved": torch.tensor(self.moved)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name, average in self.average.items():
             average.copy_(state[name])
+        self.moved = bool(state["_moved"])

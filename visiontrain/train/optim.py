@@ -145,7 +145,8 @@ def build_scheduler(
     total = steps_per_epoch * epochs
 
     def factor_of(group: dict) -> Callable[[int], float]:
-        stop = round(group.get("train_epochs", 0) * steps_per_epoch) or None
+        # At least one step: a fraction of an epoch shorter than a step still trains once, as asked.
+        stop = max(1, round(group["train_epochs"] * steps_per_epoch)) if group.get("train_epochs") else None
         return lambda step: 0.0 if stop is not None and step >= stop else lr_factor(step, cfg, steps_per_epoch, total)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_of(group) for group in optimizer.param_groups])

@@ -65,8 +65,9 @@ class Trainer:
                                          deepspeed=cfg.parallel.strategy == "deepspeed")
         self.steps_per_epoch = data.train.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
-        self.lookahead = self._new_lookahead() if cfg.train.lookahead_every_steps else None
         self.train_model, self.optimizer = self.backend.prepare(self.model, self.optimizer)
+        # After the wrapper has given every rank rank 0's weights (a data-dependent init differs per rank).
+        self.lookahead = self._new_lookahead() if cfg.train.lookahead_every_steps else None
         self.step = Step(self.train_model, self.optimizer, self.scheduler, self.backend, cfg.train.label_smoothing,
                          self.model, self.ema)
         self.state = Progress()
@@ -262,8 +263,11 @@ class Trainer:
         self._unchecked += 1
 
     def _lr(self) -> float:
-        """The highest group lr (the head's, when optim.backbone_lr_mult < 1)."""
-        return max(group["lr"] for group in self.optimizer.param_groups)
+        """The schedule's lr: the highest group lr (the head's, when optim.backbone_lr_mult < 1), leaving out
+        the groups with a multiplier of their own (optim.norm_bias_lr_mult) or a stop (optim.freeze_after_*)."""
+        plain = [g["lr"] for g in self.optimizer.param_groups
+                 if not g.get("name", "").endswith(("_norm_bias", "_brief"))]
+        return max(plain or [g["lr"] for g in self.optimizer.param_groups])
 
     def _log_window(self, epoch: int, images: int, seconds: float, bar) -> None:
         """Read the device-side sums (a sync), check the loss is finite, log one train event."""

@@ -123,8 +123,9 @@ class _WriterDataset:
             with Image.open(self.samples.paths[index]) as img:
                 image = np.asarray(img.convert("RGB"))  # grayscale, CMYK, palette, alpha -> RGB
         except Exception as err:  # PIL raises many types for bad input; all mean "not an image"
-            self.reason.value = f"{type(err).__name__}: {err}"[:299].encode(errors="replace")
-            self.failed.value = index
+            why = f"{type(err).__name__}: {err}".encode(errors="replace")[: len(self.reason) - 1]
+            with self.failed.get_lock():  # two failing workers: one file's path with its own reason
+                self.reason.value, self.failed.value = why, index
             return np.zeros((8, 8, 3), dtype=np.uint8), label
         if self.measure:
             self._measure(index, image)
@@ -156,6 +157,12 @@ class BetonOptions:
     workers: int = 4
 
 
+def can_measure_while_writing() -> bool:
+    """FFCV's writer workers share the measurement arrays only when they are forked (Linux's default up
+    to Python 3.13); under spawn or forkserver they would fill copies, so the caller scans first."""
+    return mp.get_start_method() == "fork"
+
+
 def write_beton(samples: Samples, out_file: Path, options: BetonOptions, measure: bool = False
                 ) -> ScanResult | None:
     """Write `samples`; a file that cannot be decoded is a UsageError naming it (the caller's output
@@ -171,7 +178,8 @@ def write_beton(samples: Samples, out_file: Path, options: BetonOptions, measure
                            num_workers=max(1, options.workers))
     writer.from_indexed_dataset(dataset, chunksize=options.chunk_size)
     if dataset.failed.value >= 0:
-        raise UsageError(f"bad image {samples.paths[dataset.failed.value]} ({dataset.reason.value.decode()}); "
+        raise UsageError(f"bad image {samples.paths[dataset.failed.value]} "
+                         f"({dataset.reason.value.decode(errors='replace')}); "
                          "pass --on-bad skip to leave such files out")
     return dataset.result() if measure else None
 

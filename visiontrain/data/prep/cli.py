@@ -59,21 +59,22 @@ def write_dataset(out: Path, force: bool, train, val, options, on_bad: str, sour
                   extra: dict | None = None, into: Path | None = None) -> dict:
     """Write both splits, checking and measuring every file as it is written (one decode per file).
     Images in memory and --on-bad skip (the good files must be known first) are scanned beforehand."""
-    from visiontrain.data.prep.beton import scan, split_meta, write_beton
+    from visiontrain.data.prep.beton import can_measure_while_writing, scan, split_meta, write_beton
     from visiontrain.data.prep.output import atomic_output_dir, write_meta
 
     def write_into(directory: Path) -> dict:
         splits = {}
-        for split, samples in (("train", train), ("val", val)):
+        for split, samples in (("val", val), ("train", train)):  # val first: its bad file stops it early
             beton = directory / f"{split}.beton"
-            if samples.array is None and on_bad == "stop":
+            if samples.array is None and on_bad == "stop" and can_measure_while_writing():
                 result = write_beton(samples, beton, options, measure=True)
             else:
                 result = scan(samples, options.workers, on_bad, split)
                 write_beton(samples.subset(result.good) if result.bad else samples, beton, options)
             splits[split] = split_meta(samples, result)
         meta = {"source": source, "class_names": train.class_names, "num_classes": len(train.class_names),
-                "mean": splits["train"]["mean"], "std": splits["train"]["std"], "splits": splits,
+                "mean": splits["train"]["mean"], "std": splits["train"]["std"],
+                "splits": {"train": splits["train"], "val": splits["val"]},
                 "options": {**asdict(options), "on_bad": on_bad}, **(extra or {})}
         write_meta(directory, meta)
         return meta
