@@ -12,7 +12,8 @@ Per run: the final validation top-1 (with the config's test-time augmentation), 
 training seconds (train.py's `train_time_s`: the epochs' training loops, without
 evaluation, set-up or the first layer's data-dependent initialization) and the process's
 whole wall time, and the cores it kept busy (CPU seconds of the run's processes over that wall
-time: on a CPU, how much of the machine training used). The table gives top-1 as mean +- sample standard deviation over the seeds.
+time: on a CPU, how much of the machine training used). The table gives top-1 as mean +- sample
+standard deviation over the seeds.
 
 The data: `--data` holds a `visiontrain prep` output (train.beton/val.beton/meta.json, or image
 folders). Without it, `--cifar-jpegs` (the CIFAR-10 training split as `train/<class>/*.jpg`,

@@ -135,7 +135,7 @@ class _WriterDataset:
         height, width = image.shape[:2]
         stride = max(1, min(height, width) // 64)  # about 64 rows: the statistics of a whole dataset, cheaply
         flat = image[::stride, ::stride].reshape(-1, 3).astype(np.float64) / 255.0
-        weight = stride * stride  # each sampled pixel stands for its stride x stride block: pixel-weighted, as a full pass
+        weight = stride * stride  # a sampled pixel stands for its stride x stride block (pixel-weighted)
         self.sizes[index] = width, height
         self.sums[index] = (*(flat.sum(0) * weight), *((flat**2).sum(0) * weight), len(flat) * weight)
 
