@@ -141,3 +141,20 @@ def test_ffcv_backend_refuses_cifar_recipe_on_images_of_another_size(shapes_dir)
 
     with pytest.raises(UsageError, match="not all 32x32"):
         build_loaders(cfg_for(shapes_dir, "ffcv", "data.image_size=32", "data.crop_padding=2"), runtime(), 32)
+
+
+def test_batch_buffers_are_allocated_once_while_the_resolution_stays(shapes_dir):
+    cfg = cfg_for(shapes_dir, "ffcv", "data.recipe=imagenet", "data.progressive_resizing=true",
+                  "data.min_res=16", "data.max_res=32", "data.res_multiple=16", "data.ramp_start_epoch=1",
+                  "data.ramp_end_epoch=2", "train.epochs=3")
+    train = build_loaders(cfg, runtime(), 64).train
+    graph = train.loader.graph
+    seen = []
+    allocate = graph.allocate_memory
+    graph.allocate_memory = lambda *args: seen.append(allocate(*args)) or seen[-1]
+    sizes = []
+    for epoch in (0, 0, 1, 2, 2):
+        train.set_epoch(epoch)
+        sizes.append([images.shape[-1] for images, _ in train][0])
+    assert sizes == [16, 16, 16, 32, 32]
+    assert seen[0] is seen[1] is seen[2] and seen[3] is seen[4] and seen[3] is not seen[0]

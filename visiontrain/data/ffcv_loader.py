@@ -105,7 +105,33 @@ def _loader(path: Path, d: DataConfig, device: torch.device, micro_batch: int, i
         pipelines={"image": image_ops + [ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
                    "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
     threads.restore()  # FFCV sets torch's thread count to its own
+    _reuse_batch_buffers(loader)
     return loader
+
+
+def _reuse_batch_buffers(loader: Loader) -> None:
+    """Keep FFCV's batch buffers from one epoch to the next while their shapes stay the same.
+
+    FFCV's EpochIterator allocates every operation's buffers anew for each epoch: fresh pages
+    that the decoders then fault in, about 90 us per image more on a buffer's first write, over
+    25 us per image averaged over a 5,000-image epoch. Reuse is safe here because each epoch is
+    read to its end before the next one starts, and batches leave the loader as new tensors
+    (DeviceNormalizer), never as views on these buffers. A new resolution (progressive
+    resizing) changes the requested shapes and gets new buffers.
+    """
+    graph, allocate = loader.graph, loader.graph.allocate_memory
+    kept: dict[str, object] = {}
+
+    def allocate_once(batch_size: int, batches_ahead: int):
+        requirements, _ = graph.collect_requirements()
+        key = repr((batch_size, batches_ahead, sorted((kind, sorted(queries.items())) for kind, queries
+                                                      in requirements.items())))
+        if key not in kept:
+            kept.clear()
+            kept[key] = allocate(batch_size, batches_ahead)
+        return kept[key]
+
+    graph.allocate_memory = allocate_once
 
 
 class FFCVTrainLoader(SampledTrainLoader):
