@@ -216,8 +216,3 @@ def test_lookahead_is_refused_with_deepspeed_in_one_line():
     with pytest.raises(UsageError, match="train.lookahead_every_steps.*deepspeed"):
         load_config(None, ["parallel.strategy=deepspeed", "parallel.deepspeed_config=configs/deepspeed/zero2.json",
                            "train.lookahead_every_steps=5"])
-
-
-def test_parameters_trained_briefly_must_stop_before_the_run_ends():
-    with pytest.raises(UsageError, match=r"optim.freeze_after_epochs.*must be < train.epochs=10"):
-        load_config(None, ["train.epochs=10", "optim.freeze_after_params=[fc]", "optim.freeze_after_epochs=10"])

@@ -53,9 +53,6 @@ def validate(cfg: Config) -> None:
     s.require(0 <= s.warmup_epochs < t.epochs, "warmup_epochs", f"must be in [0, train.epochs={t.epochs})")
     s.require(all(0 < e <= t.epochs for e in s.milestones) and list(s.milestones) == sorted(s.milestones),
               "milestones", f"increasing epochs in (0, train.epochs={t.epochs}]")
-    o = cfg.optim
-    o.require(not o.freeze_after_params or o.freeze_after_epochs < t.epochs, "freeze_after_epochs",
-              f"must be < train.epochs={t.epochs} (the parameters would never stop training)")
     if d.progressive_resizing:
         d.require(0 <= d.ramp_start_epoch <= d.ramp_end_epoch <= t.epochs, "ramp_end_epoch",
                   f"need 0 <= data.ramp_start_epoch ({d.ramp_start_epoch}) <= data.ramp_end_epoch <= train.epochs")

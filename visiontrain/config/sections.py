@@ -163,7 +163,9 @@ class OptimConfig(Section):
     # These parameters (names or name prefixes, e.g. whiten.bias) train only for the first
     # freeze_after_epochs epochs, then stay fixed (their learning rate becomes 0).
     freeze_after_params: List[str] = field(default_factory=list)
-    freeze_after_epochs: float = 0.0  # epochs that optim.freeze_after_params train (0 = off)
+    # epochs that optim.freeze_after_params train (0 = off; train.epochs or more: the whole run, as in
+    # a shortened run of a recipe)
+    freeze_after_epochs: float = 0.0
 
     def check(self) -> None:
         self.require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a finite number > 0")
