@@ -124,3 +124,25 @@ def test_the_flip_kernel_mirrors_or_copies_every_byte(shape):
         out = np.zeros_like(image)
         flip_into(image, out, flip)
         assert np.array_equal(out, expected)
+
+
+def test_reflect_fill_gives_identical_batches_in_every_loader(shapes_dir):
+    recipe = ("data.crop_padding=3", "data.translate_fill=reflect", "data.cutout=0")
+    ffcv, tv, device = (epoch(shapes_dir, loader, *recipe) for loader in ("ffcv", "torchvision", "device"))
+    assert identical(ffcv, tv) and identical(tv, device)
+    mean_fill = epoch(shapes_dir, "torchvision", "data.crop_padding=3", "data.cutout=0")
+    assert not identical(tv, mean_fill)
+
+
+def test_the_reflect_kernel_equals_numpy_reflect_padding_then_the_drawn_crop():
+    from visiontrain.data.draws import frozen, uniform_int
+    from visiontrain.data.kernels import translate
+
+    rng = np.random.default_rng(1)
+    for key in rng.integers(0, 2**63, 20, dtype=np.uint64):
+        image = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+        expected_source = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="reflect")
+        dy, dx = uniform_int(key, 0, 4), uniform_int(key, 1, 4)
+        shifted = image.copy()
+        translate(shifted, np.empty((10, 9, 3), np.uint8), key, 2, frozen(np.uint8([0, 0, 0])), True)
+        assert np.array_equal(shifted, expected_source[dy:dy + 6, dx:dx + 5])

@@ -47,6 +47,9 @@ class DataConfig(Section):
     val_image_size: int = 32  # evaluation resolution
     val_crop_ratio: float = 0.875  # imagenet recipe: center crop covers this fraction
     crop_padding: int = 4  # cifar recipe: random translation of up to this many pixels
+    # cifar recipe: what a translation uncovers: mean (the mean colour, FFCV's RandomTranslate) |
+    # reflect (the image mirrored at its border, without repeating the edge: airbench's padding)
+    translate_fill: str = choice("mean", ("mean", "reflect"))
     cutout: int = 0  # cifar recipe: side of a square filled with the mean colour; 0 = off
     flip: bool = True  # random horizontal flip (both recipes)
     # With flip: epoch 0 flips a fair coin per image, each later epoch mirrors exactly the

@@ -63,10 +63,12 @@ class Flip:
 
 @dataclass(frozen=True)
 class Translate:
-    """Shift by up to `padding` px each way (uniform per axis); uncovered pixels get `fill`."""
+    """Shift by up to `padding` px each way (uniform per axis); uncovered pixels get `fill`, or with
+    `reflect` the pixel mirrored at the border (index -1 reads 1, index n reads n - 2)."""
 
     padding: int
     fill: Fill
+    reflect: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def train_recipe(d: DataConfig) -> Recipe:
         return Recipe(RandomResizedCrop(d.image_size), tuple(flip))
     ops: list[PixelOp] = flip
     if d.crop_padding:
-        ops.append(Translate(d.crop_padding, mean_fill(d)))
+        ops.append(Translate(d.crop_padding, mean_fill(d), d.translate_fill == "reflect"))
     if d.cutout:
         ops.append(Cutout(d.cutout, mean_fill(d)))
     return Recipe(AsIs(d.image_size), tuple(ops))

@@ -81,17 +81,22 @@ class DeviceAugment:
             match op:
                 case Flip():
                     images = torch.where(p.view(-1, 1, 1, 1), images.flip(2), images)
-                case Translate():
-                    images = self._translate(images, p, fill)
+                case Translate(reflect=reflect):
+                    images = self._translate(images, p, fill, reflect)
                 case Cutout(size):
                     inside = self._box(p[:, 0], p[:, 1], size)
                     images = torch.where(inside[..., None], fill, images)
         return images
 
-    def _translate(self, images: torch.Tensor, shift: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-        # Output pixel (y, x) is input (y + dy, x + dx); outside the image, the fill colour.
+    def _translate(self, images: torch.Tensor, shift: torch.Tensor, fill: torch.Tensor, reflect: bool = False
+                   ) -> torch.Tensor:
+        # Output pixel (y, x) is input (y + dy, x + dx); outside the image, the fill colour or (reflect)
+        # the pixel mirrored at the border, as kernels.reflected indexes it.
         rows = self.rows[None, :] + shift[:, :1]  # B x H
         cols = self.cols[None, :] + shift[:, 1:]  # B x W
+        if reflect:
+            rows = torch.where(rows < 0, -rows, torch.where(rows >= self.height, 2 * (self.height - 1) - rows, rows))
+            cols = torch.where(cols < 0, -cols, torch.where(cols >= self.width, 2 * (self.width - 1) - cols, cols))
         if len(self.batch_index) != images.shape[0]:
             self.batch_index = torch.arange(images.shape[0], device=self.device)
         batch = self.batch_index[:, None, None]

@@ -85,8 +85,8 @@ def operation_for(op: PixelOp, seed: int, epoch: EpochCell):
     match op:
         case Flip(alternate):
             return SeededFlip(seed, epoch, alternate)
-        case Translate(padding, fill):
-            return SeededTranslate(padding, fill, seed, epoch)
+        case Translate(padding, fill, reflect):
+            return SeededTranslate(padding, fill, seed, epoch, reflect)
         case Cutout(size, fill):
             return SeededCutout(size, fill, seed, epoch)
     raise TypeError(f"no FFCV operation for {op!r}")

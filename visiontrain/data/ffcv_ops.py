@@ -94,20 +94,22 @@ class SeededFlip(Operation):
 
 
 class SeededTranslate(Operation):
-    """Shift by up to `padding` pixels each way, filling with `fill` (FFCV's RandomTranslate)."""
+    """Shift by up to `padding` pixels each way, filling with `fill` (FFCV's RandomTranslate) or, with
+    `reflect`, with the image mirrored at its border."""
 
-    def __init__(self, padding: int, fill: tuple[int, int, int], seed: int, epoch: EpochCell):
+    def __init__(self, padding: int, fill: tuple[int, int, int], seed: int, epoch: EpochCell, reflect: bool = False):
         super().__init__()
         self.padding, self.fill, self.seed, self.epoch = padding, frozen(np.uint8(fill)), seed, epoch
+        self.reflect = reflect
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()
-        pad, fill, seed, epoch_address = self.padding, self.fill, self.seed, self.epoch.address
+        pad, fill, seed, epoch_address, reflect = self.padding, self.fill, self.seed, self.epoch.address, self.reflect
 
         def shift(images, padded, indices):
             keys = sample_keys(indices, seed, SALT_TRANSLATE, read_int64(epoch_address))
             for i in my_range(images.shape[0]):
-                translate(images[i], padded[i], keys[i], pad, fill)
+                translate(images[i], padded[i], keys[i], pad, fill, reflect)
             return images
 
         shift.is_parallel = True

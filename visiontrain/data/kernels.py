@@ -40,14 +40,33 @@ def flip_into(image, out, flip):
 
 
 @njit(cache=True)
-def translate(image, padded, key, pad, fill):
-    """Shift `image` in place by up to `pad` px each way; uncovered pixels get `fill` (FFCV's RandomTranslate).
+def reflected(i, n):
+    """Index `i` of a length-`n` axis mirrored at its ends without repeating the edge (numpy's 'reflect')."""
+    if i < 0:
+        return -i
+    if i >= n:
+        return 2 * (n - 1) - i
+    return i
+
+
+@njit(cache=True)
+def translate(image, padded, key, pad, fill, reflect=False):
+    """Shift `image` in place by up to `pad` px each way; uncovered pixels get `fill` (FFCV's RandomTranslate),
+    or with `reflect` the image mirrored at its border (pad < h and w).
 
     `padded` is scratch space of (h + 2 pad, w + 2 pad, c).
     """
     h, w = image.shape[0], image.shape[1]
-    padded[:] = fill
-    padded[pad : pad + h, pad : pad + w] = image
+    if reflect:
+        for y in range(h + 2 * pad):
+            source_row = reflected(y - pad, h)
+            for x in range(w + 2 * pad):
+                source_col = reflected(x - pad, w)
+                for k in range(image.shape[2]):
+                    padded[y, x, k] = image[source_row, source_col, k]
+    else:
+        padded[:] = fill
+        padded[pad : pad + h, pad : pad + w] = image
     dy = uniform_int(key, 0, 2 * pad)
     dx = uniform_int(key, 1, 2 * pad)
     image[:] = padded[dy : dy + h, dx : dx + w]
@@ -72,12 +91,12 @@ def flip_batch(images, indices, seed, epoch, alternate):
 
 
 @njit(cache=True)
-def translate_batch(images, indices, seed, epoch, pad, fill):
+def translate_batch(images, indices, seed, epoch, pad, fill, reflect=False):
     keys = sample_keys(indices, seed, SALT_TRANSLATE, epoch)
     n, h, w, c = images.shape
     padded = np.empty((h + 2 * pad, w + 2 * pad, c), dtype=images.dtype)
     for i in range(n):
-        translate(images[i], padded, keys[i], pad, fill)
+        translate(images[i], padded, keys[i], pad, fill, reflect)
     return images
 
 

@@ -103,8 +103,8 @@ def _pixel_op(op: PixelOp):
     match op:
         case Flip(alternate):
             return partial(flip_batch, alternate=alternate)
-        case Translate(padding, fill):
-            return partial(translate_batch, pad=padding, fill=frozen(np.uint8(fill)))
+        case Translate(padding, fill, reflect):
+            return partial(translate_batch, pad=padding, fill=frozen(np.uint8(fill)), reflect=reflect)
         case Cutout(size, fill):
             return partial(cutout_batch, size=size, fill=frozen(np.uint8(fill)))
     raise TypeError(f"no torchvision implementation of {op!r}")
