@@ -148,6 +148,15 @@ def test_a_bad_starting_checkpoint_is_refused_before_the_run_dir_is_written(shap
     assert not run_dir.exists() and not (tmp_path / "pwned").exists()
 
 
+def test_a_misspelt_parameter_to_train_briefly_is_named_before_the_run_dir_is_written(shapes_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    line = one_line_error(train_main, tiny(shapes_dir, run_dir, "model.name=cifar_fast", "model.width=8",
+                                           "optim.freeze_after_params=[whiten.bais]", "optim.freeze_after_epochs=1"),
+                          capsys)
+    assert "'whiten.bais'" in line and "closest: whiten.bias" in line
+    assert not run_dir.exists()
+
+
 def test_resuming_with_another_model_names_the_keys_and_leaves_the_run_untouched(trained, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)

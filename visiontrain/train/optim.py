@@ -43,6 +43,16 @@ def frozen_later(names: Iterable[str], patterns: list[str]) -> set[str]:
     return chosen
 
 
+def check_trainable(model: nn.Module, cfg: OptimConfig) -> list[str]:
+    """The trainable parameter names; a usage error if there is none or if optim.freeze_after_params names
+    one that does not exist. `build_run` calls it before the run directory is first written."""
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    if not trainable:
+        raise UsageError("no parameter is trainable (finetune.freeze left nothing to train)")
+    frozen_later(trainable, cfg.freeze_after_params)
+    return trainable
+
+
 def param_groups(
     named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, no_decay_bn_bias: bool,
     backbone_lr_mult: float = 1.0, is_head: Callable[[str], bool] = lambda name: False,
@@ -85,12 +95,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, spec: ModelSpec, deepspe
     """`deepspeed`: the optimizer DeepSpeed will wrap gets the foreach update. ZeRO-1/2 step it on
     their own flattened fp32 partitions, and there the fused one did not reproduce DDP's training
     (losses 8e-4 apart after 25 steps, where foreach matches DDP to 1e-4)."""
-    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    trainable = check_trainable(model, cfg)
     groups = param_groups(model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.no_decay_bn_bias,
                           cfg.backbone_lr_mult, spec.is_head, norm_bias_names(model), cfg.norm_bias_lr_mult,
                           frozen_later(trainable, cfg.freeze_after_params), cfg.freeze_after_epochs)
-    if not groups:
-        raise UsageError("no parameter is trainable (finetune.freeze left nothing to train)")
     # fused: one kernel updates every parameter (CPU and CUDA); foreach: a few kernels per group.
     implementation = {"fused": True} if cfg.fused and not deepspeed else {"foreach": True}
     if cfg.name == "sgd":

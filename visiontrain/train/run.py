@@ -29,6 +29,7 @@ from visiontrain.parallel.launchers import detect_launch
 from visiontrain.parallel.runtime import Runtime, init_runtime, shutdown
 from visiontrain.train import finetune, logs, rundir
 from visiontrain.train.backends import build_backend
+from visiontrain.train.optim import check_trainable
 from visiontrain.train.trainer import Trainer
 
 log = logging.getLogger("visiontrain")
@@ -84,6 +85,7 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: Runtime | No
     model = model if model is not None else build_model(cfg.model)
     init_from_training_images(model, data.train)
     init = finetune.prepare_model(model, spec_of(cfg.model.name), cfg.finetune)  # finetune.init_from, finetune.freeze
+    check_trainable(model, cfg.optim)
     run_dir = rundir.write_config(cfg, runtime, resuming)  # the first write: every input has been checked
     log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch", run_dir, cfg.model.name,
              runtime.device.type, runtime.world_size, runtime.launcher, plan.global_batch,
