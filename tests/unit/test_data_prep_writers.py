@@ -256,3 +256,32 @@ def test_a_writer_worker_records_a_long_non_ascii_reason_without_dying(tmp_path)
     image, label = dataset[0]
     assert image.shape == (8, 8, 3) and label == 0 and dataset.failed.value == 0
     assert dataset.reason.value.decode(errors="replace").startswith("UnidentifiedImageError")
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_val_is_written_first_and_files_are_scanned_only_where_workers_cannot_share_measurements(
+        cifar_slice, tmp_path, monkeypatch, forked):
+    import visiontrain.data.prep.beton as beton
+    import visiontrain.data.prep.cli as cli
+
+    calls, real_write, real_scan = [], beton.write_beton, beton.scan
+
+    def write(samples, out_file, options, measure=False):
+        calls.append((out_file.name, measure))
+        return real_write(samples, out_file, options, measure=measure)
+
+    def scan(samples, workers, on_bad, split):
+        calls.append(("scan", split))
+        return real_scan(samples, workers, on_bad, split)
+
+    monkeypatch.setattr(beton, "write_beton", write)
+    monkeypatch.setattr(beton, "scan", scan)
+    monkeypatch.setattr(beton, "can_measure_while_writing", lambda: forked)
+    out = tmp_path / "out"
+    assert cli.main(["folder", "--train", str(cifar_slice / "train"), "--val-fraction", "0.1", "--out", str(out),
+                     "--workers", "1"]) == 0
+    if forked:
+        assert calls == [("val.beton", True), ("train.beton", True)]
+    else:
+        assert calls == [("scan", "val"), ("val.beton", False), ("scan", "train"), ("train.beton", False)]
+    assert json.loads((out / "meta.json").read_text())["splits"]["train"]["samples"] == 270

@@ -109,3 +109,12 @@ def test_a_run_shorter_than_one_interval_ends_on_its_own_weights():
         look.after_step(step)
     look.finish()
     assert torch.equal(model.weight, trained)  # not the initial weights the average started from
+
+
+def test_the_logged_lr_is_the_schedules_not_a_group_with_its_own_multiplier(shapes_dir, tmp_path):
+    trainer = fast_mechanisms(shapes_dir, tmp_path)
+    groups = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    # optim.norm_bias_lr_mult=16: BN shifts (not decayed in the demo config) at 16x the schedule's lr
+    assert groups["backbone_no_decay_norm_bias"] == pytest.approx(16 * groups["backbone"])
+    assert trainer._lr() == pytest.approx(groups["backbone"]) and trainer._lr() == max(
+        lr for name, lr in groups.items() if not name.endswith(("_norm_bias", "_brief")))
