@@ -9,7 +9,6 @@ checks every file and measures the images' sizes and colour statistics (meta.jso
 
 from __future__ import annotations
 
-import resource
 import shutil
 import statistics
 import subprocess
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from visiontrain.bench.loader import extract_photos
+from visiontrain.bench.timing import children_cpu_seconds
 from visiontrain.infra import fileio
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -54,12 +54,12 @@ def commands(train: Path, val: Path, out: Path, workers: int, max_res: int, qual
 
 
 def timed(command: list[str]) -> dict[str, float]:
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    cpu, start = children_cpu_seconds(), time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu
     if result.returncode:
         raise RuntimeError(f"{' '.join(command[:5])} ... failed: {result.stderr[-2000:]}")
-    return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
+    return {"wall_s": wall, "cpu_s": cpu}
 
 
 def run(shared: Path, work: Path, samples: int, workers: list[int], repeats: int, max_res: int = 256,

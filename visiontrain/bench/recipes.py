@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
 import shutil
 import statistics
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from visiontrain.bench.timing import children_cpu_seconds
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import TrainingFailed, UsageError
 from visiontrain.infra.paths import SOURCE_TREE
@@ -119,10 +119,9 @@ def run_once(config: str, data: Path, run_dir: Path, seed: int, nproc: int, over
         shutil.rmtree(run_dir)  # a table of fresh runs, never a resumed one
     args = [*overrides, f"data.path={data}", f"run.dir={run_dir}", f"run.seed={seed}",
             "log.progress_bar=false", "log.plots=false"]
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    cpu, start = children_cpu_seconds(), time.perf_counter()
     result = subprocess.run(train_command(config, nproc, args), cwd=ROOT, capture_output=True, text=True)
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    wall, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu
     if result.returncode:
         # train.py's own one-line error (under torchrun, the launcher's report follows it).
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
