@@ -22,13 +22,12 @@ from torch import nn
 
 class Lookahead:
     def __init__(self, model: nn.Module, every_steps: int, decay: float, power: float, total_steps: int):
-        self.model, self.every, self.decay, self.power, self.total = model, every_steps, decay, power, total_steps
-        # Floating-point state only: BN's num_batches_tracked counts, it is not averaged.
-        self.average = {name: value.detach().clone() for name, value in self._tracked().items()}
+        self.every, self.decay, self.power, self.total = every_steps, decay, power, total_steps
+        # Views on the model's floating-point parameters and buffers, taken once (loading a checkpoint and
+        # training update them in place); BN's num_batches_tracked counts, it is not averaged.
+        self.current = {name: value for name, value in model.state_dict().items() if value.is_floating_point()}
+        self.average = {name: value.detach().clone() for name, value in self.current.items()}
         self.moved = False  # a run shorter than one interval ends on its own weights, not on the start
-
-    def _tracked(self) -> dict[str, torch.Tensor]:
-        return {name: value for name, value in self.model.state_dict().items() if value.is_floating_point()}
 
     def decay_at(self, step: int) -> float:
         return self.decay * (step / self.total) ** self.power
@@ -47,10 +46,9 @@ class Lookahead:
             self._move(0.0)
 
     def _move(self, weight_of_current: float) -> None:
-        current = self._tracked()
         for name, average in self.average.items():
-            average.lerp_(current[name], weight_of_current)
-            current[name].copy_(average)
+            average.lerp_(self.current[name], weight_of_current)
+            self.current[name].copy_(average)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**{name: value.cpu() for name, value in self.average.items()},
