@@ -5,7 +5,7 @@ STAMP     := $(VENV)/.setup-done
 DEV_STAMP := $(VENV)/.setup-dev-done
 SETUP_INPUTS := pyproject.toml requirements/constraints.txt scripts/setup.sh
 
-.PHONY: setup setup-dev lock wheelhouse demo lint test bench clean
+.PHONY: setup setup-dev lock wheelhouse gpu-bundle gpu-rehearsal demo lint test bench clean
 
 # make setup [WHEELHOUSE=DIR]: what a user needs, at the locked versions, from PyPI or (offline) from a
 # wheelhouse. No root needed where the compilers and libraries FFCV builds with are installed;
@@ -48,6 +48,18 @@ endif
 wheelhouse: $(DEV_STAMP)
 	$(PYTHON) scripts/wheelhouse.py $(DIR) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
 		$(if $(filter skip,$(TORCH)),--skip-torch) $(if $(HAVE),--have $(HAVE))
+
+# make gpu-bundle: gpu-bundle/, what a borrowed GPU machine lacks (wheels for its Python 3.12, the shared
+# data), checked to fit with the tracked files in what one command carries. scripts/gpu_evidence.sh uses it.
+gpu-bundle: $(DEV_STAMP)
+	rm -rf gpu-bundle
+	$(PYTHON) scripts/gpu_bundle.py gpu-bundle
+
+# make gpu-rehearsal: scripts/gpu_evidence.sh --rehearse on the CPU in a fresh Python 3.12 venv holding only the
+# GPU image's packages (about 5 GB, made once), with the bundle. CI runs it after the tests.
+gpu-rehearsal:
+	[ -d gpu-bundle/wheels ] || $(MAKE) gpu-bundle
+	bash scripts/gpu_rehearsal.sh
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh

@@ -143,6 +143,16 @@ def test_ffcv_backend_refuses_cifar_recipe_on_images_of_another_size(shapes_dir)
         build_loaders(cfg_for(shapes_dir, "ffcv", "data.image_size=32", "data.crop_padding=2"), runtime(), 32)
 
 
+def test_more_decoding_threads_than_numba_can_start_is_one_line_naming_the_limit(shapes_dir):
+    import numba
+
+    from visiontrain.infra.errors import UsageError
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    with pytest.raises(UsageError, match=f"data.num_workers {limit + 1}: .* at most {limit} on this machine"):
+        build_loaders(cfg_for(shapes_dir, "ffcv", f"data.num_workers={limit + 1}"), runtime(), 16)
+
+
 def test_batch_buffers_are_allocated_once_while_the_resolution_stays(shapes_dir):
     cfg = cfg_for(shapes_dir, "ffcv", "data.recipe=imagenet", "data.progressive_resizing=true",
                   "data.min_res=16", "data.max_res=32", "data.res_multiple=16", "data.ramp_start_epoch=1",

@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from visiontrain.bench.evidence import add_arguments as add_evidence_arguments
 from visiontrain.bench.projection import add_arguments as add_projection_arguments
 from visiontrain.bench.recipes import add_arguments as add_recipe_arguments
 from visiontrain.infra.errors import ArgumentParser, UsageError, run_cli
@@ -60,6 +61,9 @@ def main(argv: list[str]) -> int:
     project = sub.add_parser("project", help="ImageNet time to train of the configs/imagenet schedules, projected "
                                              "from measured per-GPU rates")
     add_projection_arguments(project)
+    evidence = sub.add_parser("evidence", help="the README's GPU figures in one short call, each part within a budget "
+                              "(scripts/gpu_evidence.sh installs the bundle first)")
+    add_evidence_arguments(evidence)
     recipes = sub.add_parser("recipes", help="the CIFAR-10 recipe table: val top-1 over seeds, training seconds")
     add_recipe_arguments(recipes)
     for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
@@ -93,6 +97,10 @@ def main(argv: list[str]) -> int:
         from visiontrain.bench import projection
 
         return projection.main(args, argv)
+    if args.mode == "evidence":
+        from visiontrain.bench import evidence
+
+        return evidence.main(args)
     if args.mode == "recipes":
         from visiontrain.bench import recipes as recipe_table
 

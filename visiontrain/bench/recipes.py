@@ -80,21 +80,26 @@ def seeds_per_config(configs: list[str], given: list[str]) -> dict[str, int]:
     return seeds
 
 
-def prepare_split(jpegs: Path, work: Path) -> Path:
-    """DIR/cifar10_45k_5k from the CIFAR-10 training JPEGs (once; reused when present)."""
-    out = work / "cifar10_45k_5k"
+def prepare_split(jpegs: Path, work: Path, per_class: int | None = None) -> Path:
+    """DIR/cifar10_45k_5k from the CIFAR-10 training JPEGs (once; reused when present).
+
+    `per_class` keeps only the first N images of each class (DIR/cifar10_N_per_class): a small
+    stand-in with the same layout and split, for rehearsing a measurement.
+    """
+    name = "cifar10_45k_5k" if per_class is None else f"cifar10_{per_class}_per_class"
+    out = work / name
     if (out / "meta.json").is_file():
         return out
     if not jpegs.exists():
         raise UsageError(f"--cifar-jpegs {jpegs}: not found; give the CIFAR-10 training JPEGs or --data")
     source = jpegs
     if jpegs.is_file():
-        source = work / "cifar10_jpegs"
+        source = work / ("cifar10_jpegs" if per_class is None else f"cifar10_jpegs_{per_class}_per_class")
         if not source.is_dir():  # extracted aside and renamed: an interrupted extraction is never reused
             work.mkdir(parents=True, exist_ok=True)
             try:
                 with fileio.atomic_dir(source) as tmp, tarfile.open(jpegs) as tar:
-                    tar.extractall(tmp, filter="data")
+                    tar.extractall(tmp, members=_first_per_class(tar, per_class), filter="data")
             except tarfile.TarError as err:
                 why = str(err).splitlines()[0]
                 raise UsageError(f"--cifar-jpegs {jpegs}: not a readable tar archive ({why})") from None
@@ -104,6 +109,18 @@ def prepare_split(jpegs: Path, work: Path) -> Path:
     if result.returncode:
         raise UsageError(f"preparing the 45k/5k split failed: {result.stderr.strip().splitlines()[-1]}")
     return out
+
+
+def _first_per_class(tar: tarfile.TarFile, per_class: int | None):
+    """The archive's members, or only the first `per_class` files of each folder (and every folder)."""
+    seen: dict[str, int] = {}
+    for member in tar:
+        if per_class is not None and member.isfile():
+            folder = member.name.rsplit("/", 1)[0]
+            seen[folder] = seen.get(folder, 0) + 1
+            if seen[folder] > per_class:
+                continue
+        yield member
 
 
 def train_command(config: str, nproc: int, args: list[str]) -> list[str]:
@@ -173,6 +190,23 @@ def markdown(rows: list[dict[str, Any]], device: str, label: str, command: str) 
     return "\n".join(lines) + "\n"
 
 
+def write_table(out: Path, args: argparse.Namespace, data: Path, command: str, environment: dict[str, Any],
+                rows: list[dict[str, Any]], all_runs: dict[str, list[dict[str, Any]]], seeds: dict[str, int]) -> str:
+    """recipes.md and recipes.json as far as the runs go; `complete` says whether every asked-for run is in."""
+    device = device_line(environment)
+    text = markdown(rows, device, args.label, command)
+    runs = {name: [{k: v for k, v in run.items() if k != "environment"} for run in config_runs]
+            for name, config_runs in all_runs.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    fileio.write_text(out / "recipes.md", text)
+    fileio.write_json(out / "recipes.json", {
+        "split": SPLIT if args.data is None else str(data), "label": args.label, "command": command,
+        "device": device, "environment": environment, "seeds_asked": seeds,
+        "complete": all(len(runs.get(name, [])) == count for name, count in seeds.items()),
+        "rows": rows, "runs": runs})
+    return text
+
+
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     from visiontrain.train.run import check
 
@@ -191,28 +225,21 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     for name in seeds:  # every config and override checked before the first run starts
         check(ROOT / CONFIGS[name], [f"data.path={data}", f"run.dir={runs_dir / name / 'check'}", *args.overrides],
               args.nproc)
+    command = shlex.join(["python", "-m", "visiontrain", "bench", *argv])
     rows, all_runs, environment = [], {}, {}
     for name, count in seeds.items():
         config = CONFIGS[name]
         if args.warmup:
             run_once(config, data, runs_dir / name / "warmup", WARMUP_SEED, args.nproc, args.overrides)
-        runs = []
+        runs = all_runs[name] = []
         for seed in range(count):
             runs.append(run_once(config, data, runs_dir / name / f"seed{seed}", seed, args.nproc, args.overrides))
             print(f"{name} seed {seed}: top-1 {runs[-1]['top1']:.2f} %, {runs[-1]['train_s']:.2f} s training, "
                   f"{runs[-1]['process_s']:.1f} s process", flush=True)
-        environment = runs[0].pop("environment")
-        for run in runs[1:]:
-            run.pop("environment")
-        all_runs[name] = runs
+            environment = environment or runs[0]["environment"]
+            # Written after every run: a table stopped part-way keeps the runs it finished.
+            text = write_table(out, args, data, command, environment, [*rows, aggregate(name, runs)], all_runs,
+                               seeds)
         rows.append(aggregate(name, runs))
-    command = shlex.join(["python", "-m", "visiontrain", "bench", *argv])
-    device = device_line(environment)
-    text = markdown(rows, device, args.label, command)
-    out.mkdir(parents=True, exist_ok=True)
-    fileio.write_text(out / "recipes.md", text)
-    fileio.write_json(out / "recipes.json", {
-        "split": SPLIT if args.data is None else str(data), "label": args.label, "command": command,
-        "device": device, "environment": environment, "rows": rows, "runs": all_runs})
     print(text)
     return 0

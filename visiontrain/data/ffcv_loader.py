@@ -96,8 +96,19 @@ def _device_ops(device: torch.device) -> list:
     return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
 
 
+def check_decoding_threads(num_workers: int) -> None:
+    """FFCV decodes in numba threads, and numba starts at most NUMBA_NUM_THREADS (the CPU cores) of them."""
+    import numba
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    if num_workers > limit:
+        raise UsageError(f"data.num_workers {num_workers}: the FFCV loader decodes in numba threads, at most {limit} "
+                         f"on this machine (its CPU cores, or NUMBA_NUM_THREADS); set data.num_workers <= {limit}")
+
+
 def _loader(path: Path, d: DataConfig, device: torch.device, micro_batch: int, image_ops: list, order: FixedOrder,
             drop_last: bool) -> Loader:
+    check_decoding_threads(max(1, d.num_workers))
     device_ops = _device_ops(device)
     loader = Loader(
         str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache, order=order,
