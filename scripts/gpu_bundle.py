@@ -12,12 +12,14 @@ It must fit, with the tracked files of the checkout, in what one command carries
 default 60 of the 64 MiB): the sizes are printed, and a bundle over the limit is removed with a
 one-line error (exit 2). scripts/gpu_evidence.sh installs and uses it.
 
-Usage: python scripts/gpu_bundle.py [OUT] [--shared DIR] [--limit-mib 60]   (OUT default: gpu-bundle)
+Usage: python scripts/gpu_bundle.py [OUT] [--shared DIR] [--limit-mib 60]   (OUT default: gpu-bundle;
+--shared default: $VISIONTRAIN_SHARED_DATASETS, else ../shared/datasets beside the checkout)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -59,7 +61,8 @@ def folder_bytes(folder: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, nargs="?", default=ROOT / "gpu-bundle")
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "datasets",
+    shared = os.environ.get("VISIONTRAIN_SHARED_DATASETS", ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--shared", type=Path, default=Path(shared),
                         help="the folder holding " + " and ".join(DATA_FILES))
     parser.add_argument("--limit-mib", type=float, default=60.0, help="bundle + tracked files must fit in this")
     args = parser.parse_args()

@@ -22,9 +22,9 @@ if [[ $# -ne 1 || $1 == -* ]]; then
     echo "usage: scripts/gpu_evidence.sh [--rehearse] OUT" >&2
     exit 2
 fi
-OUT=$1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUNDLE=${GPU_BUNDLE:-$ROOT/gpu-bundle}
+OUT=$(realpath -m "$1")  # absolute: the measurement runs from the checkout
+BUNDLE=$(realpath -m "${GPU_BUNDLE:-$ROOT/gpu-bundle}")
 PY=${PYTHON:-python3}
 if [[ ! -d $BUNDLE/wheels ]]; then
     echo "error: $BUNDLE/wheels not found: build the bundle with make gpu-bundle (GPU_BUNDLE names another)" >&2
@@ -39,11 +39,14 @@ if ! "$PY" "$ROOT/scripts/install_bundle.py" "$BUNDLE/wheels" "$SITE" 2>&1 | tee
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 else
     echo "no nvidia-smi: no GPU"
 fi
-"$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda,
-      "available:", torch.cuda.is_available())'
+if ! timeout 60 "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__,
+        "CUDA", torch.version.cuda, "available:", torch.cuda.is_available())'; then
+    echo "error: $PY cannot import torch" >&2
+    exit 1
+fi
 cd "$ROOT" || exit 2
 exec "$PY" -m visiontrain bench evidence "$OUT" --bundle "$BUNDLE" --started "$started" ${REHEARSE[@]+"${REHEARSE[@]}"}

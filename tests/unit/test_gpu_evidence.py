@@ -32,9 +32,9 @@ def test_the_budgets_add_up_to_at_most_nine_minutes_with_the_installation():
         evidence.check_budgets(plan, 100)
 
 
-def _ctx(tmp_path: Path, deadline_s: float = 60) -> evidence.Context:
-    return evidence.Context(out=tmp_path / "out", work=tmp_path / "work", bundle=tmp_path, sizes=evidence.REHEARSAL,
-                            rehearse=True, deadline=time.time() + deadline_s)
+def _ctx(tmp_path: Path, deadline_s: float = 60, sizes: evidence.Sizes = evidence.GPU) -> evidence.Context:
+    return evidence.Context(out=tmp_path / "out", work=tmp_path / "work", bundle=tmp_path, sizes=sizes,
+                            rehearse=sizes is evidence.REHEARSAL, deadline=time.time() + deadline_s)
 
 
 def _python(code: str):
@@ -43,37 +43,65 @@ def _python(code: str):
 
 def test_a_part_over_its_budget_is_killed_with_its_children_and_the_next_parts_still_run(tmp_path):
     marker = tmp_path / "child_alive"
-    # The part starts a grandchild that would write the marker after 4 s: killing only the child would miss it.
+    # The part's grandchild ignores SIGTERM (as a training process that treats it as preemption does) and would
+    # write the marker after 6 s: only killing the whole group with SIGKILL stops it.
     grandchild = tmp_path / "grandchild.py"
-    grandchild.write_text(f"import time\ntime.sleep(4)\nopen({str(marker)!r}, 'w')\n")
+    grandchild.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(6)\n"
+                          f"open({str(marker)!r}, 'w')\n")
     sleeper = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, {str(grandchild)!r}]); "
                "time.sleep(60)")
     plan = [evidence.Part("slow", "a slow part", 1, _python(sleeper), lambda ctx: {"partial": True}),
             evidence.Part("after_slow", "needs the slow one", 5, _python("print(1)"), needs=("slow",)),
             evidence.Part("fine", "an independent part", 10, _python("print('fine')")),
             evidence.Part("broken", "a failing part", 10, _python("import sys; print('error: bad'); sys.exit(3)")),
-            evidence.Part("absent", "not in this version", 10, _python("print(1)"), available=lambda ctx: "no such")]
+            evidence.Part("absent", "not in this version", 10, _python("print(1)"), available=lambda ctx: "no such"),
+            evidence.Part("raises", "an unexpected error", 10, lambda ctx: {}["key"])]
     written = []
     start = time.time()
-    records = evidence.run_parts(_ctx(tmp_path), plan, {}, lambda rs: written.append([r.status for r in rs]))
+    records = evidence.run_parts(_ctx(tmp_path), plan, lambda rs: written.append([r.status for r in rs]))
     assert time.time() - start < 15
-    assert [(r.name, r.status) for r in records] == [("slow", "timed out"), ("after_slow", "not run"),
-                                                      ("fine", "ok"), ("broken", "failed"), ("absent", "missing")]
-    assert records[0].result == {"partial": True} and 0.9 < records[0].seconds < 12
+    assert [(r.name, r.status) for r in records] == [
+        ("slow", "timed out"), ("after_slow", "not run"), ("fine", "ok"), ("broken", "failed"),
+        ("absent", "missing"), ("raises", "failed")]
+    assert records[0].result == {"partial": True} and 0.9 < records[0].seconds < 1 + evidence.KILL_GRACE_S + 2
     assert "needs slow" in records[1].reason and "exited with 3: error: bad" in records[3].reason
+    assert records[5].reason == "KeyError: 'key'"
     # written after every part, the later parts still "not reached" at first
-    assert written[0] == ["timed out", "not reached", "not reached", "not reached", "not reached"]
+    assert written[0] == ["timed out"] + ["not reached"] * 5
     assert len(written) == len(plan)
-    time.sleep(4.5)
+    time.sleep(max(0.0, start + 6.5 - time.time()))
     assert not marker.exists(), "the killed part's grandchild survived"
 
 
-def test_parts_after_the_call_deadline_are_not_run(tmp_path):
-    plan = [evidence.Part("a", "first", 30, _python("import time; time.sleep(60)")),
-            evidence.Part("b", "second", 30, _python("print(1)"))]
-    records = evidence.run_parts(_ctx(tmp_path, deadline_s=1.5), plan, {}, lambda rs: None)
+def test_no_part_runs_into_the_deadline_and_one_left_too_little_time_is_not_started(tmp_path):
+    plan = [evidence.Part("a", "first", 10, _python("import time; time.sleep(60)")),
+            evidence.Part("b", "second", 10, _python("print(1)"))]
+    start = time.time()
+    records = evidence.run_parts(_ctx(tmp_path, deadline_s=8), plan, lambda rs: None)
     assert [r.status for r in records] == ["timed out", "not run"]
-    assert records[0].seconds < 10 and "deadline" in records[1].reason
+    assert time.time() - start < 8 and records[0].reason == "stopped at 5 s"  # the deadline less the kill's grace
+    assert records[1].reason == "only 0 s left before the deadline"
+
+
+def test_a_stopped_call_kills_the_running_part_and_records_the_rest(tmp_path):
+    def stopped(ctx):
+        raise evidence.CallStopped()
+    plan = [evidence.Part("a", "first", 10, _python("print(1)")), evidence.Part("b", "second", 10, stopped),
+            evidence.Part("c", "third", 10, _python("print(1)"))]
+    written = []
+    with pytest.raises(evidence.CallStopped):
+        evidence.run_parts(_ctx(tmp_path), plan, lambda rs: written.append([(r.status, r.reason) for r in rs]))
+    assert written[-1] == [("ok", ""), ("timed out", "the call was stopped"), ("not run", "the call was stopped")]
+
+
+def test_a_part_starts_from_an_empty_folder_so_old_figures_are_never_reported(tmp_path):
+    ctx = _ctx(tmp_path)
+    (ctx.work / "p").mkdir(parents=True)
+    (ctx.work / "p" / "results.json").write_text("{}")
+    collect = lambda ctx: json.loads((ctx.work / "p" / "results.json").read_text())  # noqa: E731
+    plan = [evidence.Part("p", "fails before writing", 10, _python("import sys; sys.exit(1)"), collect)]
+    (record,) = evidence.run_parts(ctx, plan, lambda rs: None)
+    assert record.status == "failed" and record.result is None and "could not be read" in record.reason
 
 
 def _doc(parts: list[dict]) -> dict:
@@ -101,7 +129,8 @@ def test_the_summary_names_every_part_and_what_a_stopped_part_finished():
              "achieved_tflops_per_device": 12.3, "mfu": 0.1, "trainer_vs_bare": 0.985, "image_size": 160}
     parts = [_part("cifar_data"), _part("fast", "timed out", fast, "stopped at 150 s"),
              _part("resnet9", "failed", None, "exited with 1"), _part("trainer_eager", result={"points": [point]}),
-             _part("trainer_compiled", "not reached"), _part("r50_eager", result={"points": [point]}),
+             _part("trainer_compiled", "not reached"), _part("trainer_graphs", "not reached"),
+             _part("r50_eager", result={"points": [point]}),
              _part("r50_compiled", "not reached"), _part("imagenet_data"),
              _part("ffcv_e2e", result={"points": [{**point, "images_per_s": 960.0}]}),
              _part("ffcv_step", result={"points": [point]}),
@@ -129,7 +158,7 @@ def test_the_accuracy_check_compares_with_the_cpu_seeds_spread():
 
 
 def test_outputs_are_three_small_files_with_each_part_log_cut_to_its_end(tmp_path):
-    ctx = _ctx(tmp_path)
+    ctx = _ctx(tmp_path, sizes=evidence.REHEARSAL)
     ctx.out.mkdir()
     (ctx.work / "logs").mkdir(parents=True)
     (ctx.work / "logs" / "fast.log").write_text("".join(f"line {i}\n" for i in range(10_000)))

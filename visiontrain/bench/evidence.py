@@ -6,11 +6,14 @@ scripts/gpu_evidence.sh installs the bundle (make gpu-bundle) and then runs this
 one after another, each as child processes in a session of their own, killed when the part's
 budget or the whole call's deadline (`--deadline-s` after `--started`) runs out. After every part
 OUT/results.json and OUT/summary.md are written again: a part that failed, timed out or was never
-reached is reported as such, and the parts before it stay intact. The budgets add up to the
-deadline by construction (checked before anything runs).
+reached is reported as such, and the parts before it stay intact. The budgets, with a reserve for
+the installation, add up to at most the deadline (checked before anything runs); a part never runs
+past the deadline, less a few seconds to kill it, and one left with under a quarter of its budget is
+not started.
 
-OUT gets three files: summary.md (the README tables' rows, ready to paste), results.json (every
-part's status, seconds and figures) and log.txt (the end of each part's output). The work (data,
+OUT gets summary.md (the README tables' rows, ready to paste), results.json (every part's status,
+seconds and figures) and log.txt (the end of each part's output); the shell script adds
+install.txt. The work (data,
 run directories) goes to --work, outside OUT, since only a few small files come back from a
 borrowed machine.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +44,8 @@ from visiontrain.infra.paths import SOURCE_TREE
 DEADLINE_S = 540  # 9 minutes: one command of a borrowed machine, with time left to give it back
 INSTALL_RESERVE_S = 25  # the bundle's installation, before this module starts
 LOG_TAIL_LINES = 60  # per part, in OUT/log.txt
+KILL_GRACE_S = 3  # from SIGTERM to SIGKILL of a part's processes; kept free before the deadline
+MIN_SHARE = 0.25  # a part with less than this share of its budget left is not started
 CPU_REFERENCE = Path(__file__).with_name("recipe_cpu_reference.json")
 R50 = ["model.name=resnet50", "model.num_classes=1000", "data.image_size=224", "data.val_image_size=224"]
 FAMILIES = {"ConvNeXt-T": "timm/convnext_tiny", "ViT-S/16": "timm/vit_small_patch16_224"}
@@ -119,6 +125,10 @@ class PartFailed(Exception):
     pass
 
 
+class CallStopped(BaseException):
+    """The evidence call itself got SIGTERM or SIGINT (an outer timeout, Ctrl-C): not one part's failure."""
+
+
 def command(ctx: Context, *args: str | Path) -> None:
     """Run one child process (and whatever it starts) until it ends or the part's time is up."""
     remaining = ctx.part_deadline - time.time()
@@ -128,28 +138,48 @@ def command(ctx: Context, *args: str | Path) -> None:
         log.write(f"$ {' '.join(map(str, args))}\n")
         log.flush()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # A session of its own: the whole group (FFCV threads, compile workers, torch's children) is killed at once.
         proc = subprocess.Popen([str(a) for a in args], cwd=SOURCE_TREE, stdout=log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
         try:
             code = proc.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             raise PartTimeout() from None
+        except BaseException:  # CallStopped, KeyboardInterrupt: never leave the part running on the device
+            kill_group(proc)
+            raise
     if code:
         raise PartFailed(f"{Path(str(args[0])).name} ... exited with {code}: {_last_error(ctx.log)}")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after a short grace to whatever is left of it.
+
+    The group is killed, not the process: its top (a `bench` command) may exit at once while the training
+    process it started treats SIGTERM as preemption and would go on to its next step boundary.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    grace_end = time.time() + KILL_GRACE_S
+    while time.time() < grace_end and _group_alive(proc):
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reap the top process once it has exited, or the group never looks empty
+    try:
+        os.killpg(proc.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def _last_error(log: Path) -> str:
@@ -210,10 +240,11 @@ def step_part(name: str, overrides: Overrides, sweep: Overrides, config: Path | 
     return run, collect
 
 
-def compiled_sweep(ctx: Context, *modes: str) -> list[str]:
-    if not ctx.sizes.compile:  # the rehearsal runs the same points eagerly
-        return []
-    return [f"model.compile_mode={','.join(modes)}"]
+def compiled(ctx: Context, mode: str = "default") -> list[str]:
+    """Compilation on the GPU; the rehearsal runs the same points eagerly (inductor takes minutes on two cores)."""
+    if not ctx.sizes.compile:
+        return ["model.compile=false"]
+    return ["model.compile=true", *([f"model.compile_mode={mode}"] if mode != "default" else [])]
 
 
 def imagenet_beton(ctx: Context) -> Path:
@@ -280,14 +311,15 @@ def parts() -> list[Part]:
         ("resnet9", "resnet9 recipe (configs/cifar10/resnet9.yaml)", 75, r9_run, r9_collect, ("cifar_data",)),
         ("trainer_eager", "trainer vs bare loop: ResNet-9, batch 512, eager",
          20, *step_part("trainer_eager", r9_step, lambda ctx: []), ()),
-        ("trainer_compiled", "trainer vs bare loop: ResNet-9, batch 512, compiled and CUDA graphs",
-         65, *step_part("trainer_compiled", lambda ctx: [*r9_step(ctx), f"model.compile={ctx.sizes.compile}"],
-                        lambda ctx: compiled_sweep(ctx, "default", "reduce-overhead")), ()),
+        ("trainer_compiled", "trainer vs bare loop: ResNet-9, batch 512, compiled",
+         35, *step_part("trainer_compiled", lambda ctx: [*r9_step(ctx), *compiled(ctx)], lambda ctx: []), ()),
+        ("trainer_graphs", "trainer vs bare loop: ResNet-9, batch 512, compiled with CUDA graphs",
+         30, *step_part("trainer_graphs", lambda ctx: [*r9_step(ctx), *compiled(ctx, "reduce-overhead")],
+                        lambda ctx: []), ()),
         ("r50_eager", "ResNet-50 224 px bf16 channels-last step, eager",
          20, *step_part("r50_eager", r50, lambda ctx: [], bare=False), ()),
         ("r50_compiled", "ResNet-50 224 px bf16 channels-last step, compiled",
-         70, *step_part("r50_compiled", lambda ctx: [*r50(ctx), f"model.compile={ctx.sizes.compile}"],
-                        lambda ctx: [], bare=False), ()),
+         70, *step_part("r50_compiled", lambda ctx: [*r50(ctx), *compiled(ctx)], lambda ctx: [], bare=False), ()),
         ("imagenet_data", "ImageNet photos replicated, written with FFCV's ResNet-50 options",
          15, run_imagenet_data, None, ()),
         ("ffcv_e2e", "ResNet-50 160 px fed by FFCV: end to end",
@@ -316,41 +348,55 @@ def check_budgets(plan: list[Part], deadline_s: float) -> None:
                          f"{deadline_s:g} s")
 
 
-def run_parts(ctx: Context, plan: list[Part], environment: dict[str, Any], write: Callable[[list[Record]], None]
-              ) -> list[Record]:
+def run_parts(ctx: Context, plan: list[Part], write: Callable[[list[Record]], None]) -> list[Record]:
     records = [Record(p.name, p.title, round(p.budget_s * ctx.sizes.budget_scale)) for p in plan]
-    for part, record in zip(plan, records):
-        failed = [r.name for r in records if r.name in part.needs and r.status != "ok"]
-        reason = f"needs {', '.join(failed)}, which did not finish" if failed else part.available(ctx)
-        if reason:
-            record.status = "missing" if not failed else "not run"
-            record.reason = reason
-            write(records)
-            continue
-        start = time.time()
-        if start >= ctx.deadline:
-            record.status, record.reason = "not run", "the call's deadline had passed"
-            write(records)
-            continue
-        ctx.part_deadline = min(start + record.budget_s, ctx.deadline)
-        ctx.log = ctx.work / "logs" / f"{part.name}.log"
-        ctx.log.parent.mkdir(parents=True, exist_ok=True)
-        ctx.log.write_text("")
+    for index, (part, record) in enumerate(zip(plan, records)):
         try:
-            part.run(ctx)
-            record.status = "ok"
-        except PartTimeout:
-            record.status = "timed out"
-            record.reason = f"stopped at {ctx.part_deadline - start:.0f} s"
-        except (PartFailed, UsageError, OSError) as err:
-            record.status, record.reason = "failed", str(err).splitlines()[0][:300]
-        record.seconds = time.time() - start
-        try:
-            record.result = part.collect(ctx)
-        except (OSError, ValueError) as err:
-            record.reason += f" (its results could not be read: {err})"
+            run_part(ctx, part, record, records)
+        except CallStopped:
+            record.status, record.reason = "timed out", "the call was stopped"
+            for later in records[index + 1:]:
+                later.status, later.reason = "not run", "the call was stopped"
+            write(records)
+            raise
         write(records)
     return records
+
+
+def run_part(ctx: Context, part: Part, record: Record, records: list[Record]) -> None:
+    failed = [r.name for r in records if r.name in part.needs and r.status != "ok"]
+    if failed:
+        record.status, record.reason = "not run", f"needs {', '.join(failed)}, which did not finish"
+        return
+    start = time.time()
+    end = min(start + record.budget_s, ctx.deadline - KILL_GRACE_S)
+    if end - start < MIN_SHARE * record.budget_s:
+        record.status, record.reason = "not run", f"only {max(0.0, end - start):.0f} s left before the deadline"
+        return
+    ctx.part_deadline = end
+    ctx.log = ctx.work / "logs" / f"{part.name}.log"
+    ctx.log.parent.mkdir(parents=True, exist_ok=True)
+    ctx.log.write_text("")
+    shutil.rmtree(ctx.work / part.name, ignore_errors=True)  # never report an earlier call's figures
+    try:
+        missing = part.available(ctx)
+        if missing:
+            record.status, record.reason = "missing", missing
+            return
+        part.run(ctx)
+        record.status = "ok"
+    except PartTimeout:
+        record.status, record.reason = "timed out", f"stopped at {end - start:.0f} s"
+    except (PartFailed, UsageError) as err:
+        record.status, record.reason = "failed", str(err).splitlines()[0][:300]
+    except Exception as err:  # anything else is this part's failure, not the end of the call
+        record.status, record.reason = "failed", f"{type(err).__name__}: {str(err)[:300]}"
+    finally:
+        record.seconds = time.time() - start
+    try:
+        record.result = part.collect(ctx)
+    except (OSError, ValueError) as err:
+        record.reason += f" (its results could not be read: {err})"
 
 
 def log_tails(ctx: Context, records: list[Record]) -> str:
@@ -406,7 +452,18 @@ def main(args: argparse.Namespace) -> int:
                   deadline=started + args.deadline_s * sizes.budget_scale)
     environment = bench_environment()
     environment.pop("packages", None)
-    records = run_parts(ctx, plan, environment, lambda rs: write_outputs(ctx, rs, environment, started))
+    environment["install_and_start_s"] = round(time.time() - started, 1)  # scripts/gpu_evidence.sh's part
+
+    def stop(signum, frame):
+        raise CallStopped()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    write = lambda rs: write_outputs(ctx, rs, environment, started)  # noqa: E731
+    try:
+        records = run_parts(ctx, plan, write)
+    except CallStopped:
+        print(f"stopped; what was measured is in {out}", file=sys.stderr)
+        return 1
     print((out / "summary.md").read_text())
     statuses = [r.status for r in records]
     return 0 if all(s in ("ok", "missing") for s in statuses) else 1
