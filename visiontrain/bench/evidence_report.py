@@ -85,7 +85,8 @@ def recipe_rows(doc: dict[str, Any], reference: dict[str, Any]) -> list[str]:
         gpu = doc["environment"].get("gpu")
         hardware = result.get("label", "") + (f" ({gpu})" if gpu else "")
         asked = (result.get("seeds_asked") or {}).get(name, r["runs"])
-        runs = f"{r['runs']} seeds" + ("" if r["runs"] >= asked else f" of {asked} ({part['status']})")
+        runs = f"{r['runs']} seed{'s' if r['runs'] != 1 else ''}" + (
+            "" if r["runs"] >= asked else f" of {asked} ({part['status']})")
         lines.append(f"| {CONFIG_LINKS[name]} | {r['model']} | {r['epochs']} | {hardware} | "
                      f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} % ({runs}) | {r['train_s_mean']:.2f} | "
                      f"{r['process_s_mean']:.1f} |")
