@@ -24,11 +24,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from wheelhouse import build as build_wheelhouse
 from wheelhouse import canonical, resolve_pins
+
+from visiontrain.infra import fileio
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = Path(__file__).resolve().parent / "gpu_image.txt"
@@ -75,8 +76,7 @@ def main() -> None:
     have = {canonical(name) for name in resolve_pins(IMAGE_PYTHON, *image_packages())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Built beside the target and renamed when complete and within the limit: never half a bundle.
-    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}-", dir=args.out.parent))
-    try:
+    with fileio.atomic_dir(args.out) as staging:
         (staging / "wheels").mkdir()
         manifest = build_wheelhouse(staging / "wheels", IMAGE_PYTHON, skip_torch=True, have=have)
         (staging / "data").mkdir()
@@ -90,12 +90,6 @@ def main() -> None:
         print(f"gpu_bundle: {len(manifest['packages'])} packages; in all {total:.1f} MiB of {args.limit_mib:g}")
         if total > args.limit_mib:
             fail(f"bundle + tracked files = {total:.1f} MiB, over --limit-mib {args.limit_mib:g}")
-        if args.out.exists():
-            args.out.rmdir()
-        staging.rename(args.out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     print(f"gpu_bundle: {args.out}")
 
 

@@ -206,6 +206,18 @@ def test_the_bundle_refuses_missing_data_in_one_line(tmp_path):
                                    "hold cifar10-train-jpeg.tar.gz, imagenet-sample-200.tar)")
 
 
+def test_bench_evidence_refuses_a_bundle_without_data_in_one_line_before_writing(tmp_path, capsys):
+    from visiontrain.bench.cli import main as bench_main
+    from visiontrain.infra.errors import run_cli
+
+    (tmp_path / "bundle" / "data").mkdir(parents=True)
+    assert run_cli(bench_main, ["evidence", str(tmp_path / "out"), "--bundle", str(tmp_path / "bundle")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data/cifar10-train-jpeg.tar.gz not found (build the bundle with make gpu-bundle)" \
+        in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_evidence_script_refuses_a_missing_bundle_in_one_line(tmp_path):
     done = subprocess.run(["bash", ROOT / "scripts" / "gpu_evidence.sh", tmp_path / "out"], capture_output=True,
                           text=True, env={"GPU_BUNDLE": str(tmp_path / "nothing"), "PATH": "/usr/bin:/bin"})
