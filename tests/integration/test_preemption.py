@@ -62,17 +62,18 @@ deadline = time.time() + 10
 while worker.exitcode is None and time.time() < deadline:
     time.sleep(0.05)
 print("stopped" if worker.exitcode is not None else "still running", flush=True)
-for process in pool._pool:  # the pool replaced the stopped worker: end every one, whatever their handlers
-    os.kill(process.pid, signal.SIGKILL)
-os._exit(0)  # no pool shutdown: it is what would hang
+# End this whole session at once (it is its own group): the pool's handler thread may be forking a replacement
+# for the stopped worker right now, so a loop over pool._pool could miss it or meet a reaped pid, and a pool
+# shutdown could wait for a replacement that still carries the catching handler.
+os.killpg(0, signal.SIGKILL)
 """
 
 
 def test_data_prep_workers_stop_on_sigterm_in_a_process_that_catches_it(tmp_path):
     """data_prep's pool is terminated (SIGTERM) at the end of every scan: workers that inherited a training
     run's catching handler would never stop, and the scan would wait for them for ever."""
-    # Output to files, and the interpreter awaited rather than its pipes: the pool's handler thread may start a
-    # worker again between the kills and os._exit, and that orphan would hold pipes open until the timeout.
+    # Output to files, and the interpreter awaited rather than its pipes: whatever outlives the interpreter
+    # would hold pipes open until the timeout.
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
     with open(stdout, "w") as out, open(stderr, "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", _POOL_UNDER_A_SIGTERM_HANDLER], cwd=ROOT, stdout=out,
