@@ -134,8 +134,8 @@ def test_missing_path_unknown_suffix_and_non_run_dir(tmp_path):
 
 
 def test_finetune_config_errors():
-    with pytest.raises(UsageError, match="'finetune.freeze' = 'stages:9' is invalid: allowed none, backbone"):
-        load_config(None, ["finetune.freeze=stages:9"])
+    with pytest.raises(UsageError, match="'finetune.freeze' = 'stages:0' is invalid: allowed none, backbone"):
+        load_config(None, ["finetune.freeze=stages:0"])
     with pytest.raises(UsageError, match="finetune.use_ema.*only read with finetune.init_from"):
         load_config(None, ["finetune.use_ema=true"])
     with pytest.raises(UsageError, match="optim.backbone_lr_mult"):
@@ -190,7 +190,7 @@ def test_freeze_stages_keeps_stem_and_first_stages_bit_for_bit():
 
 def test_freeze_stages_beyond_the_model_is_refused():
     resnet9 = build_model(ModelConfig(name="resnet9", width=8))
-    with pytest.raises(UsageError, match="this model has 3 stages; allowed stages:1..stages:3"):
+    with pytest.raises(UsageError, match="resnet9 has 3 stages; allowed stages:1..stages:3"):
         freeze(resnet9, spec_of("resnet9"), "stages:4")
 
 

@@ -117,21 +117,33 @@ def test_whitening_reads_the_end_of_epoch_0_and_leaves_the_loader_ready(shapes_d
     assert len(epoch) == 12 * 32 and torch.equal(seen[0], epoch[-128:][:100])  # the end of the same epoch 0
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+# The project's own models and a small member of each library family (built at 64 px where the size is fixed).
+FAMILY_SAMPLES = {"timm/convnext_atto": {}, "timm/vit_tiny_patch16_224": {"img_size": 64},
+                  "timm/mobilenetv3_small_050": {}, "timm/resnet10t": {}, "timm/levit_128s": {"img_size": 64},
+                  "torchvision/mobilenet_v3_small": {}, "torchvision/squeezenet1_1": {},
+                  "torchvision/regnet_x_400mf": {}, "torchvision/efficientnet_b0": {}}
+
+
+@pytest.mark.parametrize("name", [*MODEL_NAMES, *FAMILY_SAMPLES])
 def test_every_spec_describes_its_model(name):
-    """The contract fine-tuning, the optimizer and the config rely on holds for every registered model."""
+    """The contract fine-tuning, the optimizer and the config rely on holds for every registered model and for
+    the library families: the heads are the layers that output the classes, the depths cover every other
+    parameter, from a stem to at least two stages."""
     spec = spec_of(name)
-    model = build_model(ModelConfig(name=name, num_classes=7, width=16 if spec.has_width else 64))
-    head = model.get_submodule(spec.head)
-    assert isinstance(head, torch.nn.Linear) and head.out_features == 7
-    assert {n for n, _ in model.named_parameters() if spec.is_head(n)} == {f"{spec.head}.{n}"
-                                                                        for n, _ in head.named_parameters()}
-    stem, stages = spec.stem_and_stages(model)
-    own = set(map(id, model.modules()))
-    assert stem and len(stages) >= 3 and all(id(m) in own for m in stem + stages)
-    staged = {id(p) for m in stem + stages for p in m.parameters()}
-    assert not staged & {id(p) for p in head.parameters()}  # freezing every stage never freezes the head
-    assert spec.input_size in (32, 224)
+    model = build_model(ModelConfig(name=name, num_classes=7, width=16 if spec.has_width else 64,
+                                    kwargs=FAMILY_SAMPLES.get(name, {})))
+    heads = [model.get_submodule(head) for head in spec.heads]
+    assert all(getattr(h, "out_features", getattr(h, "out_channels", None)) == 7 for h in heads)
+    assert {n for n, _ in model.named_parameters() if spec.is_head(n)} == {
+        f"{path}.{n}" for path, head in zip(spec.heads, heads) for n, _ in head.named_parameters()}
+    for fine in (False, True):
+        depths, stages = spec.depths(model, fine)
+        assert set(depths) == {n for n, _ in model.named_parameters() if not spec.is_head(n)}
+        assert stages >= 2 and set(range(1, stages + 1)) <= set(depths.values()) <= set(range(stages + 2))
+    assert spec.input_size in (32, 176, 224)
+    size = 64 if spec.input_size > 32 else 32
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, size, size)).shape == (2, 7)
 
 
 def test_layer_settings_reach_every_batchnorm_and_a_frozen_scale_stays_one():

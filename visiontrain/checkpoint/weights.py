@@ -8,7 +8,9 @@ it is what `python -m visiontrain checkpoint export RUN_DIR [--out FILE]` runs.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ from visiontrain.infra.errors import UsageError
 
 log = logging.getLogger(__name__)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DeepSpeed and torch.compile
+HUB_PREFIX = "hf-hub:"
+# What a Hugging Face model snapshot (timm's layout) holds, in the order they are looked for.
+SNAPSHOT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -114,16 +119,24 @@ def read_state_dict(source: str | Path, use_ema: bool = False, key: str = "finet
                     ) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, the file or checkpoint it came from) of a run directory (weights.safetensors, else the
     newest readable checkpoint: ours or DeepSpeed's at any ZeRO stage; EMA weights with `use_ema`), a
-    .safetensors file or a PyTorch state dict (.pth/.pt/.bin, read with weights_only). The one reader of
-    weights for fine-tuning, evaluation, export and prediction. Parameter names lose the prefixes DDP,
-    DeepSpeed and torch.compile add. Raises UsageError with one line; `key` names the option in it.
+    Hugging Face model snapshot folder (model.safetensors, else pytorch_model.bin, + config.json),
+    `hf-hub:<org>/<name>` found in the local Hugging Face cache (never downloaded), a .safetensors file
+    or a PyTorch state dict (.pth/.pt/.bin, read with weights_only). The one reader of weights for
+    fine-tuning, evaluation, export and prediction. Parameter names lose the prefixes DDP, DeepSpeed and
+    torch.compile add. Raises UsageError with one line; `key` names the option in it.
     """
-    path = Path(source)
-    key = f"{key}={source!r}"
+    shown = f"{key}={source!r}"
+    path = snapshot_in_cache(str(source)[len(HUB_PREFIX):], shown) if str(source).startswith(HUB_PREFIX) \
+        else Path(source)
+    key = shown
     if not path.exists():
-        raise UsageError(f"{key} does not exist: give a run directory, a .safetensors file "
-                         f"or a torchvision ResNet state dict (.pth)")
-    if path.is_dir():
+        raise UsageError(f"{key} does not exist: give a run directory, a .safetensors file, a PyTorch state dict "
+                         f"(.pth), a Hugging Face snapshot folder or hf-hub:<org>/<name>")
+    if path.is_dir() and snapshot_weights(path) is not None:
+        if use_ema:
+            raise UsageError(f"finetune.use_ema=true reads a run directory's EMA weights; {key} is a model snapshot")
+        path = snapshot_weights(path)
+    elif path.is_dir():
         weights, origin = _from_run_dir(path, use_ema, key)
         return _without_wrapper_prefixes(weights), origin
     if use_ema:
@@ -134,6 +147,51 @@ def read_state_dict(source: str | Path, use_ema: bool = False, key: str = "finet
     if path.suffix in (".pth", ".pt", ".bin"):
         return _without_wrapper_prefixes(_read_torch(path, key)), str(path)
     raise UsageError(f"{key} has an unknown file type {path.suffix!r}: allowed .safetensors, .pth, .pt, .bin")
+
+
+def snapshot_weights(folder: Path) -> Path | None:
+    """The weights file of a Hugging Face model snapshot folder, or None if it is not one."""
+    return next((folder / name for name in SNAPSHOT_WEIGHTS if (folder / name).is_file()), None)
+
+
+def hub_cache_dir() -> Path:
+    """Where Hugging Face keeps downloaded models, read from the environment now: HF_HUB_CACHE, else
+    $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub (~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return Path(home) / "hub"
+
+
+def snapshot_in_cache(repo_id: str, key: str) -> Path:
+    """The folder of `repo_id`'s snapshot in the local Hugging Face cache; never a download (the run may be on
+    a node without network, and an unasked download is an unrecorded input)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = hub_cache_dir()
+    for name in SNAPSHOT_WEIGHTS:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=str(cache))
+        if isinstance(found, str):
+            return Path(found).parent
+    raise UsageError(f"{key}: {repo_id} is not in the local Hugging Face cache {cache} (HF_HUB_CACHE / HF_HOME); "
+                     f"download it where there is network (hf download {repo_id}) and copy the cache here, "
+                     f"or point at the snapshot folder")
+
+
+def snapshot_config(source: str) -> dict[str, Any]:
+    """The config.json beside a snapshot's weights (timm: architecture, num_classes, pretrained_cfg with mean,
+    std, input size, crop); {} where there is none."""
+    try:
+        path = snapshot_in_cache(source[len(HUB_PREFIX):], "") if source.startswith(HUB_PREFIX) else Path(source)
+    except UsageError:
+        return {}
+    config = path / "config.json" if path.is_dir() else path.with_name("config.json")
+    try:
+        loaded = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _from_run_dir(run_dir: Path, use_ema: bool, key: str) -> tuple[dict[str, torch.Tensor], str]:

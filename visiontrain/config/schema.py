@@ -56,8 +56,28 @@ def validate(cfg: Config) -> None:
     if d.progressive_resizing:
         d.require(0 <= d.ramp_start_epoch <= d.ramp_end_epoch <= t.epochs, "ramp_end_epoch",
                   f"need 0 <= data.ramp_start_epoch ({d.ramp_start_epoch}) <= data.ramp_end_epoch <= train.epochs")
+    _check_input_size(cfg)
     if cfg.parallel.strategy == "deepspeed":
         m.require(not m.compile, "compile", "not supported with parallel.strategy=deepspeed; use ddp")
         # Lookahead writes the module's weights; DeepSpeed keeps its own (partitioned) master copy.
         t.require(not t.lookahead_every_steps, "lookahead_every_steps",
                   "not supported with parallel.strategy=deepspeed (it keeps its own master weights); use ddp")
+
+
+def _check_input_size(cfg: Config) -> None:
+    """A model that takes one image size (a ViT's position embeddings) gets that size, and no progressive
+    resizing: the error names the model.kwargs key that builds it for the data's size instead."""
+    from visiontrain.models import input_size_of, spec_of
+
+    d, m = cfg.data, cfg.model
+    if d.loader == "random" or not spec_of(m.name).fixed_input_size or m.kwargs.get("dynamic_img_size"):
+        return
+    size = input_size_of(m.name, m.kwargs)
+    key = "img_size" if m.name.startswith("timm/") else "image_size"
+    d.require(not d.progressive_resizing, "progressive_resizing",
+              f"{m.name} takes only {size} px images" + (" (model.kwargs.dynamic_img_size=true lifts that)"
+                                                          if m.name.startswith("timm/") else ""))
+    for name in ("image_size", "val_image_size"):
+        d.require(getattr(d, name) == size, name,
+                  f"{m.name} takes {size} px images: set data.{name}={size}, or model.kwargs.{key}="
+                  f"{getattr(d, name)} to build it for this size")

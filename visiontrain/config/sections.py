@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List
+from typing import Any, Dict, List
 
 from visiontrain.config.checks import Section, choice
-from visiontrain.models import MODEL_NAMES, MODELS_WITH_WIDTH
+from visiontrain.models import MODELS_WITH_WIDTH, check_model_name
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
@@ -108,9 +108,14 @@ class DataConfig(Section):
 @dataclass
 class ModelConfig(Section):
     section = "model"
-    # a torchvision ResNet (ImageNet stem) or a CIFAR variant (3x3 stem)
-    name: str = choice("cifar_resnet18", MODEL_NAMES)
+    # The project's own: resnet18/34/50/101/152 (torchvision's, ImageNet stem), cifar_resnet18 (3x3 stem),
+    # resnet9, cifar_fast; or any timm architecture, timm/<arch> (timm/<arch>.<tag>: the input contract of
+    # those published weights), or torchvision classification model, torchvision/<name> (docs/models.md)
+    name: str = "cifar_resnet18"
     num_classes: int = 10  # must equal the dataset's class count (after data.classes)
+    # timm/ and torchvision/ models: keyword arguments of the architecture, e.g. drop_path_rate: 0.1,
+    # img_size: 32 (timm) or image_size: 32, stochastic_depth_prob: 0.1 (torchvision)
+    kwargs: Dict[str, Any] = field(default_factory=dict)
     width: int = 64  # base channel count of the CIFAR models (cifar_resnet18, resnet9)
     zero_init_residual: bool = False  # zero the last BN of each residual block
     channels_last: bool = True  # NHWC weights and inputs: faster convolutions on tensor cores
@@ -119,7 +124,8 @@ class ModelConfig(Section):
     # forward and backward, for short steps the host cannot keep up with) | max-autotune
     compile_mode: str = choice("default", ("default", "reduce-overhead", "max-autotune"))
     # Every BatchNorm layer's weight of each batch in its running statistics (models/layer_settings.py;
-    # PyTorch's convention: new = (1 - m) * old + m * batch)
+    # PyTorch's convention: new = (1 - m) * old + m * batch); timm/ and torchvision/ models keep their own
+    # momentum and epsilon unless these are set to other values than PyTorch's
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5  # every BatchNorm layer's epsilon (PyTorch's default 1e-5)
     # train | frozen: the scale is not trained, only the shift (1 from initialization; a fine-tuned
@@ -132,6 +138,7 @@ class ModelConfig(Section):
     conv_init: str = choice("default", ("default", "dirac"))
 
     def check(self) -> None:
+        check_model_name(self.name)
         self.require(self.num_classes >= 2, "num_classes", "must be >= 2")
         self.require(0 < self.bn_momentum <= 1, "bn_momentum", "must be in (0, 1]")
         self.require(self.bn_eps > 0, "bn_eps", "must be > 0")
@@ -154,8 +161,15 @@ class OptimConfig(Section):
     weight_decay: float = 5e-4  # L2 (sgd) or decoupled (adamw) weight decay
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     eps: float = 1e-8  # adamw
-    no_decay_bn_bias: bool = True  # no weight decay on BatchNorm parameters and biases
+    # no weight decay on normalization parameters, biases and what the architecture lists (timm's
+    # no_weight_decay(): position embeddings, class tokens; for torchvision models the parameters no
+    # standard layer owns)
+    no_decay_bn_bias: bool = True
     backbone_lr_mult: float = 1.0  # lr of every parameter outside the classifier head, relative to optim.lr
+    # Layer-wise lr decay (BEiT, timm): the head keeps optim.lr, each block below it one more factor of this
+    # (blocks: a timm model's group_matcher, a torchvision model's blocks, a ResNet's stages). 1 = off;
+    # 0.65-0.75 is usual for fine-tuning ViTs.
+    layer_decay: float = 1.0
     # One kernel per update for all parameters (torch's fused SGD/AdamW); false: one per tensor group
     # (foreach). DDP only: under parallel.strategy=deepspeed the update is foreach.
     fused: bool = True
@@ -177,6 +191,7 @@ class OptimConfig(Section):
         self.require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
         self.require(self.eps > 0, "eps", "must be > 0")
         self.require(self.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0 (1 = same lr)")
+        self.require(0 < self.layer_decay <= 1, "layer_decay", "must be in (0, 1] (1 = off)")
         self.require(math.isfinite(self.norm_bias_lr_mult) and self.norm_bias_lr_mult > 0, "norm_bias_lr_mult",
                      "must be a finite number > 0 (1 = same lr)")
         self.require(self.freeze_after_epochs >= 0, "freeze_after_epochs", "must be >= 0")
@@ -249,7 +264,7 @@ class TrainConfig(Section):
         self.require(self.early_stop_min_delta >= 0, "early_stop_min_delta", "must be >= 0")
 
 
-FREEZE_POLICIES = "none, backbone, stages:K (K = 1..4), bn"
+FREEZE_POLICIES = "none, backbone, stages:K (K >= 1: the stem and the first K stages), bn"
 
 
 def parse_freeze(policy: str) -> tuple[str, int] | None:
@@ -257,7 +272,7 @@ def parse_freeze(policy: str) -> tuple[str, int] | None:
     if policy in ("none", "backbone", "bn"):
         return policy, 0
     name, _, count = policy.partition(":")
-    if name == "stages" and count.isdigit() and 1 <= int(count) <= 4:
+    if name == "stages" and count.isdigit() and int(count) >= 1:
         return name, int(count)
     return None
 
@@ -265,12 +280,16 @@ def parse_freeze(policy: str) -> tuple[str, int] | None:
 @dataclass
 class FinetuneConfig(Section):
     section = "finetune"
-    # Starting weights: a run directory (its weights.safetensors, else its newest checkpoint),
-    # a .safetensors file, or a torchvision ResNet state dict (.pth/.pt). Empty = random init.
+    # Starting weights: a run directory (its weights.safetensors, else its newest checkpoint), a
+    # .safetensors file, a PyTorch state dict (.pth/.pt/.bin, read without unpickling objects), a
+    # Hugging Face snapshot folder (model.safetensors + config.json), or hf-hub:<org>/<name> found in the
+    # local Hugging Face cache (HF_HUB_CACHE, HF_HOME; never downloaded). Empty = random init.
     init_from: str = ""
     use_ema: bool = False  # a run directory's EMA weights
     keep_head: bool = False  # refuse a classifier head of another class count instead of replacing it
-    freeze: str = "none"  # none | backbone (linear probe) | stages:K (stem + first K stages) | bn
+    # none | backbone (linear probe) | stages:K (stem + first K stages; a timm model's stages are its
+    # group_matcher's, a torchvision model's its blocks: docs/models.md) | bn
+    freeze: str = "none"
 
     def check(self) -> None:
         self.require(parse_freeze(self.freeze) is not None, "freeze", f"allowed {FREEZE_POLICIES}")

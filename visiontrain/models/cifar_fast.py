@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visiontrain.models.contract import ModelSpec
+from visiontrain.models.contract import ModelSpec, depths_from_modules
 
 
 class PatchWhitening(nn.Conv2d):
@@ -80,9 +80,9 @@ class CifarFast(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1)) * self.logit_scale
 
 
-def _stages(model: CifarFast) -> tuple[list[nn.Module], list[nn.Module]]:
-    return [model.whiten], [model.layer1, model.layer2, model.layer3]
+def _stages(model: CifarFast, fine: bool) -> dict[str, int]:
+    return depths_from_modules(model, [model.whiten], [model.layer1, model.layer2, model.layer3], ("fc",))
 
 
-SPECS = [ModelSpec("cifar_fast", lambda cfg: CifarFast(cfg.num_classes, cfg.width), stem_and_stages=_stages,
+SPECS = [ModelSpec("cifar_fast", lambda cfg: CifarFast(cfg.num_classes, cfg.width), depths=_stages,
                    input_size=32, has_width=True)]

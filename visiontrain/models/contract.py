@@ -1,8 +1,10 @@
 """The model contract: what the rest of the project may know about a model, in one small spec per model.
 
-Config validation (model.width), fine-tuning (head swap, freezing), the optimizer's parameter groups
-and zero-init read a `ModelSpec` instead of testing a model's class. A new architecture is one
-`ModelSpec` in a family module (`resnets.py`, `cifar_fast.py`, ...) listed in `models/__init__.py`.
+Config validation (model.width, model.kwargs), fine-tuning (head swap, freezing), the optimizer's parameter
+groups (head, layer-wise lr decay, no-decay parameters), zero-init and the input contract read a
+`ModelSpec` instead of testing a model's class. The project's own networks have one `ModelSpec` each in
+a family module (`resnets.py`, `cifar_fast.py`); `timm/<arch>` and `torchvision/<name>` get theirs from
+`timm_models.py` and `torchvision_models.py`, built from what those libraries say about the architecture.
 
 Besides the spec, a model may define `init_from_data(images)`: a data-dependent initialization
 that `build_run` calls with normalized training images before training (cifar_fast's whitening).
@@ -10,10 +12,13 @@ that `build_run` calls with normalized training images before training (cifar_fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Protocol
 
 from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ModelSettings(Protocol):
@@ -22,6 +27,7 @@ class ModelSettings(Protocol):
     name: str
     num_classes: int
     width: int
+    kwargs: dict[str, Any]
     zero_init_residual: bool
     bn_momentum: float
     bn_eps: float
@@ -29,8 +35,20 @@ class ModelSettings(Protocol):
     conv_init: str
 
 
+class Depths(NamedTuple):
+    """Where each parameter outside the head sits: 0 the stem, 1..stages the stages (or blocks), stages + 1
+    what follows the last one (a final norm)."""
+
+    of: dict[str, int]
+    stages: int
+
+
 def _no_branches(model: nn.Module) -> list[nn.BatchNorm2d]:
     return []
+
+
+def _nothing(model: nn.Module) -> set[str]:
+    return set()
 
 
 @dataclass(frozen=True)
@@ -38,14 +56,38 @@ class ModelSpec:
     name: str  # the value of model.name
     # the model config section -> a freshly initialised model on the CPU (no compile, no memory-format change)
     build: Callable[[ModelSettings], nn.Module]
-    # model -> (stem modules, stages from input to output): what finetune.freeze=stages:K counts
-    stem_and_stages: Callable[[nn.Module], tuple[list[nn.Module], list[nn.Module]]]
+    # (model, fine) -> the depth of every parameter outside the head: 0 for the stem, 1..S for the stages
+    # from input to output (fine=False: what finetune.freeze=stages:K counts), or for the blocks (fine=True:
+    # the layers of optim.layer_decay), S + 1 for what follows the last one (a final norm).
+    depths: Callable[[nn.Module, bool], Depths]
     input_size: int  # the resolution the architecture is designed for (32: CIFAR-sized, 224: ImageNet-sized)
-    # The classifier's attribute path: fine-tuning replaces it, optim.backbone_lr_mult spares it.
-    head: str = "fc"
+    # The classifier's attribute paths: fine-tuning replaces them, optim.backbone_lr_mult spares them.
+    heads: tuple[str, ...] = ("fc",)
     has_width: bool = False  # model.width scales the network (otherwise it must stay 64)
+    takes_kwargs: bool = False  # model.kwargs pass to the architecture (timm/ and torchvision/ models)
     # model -> the BatchNorm closing each residual branch: model.zero_init_residual zeroes their scale
     residual_branch_ends: Callable[[nn.Module], list[nn.BatchNorm2d]] = _no_branches
+    # model -> parameter names that get no weight decay whatever their shape (position embeddings, class tokens)
+    no_weight_decay: Callable[[nn.Module], set[str]] = _nothing
+    # The input the architecture's published weights expect (timm's pretrained config); None: the data's own.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    crop_ratio: float | None = None
+    # The model takes only model_input_size (ViT and Swin without dynamic_img_size): progressive
+    # resizing is refused, and data.image_size must match it.
+    fixed_input_size: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific facts (reported, not relied on)
 
     def is_head(self, parameter_name: str) -> bool:
-        return parameter_name.startswith(self.head + ".")
+        return any(parameter_name.startswith(head + ".") for head in self.heads)
+
+
+def depths_from_modules(model: nn.Module, stem: list[nn.Module], stages: list[nn.Module],
+                        heads: tuple[str, ...]) -> Depths:
+    """Depths when the stem and the stages are known modules: stem 0, stage i i + 1, any other non-head
+    parameter (a final norm) S + 1."""
+    depth_of_param = {id(p): 0 for module in stem for p in module.parameters()}
+    for index, stage in enumerate(stages, start=1):
+        depth_of_param.update({id(p): index for p in stage.parameters()})
+    return Depths({name: depth_of_param.get(id(p), len(stages) + 1) for name, p in model.named_parameters()
+                   if not any(name.startswith(head + ".") for head in heads)}, len(stages))

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from visiontrain.models.contract import ModelSettings, ModelSpec
+from visiontrain.models.contract import ModelSettings, ModelSpec, depths_from_modules
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -104,27 +104,28 @@ def residual_branch_ends(model: nn.Module) -> list[nn.BatchNorm2d]:
     return found
 
 
-def _resnet_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
-    return [model.conv1, model.bn1], [model.layer1, model.layer2, model.layer3, model.layer4]
+def _resnet_stages(model: nn.Module, fine: bool) -> dict[str, int]:
+    return depths_from_modules(model, [model.conv1, model.bn1], [model.layer1, model.layer2, model.layer3,
+                                                                 model.layer4], ("fc",))
 
 
-def _resnet9_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
-    return [model.prep], [model.layer1, model.layer2, model.layer3]
+def _resnet9_stages(model: nn.Module, fine: bool) -> dict[str, int]:
+    return depths_from_modules(model, [model.prep], [model.layer1, model.layer2, model.layer3], ("fc",))
 
 
 def _torchvision_resnet(name: str) -> ModelSpec:
     def build(cfg: ModelSettings) -> nn.Module:
         return getattr(resnet, name)(weights=None, num_classes=cfg.num_classes)
 
-    return ModelSpec(name, build, stem_and_stages=_resnet_stages, input_size=224,
+    return ModelSpec(name, build, depths=_resnet_stages, input_size=224,
                      residual_branch_ends=residual_branch_ends)
 
 
 SPECS = [
     *(_torchvision_resnet(name) for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
     ModelSpec("cifar_resnet18", lambda cfg: CifarResNet(BasicBlock, [2, 2, 2, 2], cfg.num_classes, cfg.width),
-              stem_and_stages=_resnet_stages, input_size=32, has_width=True,
+              depths=_resnet_stages, input_size=32, has_width=True,
               residual_branch_ends=residual_branch_ends),
-    ModelSpec("resnet9", lambda cfg: ResNet9(cfg.num_classes, cfg.width), stem_and_stages=_resnet9_stages,
+    ModelSpec("resnet9", lambda cfg: ResNet9(cfg.num_classes, cfg.width), depths=_resnet9_stages,
               input_size=32, has_width=True, residual_branch_ends=residual_branch_ends),
 ]

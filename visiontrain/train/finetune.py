@@ -32,11 +32,12 @@ def load_initial_weights(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig,
                          key: str = "finetune.init_from") -> dict[str, Any]:
     """Load `cfg.init_from` into `model`; returns what happened (for logs and metrics)."""
     weights, origin = read_state_dict(cfg.init_from, cfg.use_ema, key)
+    weights = _as_the_model_expects(model, spec, weights, f"{key}={cfg.init_from!r}")
     own = model.state_dict()
     is_head = spec.is_head
     mismatched = [k for k in own if k in weights and not is_head(k) and weights[k].shape != own[k].shape]
     missing = [k for k in own if k not in weights and not is_head(k)]
-    unexpected = [k for k in weights if k not in own]
+    unexpected = [k for k in weights if k not in own and not is_head(k)]
     if mismatched or missing or unexpected:
         parts = []
         if mismatched:
@@ -49,11 +50,12 @@ def load_initial_weights(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig,
         raise UsageError(f"{key}={cfg.init_from!r} does not fit the model (is model.name right?): "
                          + "; ".join(parts))
     head_keys = [k for k in own if is_head(k)]
-    head_fits = all(k in weights and weights[k].shape == own[k].shape for k in head_keys)
+    head_fits = all(k in weights and weights[k].shape == own[k].shape for k in head_keys) and not any(
+        is_head(k) and k not in own for k in weights)
     if not head_fits:
-        theirs = weights.get(f"{spec.head}.weight")
+        theirs = next((weights[k] for k in weights if is_head(k) and k.endswith(".weight")), None)
         their_classes = theirs.shape[0] if theirs is not None else "no"
-        ours = own[f"{spec.head}.weight"].shape[0]
+        ours = next(own[k] for k in head_keys if k.endswith(".weight")).shape[0]
         if cfg.keep_head:
             raise UsageError(f"{key}={cfg.init_from!r} has a {their_classes}-class head and the model "
                              f"{ours} classes: set model.num_classes={their_classes}" +
@@ -63,6 +65,23 @@ def load_initial_weights(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig,
     to_load = {k: v for k, v in weights.items() if head_fits or not is_head(k)}
     model.load_state_dict(to_load, strict=False)
     return {"init_from": origin, "tensors_loaded": len(to_load), "head_replaced": not head_fits}
+
+
+def _as_the_model_expects(model: nn.Module, spec: ModelSpec, weights: dict[str, Any], source: str) -> dict[str, Any]:
+    """timm models: the architecture's own checkpoint filter, as timm runs it on load (original layouts
+    mapped to timm's, position embeddings resampled to the model's image size)."""
+    if spec.extra.get("family") != "timm":
+        return weights
+    from visiontrain.models.timm_models import checkpoint_filter
+
+    filter_fn = checkpoint_filter(model)
+    if filter_fn is None:
+        return weights
+    try:
+        return filter_fn(dict(weights), model)
+    except Exception as err:  # the filter meets weights of another architecture
+        raise UsageError(f"{source} does not fit {spec.name} (timm's checkpoint filter: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'})") from None
 
 
 # ------------------------------------------------------------------ freezing
@@ -76,11 +95,11 @@ def freeze(model: nn.Module, spec: ModelSpec, policy: str) -> dict[str, int]:
     if kind == "backbone":
         frozen = [p for name, p in model.named_parameters() if not spec.is_head(name)]
     elif kind == "stages":
-        stem, stages = spec.stem_and_stages(model)
-        if count > len(stages):
-            raise UsageError(f"config key 'finetune.freeze' = {policy!r} is invalid: this model has "
-                             f"{len(stages)} stages; allowed stages:1..stages:{len(stages)}")
-        frozen = [p for module in stem + stages[:count] for p in module.parameters()]
+        depths, stages = spec.depths(model, False)
+        if not 1 <= count <= stages:
+            raise UsageError(f"config key 'finetune.freeze' = {policy!r} is invalid: {spec.name} has "
+                             f"{stages} stages; allowed stages:1..stages:{stages}")
+        frozen = [p for name, p in model.named_parameters() if depths.get(name, stages + 1) <= count]
     elif kind == "bn":
         frozen = [p for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters()]
     for param in frozen:

@@ -53,36 +53,52 @@ def check_trainable(model: nn.Module, cfg: OptimConfig) -> list[str]:
     return trainable
 
 
+def layer_decay_scales(model: nn.Module, spec: ModelSpec, decay: float) -> dict[str, float]:
+    """optim.layer_decay: {parameter name: lr scale}. The head keeps the full lr, each layer below it (the
+    model's blocks, spec.depths fine) one more factor of `decay`, the stem the smallest (BEiT/timm)."""
+    if decay == 1.0:
+        return {}
+    depths, stages = spec.depths(model, True)
+    top = stages + 2  # above the blocks (1..stages) and what follows them (stages + 1)
+    return {name: decay ** (top - depth) for name, depth in depths.items()}
+
+
 def param_groups(
     named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, no_decay_bn_bias: bool,
     backbone_lr_mult: float = 1.0, is_head: Callable[[str], bool] = lambda name: False,
     norm_biases: set[str] = frozenset(), norm_bias_lr_mult: float = 1.0,
     train_briefly: set[str] = frozenset(), train_epochs: float = 0.0,
+    layer_scales: dict[str, float] | None = None, no_decay: set[str] = frozenset(),
 ) -> list[dict]:
-    """Trainable parameters in groups: head or backbone, decayed or not (BN/bias: 1-D tensors), and
-    apart when they are normalization shifts with their own lr multiplier or train only briefly.
+    """Trainable parameters in groups: head or backbone, layer (with optim.layer_decay), decayed or not
+    (BN/bias: 1-D tensors, and `no_decay`: position embeddings, class tokens), and apart when they are
+    normalization shifts with their own lr multiplier or train only briefly.
 
-    Each group carries its own peak `lr` (backbone: lr * backbone_lr_mult; normalization shifts:
-    also * norm_bias_lr_mult, with weight_decay / norm_bias_lr_mult, so lr * weight_decay is
-    unchanged); the schedule scales every group by the same factor, so warmup applies to all of
-    them. A group with `train_epochs` > 0 has its lr set to 0 from that epoch on (build_scheduler).
+    Each group carries its own peak `lr` (backbone: lr * backbone_lr_mult; times its layer's scale;
+    normalization shifts: also * norm_bias_lr_mult, with weight_decay / norm_bias_lr_mult, so
+    lr * weight_decay is unchanged); the schedule scales every group by the same factor, so warmup
+    applies to all of them. A group with `train_epochs` > 0 has its lr set to 0 from that epoch on
+    (build_scheduler).
     """
-    groups: dict[tuple[str, bool, bool, bool], list[nn.Parameter]] = {}
+    layer_scales = layer_scales or {}
+    groups: dict[tuple[str, float, bool, bool, bool], list[nn.Parameter]] = {}
     for name, param in named_params:
         if not param.requires_grad:
             continue  # frozen parameters get no optimizer state
         part = "head" if is_head(name) else "backbone"
-        decayed = not (no_decay_bn_bias and param.ndim <= 1)
+        decayed = not (no_decay_bn_bias and (param.ndim <= 1 or name in no_decay))
         scaled = norm_bias_lr_mult != 1.0 and name in norm_biases
-        groups.setdefault((part, decayed, scaled, name in train_briefly), []).append(param)
+        layer = layer_scales.get(name, 1.0)
+        groups.setdefault((part, layer, decayed, scaled, name in train_briefly), []).append(param)
     result = []
-    for (part, decayed, scaled, brief), params in sorted(
-            groups.items(), key=lambda item: (item[0][0] != "backbone", not item[0][1], item[0][2], item[0][3])):
+    for (part, layer, decayed, scaled, brief), params in sorted(
+            groups.items(), key=lambda item: (item[0][0] != "backbone", item[0][1], not item[0][2], item[0][3],
+                                              item[0][4])):
         mult = norm_bias_lr_mult if scaled else 1.0
         group = {"params": params,
-                 "name": part + ("" if decayed else "_no_decay") + ("_norm_bias" if scaled else "")
-                 + ("_brief" if brief else ""),
-                 "lr": lr * (backbone_lr_mult if part == "backbone" else 1.0) * mult,
+                 "name": part + (f"_scale{layer:.4g}" if layer != 1.0 else "") + ("" if decayed else "_no_decay")
+                 + ("_norm_bias" if scaled else "") + ("_brief" if brief else ""),
+                 "lr": lr * (backbone_lr_mult if part == "backbone" else 1.0) * layer * mult,
                  "weight_decay": weight_decay / mult if decayed else 0.0}
         if brief:
             group["train_epochs"] = train_epochs
@@ -98,7 +114,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, spec: ModelSpec, deepspe
     trainable = check_trainable(model, cfg)
     groups = param_groups(model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.no_decay_bn_bias,
                           cfg.backbone_lr_mult, spec.is_head, norm_bias_names(model), cfg.norm_bias_lr_mult,
-                          frozen_later(trainable, cfg.freeze_after_params), cfg.freeze_after_epochs)
+                          frozen_later(trainable, cfg.freeze_after_params), cfg.freeze_after_epochs,
+                          layer_decay_scales(model, spec, cfg.layer_decay), spec.no_weight_decay(model))
     # fused: one kernel updates every parameter (CPU and CUDA); foreach: a few kernels per group.
     implementation = {"fused": True} if cfg.fused and not deepspeed else {"foreach": True}
     if cfg.name == "sgd":
