@@ -42,7 +42,7 @@ def check_model_name(name: str) -> None:
                          + (f" (did you mean '{close[0]}'?)" if close else ""))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spec_of(name: str) -> ModelSpec:
     """The spec of `model.name` (config validation has already refused unknown names)."""
     family = family_of(name)

@@ -4,10 +4,10 @@
 
 The walk starts at the model and goes down while one child holds nearly all parameters (a ViT's
 `encoder`, then its `layers`; a RegNet's `trunk_output`), stopping at a sequence of composite modules,
-then takes that module's children as the blocks: those made of several layers with parameters (ResNet's `layer1..4`, MobileNet's `features.*`),
-or every parameterised child where none is (VGG's convolutions). Parameters met before the first block
-are the stem (depth 0), after the last one the neck (S + 1); the head is left out. Stages and blocks
-are the same here: `fine` changes nothing.
+then takes that module's children as the blocks: those made of several layers with parameters (ResNet's
+`layer1..4`, MobileNet's `features.*`), or every parameterised child where none is (VGG's convolutions).
+Parameters met before the first block are the stem (depth 0), after the last one the neck (S + 1); the
+head is left out. Stages and blocks are the same here: `fine` changes nothing.
 """
 
 from __future__ import annotations

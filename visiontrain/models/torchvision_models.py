@@ -60,7 +60,7 @@ def _on_meta(arch: str, num_classes: int) -> nn.Module:
         return _create(arch, num_classes, {})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _heads(arch: str) -> tuple[str, ...]:
     model = _on_meta(arch, _PROBE_CLASSES)
     return tuple(name for name, module in model.named_modules()

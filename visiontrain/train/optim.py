@@ -58,8 +58,8 @@ def layer_decay_scales(model: nn.Module, spec: ModelSpec, decay: float) -> dict[
     model's blocks, spec.depths fine) one more factor of `decay`, the stem the smallest (BEiT/timm)."""
     if decay == 1.0:
         return {}
-    depths, stages = spec.depths(model, True)
-    top = stages + 2  # above the blocks (1..stages) and what follows them (stages + 1)
+    depths = spec.depths(model, True).of
+    top = max(depths.values(), default=0) + 1  # the head, one above the deepest block (or a final norm after it)
     return {name: decay ** (top - depth) for name, depth in depths.items()}
 
 

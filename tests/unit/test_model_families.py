@@ -1,0 +1,172 @@
+"""timm and torchvision families: layer-wise lr decay that the schedule really applies, no decay on position
+embeddings and class tokens, freezing by stages, BatchNorm settings kept, and starting weights from Hugging
+Face snapshots (local cache, folder), torchvision .pth files and timm's position-embedding resampling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from visiontrain.config import FinetuneConfig, ModelConfig, OptimConfig, ScheduleConfig
+from visiontrain.infra.errors import UsageError
+from visiontrain.models import build_model, spec_of
+from visiontrain.train.finetune import freeze, keep_frozen_bn_in_eval, load_initial_weights
+from visiontrain.train.optim import build_optimizer, build_scheduler, lr_factor
+
+VIT = "timm/vit_tiny_patch16_224"
+
+
+def vit(num_classes: int = 10, img_size: int = 32, seed: int = 0, **extra):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(name=VIT, num_classes=num_classes, kwargs={"img_size": img_size, "patch_size": 8,
+                                                                               "depth": 4, **extra}))
+
+
+# ------------------------------------------------------------------ layer-wise lr decay
+def test_layer_decay_gives_each_block_its_rate_and_the_schedule_scales_them_all():
+    model = vit()
+    spec = spec_of(VIT)
+    cfg = OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    optimizer = build_optimizer(model, cfg, spec)
+    schedule = ScheduleConfig(name="cosine", warmup_epochs=1)
+    scheduler = build_scheduler(optimizer, schedule, steps_per_epoch=4, epochs=3)
+    depths, blocks = spec.depths(model, True)
+    # timm's grouping: patch embedding and tokens 0, blocks 1..4 (the final norm with the last), head 5
+    assert blocks == 4 and depths["norm.weight"] == depths["blocks.3.mlp.fc1.weight"] == 4
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    expected_scale = {name: 0.5 ** (5 - depths[name]) if name in depths else 1.0 for name in named}
+    assert expected_scale["cls_token"] == 0.5**5 and expected_scale["blocks.0.attn.qkv.weight"] == 0.5**4
+    assert expected_scale["norm.weight"] == 0.5 and expected_scale["head.weight"] == 1.0
+    for step in range(7):  # the rates follow the schedule, each at its own scale
+        factor = lr_factor(step, schedule, 4, 12)
+        for name, param in named.items():
+            assert math.isclose(group_of[id(param)]["lr"], 1e-3 * expected_scale[name] * factor, rel_tol=1e-9)
+        optimizer.step()
+        scheduler.step()
+    assert len({round(g["lr"], 15) for g in optimizer.param_groups}) == 6  # six depths, six rates
+
+
+def test_position_embeddings_class_tokens_norms_and_biases_get_no_weight_decay():
+    model = vit()
+    optimizer = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05), spec_of(VIT))
+    decay = {name: g["weight_decay"] for name, p in model.named_parameters() for g in optimizer.param_groups
+             if any(p is q for q in g["params"])}
+    assert decay["pos_embed"] == decay["cls_token"] == decay["norm.weight"] == decay["head.bias"] == 0.0
+    assert decay["blocks.0.attn.qkv.weight"] == decay["patch_embed.proj.weight"] == 0.05
+
+
+def test_torchvision_vit_tokens_and_convnext_layer_scales_are_not_decayed():
+    tv_vit = build_model(ModelConfig(name="torchvision/vit_b_32", kwargs={"image_size": 32}))
+    assert spec_of("torchvision/vit_b_32").no_weight_decay(tv_vit) == {"class_token", "encoder.pos_embedding"}
+    tv_convnext = spec_of("torchvision/convnext_tiny")
+    names = tv_convnext.no_weight_decay(build_model(ModelConfig(name="torchvision/convnext_tiny")))
+    assert names and all(name.endswith("layer_scale") for name in names)
+
+
+# ------------------------------------------------------------------ freezing and BatchNorm
+def test_freezing_timm_stages_keeps_them_bit_identical_and_their_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="timm/resnet10t", num_classes=5))
+    spec = spec_of("timm/resnet10t")
+    depths, stages = spec.depths(model, False)
+    assert stages == 4
+    freeze(model, spec, "stages:2")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        model.train()
+        keep_frozen_bn_in_eval(model)
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = model.state_dict()
+    frozen = [k for k in after if k.startswith(("conv1", "bn1", "layer1", "layer2"))]
+    trained = [k for k in after if k.startswith(("layer4", "fc")) and after[k].is_floating_point()]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # running statistics included
+    assert trained and all(not torch.equal(before[k], after[k]) for k in trained)
+    with pytest.raises(UsageError, match="timm/resnet10t has 4 stages; allowed stages:1..stages:4"):
+        freeze(build_model(ModelConfig(name="timm/resnet10t")), spec, "stages:5")
+
+
+def test_library_models_keep_their_own_batchnorm_epsilon_unless_the_config_sets_another():
+    def eps(**settings):
+        model = build_model(ModelConfig(name="timm/tf_mobilenetv3_small_minimal_100", **settings))
+        return {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    assert eps() == {1e-3}  # the TensorFlow ports' epsilon, which their published weights need
+    assert eps(bn_eps=1e-4) == {1e-4}
+
+
+# ------------------------------------------------------------------ starting weights
+def save_snapshot(folder, model, architecture: str, **pretrained_cfg):
+    """A model's weights in the layout timm publishes on the Hugging Face hub."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architecture": architecture, "num_classes": 7,
+                                                    "pretrained_cfg": pretrained_cfg}))
+
+
+def hub_cache(home, repo_id: str):
+    """$HF_HOME/hub/models--org--name/snapshots/<revision>/, with refs/main naming it."""
+    repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    return repo / "snapshots" / "0123abcd"
+
+
+def test_hf_hub_weights_come_from_the_local_cache_and_never_from_the_network(tmp_path, monkeypatch):
+    source = vit(num_classes=7, seed=1)
+    save_snapshot(hub_cache(tmp_path / "hf", "timm/vit_tiny_test"), source, "vit_tiny_patch16_224")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    model = vit(num_classes=10, seed=2)
+    info = load_initial_weights(model, spec_of(VIT), FinetuneConfig(init_from="hf-hub:timm/vit_tiny_test"))
+    assert info["head_replaced"] and info["init_from"].endswith("snapshots/0123abcd/model.safetensors")
+    mine, theirs = model.state_dict(), source.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs if not k.startswith("head."))
+    assert mine["head.weight"].shape == (10, 192)
+    with pytest.raises(UsageError, match="timm/absent is not in the local Hugging Face cache .*hf download"):
+        load_initial_weights(vit(), spec_of(VIT), FinetuneConfig(init_from="hf-hub:timm/absent"))
+
+
+def test_a_snapshot_folder_at_another_resolution_gets_its_position_embeddings_resampled(tmp_path):
+    save_snapshot(tmp_path / "snap", vit(num_classes=10, img_size=32, seed=1), "vit_tiny_patch16_224")
+    model = vit(num_classes=10, img_size=64)
+    load_initial_weights(model, spec_of(VIT), FinetuneConfig(init_from=str(tmp_path / "snap")))
+    assert model.pos_embed.shape == (1, 1 + 64, 192)  # 8x8 patches and the class token, resampled from 4x4
+    assert torch.isfinite(model(torch.randn(1, 3, 64, 64))).all()
+
+
+def test_weights_of_another_architecture_are_one_line_naming_the_mismatch(tmp_path):
+    save_snapshot(tmp_path / "snap", build_model(ModelConfig(name="timm/resnet10t")), "resnet10t")
+    with pytest.raises(UsageError, match=r"does not fit") as err:
+        load_initial_weights(vit(), spec_of(VIT), FinetuneConfig(init_from=str(tmp_path / "snap")))
+    assert "\n" not in str(err.value)
+
+
+def test_torchvision_pth_files_load_into_torchvision_models_and_pickled_objects_are_refused(tmp_path):
+    torch.manual_seed(3)
+    source = build_model(ModelConfig(name="torchvision/mobilenet_v3_small", num_classes=1000))
+    torch.save(source.state_dict(), tmp_path / "mobilenet_v3_small-047dcff4.pth")  # torchvision's file name
+    model = build_model(ModelConfig(name="torchvision/mobilenet_v3_small", num_classes=10))
+    spec = spec_of("torchvision/mobilenet_v3_small")
+    pth = tmp_path / "mobilenet_v3_small-047dcff4.pth"
+    info = load_initial_weights(model, spec, FinetuneConfig(init_from=str(pth)))
+    assert info["head_replaced"] and spec.heads == ("classifier.3",)
+    assert torch.equal(model.features[0][0].weight, source.features[0][0].weight)
+    torch.save({"model": source, "note": object}, tmp_path / "pickled.bin")  # a whole module: needs unpickling
+    with pytest.raises(UsageError, match="not a readable PyTorch state dict"):
+        load_initial_weights(model, spec, FinetuneConfig(init_from=str(tmp_path / "pickled.bin")))
+
+
+def test_reserved_kwargs_point_to_the_projects_own_keys():
+    with pytest.raises(UsageError, match="'model.kwargs.pretrained' is invalid .* set finetune.init_from"):
+        build_model(ModelConfig(name="timm/resnet10t", kwargs={"pretrained": True}))
+    with pytest.raises(UsageError, match="model.kwargs.*resnet9 takes none"):
+        build_model(ModelConfig(name="resnet9", kwargs={"drop_path_rate": 0.1}))
