@@ -103,3 +103,15 @@ def test_bad_models_are_one_line_exit_2_and_nothing_written(shapes_dir, tmp_path
     last = result.stderr.strip().splitlines()[-1]
     assert message in last and "Traceback" not in result.stderr
     assert not run_dir.exists()
+
+
+def test_the_compatibility_table_trains_resumes_and_exports_an_architecture(tmp_path):
+    from tests.helpers import read_jsonl, visiontrain_cli
+
+    result = visiontrain_cli("bench", "models", "--family", "timm", "--match", "resnet10t", "--image-size", "32",
+                             "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_jsonl(tmp_path / "results.jsonl")
+    assert [(r["model"], r["stage"], r["ok"]) for r in rows] == [("timm/resnet10t", "done", True)]
+    assert rows[0]["max_rel_diff"] <= 1e-4
+    assert "| timm | 1 | 1 | 1 | 1 | 1 | 0 |" in (tmp_path / "summary.md").read_text()

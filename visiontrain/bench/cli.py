@@ -8,6 +8,7 @@
     python -m visiontrain bench prep [--samples 8000] [--workers 1 2] [--repeats 2] [--out DIR]
     python -m visiontrain bench recipes [--configs fast resnet9 resnet18] [--seeds fast=20 ...] [--nproc N]
     python -m visiontrain bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--strategies ddp zero1 ...]
+    python -m visiontrain bench models [--family timm torchvision] [--match PATTERN] [--max-params 100] [--out DIR]
     python -m visiontrain bench project [RESULTS ...] [--rate MODEL:RES=IMG_S ...] [--of e2e|step] [--gpus 8]
                                         [--efficiency 0.9] [--out DIR]
 """
@@ -20,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from visiontrain.bench.compatibility import add_arguments as add_compatibility_arguments
 from visiontrain.bench.evidence import add_arguments as add_evidence_arguments
 from visiontrain.bench.projection import add_arguments as add_projection_arguments
 from visiontrain.bench.recipes import add_arguments as add_recipe_arguments
@@ -64,6 +66,9 @@ def main(argv: list[str]) -> int:
     evidence = sub.add_parser("evidence", help="the README's GPU figures in one short call, each part within a budget "
                               "(scripts/gpu_evidence.sh installs the bundle first)")
     add_evidence_arguments(evidence)
+    models = sub.add_parser("models", help="which timm and torchvision architectures train, resume exactly and "
+                                           "export to ONNX (the compatibility table)")
+    add_compatibility_arguments(models)
     recipes = sub.add_parser("recipes", help="the CIFAR-10 recipe table: val top-1 over seeds, training seconds")
     add_recipe_arguments(recipes)
     for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
@@ -101,6 +106,10 @@ def main(argv: list[str]) -> int:
         from visiontrain.bench import evidence
 
         return evidence.main(args)
+    if args.mode == "models":
+        from visiontrain.bench import compatibility
+
+        return compatibility.main(args)
     if args.mode == "recipes":
         from visiontrain.bench import recipes as recipe_table
 

@@ -1,0 +1,195 @@
+"""`python -m visiontrain bench models`: which timm and torchvision architectures go through the whole project.
+
+For every architecture of the chosen families up to `--max-params` million parameters: build it with 10
+classes (fixed-size models built for `--image-size`), train it under the trainer on random tensors for two
+epochs of two steps at a constant lr, train it again for one epoch and resume that run to the second (the
+resumed weights must equal the uninterrupted run's, bit for bit), and export the uninterrupted run to ONNX with the
+export's numeric check. One row per architecture goes to OUT/results.jsonl as soon as it is known (a
+long walk can be stopped and read), and OUT/summary.md counts them per family with every failure's
+one-line reason. Runs in one process on the CPU: an architecture that hangs is stopped by `--timeout`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import io
+import json
+import logging
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+FAMILY_NAMES = ("timm", "torchvision")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", nargs="+", choices=FAMILY_NAMES, default=list(FAMILY_NAMES))
+    parser.add_argument("--match", default="*", help="only architectures whose name matches this pattern (fnmatch)")
+    parser.add_argument("--max-params", type=float, default=100.0, help="millions of parameters (default 100)")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many architectures per family (0: all)")
+    parser.add_argument("--image-size", type=int, default=64, help="training and export resolution (default 64)")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per architecture (default 300)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/models"))
+
+
+def architectures(family: str, pattern: str, limit: int) -> list[str]:
+    if family == "timm":
+        import timm
+
+        names = [f"timm/{arch}" for arch in timm.list_models()]
+    else:
+        from visiontrain.models.torchvision_models import architectures as torchvision_architectures
+
+        names = [f"torchvision/{arch}" for arch in torchvision_architectures()]
+    chosen = [name for name in names if fnmatch.fnmatch(name.partition("/")[2], pattern)]
+    return chosen[:limit] if limit else chosen
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _Timeout()
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else 'no detail'}"[:300]
+
+
+def overrides_for(name: str, size: int, run_dir: Path, epochs: int) -> list[str]:
+    from visiontrain.models import spec_of
+
+    spec = spec_of(name)
+    key = "img_size" if name.startswith("timm/") else "image_size"
+    built_for = [f"model.kwargs.{key}={size}"] if spec.fixed_input_size and spec.input_size != size else []
+    return [f"model.name={name}", "model.num_classes=10", *built_for, "data.loader=random",
+            f"data.image_size={size}", f"data.val_image_size={size}", "data.random_train_samples=32",
+            "data.random_val_samples=8", "train.batch_size=16", f"train.epochs={epochs}", "train.precision=fp32",
+            # constant lr: a 1-epoch run continued to 2 then sees the uninterrupted run's rates
+            "schedule.name=constant", "schedule.warmup_epochs=0", "optim.name=adamw", "optim.lr=1e-4",
+            "run.device=cpu", f"run.dir={run_dir}",
+            "log.progress_bar=false", "log.tensorboard=false", "log.plots=false", "log.report=false"]
+
+
+def check_one(name: str, size: int, work: Path, max_params: float) -> dict[str, Any]:
+    """Build, train, resume and export one architecture; the row of the table."""
+    import torch
+
+    from visiontrain.checkpoint.weights import read_weights
+    from visiontrain.config import ModelConfig, load_config
+    from visiontrain.deploy.export import main as export_main
+    from visiontrain.infra.errors import run_cli
+    from visiontrain.models import build_model
+    from visiontrain.train.run import train
+
+    row: dict[str, Any] = {"model": name, "family": name.partition("/")[0]}
+    try:
+        cfg = load_config(None, overrides_for(name, size, work / "reference", 2))
+        params = sum(p.numel() for p in build_model(ModelConfig(**{**vars(cfg.model)})).parameters()) / 1e6
+    except BaseException as err:  # noqa: BLE001 - any failure is this architecture's row
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        return {**row, "stage": "build", "ok": False, "reason": _one_line(err)}
+    row["params_m"] = round(params, 2)
+    if params > max_params:
+        return {**row, "stage": "skipped", "ok": None, "reason": f"{params:.0f} M parameters > --max-params"}
+    stage = "train"
+    try:
+        train(None, overrides_for(name, size, work / "reference", 2))
+        stage = "resume"
+        train(None, overrides_for(name, size, work / "resumed", 1))
+        train(None, overrides_for(name, size, work / "resumed", 2))
+        reference = read_weights(work / "reference" / "weights.safetensors")
+        resumed = read_weights(work / "resumed" / "weights.safetensors")
+        if not all(torch.equal(reference[k], resumed[k]) for k in reference):
+            return {**row, "stage": "resume", "ok": False,
+                    "reason": "resumed weights differ from the uninterrupted run"}
+        stage = "export"
+        errors = io.StringIO()
+        with contextlib.redirect_stderr(errors):
+            code = run_cli(export_main, [str(work / "reference"), "--format", "onnx", "--out",
+                                         str(work / "model.onnx")])
+        if code != 0:
+            last = (errors.getvalue().strip().splitlines() or [f"exit {code}"])[-1]
+            return {**row, "stage": "export", "ok": False, "reason": f"export exited with {code}: {last}"[:300]}
+        check = json.loads((work / "model.onnx.json").read_text())["export_check"]
+        return {**row, "stage": "done", "ok": True, "max_rel_diff": check["max_rel_diff"]}
+    except BaseException as err:  # noqa: BLE001
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        return {**row, "stage": stage, "ok": False, "reason": _one_line(err)}
+
+
+def summary(rows: list[dict[str, Any]], seconds: float, size: int) -> str:
+    lines = ["# Model compatibility", "",
+             f"Each architecture with 10 classes at {size} px on the CPU: trained 2 epochs under the trainer, "
+             "resumed from epoch 1 (bit-exact), exported to ONNX with the numeric check. "
+             f"Wall time {seconds / 60:.1f} min.", "",
+             "| family | tried | build | train | resume | export | skipped (size) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for family in sorted({r["family"] for r in rows}):
+        mine = [r for r in rows if r["family"] == family]
+        tried = [r for r in mine if r["stage"] != "skipped"]
+
+        def passed(stages: tuple[str, ...], tried: list[dict[str, Any]] = tried) -> int:
+            """Rows past these stages: done, or failed at a later one."""
+            return sum(1 for r in tried if r["ok"] or r["stage"] not in stages)
+
+        lines.append(f"| {family} | {len(tried)} | {passed(('build',))} | {passed(('build', 'train'))} | "
+                     f"{passed(('build', 'train', 'resume'))} | {sum(1 for r in tried if r['ok'])} | "
+                     f"{len(mine) - len(tried)} |")
+    failures = [r for r in rows if r["ok"] is False]
+    if failures:
+        lines += ["", "## Failures", "", "| model | stage | reason |", "|---|---|---|"]
+        lines += [f"| {r['model']} | {r['stage']} | {r['reason'].replace('|', '/')} |" for r in failures]
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> int:
+    from visiontrain.infra.errors import UsageError
+
+    if args.max_params <= 0 or args.image_size < 8 or args.timeout < 1 or args.limit < 0:
+        raise UsageError("--max-params must be > 0, --image-size >= 8, --timeout >= 1, --limit >= 0")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    results = out / "results.jsonl"
+    rows = []
+    start = time.perf_counter()
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    logging.disable(logging.WARNING)  # the trainer's per-run lines would bury the table
+    try:
+        with open(results, "w") as log:
+            for family in args.family:
+                for name in architectures(family, args.match, args.limit):
+                    shutil.rmtree(work, ignore_errors=True)
+                    t0 = time.perf_counter()
+                    signal.alarm(args.timeout)
+                    try:
+                        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                            row = check_one(name, args.image_size, work, args.max_params)
+                    except _Timeout:
+                        row = {"model": name, "family": family, "stage": "timeout", "ok": False,
+                               "reason": f"not done in {args.timeout} s"}
+                    finally:
+                        signal.alarm(0)
+                    row["seconds"] = round(time.perf_counter() - t0, 1)
+                    rows.append(row)
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    print(f"{name}: {'ok' if row['ok'] else row['stage']} "
+                          f"{row.get('reason', '')} ({row['seconds']} s)", flush=True)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        logging.disable(logging.NOTSET)
+        shutil.rmtree(work, ignore_errors=True)
+    text = summary(rows, time.perf_counter() - start, args.image_size)
+    (out / "summary.md").write_text(text)
+    print(text)
+    return 0
