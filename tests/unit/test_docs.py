@@ -122,6 +122,6 @@ def test_resnet18_example_is_the_default_run_except_what_its_header_says():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # a renamed key still in the file is not this test's concern
         loaded = _flat(config.load_config(path))
-    default = _flat(config.Config())
+    default = _flat(config.load_config(None, []))  # the default run, the model's normalization filled in
     differs = {k: loaded[k] for k in default if loaded[k] != default[k] and k != "run.dir"}
     assert differs == claimed

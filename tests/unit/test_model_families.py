@@ -170,3 +170,20 @@ def test_reserved_kwargs_point_to_the_projects_own_keys():
         build_model(ModelConfig(name="timm/resnet10t", kwargs={"pretrained": True}))
     with pytest.raises(UsageError, match="model.kwargs.*resnet9 takes none"):
         build_model(ModelConfig(name="resnet9", kwargs={"drop_path_rate": 0.1}))
+
+
+# ------------------------------------------------------------------ the input contract
+def test_normalization_and_crop_left_empty_come_from_the_model_and_stay_overridable(tmp_path):
+    from visiontrain.config import load_config, to_yaml
+
+    size = ["data.image_size=224", "data.val_image_size=224"]
+    vit_cfg = load_config(None, ["model.name=timm/vit_small_patch16_224.augreg_in21k", *size])
+    assert (vit_cfg.data.mean, vit_cfg.data.std, vit_cfg.data.val_crop_ratio) == ([0.5] * 3, [0.5] * 3, 0.9)
+    assert "- 0.5" in to_yaml(vit_cfg)  # the run's config.yaml records the values used
+    tv = load_config(None, ["model.name=torchvision/resnet50", *size]).data
+    assert (tv.mean, tv.std, tv.val_crop_ratio) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 0.875)
+    own = load_config(None, []).data  # the project's own models: CIFAR-10's statistics, as before
+    assert own.mean == [0.4914, 0.4822, 0.4465] and own.val_crop_ratio == 0.875
+    mine = load_config(None, ["model.name=timm/vit_small_patch16_224.augreg_in21k", *size, "data.mean=[0.1,0.2,0.3]",
+                              "data.val_crop_ratio=1.0"]).data
+    assert mine.mean == [0.1, 0.2, 0.3] and mine.std == [0.5] * 3 and mine.val_crop_ratio == 1.0

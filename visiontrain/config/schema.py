@@ -42,6 +42,23 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def fill_model_defaults(cfg: Config) -> None:
+    """Keys left to the model take its values: empty data.mean / data.std and data.val_crop_ratio=0 become the
+    input contract of a timm or torchvision model's published weights (models/contract.py), else CIFAR-10's
+    statistics and 0.875. Runs before `validate`; a run's config.yaml then records the values used."""
+    from visiontrain.config.sections import CIFAR10_MEAN, CIFAR10_STD
+    from visiontrain.models import check_model_name, spec_of
+
+    d = cfg.data
+    if d.mean and d.std and d.val_crop_ratio:
+        return
+    check_model_name(cfg.model.name)
+    spec = spec_of(cfg.model.name)
+    d.mean = list(d.mean) or list(spec.mean or CIFAR10_MEAN)
+    d.std = list(d.std) or list(spec.std or CIFAR10_STD)
+    d.val_crop_ratio = d.val_crop_ratio or spec.crop_ratio or 0.875
+
+
 def validate(cfg: Config) -> None:
     """Value checks that need no knowledge of the launch (the world size is checked by `BatchPlan`).
 

@@ -45,7 +45,9 @@ class DataConfig(Section):
     recipe: str = choice("cifar", ("cifar", "imagenet"))  # cifar (pad-and-translate) | imagenet (random-resized-crop)
     image_size: int = 32  # training resolution
     val_image_size: int = 32  # evaluation resolution
-    val_crop_ratio: float = 0.875  # imagenet recipe: center crop covers this fraction
+    # imagenet recipe: center crop covers this fraction; 0: the model's (a timm model's published crop_pct),
+    # else 0.875
+    val_crop_ratio: float = 0.0
     crop_padding: int = 4  # cifar recipe: random translation of up to this many pixels
     # cifar recipe: what a translation uncovers: mean (the mean colour, FFCV's RandomTranslate) |
     # reflect (the image mirrored at its border, without repeating the edge: airbench's padding)
@@ -55,8 +57,11 @@ class DataConfig(Section):
     # With flip: epoch 0 flips a fair coin per image, each later epoch mirrors exactly the
     # images the previous one did not (every image is seen both ways in any two epochs).
     alternate_flip: bool = False
-    mean: List[float] = field(default_factory=lambda: list(CIFAR10_MEAN))  # per channel (R, G, B), in [0, 1]
-    std: List[float] = field(default_factory=lambda: list(CIFAR10_STD))  # per channel (R, G, B), in (0, 1]
+    # Normalization per channel (R, G, B): mean in [0, 1], std in (0, 1]. Empty: the model's (the input
+    # contract of a timm or torchvision model's published weights), else CIFAR-10's statistics. The run's
+    # config.yaml records the values used.
+    mean: List[float] = field(default_factory=list)
+    std: List[float] = field(default_factory=list)
     num_workers: int = 2  # torchvision: DataLoader processes; ffcv: decoding threads
     os_cache: bool = True  # ffcv: read through the OS page cache (best when the file fits in RAM)
     batches_ahead: int = 3  # ffcv: batches prepared ahead of the training loop
@@ -82,7 +87,7 @@ class DataConfig(Section):
                      "alternates the flips of data.flip=true; set data.flip=true or leave it false")
         self.require(self.image_size >= 8, "image_size", "must be >= 8")
         self.require(self.val_image_size >= 8, "val_image_size", "must be >= 8")
-        self.require(0 < self.val_crop_ratio <= 1, "val_crop_ratio", "must be in (0, 1]")
+        self.require(0 <= self.val_crop_ratio <= 1, "val_crop_ratio", "must be in (0, 1] (0: the model's)")
         self.require(0 <= self.crop_padding <= self.image_size // 2, "crop_padding",
                      f"must be in [0, data.image_size/2={self.image_size // 2}]")
         self.require(0 <= self.cutout <= self.image_size, "cutout",

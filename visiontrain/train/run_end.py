@@ -110,6 +110,7 @@ def _summary(end: RunEnd, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         "status": "completed",
         "run_dir": str(end.run_dir),
         "model": cfg.model.name,
+        "parameters": sum(p.numel() for p in end.model.parameters()),
         "epochs": end.epochs,
         "steps": end.steps,
         "world_size": runtime.world_size,
