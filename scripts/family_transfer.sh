@@ -6,7 +6,7 @@
 # DATA: the stratified 45k/5k split, written by
 #   python -m visiontrain prep cifar10 --source DIR --out DATA --val-fraction 0.1 --seed 0
 # (DIR: the extracted ../shared/datasets/cifar10-train-jpeg.tar.gz). For each model (default: the four
-# below): pretrain on classes 0-4 (configs/cifar10/family_transfer.yaml), fine-tune from it on classes
+# below): pretrain on half of classes 0-4's labels (configs/cifar10/family_transfer.yaml), fine-tune from it on classes
 # 5-9 with 2 % of their labels, and train the same labels from scratch with the same recipe. Prints the
 # table and writes OUT/table.md. Runs one process; each run's seconds are in its summary.json.
 set -euo pipefail
@@ -44,7 +44,7 @@ import sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-rows = ["| model | parameters | pretrain, classes 0-4 | scratch, 2 % of 5-9 | fine-tuned | gain | minutes (pre / ft / scratch) |",
+rows = ["| model | parameters | pretrain, 50 % of 0-4 | scratch, 2 % of 5-9 | fine-tuned | gain | minutes (pre / ft / scratch) |",
         "|---|---:|---:|---:|---:|---:|---|"]
 for model in sorted(p for p in out.iterdir() if (p / "scratch" / "summary.json").is_file()):
     runs = {run: json.loads((model / run / "summary.json").read_text()) for run in ("pretrain", "finetune", "scratch")}

@@ -25,3 +25,28 @@ def test_the_summary_counts_each_stage_passed_and_lists_every_failure():
     assert "| timm | 3 | 3 | 2 | 2 | 1 | 1 |" in text  # tried, build, train, resume, export, skipped
     assert "| torchvision | 1 | 0 | 0 | 0 | 0 | 0 |" in text
     assert "| timm/b | export | x / y |" in text and "timm/c | train | boom" in text and "Wall time 1.5 min" in text
+
+
+def test_an_architecture_past_the_timeout_is_a_failed_row_at_its_stage_and_the_walk_goes_on(tmp_path, monkeypatch):
+    import argparse
+    import json
+    import time
+
+    from visiontrain.bench import compatibility
+
+    def slow_then_fine(name, size, work, max_params, progress):
+        if name == "timm/slow":
+            progress["stage"] = "resume"
+            time.sleep(30)  # SIGALRM interrupts it
+        return {"model": name, "family": "timm", "stage": "done", "ok": True}
+
+    monkeypatch.setattr(compatibility, "architectures", lambda *args: ["timm/slow", "timm/fine"])
+    monkeypatch.setattr(compatibility, "check_one", slow_then_fine)
+    args = argparse.Namespace(family=["timm"], match="*", max_params=100.0, limit=0, every=1, image_size=32,
+                              timeout=1, out=tmp_path)
+    assert compatibility.main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["stage"], r["ok"]) for r in rows] == [("timm/slow", "resume", False),
+                                                                 ("timm/fine", "done", True)]
+    assert rows[0]["reason"] == "timeout: not done in 1 s" and rows[0]["seconds"] < 5
+    assert "| timm | 2 | 2 | 2 | 1 | 1 | 0 |" in (tmp_path / "summary.md").read_text()

@@ -15,7 +15,7 @@ from visiontrain.config import FinetuneConfig, ModelConfig, OptimConfig, Schedul
 from visiontrain.infra.errors import UsageError
 from visiontrain.models import build_model, spec_of
 from visiontrain.train.finetune import freeze, keep_frozen_bn_in_eval, load_initial_weights
-from visiontrain.train.optim import build_optimizer, build_scheduler, lr_factor
+from visiontrain.train.optim import build_optimizer, build_scheduler, layer_decay_scales, lr_factor
 
 VIT = "timm/vit_tiny_patch16_224"
 
@@ -49,6 +49,26 @@ def test_layer_decay_gives_each_block_its_rate_and_the_schedule_scales_them_all(
         optimizer.step()
         scheduler.step()
     assert len({round(g["lr"], 15) for g in optimizer.param_groups}) == 6  # six depths, six rates
+
+
+def test_a_final_norm_after_the_blocks_keeps_the_heads_rate_as_in_timm():
+    """ConvNeXt's head.norm follows the last stage: it shares the classifier's rate, and the last block gets
+    one factor of decay (timm's param_groups_layer_decay gives the same scales)."""
+    from timm.optim import param_groups_layer_decay
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="timm/convnext_atto"))
+    scales = layer_decay_scales(model, spec_of("timm/convnext_atto"), 0.5)
+    assert scales["head.norm.weight"] == 1.0 and scales["stages.3.blocks.1.conv_dw.weight"] == 0.5
+    theirs = {name: group["lr_scale"] for group in param_groups_layer_decay(model, layer_decay=0.5)
+              for name, param in model.named_parameters() if any(param is p for p in group["params"])}
+    assert all(math.isclose(scales.get(name, 1.0), theirs[name]) for name in theirs)
+
+
+def test_heads_are_every_layer_that_outputs_the_classes_and_no_decay_patterns_are_globs():
+    assert spec_of("timm/levit_128s").heads == ("head.linear", "head_dist.linear")  # the distillation head too
+    xcit = build_model(ModelConfig(name="timm/xcit_nano_12_p16_224", kwargs={"depth": 1}))
+    assert "pos_embed.token_projection.weight" in spec_of("timm/xcit_nano_12_p16_224").no_weight_decay(xcit)
 
 
 def test_position_embeddings_class_tokens_norms_and_biases_get_no_weight_decay():
@@ -165,6 +185,26 @@ def test_torchvision_pth_files_load_into_torchvision_models_and_pickled_objects_
         load_initial_weights(model, spec, FinetuneConfig(init_from=str(tmp_path / "pickled.bin")))
 
 
+def test_torchvision_weights_of_auxiliary_classifiers_are_dropped_for_a_model_built_without_them(tmp_path):
+    torch.manual_seed(4)
+    source = build_model(ModelConfig(name="torchvision/googlenet", num_classes=1000, kwargs={"aux_logits": True}))
+    torch.save(source.state_dict(), tmp_path / "googlenet-1378be20.pth")
+    model = build_model(ModelConfig(name="torchvision/googlenet", num_classes=1000))
+    info = load_initial_weights(model, spec_of("torchvision/googlenet"),
+                                FinetuneConfig(init_from=str(tmp_path / "googlenet-1378be20.pth"), keep_head=True))
+    assert not info["head_replaced"] and torch.equal(model.fc.weight, source.fc.weight)
+
+
+def test_fixed_size_errors_name_each_familys_size_keyword():
+    from visiontrain.config import load_config
+
+    with pytest.raises(UsageError, match=r"model.kwargs.input_size=\[32,32\] to build it"):
+        load_config(None, ["model.name=torchvision/maxvit_t"])
+    with pytest.raises(UsageError, match="model.kwargs.image_size=32 to build it"):
+        load_config(None, ["model.name=torchvision/vit_b_16"])
+    assert load_config(None, ["model.name=torchvision/maxvit_t", "model.kwargs.input_size=[32,32]"])
+
+
 def test_reserved_kwargs_point_to_the_projects_own_keys():
     with pytest.raises(UsageError, match="'model.kwargs.pretrained' is invalid .* set finetune.init_from"):
         build_model(ModelConfig(name="timm/resnet10t", kwargs={"pretrained": True}))
@@ -185,5 +225,7 @@ def test_normalization_and_crop_left_empty_come_from_the_model_and_stay_overrida
     own = load_config(None, []).data  # the project's own models: CIFAR-10's statistics, as before
     assert own.mean == [0.4914, 0.4822, 0.4465] and own.val_crop_ratio == 0.875
     mine = load_config(None, ["model.name=timm/vit_small_patch16_224.augreg_in21k", *size, "data.mean=[0.1,0.2,0.3]",
-                              "data.val_crop_ratio=1.0"]).data
-    assert mine.mean == [0.1, 0.2, 0.3] and mine.std == [0.5] * 3 and mine.val_crop_ratio == 1.0
+                              "data.std=[0.2,0.2,0.2]", "data.val_crop_ratio=1.0"]).data
+    assert mine.mean == [0.1, 0.2, 0.3] and mine.std == [0.2] * 3 and mine.val_crop_ratio == 1.0
+    with pytest.raises(UsageError, match="'data.std' is empty while data.mean is set: set both"):
+        load_config(None, ["model.name=timm/vit_small_patch16_224.augreg_in21k", *size, "data.mean=[0.1,0.2,0.3]"])

@@ -6,7 +6,8 @@ epochs of two steps at a constant lr, train it again for one epoch and resume th
 resumed weights must equal the uninterrupted run's, bit for bit), and export the uninterrupted run to ONNX with the
 export's numeric check. One row per architecture goes to OUT/results.jsonl as soon as it is known (a
 long walk can be stopped and read), and OUT/summary.md counts them per family with every failure's
-one-line reason. Runs in one process on the CPU: an architecture that hangs is stopped by `--timeout`.
+one-line reason. Runs in one process on the CPU: an architecture that hangs in Python code is stopped by
+`--timeout` (SIGALRM; a hang inside a native call is not); SIGTERM stops the walk.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def architectures(family: str, pattern: str, limit: int, every: int = 1) -> list
     return chosen[:limit] if limit else chosen
 
 
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """SIGALRM: this architecture ran past --timeout. A BaseException, so that no handler of the run catches it."""
 
 
 def _on_alarm(signum, frame):
@@ -68,8 +69,9 @@ def overrides_for(name: str, size: int, run_dir: Path, epochs: int) -> list[str]
     from visiontrain.models import spec_of
 
     spec = spec_of(name)
-    key = "img_size" if name.startswith("timm/") else "image_size"
-    built_for = [f"model.kwargs.{key}={size}"] if spec.fixed_input_size and spec.input_size != size else []
+    value = f"[{size},{size}]" if spec.size_keyword == "input_size" else str(size)
+    built_for = ([f"model.kwargs.{spec.size_keyword}={value}"]
+                 if spec.fixed_input_size and spec.size_keyword and spec.input_size != size else [])
     return [f"model.name={name}", "model.num_classes=10", *built_for, "data.loader=random",
             f"data.image_size={size}", f"data.val_image_size={size}", "data.random_train_samples=32",
             "data.random_val_samples=8", "train.batch_size=16", f"train.epochs={epochs}", "train.precision=fp32",
@@ -81,7 +83,7 @@ def overrides_for(name: str, size: int, run_dir: Path, epochs: int) -> list[str]
 
 def _parameters(build_model, model_cfg) -> int:
     """The parameter count, from a build on the meta device (no memory, no init time: a billion-parameter
-    architecture is skipped in a second); on the CPU where a builder computes from tensor values."""
+    architecture is skipped in a second); on the CPU where a builder computes from tensor values (RegNets)."""
     import torch
 
     try:
@@ -92,14 +94,15 @@ def _parameters(build_model, model_cfg) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_one(name: str, size: int, work: Path, max_params: float) -> dict[str, Any]:
-    """Build, train, resume and export one architecture; the row of the table."""
+def check_one(name: str, size: int, work: Path, max_params: float, progress: dict[str, str]) -> dict[str, Any]:
+    """Build, train, resume and export one architecture; the row of the table. `progress["stage"]` says where
+    it is, for the row of a timeout."""
     import torch
 
     from visiontrain.checkpoint.weights import read_weights
     from visiontrain.config import ModelConfig, load_config
     from visiontrain.deploy.export import main as export_main
-    from visiontrain.infra.errors import run_cli
+    from visiontrain.infra.errors import Preempted, run_cli
     from visiontrain.models import build_model
     from visiontrain.train.run import train
 
@@ -107,17 +110,15 @@ def check_one(name: str, size: int, work: Path, max_params: float) -> dict[str, 
     try:
         cfg = load_config(None, overrides_for(name, size, work / "reference", 2))
         params = _parameters(build_model, ModelConfig(**vars(cfg.model))) / 1e6
-    except BaseException as err:  # noqa: BLE001 - any failure is this architecture's row
-        if isinstance(err, KeyboardInterrupt):
-            raise
+    except Exception as err:  # noqa: BLE001 - any failure is this architecture's row
         return {**row, "stage": "build", "ok": False, "reason": _one_line(err)}
     row["params_m"] = round(params, 2)
     if params > max_params:
         return {**row, "stage": "skipped", "ok": None, "reason": f"{params:.0f} M parameters > --max-params"}
-    stage = "train"
+    progress["stage"] = "train"
     try:
         train(None, overrides_for(name, size, work / "reference", 2))
-        stage = "resume"
+        progress["stage"] = "resume"
         train(None, overrides_for(name, size, work / "resumed", 1))
         train(None, overrides_for(name, size, work / "resumed", 2))
         reference = read_weights(work / "reference" / "weights.safetensors")
@@ -125,7 +126,7 @@ def check_one(name: str, size: int, work: Path, max_params: float) -> dict[str, 
         if not all(torch.equal(reference[k], resumed[k]) for k in reference):
             return {**row, "stage": "resume", "ok": False,
                     "reason": "resumed weights differ from the uninterrupted run"}
-        stage = "export"
+        progress["stage"] = "export"
         errors = io.StringIO()
         with contextlib.redirect_stderr(errors):
             code = run_cli(export_main, [str(work / "reference"), "--format", "onnx", "--out",
@@ -135,10 +136,10 @@ def check_one(name: str, size: int, work: Path, max_params: float) -> dict[str, 
             return {**row, "stage": "export", "ok": False, "reason": f"export exited with {code}: {last}"[:300]}
         check = json.loads((work / "model.onnx.json").read_text())["export_check"]
         return {**row, "stage": "done", "ok": True, "max_rel_diff": check["max_rel_diff"]}
-    except BaseException as err:  # noqa: BLE001
-        if isinstance(err, KeyboardInterrupt):
-            raise
-        return {**row, "stage": stage, "ok": False, "reason": _one_line(err)}
+    except Preempted:
+        raise  # SIGTERM / SIGUSR1 to the walk: stop it, not this row
+    except Exception as err:  # noqa: BLE001
+        return {**row, "stage": progress["stage"], "ok": False, "reason": _one_line(err)}
 
 
 def summary(rows: list[dict[str, Any]], seconds: float, size: int, every: int = 1) -> str:
@@ -178,7 +179,8 @@ def main(args: argparse.Namespace) -> int:
     results = out / "results.jsonl"
     rows = []
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGUSR1)}
+    signal.signal(signal.SIGALRM, _on_alarm)
     logging.disable(logging.WARNING)  # the trainer's per-run lines would bury the table
     try:
         with open(results, "w") as log:
@@ -186,15 +188,18 @@ def main(args: argparse.Namespace) -> int:
                 for name in architectures(family, args.match, args.limit, args.every):
                     shutil.rmtree(work, ignore_errors=True)
                     t0 = time.perf_counter()
+                    progress = {"stage": "build"}
                     signal.alarm(args.timeout)
                     try:
                         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                            row = check_one(name, args.image_size, work, args.max_params)
+                            row = check_one(name, args.image_size, work, args.max_params, progress)
                     except _Timeout:
-                        row = {"model": name, "family": family, "stage": "timeout", "ok": False,
-                               "reason": f"not done in {args.timeout} s"}
+                        row = {"model": name, "family": family, "stage": progress["stage"], "ok": False,
+                               "reason": f"timeout: not done in {args.timeout} s"}
                     finally:
                         signal.alarm(0)
+                        for sig in (signal.SIGTERM, signal.SIGUSR1):  # each run installs its preemption handler
+                            signal.signal(sig, previous[sig])
                     row["seconds"] = round(time.perf_counter() - t0, 1)
                     rows.append(row)
                     log.write(json.dumps(row) + "\n")
@@ -202,7 +207,8 @@ def main(args: argparse.Namespace) -> int:
                     print(f"{name}: {'ok' if row['ok'] else row['stage']} "
                           f"{row.get('reason', '')} ({row['seconds']} s)", flush=True)
     finally:
-        signal.signal(signal.SIGALRM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         logging.disable(logging.NOTSET)
         shutil.rmtree(work, ignore_errors=True)
     text = summary(rows, time.perf_counter() - start, args.image_size, args.every)

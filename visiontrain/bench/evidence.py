@@ -284,7 +284,8 @@ def family_overrides(ctx: Context, name: str) -> list[str]:
 
     size = ctx.sizes.r50_size
     spec = spec_of(name)
-    built_for = [f"model.kwargs.img_size={size}"] if spec.fixed_input_size and spec.input_size != size else []
+    built_for = ([f"model.kwargs.{spec.size_keyword}={size}"]
+                 if spec.fixed_input_size and spec.input_size != size else [])
     return [f"model.name={name}", "model.num_classes=1000", f"batch_per_device={ctx.sizes.r50_batch}",
             f"data.image_size={size}", f"data.val_image_size={size}", *built_for,
             f"model.channels_last={str(FAMILY_CHANNELS_LAST.get(name, True)).lower()}", *precision(ctx)]

@@ -8,7 +8,6 @@ it is what `python -m visiontrain checkpoint export RUN_DIR [--out FILE]` runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -119,7 +118,7 @@ def read_state_dict(source: str | Path, use_ema: bool = False, key: str = "finet
                     ) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, the file or checkpoint it came from) of a run directory (weights.safetensors, else the
     newest readable checkpoint: ours or DeepSpeed's at any ZeRO stage; EMA weights with `use_ema`), a
-    Hugging Face model snapshot folder (model.safetensors, else pytorch_model.bin, + config.json),
+    Hugging Face model snapshot folder (model.safetensors, else pytorch_model.bin; its config.json is not read),
     `hf-hub:<org>/<name>` found in the local Hugging Face cache (never downloaded), a .safetensors file
     or a PyTorch state dict (.pth/.pt/.bin, read with weights_only). The one reader of weights for
     fine-tuning, evaluation, export and prediction. Parameter names lose the prefixes DDP, DeepSpeed and
@@ -177,21 +176,6 @@ def snapshot_in_cache(repo_id: str, key: str) -> Path:
     raise UsageError(f"{key}: {repo_id} is not in the local Hugging Face cache {cache} (HF_HUB_CACHE / HF_HOME); "
                      f"download it where there is network (hf download {repo_id}) and copy the cache here, "
                      f"or point at the snapshot folder")
-
-
-def snapshot_config(source: str) -> dict[str, Any]:
-    """The config.json beside a snapshot's weights (timm: architecture, num_classes, pretrained_cfg with mean,
-    std, input size, crop); {} where there is none."""
-    try:
-        path = snapshot_in_cache(source[len(HUB_PREFIX):], "") if source.startswith(HUB_PREFIX) else Path(source)
-    except UsageError:
-        return {}
-    config = path / "config.json" if path.is_dir() else path.with_name("config.json")
-    try:
-        loaded = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _from_run_dir(run_dir: Path, use_ema: bool, key: str) -> tuple[dict[str, torch.Tensor], str]:

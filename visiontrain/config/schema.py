@@ -18,6 +18,7 @@ from visiontrain.config.sections import (
     ScheduleConfig,
     TrainConfig,
 )
+from visiontrain.infra.errors import UsageError
 
 
 @dataclass
@@ -50,6 +51,10 @@ def fill_model_defaults(cfg: Config) -> None:
     from visiontrain.models import check_model_name, spec_of
 
     d = cfg.data
+    if bool(d.mean) != bool(d.std):
+        given, empty = ("mean", "std") if d.mean else ("std", "mean")
+        raise UsageError(f"config key 'data.{empty}' is empty while data.{given} is set: set both, or leave both "
+                         f"empty for the model's normalization (one of each would mix two sets of statistics)")
     if d.mean and d.std and d.val_crop_ratio:
         return
     check_model_name(cfg.model.name)
@@ -89,12 +94,14 @@ def _check_input_size(cfg: Config) -> None:
     d, m = cfg.data, cfg.model
     if d.loader == "random" or not spec_of(m.name).fixed_input_size or m.kwargs.get("dynamic_img_size"):
         return
+    spec = spec_of(m.name)
     size = input_size_of(m.name, m.kwargs)
-    key = "img_size" if m.name.startswith("timm/") else "image_size"
+    key = spec.size_keyword
     d.require(not d.progressive_resizing, "progressive_resizing",
               f"{m.name} takes only {size} px images" + (" (model.kwargs.dynamic_img_size=true lifts that)"
                                                           if m.name.startswith("timm/") else ""))
     for name in ("image_size", "val_image_size"):
-        d.require(getattr(d, name) == size, name,
-                  f"{m.name} takes {size} px images: set data.{name}={size}, or model.kwargs.{key}="
-                  f"{getattr(d, name)} to build it for this size")
+        wanted = getattr(d, name)
+        built_for = f"[{wanted},{wanted}]" if key == "input_size" else str(wanted)
+        d.require(wanted == size, name, f"{m.name} takes {size} px images: set data.{name}={size}"
+                  + (f", or model.kwargs.{key}={built_for} to build it for this size" if key else ""))

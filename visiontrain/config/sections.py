@@ -287,7 +287,7 @@ class FinetuneConfig(Section):
     section = "finetune"
     # Starting weights: a run directory (its weights.safetensors, else its newest checkpoint), a
     # .safetensors file, a PyTorch state dict (.pth/.pt/.bin, read without unpickling objects), a
-    # Hugging Face snapshot folder (model.safetensors + config.json), or hf-hub:<org>/<name> found in the
+    # Hugging Face snapshot folder (its model.safetensors), or hf-hub:<org>/<name> found in the
     # local Hugging Face cache (HF_HUB_CACHE, HF_HOME; never downloaded). Empty = random init.
     init_from: str = ""
     use_ema: bool = False  # a run directory's EMA weights

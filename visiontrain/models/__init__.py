@@ -50,9 +50,10 @@ def spec_of(name: str) -> ModelSpec:
 
 
 def input_size_of(name: str, kwargs: dict[str, Any]) -> int:
-    """The image size the built model takes: model.kwargs' img_size (timm) or image_size (torchvision), else
-    the architecture's own."""
-    size = kwargs.get("img_size", kwargs.get("image_size"))
+    """The image size the built model takes: its size keyword in model.kwargs (img_size in timm, image_size or
+    input_size in torchvision), else the architecture's own."""
+    keyword = spec_of(name).size_keyword
+    size = kwargs.get(keyword) if keyword else None
     if isinstance(size, (list, tuple)):
         size = size[-1]
     return int(size) if size is not None else spec_of(name).input_size
@@ -70,9 +71,11 @@ def build_model(cfg: ModelSettings) -> nn.Module:
         # Each residual block starts as the identity: trains deep nets stably at large batch.
         branch_ends = spec.residual_branch_ends(model)
         if not branch_ends and spec.takes_kwargs:
+            own = ("model.kwargs.zero_init_last=true" if cfg.name.startswith("timm/")
+                   else "model.kwargs.zero_init_residual=true")
             raise UsageError(f"config key 'model.zero_init_residual' is invalid for {cfg.name}: only the project's "
-                             f"ResNets name their residual branches; timm ResNets take "
-                             f"model.kwargs.zero_init_last=true")
+                             f"ResNets name their residual branches here; this architecture's own switch, where it "
+                             f"has one: {own}")
         for bn in branch_ends:
             nn.init.zeros_(bn.weight)
     apply_layer_settings(model, cfg, keeps_own_bn=spec.takes_kwargs)

@@ -76,6 +76,7 @@ class ModelSpec:
     # The model takes only model_input_size (ViT and Swin without dynamic_img_size): progressive
     # resizing is refused, and data.image_size must match it.
     fixed_input_size: bool = False
+    size_keyword: str = ""  # the model.kwargs key that builds the model for another image size, if any
     extra: dict[str, Any] = field(default_factory=dict)  # family-specific facts (reported, not relied on)
 
     def is_head(self, parameter_name: str) -> bool:

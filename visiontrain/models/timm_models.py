@@ -51,7 +51,24 @@ def check_name(name: str) -> None:
                              f"{tag!r}; tags: {', '.join(tags) or 'none'}")
 
 
-def _classifiers(cfg: Any) -> tuple[str, ...]:
+_PROBE_CLASSES = 1013  # a class count no hidden layer has: the layers with this output width are the heads
+
+
+def _classifiers(model_name: str, cfg: Any) -> tuple[str, ...]:
+    """The classifier layers: those that output the class count in a probe build on the meta device (LeViT's
+    distillation head included, which some pretrained configs leave out), else the pretrained config's."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(model_name, pretrained=False, num_classes=_PROBE_CLASSES)
+        found = tuple(name for name, module in probe.named_modules()
+                      if (isinstance(module, nn.Linear) and module.out_features == _PROBE_CLASSES)
+                      or (isinstance(module, nn.Conv2d) and module.out_channels == _PROBE_CLASSES))
+    except Exception:  # noqa: BLE001 - a builder that needs real tensors: the config's names
+        found = ()
+    if found:
+        return found
     classifier = cfg.get("classifier") or "head"
     return tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,)
 
@@ -64,7 +81,7 @@ def _depths(model: nn.Module, fine: bool, heads: tuple[str, ...]) -> Depths:
 
     try:
         matcher = model.group_matcher(coarse=not fine)
-    except (AttributeError, NotImplementedError):
+    except (AttributeError, NotImplementedError, AssertionError):  # none, or not for this grouping (rdnet)
         return depths_from_blocks(model, heads, fine)
     layer_of = group_with_matcher(((n, p) for n, p in model.named_parameters()
                                    if not any(n.startswith(head + ".") for head in heads)), matcher, reverse=True)
@@ -92,9 +109,14 @@ def _is_neck(matcher: Any, names: list[str]) -> bool:
 
 
 def _no_weight_decay(model: nn.Module) -> set[str]:
+    """The parameters matching the model's no_weight_decay() entries: names, module prefixes, or glob patterns
+    (XCiT lists pos_embed.*), as timm matches them."""
+    import fnmatch
+
     listed = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     return {name for name, _ in model.named_parameters()
-            if name in listed or any(name.startswith(entry + ".") or name.endswith("." + entry) for entry in listed)}
+            if any(name == entry or name.startswith(entry + ".") or name.endswith("." + entry)
+                   or fnmatch.fnmatchcase(name, entry) for entry in listed)}
 
 
 def spec(name: str) -> ModelSpec:
@@ -105,7 +127,7 @@ def spec(name: str) -> ModelSpec:
     pretrained = timm.models.get_pretrained_cfg(model_name) or timm.models.get_pretrained_cfg(
         model_name.partition(".")[0])
     cfg = pretrained.to_dict() if pretrained is not None else {}
-    heads = _classifiers(cfg)
+    heads = _classifiers(model_name, cfg)
 
     def build(settings: ModelSettings) -> nn.Module:
         kwargs = dict(settings.kwargs)
@@ -124,7 +146,7 @@ def spec(name: str) -> ModelSpec:
         name, build, depths=lambda model, fine: _depths(model, fine, heads), input_size=size, heads=heads,
         takes_kwargs=True, no_weight_decay=_no_weight_decay,
         mean=tuple(cfg["mean"]) if cfg.get("mean") else None, std=tuple(cfg["std"]) if cfg.get("std") else None,
-        crop_ratio=cfg.get("crop_pct"), fixed_input_size=bool(cfg.get("fixed_input_size")),
+        crop_ratio=cfg.get("crop_pct"), fixed_input_size=bool(cfg.get("fixed_input_size")), size_keyword="img_size",
         extra={"family": "timm", "hf_hub_id": cfg.get("hf_hub_id"), "interpolation": cfg.get("interpolation")})
 
 

@@ -6,7 +6,8 @@ torchvision says less about its models than timm: the classifier is found as the
 width is the class count, stages and blocks from the module tree (block_depths.py), parameters owned
 by no standard layer (class token, position embedding, layer scale) get no weight decay, and the
 input contract is torchvision's ImageNet one (mean/std, 224 px, crop 0.875; Inception 299 px).
-GoogLeNet and Inception v3 are built without auxiliary classifiers unless `model.kwargs.aux_logits`.
+GoogLeNet and Inception v3 are built without auxiliary classifiers unless `model.kwargs.aux_logits` (their
+tensors in torchvision's weight files are then dropped on load, as torchvision's own loader does).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ PREFIX = "torchvision/"
 _PROBE_CLASSES = 1013  # a class count no hidden layer has: the layers with this output width are the head
 _DEFAULTS = {"googlenet": {"aux_logits": False, "init_weights": True},
              "inception_v3": {"aux_logits": False, "init_weights": True}}
-_FIXED_SIZE = ("vit_", "maxvit_")  # position embeddings or attention windows of one image size
+# Models of one image size (position embeddings, attention windows) and the keyword that sets it.
+_SIZE_KEYWORD = {"vit_": "image_size", "maxvit_": "input_size"}
+# Auxiliary classifiers, left out by default: a torchvision weights file's tensors for them are dropped on load.
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,4 +85,6 @@ def spec(name: str) -> ModelSpec:
     return ModelSpec(
         name, build, depths=lambda model, fine: depths_from_blocks(model, heads, fine), input_size=size, heads=heads,
         takes_kwargs=True, no_weight_decay=free_parameters, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_ratio=0.875,
-        fixed_input_size=arch.startswith(_FIXED_SIZE), extra={"family": "torchvision"})
+        fixed_input_size=any(arch.startswith(prefix) for prefix in _SIZE_KEYWORD),
+        size_keyword=next((key for prefix, key in _SIZE_KEYWORD.items() if arch.startswith(prefix)), ""),
+        extra={"family": "torchvision"})

@@ -55,7 +55,8 @@ def load_initial_weights(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig,
     if not head_fits:
         theirs = next((weights[k] for k in weights if is_head(k) and k.endswith(".weight")), None)
         their_classes = theirs.shape[0] if theirs is not None else "no"
-        ours = next(own[k] for k in head_keys if k.endswith(".weight")).shape[0]
+        mine = next((own[k] for k in head_keys if k.endswith(".weight")), None)
+        ours = mine.shape[0] if mine is not None else 0
         if cfg.keep_head:
             raise UsageError(f"{key}={cfg.init_from!r} has a {their_classes}-class head and the model "
                              f"{ours} classes: set model.num_classes={their_classes}" +
@@ -69,7 +70,16 @@ def load_initial_weights(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig,
 
 def _as_the_model_expects(model: nn.Module, spec: ModelSpec, weights: dict[str, Any], source: str) -> dict[str, Any]:
     """timm models: the architecture's own checkpoint filter, as timm runs it on load (original layouts
-    mapped to timm's, position embeddings resampled to the model's image size)."""
+    mapped to timm's, position embeddings resampled to the model's image size). torchvision models built
+    without auxiliary classifiers: their tensors dropped, as torchvision's loader does."""
+    if spec.extra.get("family") == "torchvision":
+        from visiontrain.models.torchvision_models import AUX_PREFIXES
+
+        own = model.state_dict()
+        dropped = [k for k in weights if k.startswith(AUX_PREFIXES) and k not in own]
+        if dropped:
+            log.info("%d tensors of auxiliary classifiers the model is built without left out", len(dropped))
+        return {k: v for k, v in weights.items() if k not in dropped}
     if spec.extra.get("family") != "timm":
         return weights
     from visiontrain.models.timm_models import checkpoint_filter

@@ -54,13 +54,13 @@ def check_trainable(model: nn.Module, cfg: OptimConfig) -> list[str]:
 
 
 def layer_decay_scales(model: nn.Module, spec: ModelSpec, decay: float) -> dict[str, float]:
-    """optim.layer_decay: {parameter name: lr scale}. The head keeps the full lr, each layer below it (the
-    model's blocks, spec.depths fine) one more factor of `decay`, the stem the smallest (BEiT/timm)."""
+    """optim.layer_decay: {parameter name: lr scale}. The head, and a final norm after the last block, keep the
+    full lr, each block below one more factor of `decay`, the stem the smallest (BEiT/timm's grouping)."""
     if decay == 1.0:
         return {}
-    depths = spec.depths(model, True).of
-    top = max(depths.values(), default=0) + 1  # the head, one above the deepest block (or a final norm after it)
-    return {name: decay ** (top - depth) for name, depth in depths.items()}
+    depths, blocks = spec.depths(model, True)
+    top = blocks + 1  # the head's depth; what follows the blocks (blocks + 1) shares it, as in timm
+    return {name: decay ** max(0, top - depth) for name, depth in depths.items()}
 
 
 def param_groups(

@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 
 # Keys whose change makes a run's checkpoints unloadable: tensor shapes or checkpoint layout.
-CHECKPOINT_SHAPE_KEYS = ("model.name", "model.num_classes", "model.width", "optim.name", "parallel.strategy")
+# What a checkpoint's tensors and parameter groups depend on: a resume with another value is refused before
+# anything is written (model.kwargs may change shapes, optim.layer_decay the parameter groups).
+CHECKPOINT_SHAPE_KEYS = ("model.name", "model.num_classes", "model.width", "model.kwargs", "optim.name",
+                         "optim.layer_decay", "parallel.strategy")
 
 
 def check_run_dir(cfg: Config) -> bool:
