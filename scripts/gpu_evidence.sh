@@ -10,7 +10,7 @@
 # 2. prints the GPU, driver, torch and CUDA;
 # 3. runs `python -m visiontrain bench evidence`: the fast CIFAR-10 recipe over 10 seeds, resnet9 over
 #    3, the trainer against the bare loop (ResNet-9, eager, compiled, CUDA graphs), the ResNet-50 step
-#    (eager, compiled), ResNet-50 fed by FFCV, and the model families where this version has them,
+#    (eager, compiled), ResNet-50 fed by FFCV, and ConvNeXt-T, ViT-S/16 and EfficientNet-B0 steps,
 #    each part killed at its own budget; OUT/summary.md, OUT/results.json and OUT/log.txt are
 #    rewritten after every part (docs/benchmarks.md, "GPU evidence").
 # Environment: PYTHON (default python3), GPU_BUNDLE (default ./gpu-bundle), TMPDIR.

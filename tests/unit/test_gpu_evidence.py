@@ -134,7 +134,7 @@ def test_the_summary_names_every_part_and_what_a_stopped_part_finished():
              _part("r50_compiled", "not reached"), _part("imagenet_data"),
              _part("ffcv_e2e", result={"points": [{**point, "images_per_s": 960.0}]}),
              _part("ffcv_step", result={"points": [point]}),
-             _part("families", "missing", reason="model families not in this version")]
+             _part("families", "missing", reason="timm is not installed")]
     text = summary(_doc(parts), {"fast": {"top1": [89.60], "setting": "CPU fp32"}})
     for part in parts:
         assert part["title"] in text
@@ -142,7 +142,7 @@ def test_the_summary_names_every_part_and_what_a_stopped_part_finished():
     assert "89.60 ± 0.10 % (3 seeds of 10 (timed out))" in text
     assert "| [resnet9](../configs/cifar10/resnet9.yaml) | | | | not measured (failed: exited with 1) | | |" in text
     assert "**0.960** of the step rate, data wait 2.0 %" in text
-    assert "0.985" in text and "model families not in this version" in text
+    assert "0.985" in text and "timm is not installed" in text
     assert "NVIDIA H100 80GB HBM3 x1, driver 570.1; torch 2.11.0, CUDA 13.0" in text
 
 
