@@ -37,14 +37,15 @@ run() {  # run DIR ARGS...: train.py into DIR, unless DIR already holds a finish
     "$PYTHON" train.py -c configs/cifar10/family_transfer.yaml "$@" "run.dir=$dir"
 }
 cd "$ROOT"
-for entry in "${MODELS[@]}"; do
-    read -r -a model <<< "$entry"
-    name=${model[0]}
+for entry in ${MODELS[@]+"${MODELS[@]}"}; do
+    read -r name rest <<< "$entry"
+    read -r -a extra <<< "$rest"
     dir=$OUT/${name//\//_}
-    set -- "model.name=$name" "${model[@]:1}" "data.path=$DATA"
+    set -- "model.name=$name" ${extra[@]+"${extra[@]}"} "data.path=$DATA"
     run "$dir/pretrain" "$@"
-    run "$dir/finetune" "$@" "${TARGET[@]}" "${FINETUNE[@]}" "finetune.init_from=$dir/pretrain"
-    run "$dir/scratch" "$@" "${TARGET[@]}"
+    run "$dir/finetune" "$@" ${TARGET[@]+"${TARGET[@]}"} ${FINETUNE[@]+"${FINETUNE[@]}"} \
+        "finetune.init_from=$dir/pretrain"
+    run "$dir/scratch" "$@" ${TARGET[@]+"${TARGET[@]}"}
 done
 "$PYTHON" - "$OUT" <<'PY'
 import json

@@ -159,7 +159,8 @@ def test_accelerate_gradient_accumulation_must_agree_with_the_config_under_ddp_t
 
 
 def test_saved_yaml_reloads_to_the_same_config(tmp_path):
-    cfg = load_config(None, ["optim.lr=0.123", "model.name=resnet50", "data.mean=[0.1,0.2,0.3]"])
+    cfg = load_config(None, ["optim.lr=0.123", "model.name=resnet50", "data.mean=[0.1,0.2,0.3]",
+                               "data.std=[0.2,0.2,0.2]"])
     path = tmp_path / "config.yaml"
     path.write_text(to_yaml(cfg))
     assert load_config(path) == cfg

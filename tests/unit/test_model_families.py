@@ -227,5 +227,5 @@ def test_normalization_and_crop_left_empty_come_from_the_model_and_stay_overrida
     mine = load_config(None, ["model.name=timm/vit_small_patch16_224.augreg_in21k", *size, "data.mean=[0.1,0.2,0.3]",
                               "data.std=[0.2,0.2,0.2]", "data.val_crop_ratio=1.0"]).data
     assert mine.mean == [0.1, 0.2, 0.3] and mine.std == [0.2] * 3 and mine.val_crop_ratio == 1.0
-    with pytest.raises(UsageError, match="'data.std' is empty while data.mean is set: set both"):
+    with pytest.raises(UsageError, match=r"'data.std' = \[\] is invalid: empty while data.mean is set: set both"):
         load_config(None, ["model.name=timm/vit_small_patch16_224.augreg_in21k", *size, "data.mean=[0.1,0.2,0.3]"])

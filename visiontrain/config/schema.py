@@ -18,7 +18,6 @@ from visiontrain.config.sections import (
     ScheduleConfig,
     TrainConfig,
 )
-from visiontrain.infra.errors import UsageError
 
 
 @dataclass
@@ -51,16 +50,12 @@ def fill_model_defaults(cfg: Config) -> None:
     from visiontrain.models import check_model_name, spec_of
 
     d = cfg.data
-    if bool(d.mean) != bool(d.std):
-        given, empty = ("mean", "std") if d.mean else ("std", "mean")
-        raise UsageError(f"config key 'data.{empty}' is empty while data.{given} is set: set both, or leave both "
-                         f"empty for the model's normalization (one of each would mix two sets of statistics)")
-    if d.mean and d.std and d.val_crop_ratio:
-        return
+    if (d.mean or d.std) and d.val_crop_ratio:
+        return  # one of mean/std alone is refused by DataConfig.check, after its value is checked
     check_model_name(cfg.model.name)
     spec = spec_of(cfg.model.name)
-    d.mean = list(d.mean) or list(spec.mean or CIFAR10_MEAN)
-    d.std = list(d.std) or list(spec.std or CIFAR10_STD)
+    if not d.mean and not d.std:
+        d.mean, d.std = list(spec.mean or CIFAR10_MEAN), list(spec.std or CIFAR10_STD)
     d.val_crop_ratio = d.val_crop_ratio or spec.crop_ratio or 0.875
 
 

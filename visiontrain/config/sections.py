@@ -92,10 +92,16 @@ class DataConfig(Section):
                      f"must be in [0, data.image_size/2={self.image_size // 2}]")
         self.require(0 <= self.cutout <= self.image_size, "cutout",
                      f"must be in [0, data.image_size={self.image_size}]")
-        self.require(len(self.mean) == 3 and all(0 <= v <= 1 for v in self.mean), "mean",
-                     "three numbers (R, G, B) in [0, 1]")
-        self.require(len(self.std) == 3 and all(0 < v <= 1 for v in self.std), "std",
-                     "three numbers (R, G, B) in (0, 1], as fractions of the pixel range")
+        if self.mean:  # empty: the model's (config.schema.fill_model_defaults fills both, or neither is empty)
+            self.require(len(self.mean) == 3 and all(0 <= v <= 1 for v in self.mean), "mean",
+                         "three numbers (R, G, B) in [0, 1]")
+        if self.std:
+            self.require(len(self.std) == 3 and all(0 < v <= 1 for v in self.std), "std",
+                         "three numbers (R, G, B) in (0, 1], as fractions of the pixel range")
+        if bool(self.mean) != bool(self.std):
+            given, empty = ("mean", "std") if self.mean else ("std", "mean")
+            self.require(False, empty, f"empty while data.{given} is set: set both, or leave both empty for the "
+                                       f"model's normalization (one of each would mix two sets of statistics)")
         self.require(self.num_workers >= 0, "num_workers", "must be >= 0")
         self.require(self.batches_ahead >= 1, "batches_ahead", "must be >= 1")
         if self.progressive_resizing:  # the epoch ramp is checked against train.epochs in schema.validate
