@@ -81,10 +81,12 @@ def test_position_embeddings_class_tokens_norms_and_biases_get_no_weight_decay()
 
 
 def test_torchvision_vit_tokens_and_convnext_layer_scales_are_not_decayed():
-    tv_vit = build_model(ModelConfig(name="torchvision/vit_b_32", kwargs={"image_size": 32}))
+    with torch.device("meta"):  # names only: no memory, no init time
+        tv_vit = build_model(ModelConfig(name="torchvision/vit_b_32", kwargs={"image_size": 32}))
+        tv_convnext_model = build_model(ModelConfig(name="torchvision/convnext_tiny"))
     assert spec_of("torchvision/vit_b_32").no_weight_decay(tv_vit) == {"class_token", "encoder.pos_embedding"}
     tv_convnext = spec_of("torchvision/convnext_tiny")
-    names = tv_convnext.no_weight_decay(build_model(ModelConfig(name="torchvision/convnext_tiny")))
+    names = tv_convnext.no_weight_decay(tv_convnext_model)
     assert names and all(name.endswith("layer_scale") for name in names)
 
 
