@@ -15,6 +15,13 @@ def test_fixed_size_models_are_built_for_the_table_size_and_the_config_is_valid(
     assert convnet.model.kwargs == {}
 
 
+def test_architectures_that_need_larger_images_are_tried_at_their_minimum(tmp_path):
+    inception = load_config(None, overrides_for("torchvision/inception_v3", 64, tmp_path / "run", 2))
+    assert (inception.data.image_size, inception.data.val_image_size) == (75, 75)
+    maxvit = load_config(None, overrides_for("torchvision/maxvit_t", 64, tmp_path / "run", 2))
+    assert maxvit.data.image_size == 224 and maxvit.model.kwargs == {}  # built for 224 already
+
+
 def test_the_summary_counts_each_stage_passed_and_lists_every_failure():
     rows = [{"model": "timm/a", "family": "timm", "stage": "done", "ok": True},
             {"model": "timm/b", "family": "timm", "stage": "export", "ok": False, "reason": "x | y"},

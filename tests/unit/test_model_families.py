@@ -197,14 +197,50 @@ def test_torchvision_weights_of_auxiliary_classifiers_are_dropped_for_a_model_bu
     assert not info["head_replaced"] and torch.equal(model.fc.weight, source.fc.weight)
 
 
+def test_models_that_check_their_state_dict_version_load_plain_weights_files(tmp_path):
+    # MNASNet refuses a state dict without module versions; safetensors files carry none.
+    torch.manual_seed(5)
+    source = build_model(ModelConfig(name="torchvision/mnasnet0_5", num_classes=10))
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "weights.safetensors")
+    model = build_model(ModelConfig(name="torchvision/mnasnet0_5", num_classes=10))
+    info = load_initial_weights(model, spec_of("torchvision/mnasnet0_5"),
+                                FinetuneConfig(init_from=str(tmp_path / "weights.safetensors"), keep_head=True))
+    assert not info["head_replaced"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+
+
 def test_fixed_size_errors_name_each_familys_size_keyword():
     from visiontrain.config import load_config
 
-    with pytest.raises(UsageError, match=r"model.kwargs.input_size=\[32,32\] to build it"):
-        load_config(None, ["model.name=torchvision/maxvit_t"])
+    size_448 = ["data.image_size=448", "data.val_image_size=448"]
+    with pytest.raises(UsageError, match=r"model.kwargs.input_size=\[448,448\] to build it"):
+        load_config(None, ["model.name=torchvision/maxvit_t", *size_448])
     with pytest.raises(UsageError, match="model.kwargs.image_size=32 to build it"):
         load_config(None, ["model.name=torchvision/vit_b_16"])
-    assert load_config(None, ["model.name=torchvision/maxvit_t", "model.kwargs.input_size=[32,32]"])
+    assert load_config(None, ["model.name=torchvision/maxvit_t", "model.kwargs.input_size=[448,448]", *size_448])
+
+
+def test_images_smaller_than_an_architecture_takes_are_refused_before_it_fails_inside():
+    from visiontrain.config import load_config
+
+    specs = {name: spec_of(name).min_input_size for name in
+             ("torchvision/inception_v3", "torchvision/maxvit_t", "torchvision/vit_b_16", "torchvision/swin_t",
+              "timm/lambda_resnet26t", "timm/resnet10t")}
+    # torchvision's stated minimum of ViT and Swin is their weights' resolution: the architectures take less
+    assert specs == {"torchvision/inception_v3": 75, "torchvision/maxvit_t": 224, "torchvision/vit_b_16": 1,
+                     "torchvision/swin_t": 1, "timm/lambda_resnet26t": 128, "timm/resnet10t": 1}
+    with pytest.raises(UsageError, match=r"'data.image_size' = 64 is invalid: torchvision/inception_v3 takes "
+                                         r"images of at least 75 px"):
+        load_config(None, ["model.name=torchvision/inception_v3", "data.image_size=64", "data.val_image_size=80"])
+    with pytest.raises(UsageError, match=r"'data.min_res' = 64 is invalid: .* at least 75 px"):
+        load_config(None, ["model.name=torchvision/inception_v3", "data.image_size=80", "data.val_image_size=80",
+                           "data.progressive_resizing=true", "data.min_res=64", "data.max_res=96",
+                           "data.ramp_end_epoch=2", "data.loader=ffcv", "data.recipe=imagenet"])
+    with pytest.raises(UsageError, match=r"at least 224 px"):
+        load_config(None, ["model.name=torchvision/maxvit_t", "data.loader=random"])
+    model = build_model(ModelConfig(name="torchvision/inception_v3", num_classes=10)).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 75, 75)).shape == (1, 10)  # the minimum really runs
 
 
 def test_reserved_kwargs_point_to_the_projects_own_keys():
@@ -231,3 +267,18 @@ def test_normalization_and_crop_left_empty_come_from_the_model_and_stay_overrida
     assert mine.mean == [0.1, 0.2, 0.3] and mine.std == [0.2] * 3 and mine.val_crop_ratio == 1.0
     with pytest.raises(UsageError, match=r"'data.std' = \[\] is invalid: empty while data.mean is set: set both"):
         load_config(None, ["model.name=timm/vit_small_patch16_224.augreg_in21k", *size, "data.mean=[0.1,0.2,0.3]"])
+
+
+def test_channels_last_left_empty_is_on_for_convolutional_networks_and_off_for_patch_transformers():
+    from visiontrain.config import load_config
+
+    def chosen(*overrides: str) -> bool:
+        return load_config(None, list(overrides)).model.channels_last
+
+    assert chosen() is True and chosen("model.name=timm/convnext_atto") is True
+    assert chosen("model.name=torchvision/maxvit_t", "data.image_size=224", "data.val_image_size=224") is True
+    assert chosen("model.name=timm/vit_tiny_patch16_224", "model.kwargs.img_size=32") is False
+    assert chosen("model.name=torchvision/swin_t") is False
+    assert chosen("model.name=timm/vit_tiny_patch16_224", "model.kwargs.img_size=32",
+                  "model.channels_last=true") is True  # the config's choice wins
+    assert chosen("model.channels_last=false") is False

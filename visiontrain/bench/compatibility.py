@@ -69,6 +69,7 @@ def overrides_for(name: str, size: int, run_dir: Path, epochs: int) -> list[str]
     from visiontrain.models import spec_of
 
     spec = spec_of(name)
+    size = max(size, spec.min_input_size)  # Inception v3, MaxViT: at the smallest size they take
     value = f"[{size},{size}]" if spec.size_keyword == "input_size" else str(size)
     built_for = ([f"model.kwargs.{spec.size_keyword}={value}"]
                  if spec.fixed_input_size and spec.size_keyword and spec.input_size != size else [])
@@ -145,7 +146,7 @@ def check_one(name: str, size: int, work: Path, max_params: float, progress: dic
 def summary(rows: list[dict[str, Any]], seconds: float, size: int, every: int = 1) -> str:
     sample = f"Every {every}th architecture in name order. " if every > 1 else ""
     lines = ["# Model compatibility", "",
-             f"{sample}Each architecture with 10 classes at {size} px on the CPU: trained 2 epochs under the trainer, "
+             f"{sample}Each architecture with 10 classes at {size} px (or its minimum, where larger) on the CPU: trained 2 epochs under the trainer, "
              "resumed from epoch 1 (bit-exact), exported to ONNX with the numeric check. "
              f"Wall time {seconds / 60:.1f} min.", "",
              "| family | tried | build | train | resume | export | skipped (size) |",

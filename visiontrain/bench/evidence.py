@@ -50,8 +50,6 @@ CPU_REFERENCE = Path(__file__).with_name("recipe_cpu_reference.json")
 R50 = ["model.name=resnet50", "model.num_classes=1000", "data.image_size=224", "data.val_image_size=224"]
 FAMILIES = {"ConvNeXt-T": "timm/convnext_tiny", "ViT-S/16": "timm/vit_small_patch16_224",
             "EfficientNet-B0": "timm/efficientnet_b0"}
-# Channels-last where it helps: convolutional networks yes, a ViT (one patch convolution) no.
-FAMILY_CHANNELS_LAST = {"timm/vit_small_patch16_224": False}
 FAMILY_STEPS = ("--steps", "10", "--repeats", "2", "--warmup-steps", "5")  # three models in one part's budget
 
 
@@ -288,7 +286,7 @@ def family_overrides(ctx: Context, name: str) -> list[str]:
                  if spec.fixed_input_size and spec.input_size != size else [])
     return [f"model.name={name}", "model.num_classes=1000", f"batch_per_device={ctx.sizes.r50_batch}",
             f"data.image_size={size}", f"data.val_image_size={size}", *built_for,
-            f"model.channels_last={str(FAMILY_CHANNELS_LAST.get(name, True)).lower()}", *precision(ctx)]
+            *precision(ctx)]  # channels-last as the model prefers it: on for the convnets, off for the ViT
 
 
 def run_families(ctx: Context) -> None:

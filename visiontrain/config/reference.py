@@ -69,8 +69,8 @@ def _section(name: str, section: Any, description: str) -> list[str]:
     lines += ["| key | type | default | allowed values | description |", "|---|---|---|---|---|"]
     for key, type_name, default, text in _rows(name, section):
         allowed = config.CHOICES.get(key)
-        if allowed is None and type_name == "bool":
-            allowed = (True, False)
+        if allowed is None and type_name in ("bool", "bool | None"):
+            allowed = (True, False) if type_name == "bool" else (True, False, None)
         allowed_text = ", ".join(_code(v) for v in allowed) if allowed else ""
         lines.append(f"| `{key}` | {_cell(type_name)} | {_code(default)} | {allowed_text} | {_cell(text)} |")
     return lines + [""]

@@ -45,15 +45,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def fill_model_defaults(cfg: Config) -> None:
     """Keys left to the model take its values: empty data.mean / data.std and data.val_crop_ratio=0 become the
     input contract of a timm or torchvision model's published weights (models/contract.py), else CIFAR-10's
-    statistics and 0.875. Runs before `validate`; a run's config.yaml then records the values used."""
+    statistics and 0.875; an empty model.channels_last the model's memory-format choice. Runs before
+    `validate`; a run's config.yaml then records the values used."""
     from visiontrain.config.sections import CIFAR10_MEAN, CIFAR10_STD
     from visiontrain.models import check_model_name, spec_of
 
-    d = cfg.data
-    if (d.mean or d.std) and d.val_crop_ratio:
+    d, m = cfg.data, cfg.model
+    if (d.mean or d.std) and d.val_crop_ratio and m.channels_last is not None:
         return  # one of mean/std alone is refused by DataConfig.check, after its value is checked
-    check_model_name(cfg.model.name)
-    spec = spec_of(cfg.model.name)
+    check_model_name(m.name)
+    spec = spec_of(m.name)
+    if m.channels_last is None:
+        m.channels_last = spec.channels_last
     if not d.mean and not d.std:
         d.mean, d.std = list(spec.mean or CIFAR10_MEAN), list(spec.std or CIFAR10_STD)
     d.val_crop_ratio = d.val_crop_ratio or spec.crop_ratio or 0.875
@@ -82,11 +85,15 @@ def validate(cfg: Config) -> None:
 
 
 def _check_input_size(cfg: Config) -> None:
-    """A model that takes one image size (a ViT's position embeddings) gets that size, and no progressive
-    resizing: the error names the model.kwargs key that builds it for the data's size instead."""
+    """Images at least as large as the architecture takes. A model that takes one image size (a ViT's
+    position embeddings) gets that size, and no progressive resizing: the error names the model.kwargs key
+    that builds it for the data's size instead."""
     from visiontrain.models import input_size_of, spec_of
 
     d, m = cfg.data, cfg.model
+    minimum = spec_of(m.name).min_input_size
+    for name in ("image_size", "val_image_size", *(("min_res",) if d.progressive_resizing else ())):
+        d.require(getattr(d, name) >= minimum, name, f"{m.name} takes images of at least {minimum} px")
     if d.loader == "random" or not spec_of(m.name).fixed_input_size or m.kwargs.get("dynamic_img_size"):
         return
     spec = spec_of(m.name)

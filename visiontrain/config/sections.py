@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from visiontrain.config.checks import Section, choice
 from visiontrain.models import MODELS_WITH_WIDTH, check_model_name
@@ -129,7 +129,9 @@ class ModelConfig(Section):
     kwargs: Dict[str, Any] = field(default_factory=dict)
     width: int = 64  # base channel count of the CIFAR models (cifar_resnet18, resnet9)
     zero_init_residual: bool = False  # zero the last BN of each residual block
-    channels_last: bool = True  # NHWC weights and inputs: faster convolutions on tensor cores
+    # NHWC weights and inputs: faster convolutions on tensor cores. Empty (null): the model's choice, on for
+    # convolutional networks, off for transformers whose one convolution embeds the patches (ViT, Swin)
+    channels_last: Optional[bool] = None
     compile: bool = False  # torch.compile the model (the first steps include compilation)
     # torch.compile mode: default | reduce-overhead (CUDA graphs: one launch replays the whole
     # forward and backward, for short steps the host cannot keep up with) | max-autotune

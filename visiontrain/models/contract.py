@@ -77,10 +77,21 @@ class ModelSpec:
     # resizing is refused, and data.image_size must match it.
     fixed_input_size: bool = False
     size_keyword: str = ""  # the model.kwargs key that builds the model for another image size, if any
+    # The smallest image the architecture takes (Inception v3: 75 px; MaxViT: 224, its windows' multiple):
+    # smaller sizes are refused at config time, before a layer fails inside the model.
+    min_input_size: int = 1
+    channels_last: bool = True  # model.channels_last left empty: NHWC (see prefers_channels_last)
     extra: dict[str, Any] = field(default_factory=dict)  # family-specific facts (reported, not relied on)
 
     def is_head(self, parameter_name: str) -> bool:
         return any(parameter_name.startswith(head + ".") for head in self.heads)
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether NHWC memory helps: it speeds up convolutions (cuDNN's tensor-core kernels are NHWC), and a
+    transformer whose one convolution is its patch embedding (ViT, DeiT, Swin, Mixer) gains nothing from it,
+    as timm's own benchmarks show; such models then pay for the layout changes around it."""
+    return sum(isinstance(module, nn.Conv2d) for module in model.modules()) > 1
 
 
 def depths_from_modules(model: nn.Module, stem: list[nn.Module], stages: list[nn.Module],

@@ -21,7 +21,7 @@ from torch import nn
 from visiontrain.infra.errors import UsageError
 from visiontrain.models.arguments import build_with_kwargs
 from visiontrain.models.block_depths import depths_from_blocks
-from visiontrain.models.contract import Depths, ModelSettings, ModelSpec
+from visiontrain.models.contract import Depths, ModelSettings, ModelSpec, prefers_channels_last
 
 PREFIX = "timm/"
 log = logging.getLogger(__name__)
@@ -54,23 +54,26 @@ def check_name(name: str) -> None:
 _PROBE_CLASSES = 1013  # a class count no hidden layer has: the layers with this output width are the heads
 
 
-def _classifiers(model_name: str, cfg: Any) -> tuple[str, ...]:
-    """The classifier layers: those that output the class count in a probe build on the meta device (LeViT's
-    distillation head included, which some pretrained configs leave out), else the pretrained config's."""
+def _probe(model_name: str, cfg: Any) -> tuple[tuple[str, ...], bool]:
+    """(the classifier layers, whether NHWC helps), from a probe build on the meta device. The classifiers are
+    the layers that output the class count (LeViT's distillation head included, which some pretrained configs
+    leave out); for a builder that needs real tensors, the pretrained config's names."""
     import timm
 
     try:
         with torch.device("meta"):
             probe = timm.create_model(model_name, pretrained=False, num_classes=_PROBE_CLASSES)
-        found = tuple(name for name, module in probe.named_modules()
-                      if (isinstance(module, nn.Linear) and module.out_features == _PROBE_CLASSES)
-                      or (isinstance(module, nn.Conv2d) and module.out_channels == _PROBE_CLASSES))
-    except Exception:  # noqa: BLE001 - a builder that needs real tensors: the config's names
-        found = ()
+    except Exception:  # noqa: BLE001 - a builder that needs real tensors
+        probe = None
+    found = () if probe is None else tuple(
+        name for name, module in probe.named_modules()
+        if (isinstance(module, nn.Linear) and module.out_features == _PROBE_CLASSES)
+        or (isinstance(module, nn.Conv2d) and module.out_channels == _PROBE_CLASSES))
+    channels_last = probe is None or prefers_channels_last(probe)
     if found:
-        return found
+        return found, channels_last
     classifier = cfg.get("classifier") or "head"
-    return tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,)
+    return (tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,)), channels_last
 
 
 def _depths(model: nn.Module, fine: bool, heads: tuple[str, ...]) -> Depths:
@@ -127,7 +130,7 @@ def spec(name: str) -> ModelSpec:
     pretrained = timm.models.get_pretrained_cfg(model_name) or timm.models.get_pretrained_cfg(
         model_name.partition(".")[0])
     cfg = pretrained.to_dict() if pretrained is not None else {}
-    heads = _classifiers(model_name, cfg)
+    heads, channels_last = _probe(model_name, cfg)
 
     def build(settings: ModelSettings) -> nn.Module:
         kwargs = dict(settings.kwargs)
@@ -147,6 +150,7 @@ def spec(name: str) -> ModelSpec:
         takes_kwargs=True, no_weight_decay=_no_weight_decay,
         mean=tuple(cfg["mean"]) if cfg.get("mean") else None, std=tuple(cfg["std"]) if cfg.get("std") else None,
         crop_ratio=cfg.get("crop_pct"), fixed_input_size=bool(cfg.get("fixed_input_size")), size_keyword="img_size",
+        min_input_size=max((cfg.get("min_input_size") or (3, 1, 1))[1:]), channels_last=channels_last,
         extra={"family": "timm", "hf_hub_id": cfg.get("hf_hub_id"), "interpolation": cfg.get("interpolation")})
 
 

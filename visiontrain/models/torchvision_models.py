@@ -22,7 +22,13 @@ from torch import nn
 from visiontrain.infra.errors import UsageError
 from visiontrain.models.arguments import build_with_kwargs
 from visiontrain.models.block_depths import depths_from_blocks, free_parameters
-from visiontrain.models.contract import IMAGENET_MEAN, IMAGENET_STD, ModelSettings, ModelSpec
+from visiontrain.models.contract import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSettings,
+    ModelSpec,
+    prefers_channels_last,
+)
 
 PREFIX = "torchvision/"
 _PROBE_CLASSES = 1013  # a class count no hidden layer has: the layers with this output width are the head
@@ -64,27 +70,42 @@ def _on_meta(arch: str, num_classes: int) -> nn.Module:
         return _create(arch, num_classes, {})
 
 
+def _stated_min_size(arch: str) -> int:
+    import torchvision
+
+    try:
+        weights = list(torchvision.models.get_model_weights(arch))
+    except ValueError:  # an architecture without published weights states nothing
+        return 1
+    return max(weights[0].meta.get("min_size", (1, 1))) if weights else 1
+
+
 @functools.cache
-def _heads(arch: str) -> tuple[str, ...]:
+def _probe(arch: str) -> tuple[tuple[str, ...], bool]:
+    """(the layers that output the class count, whether NHWC helps)."""
     model = _on_meta(arch, _PROBE_CLASSES)
-    return tuple(name for name, module in model.named_modules()
-                 if (isinstance(module, nn.Linear) and module.out_features == _PROBE_CLASSES)
-                 or (isinstance(module, nn.Conv2d) and module.out_channels == _PROBE_CLASSES))
+    heads = tuple(name for name, module in model.named_modules()
+                  if (isinstance(module, nn.Linear) and module.out_features == _PROBE_CLASSES)
+                  or (isinstance(module, nn.Conv2d) and module.out_channels == _PROBE_CLASSES))
+    return heads, prefers_channels_last(model)
 
 
 def spec(name: str) -> ModelSpec:
     check_name(name)
     arch = name[len(PREFIX):]
-    heads = _heads(arch)
+    heads, channels_last = _probe(arch)
 
     def build(settings: ModelSettings) -> nn.Module:
         return build_with_kwargs(name, lambda **kw: _create(arch, settings.num_classes, kw), dict(settings.kwargs),
                                  lambda: _on_meta(arch, settings.num_classes))
 
     size = 299 if arch == "inception_v3" else 224
+    # torchvision states a minimum per weights; for ViT and Swin it is their weights' resolution, not a
+    # limit of the architecture (ViT is rebuilt for a size by its size keyword, Swin pads its windows).
+    minimum = 1 if arch.startswith(("vit_", "swin_")) else _stated_min_size(arch)
     return ModelSpec(
         name, build, depths=lambda model, fine: depths_from_blocks(model, heads, fine), input_size=size, heads=heads,
         takes_kwargs=True, no_weight_decay=free_parameters, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_ratio=0.875,
         fixed_input_size=any(arch.startswith(prefix) for prefix in _SIZE_KEYWORD),
         size_keyword=next((key for prefix, key in _SIZE_KEYWORD.items() if arch.startswith(prefix)), ""),
-        extra={"family": "torchvision"})
+        min_input_size=minimum, channels_last=channels_last, extra={"family": "torchvision"})

@@ -14,6 +14,7 @@ during training (`keep_frozen_bn_in_eval`, called by the trainer after `train()`
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from torch import nn
@@ -63,7 +64,11 @@ def load_initial_weights(model: nn.Module, spec: ModelSpec, cfg: FinetuneConfig,
                              (" or drop finetune.keep_head=true" if key.startswith("finetune.") else ""))
         log.info("classifier head replaced: the weights have a %s-class head, the model %d classes",
                  their_classes, ours)
-    to_load = {k: v for k, v in weights.items() if head_fits or not is_head(k)}
+    to_load = OrderedDict((k, v) for k, v in weights.items() if head_fits or not is_head(k))
+    # Module versions: a weights file carries none (safetensors has no place for them), and models that
+    # migrate old layouts on load (torchvision's MNASNet) refuse a state dict without. The tensors fit
+    # the model's own layout (checked above), so its own versions describe them.
+    to_load._metadata = getattr(weights, "_metadata", None) or own._metadata  # type: ignore[attr-defined]
     model.load_state_dict(to_load, strict=False)
     return {"init_from": origin, "tensors_loaded": len(to_load), "head_replaced": not head_fits}
 
