@@ -146,7 +146,8 @@ def check_one(name: str, size: int, work: Path, max_params: float, progress: dic
 def summary(rows: list[dict[str, Any]], seconds: float, size: int, every: int = 1) -> str:
     sample = f"Every {every}th architecture in name order. " if every > 1 else ""
     lines = ["# Model compatibility", "",
-             f"{sample}Each architecture with 10 classes at {size} px (or its minimum, where larger) on the CPU: trained 2 epochs under the trainer, "
+             f"{sample}Each architecture with 10 classes at {size} px (or its minimum, where larger) on the CPU: "
+             "trained 2 epochs under the trainer, "
              "resumed from epoch 1 (bit-exact), exported to ONNX with the numeric check. "
              f"Wall time {seconds / 60:.1f} min.", "",
              "| family | tried | build | train | resume | export | skipped (size) |",

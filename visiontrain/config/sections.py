@@ -131,7 +131,7 @@ class ModelConfig(Section):
     zero_init_residual: bool = False  # zero the last BN of each residual block
     # NHWC weights and inputs: faster convolutions on tensor cores. Empty (null): the model's choice, on for
     # convolutional networks, off for transformers whose one convolution embeds the patches (ViT, Swin)
-    channels_last: Optional[bool] = None
+    channels_last: Optional[bool] = None  # noqa: UP045 - OmegaConf reads typing.Optional, not `bool | None`
     compile: bool = False  # torch.compile the model (the first steps include compilation)
     # torch.compile mode: default | reduce-overhead (CUDA graphs: one launch replays the whole
     # forward and backward, for short steps the host cannot keep up with) | max-autotune
