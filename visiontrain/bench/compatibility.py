@@ -29,7 +29,8 @@ FAMILY_NAMES = ("timm", "torchvision")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", nargs="+", choices=FAMILY_NAMES, default=list(FAMILY_NAMES))
-    parser.add_argument("--match", default="*", help="only architectures whose name matches this pattern (fnmatch)")
+    parser.add_argument("--match", nargs="+", default=["*"],
+                        help="only architectures whose name matches one of these patterns (fnmatch)")
     parser.add_argument("--max-params", type=float, default=100.0, help="millions of parameters (default 100)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many architectures per family (0: all)")
     parser.add_argument("--every", type=int, default=1,
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/models"))
 
 
-def architectures(family: str, pattern: str, limit: int, every: int = 1) -> list[str]:
+def architectures(family: str, patterns: list[str], limit: int, every: int = 1) -> list[str]:
     if family == "timm":
         import timm
 
@@ -48,7 +49,8 @@ def architectures(family: str, pattern: str, limit: int, every: int = 1) -> list
         from visiontrain.models.torchvision_models import architectures as torchvision_architectures
 
         names = [f"torchvision/{arch}" for arch in torchvision_architectures()]
-    chosen = sorted(name for name in names if fnmatch.fnmatch(name.partition("/")[2], pattern))[::every]
+    chosen = sorted(name for name in names
+                    if any(fnmatch.fnmatch(name.partition("/")[2], pattern) for pattern in patterns))[::every]
     return chosen[:limit] if limit else chosen
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from visiontrain.config.checks import choices_of
 from visiontrain.config.sections import (
+    AugmentConfig,
     CheckpointConfig,
     DataConfig,
     FinetuneConfig,
@@ -24,6 +25,7 @@ from visiontrain.config.sections import (
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -77,11 +79,24 @@ def validate(cfg: Config) -> None:
         d.require(0 <= d.ramp_start_epoch <= d.ramp_end_epoch <= t.epochs, "ramp_end_epoch",
                   f"need 0 <= data.ramp_start_epoch ({d.ramp_start_epoch}) <= data.ramp_end_epoch <= train.epochs")
     _check_input_size(cfg)
+    _check_augment(cfg)
     if cfg.parallel.strategy == "deepspeed":
         m.require(not m.compile, "compile", "not supported with parallel.strategy=deepspeed; use ddp")
         # Lookahead writes the module's weights; DeepSpeed keeps its own (partitioned) master copy.
         t.require(not t.lookahead_every_steps, "lookahead_every_steps",
                   "not supported with parallel.strategy=deepspeed (it keeps its own master weights); use ddp")
+
+
+def _check_augment(cfg: Config) -> None:
+    """The per-image ops run in the two image-file loaders; repeated augmentation needs per-copy draws, which
+    the torchvision loader's items carry (FFCV reads and keys each sample by its index alone)."""
+    a, d = cfg.augment, cfg.data
+    for key, on in (("auto", a.auto), ("three_augment", a.three_augment), ("color_jitter", a.color_jitter),
+                    ("erase_prob", a.erase_prob)):
+        a.require(not on or d.loader in ("ffcv", "torchvision"), key,
+                  f"per-image ops run in data.loader=ffcv or torchvision, not data.loader={d.loader}")
+    a.require(a.repeats == 1 or d.loader == "torchvision", "repeats",
+              f"repeated augmentation runs in data.loader=torchvision, not data.loader={d.loader}")
 
 
 def _check_input_size(cfg: Config) -> None:

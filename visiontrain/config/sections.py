@@ -117,6 +117,60 @@ class DataConfig(Section):
 
 
 @dataclass
+class AugmentConfig(Section):
+    """Training augmentation beyond the recipe's sizing and flip (docs/data.md lists every op and its draws)."""
+
+    section = "augment"
+    # RandAugment as timm spells it, rand-m<magnitude 0-10>[-n<ops, 2>][-mstd<magnitude std>][-mmax<10>]
+    # [-inc<1: increasing strengths>][-p<probability of each op, 0.5>], e.g. rand-m9-mstd0.5-inc1; or
+    # trivial (TrivialAugmentWide); empty = off. ffcv and torchvision loaders
+    auto: str = ""
+    three_augment: bool = False  # DeiT III: grayscale, solarize or Gaussian blur, one per image
+    color_jitter: float = 0.0  # brightness, contrast and saturation factors in [1 - x, 1 + x]; 0 = off
+    erase_prob: float = 0.0  # random erasing: probability per image (0 = off)
+    erase_mode: str = choice("pixel", ("const", "pixel"))  # fill: const (the mean colour) | pixel (noise)
+    erase_area: List[float] = field(default_factory=lambda: [0.02, 1 / 3])  # fraction of the image, [min, max]
+    erase_ratio: List[float] = field(default_factory=lambda: [0.3, 1 / 0.3])  # aspect ratio h/w, [min, max]
+    erase_count: int = 1  # rectangles per erased image
+    # Mixup / CutMix on the training device, per micro-batch per process: each image mixed with the
+    # batch's reversed order, lambda ~ Beta(alpha, alpha); 0 = off
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0  # probability that a batch (mix_mode batch) or an image (elem) is mixed
+    switch_prob: float = 0.5  # with both alphas > 0: probability of CutMix instead of Mixup
+    mix_mode: str = choice("batch", ("batch", "elem"))  # one lambda per batch | per image
+    # Repeated augmentation (DeiT): each sample k times per epoch, each copy augmented differently;
+    # epochs keep their length (they see 1/k of the distinct samples). 1 = off
+    repeats: int = 1
+
+    def check(self) -> None:
+        if self.auto:
+            from visiontrain.data.ops.auto_augment import parse_policy
+
+            parse_policy(self.auto)
+        self.require(0 <= self.color_jitter <= 1, "color_jitter", "must be in [0, 1] (0 = off)")
+        self.require(0 <= self.erase_prob <= 1, "erase_prob", "a probability in [0, 1] (0 = off)")
+        self.require(len(self.erase_area) == 2 and 0 < self.erase_area[0] <= self.erase_area[1] <= 1, "erase_area",
+                     "[min, max] with 0 < min <= max <= 1")
+        self.require(len(self.erase_ratio) == 2 and 0 < self.erase_ratio[0] <= self.erase_ratio[1], "erase_ratio",
+                     "[min, max] with 0 < min <= max")
+        self.require(self.erase_count >= 1, "erase_count", "must be >= 1")
+        self.require(self.mixup_alpha >= 0, "mixup_alpha", "must be >= 0 (0 = off)")
+        self.require(self.cutmix_alpha >= 0, "cutmix_alpha", "must be >= 0 (0 = off)")
+        self.require(0 <= self.mix_prob <= 1, "mix_prob", "a probability in [0, 1]")
+        self.require(0 <= self.switch_prob <= 1, "switch_prob", "a probability in [0, 1]")
+        self.require(self.repeats >= 1, "repeats", "must be >= 1 (1 = off)")
+
+    @property
+    def mixes(self) -> bool:
+        return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+    @property
+    def pixel_ops(self) -> bool:
+        return bool(self.auto or self.three_augment or self.color_jitter or self.erase_prob)
+
+
+@dataclass
 class ModelConfig(Section):
     section = "model"
     # The project's own: resnet18/34/50/101/152 (torchvision's, ImageNet stem), cifar_resnet18 (3x3 stem),
@@ -242,6 +296,9 @@ class TrainConfig(Section):
     precision: str = choice("bf16", ("fp32", "bf16", "fp16"))  # fp32 | bf16 | fp16 (fp16 adds a GradScaler)
     grad_clip_norm: float = 0.0  # 0 = off
     label_smoothing: float = 0.1  # of the training loss (validation loss is plain cross-entropy)
+    # training loss: ce (softmax cross-entropy) | bce (per-class binary cross-entropy on the (mixed,
+    # smoothed) targets, mean over classes: "ResNet strikes back")
+    loss: str = choice("ce", ("ce", "bce"))
     ema: bool = False  # keep an exponential moving average of the weights (evaluated and exported too)
     ema_decay: float = 0.999  # per optimizer step
     # Lookahead (train/lookahead.py): every this many optimizer steps the weights and BN statistics

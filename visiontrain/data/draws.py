@@ -28,6 +28,7 @@ from numba import njit
 _U = np.uint64
 # Salts keep the draws of different operations independent.
 SALT_FLIP, SALT_TRANSLATE, SALT_CUTOUT, SALT_CROP = 1, 2, 3, 4
+SALT_AUTO_AUGMENT, SALT_ERASE, SALT_THREE_AUGMENT, SALT_JITTER = 5, 6, 7, 8
 
 
 def frozen(values) -> np.ndarray:

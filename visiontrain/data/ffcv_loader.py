@@ -32,6 +32,7 @@ from visiontrain.data.augment import (
     AsIs,
     Cutout,
     Flip,
+    KernelOp,
     PixelOp,
     RandomResizedCrop,
     ResizeCenterCrop,
@@ -44,9 +45,11 @@ from visiontrain.data.ffcv_ops import (
     EpochCell,
     SeededCutout,
     SeededFlip,
+    SeededImageOp,
     SeededRandomResizedCropDecoder,
     SeededTranslate,
 )
+from visiontrain.data.ops import fill_of, kernel_of
 from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
 from visiontrain.data.subset import Relabel, check_num_classes, select
 from visiontrain.infra import fileio
@@ -82,6 +85,9 @@ def decoder_for(sizing: Sizing, seed: int, epoch: EpochCell):
 
 
 def operation_for(op: PixelOp, seed: int, epoch: EpochCell):
+    if isinstance(op, KernelOp):
+        kernel, salt = kernel_of(op)
+        return SeededImageOp(kernel, salt, op.params(), fill_of(op), seed, epoch)
     match op:
         case Flip(alternate):
             return SeededFlip(seed, epoch, alternate)
@@ -152,7 +158,7 @@ class FFCVTrainLoader(SampledTrainLoader):
         super().__init__(ResumableDistributedSampler(indices, runtime.world_size, runtime.rank, seed), plan)
         self.data_cfg, self.relabel = d, relabel
         self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
-        recipe = augment.train_recipe(d)
+        recipe = augment.train_recipe(d, cfg.augment)
         self.epoch = EpochCell()
         self.decoder = decoder_for(recipe.sizing, seed, self.epoch)
         self.loader = _loader(path, d, runtime.device, plan.micro_batch,

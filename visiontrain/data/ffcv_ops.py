@@ -147,6 +147,35 @@ class SeededCutout(Operation):
         return _jitted(previous_state)
 
 
+class SeededImageOp(Operation):
+    """A per-sample kernel of `data/ops/` (`kernel(image, scratch, key, params, fill)`, in place) in FFCV's
+    parallel loop: RandAugment, TrivialAugment, 3-Augment, colour jitter, random erasing."""
+
+    def __init__(self, kernel: Callable, salt: int, params, fill: tuple[int, int, int], seed: int,
+                 epoch: EpochCell):
+        super().__init__()
+        self.kernel, self.salt, self.seed, self.epoch = kernel, salt, seed, epoch
+        self.params, self.fill = frozen(np.float64(params)), frozen(np.uint8(fill))
+
+    def generate_code(self) -> Callable:
+        my_range = Compiler.get_iterator()
+        kernel, salt, params, fill = self.kernel, self.salt, self.params, self.fill
+        seed, epoch_address = self.seed, self.epoch.address
+
+        def run(images, scratch, indices):
+            keys = sample_keys(indices, seed, salt, read_int64(epoch_address))
+            for i in my_range(images.shape[0]):
+                kernel(images[i], scratch[i], keys[i], params, fill)
+            return images
+
+        run.is_parallel = True
+        run.with_indices = True
+        return run
+
+    def declare_state_and_memory(self, previous_state: State) -> Tuple[State, AllocationQuery | None]:
+        return _jitted(previous_state, AllocationQuery(previous_state.shape, previous_state.dtype))
+
+
 class SeededRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
     """Decode + RandomResizedCrop(scale, ratio) + resize to `output_size`, in one pass.
 

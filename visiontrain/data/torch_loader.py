@@ -31,6 +31,7 @@ from visiontrain.data.augment import (
     AsIs,
     Cutout,
     Flip,
+    KernelOp,
     PixelOp,
     RandomResizedCrop,
     Recipe,
@@ -40,6 +41,7 @@ from visiontrain.data.augment import (
 from visiontrain.data.base import DataBundle, DeviceNormalizer, SampledTrainLoader
 from visiontrain.data.draws import SALT_CROP, frozen, random_resized_crop, sample_keys
 from visiontrain.data.kernels import cutout_batch, flip_batch, translate_batch
+from visiontrain.data.ops import fill_of, kernel_of
 from visiontrain.data.preprocess import EvalPreprocess
 from visiontrain.data.sampling import EvalShardSampler, ResumableDistributedSampler
 from visiontrain.data.sources import SampleSource, open_sources
@@ -98,8 +100,26 @@ def _sizing(sizing: Sizing):
     raise TypeError(f"{sizing!r} is not a training sizing step of the torchvision loader")
 
 
+class _KernelBatch:
+    """A `KernelOp`'s per-sample kernel (`data/ops/`) over a batch, in place: what FFCV's `SeededImageOp`
+    runs in its parallel loop."""
+
+    def __init__(self, op: KernelOp):
+        self.kernel, self.salt = kernel_of(op)
+        self.params, self.fill = frozen(np.float64(op.params())), frozen(np.uint8(fill_of(op)))
+
+    def __call__(self, batch: np.ndarray, indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        keys = sample_keys(indices, seed, self.salt, epoch)
+        scratch = np.empty_like(batch[0])
+        for i in range(len(batch)):
+            self.kernel(batch[i], scratch, keys[i], self.params, self.fill)
+        return batch
+
+
 def _pixel_op(op: PixelOp):
     """(NHWC uint8 batch, dataset indices, seed, epoch) -> batch; may work in place."""
+    if isinstance(op, KernelOp):
+        return _KernelBatch(op)
     match op:
         case Flip(alternate):
             return partial(flip_batch, alternate=alternate)
@@ -258,7 +278,8 @@ def build_torchvision_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train
     train_loader = None
     if train:
         sampler = ResumableDistributedSampler(chosen.train_indices, runtime.world_size, runtime.rank, cfg.run.seed)
-        loader = make_loader(BatchDataset(train_src, TrainTransform(augment.train_recipe(d), cfg.run.seed)),
+        transform = TrainTransform(augment.train_recipe(d, cfg.augment), cfg.run.seed)
+        loader = make_loader(BatchDataset(train_src, transform),
                              BatchSampler(sampler, plan.micro_batch, drop_last=True), d.num_workers, pin)
         train_loader = TorchvisionTrainLoader(loader, sampler, normalize, relabel, plan)
     return DataBundle(train_loader, val, len(chosen.class_names), chosen.class_names, len(chosen.train_indices))
