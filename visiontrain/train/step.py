@@ -3,6 +3,7 @@
     every micro-batch (accum_steps of them make one optimizer step):
         logits = model(images)                       under autocast for bf16/fp16; the loss in fp32
         loss   = cross_entropy(logits, labels, label_smoothing).mean()
+                 or, with Mixup / CutMix or train.loss=bce, the soft-target loss (train/mixing.py)
         backward(loss / accum_steps)                 x the GradScaler's scale for fp16
     the last micro-batch of the window (`sync`):
         unscale, clip the gradient norm to train.grad_clip_norm (when > 0)
@@ -25,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visiontrain.train.mixing import soft_target_losses
+
 if TYPE_CHECKING:
     from torch.optim.swa_utils import AveragedModel
 
@@ -40,17 +43,24 @@ class Step:
     """`step(images, labels, sync)` -> StepOutput; `sync`: the last micro-batch of the optimizer step."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, backend,
-                 label_smoothing: float, ema_model: nn.Module, ema: AveragedModel | None):
+                 label_smoothing: float, ema_model: nn.Module, ema: AveragedModel | None, loss: str = "ce"):
         self.model, self.optimizer, self.scheduler, self.backend = model, optimizer, scheduler, backend
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.loss = label_smoothing, loss
         self.ema_model, self.ema = ema_model, ema  # the plain module EMA averages, and the average
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> StepOutput:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, sync: bool,
+                 targets: torch.Tensor | None = None) -> StepOutput:
+        """`targets`: soft targets (mixed and/or for BCE, label smoothing folded in), else `labels` are the
+        targets of cross-entropy with label smoothing."""
         self.backend.before_micro_batch()
         with self.backend.sync_context(self.model, sync):
             with self.backend.autocast():
                 logits = self.model(self.backend.prepare_inputs(images))
-            losses = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing, reduction="none")
+            if targets is None:
+                losses = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing,
+                                         reduction="none")
+            else:
+                losses = soft_target_losses(logits.float(), targets, self.loss)
             loss = losses.mean()
             self.backend.backward(loss)
         if not self.backend.step(self.optimizer, sync):

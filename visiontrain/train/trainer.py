@@ -36,6 +36,7 @@ from visiontrain.train.lookahead import Lookahead
 from visiontrain.train.optim import build_optimizer, build_scheduler
 from visiontrain.train.preemption import PreemptionWatch
 from visiontrain.train.run_end import RunEnd, finish_run
+from visiontrain.train.mixing import targets_for
 from visiontrain.train.step import Step, StepOutput
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ class Trainer:
         # After the wrapper has given every rank rank 0's weights (a data-dependent init differs per rank).
         self.lookahead = self._new_lookahead() if cfg.train.lookahead_every_steps else None
         self.step = Step(self.train_model, self.optimizer, self.scheduler, self.backend, cfg.train.label_smoothing,
-                         self.model, self.ema)
+                         self.model, self.ema, cfg.train.loss)
+        self.targets = targets_for(cfg, runtime.rank, plan.micro_batch)  # Mixup / CutMix, soft targets
         self.state = Progress()
         self.best = BestTracker(cfg.train)
         self.window = RunningStats(self.device)  # since the last train log event
@@ -223,7 +225,10 @@ class Trainer:
         epoch_start, epoch_images = window_start, 0
         for images, labels in loader:
             micro += 1
-            out = self.step(images, labels, sync=micro % accum == 0)
+            targets = None
+            if self.targets is not None:
+                images, targets = self.targets(images, labels, epoch, micro)
+            out = self.step(images, labels, sync=micro % accum == 0, targets=targets)
             self._record(out, labels)
             batch_images = images.shape[0] * self.runtime.world_size
             window_images += batch_images
