@@ -33,10 +33,10 @@ from visiontrain.train import logs
 from visiontrain.train.best import BestTracker
 from visiontrain.train.finetune import keep_frozen_bn_in_eval
 from visiontrain.train.lookahead import Lookahead
+from visiontrain.train.mixing import targets_for
 from visiontrain.train.optim import build_optimizer, build_scheduler
 from visiontrain.train.preemption import PreemptionWatch
 from visiontrain.train.run_end import RunEnd, finish_run
-from visiontrain.train.mixing import targets_for
 from visiontrain.train.step import Step, StepOutput
 
 log = logging.getLogger(__name__)
