@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Iterator, Sequence
 
+import torch
 from torch.utils.data import DistributedSampler, Sampler
 
 
@@ -24,30 +25,48 @@ def _pool(samples: int | Sequence[int]) -> Sequence[int]:
     return range(samples) if isinstance(samples, int) else list(samples)
 
 
+# A repeated copy's draws are keyed by index + copy * COPY_STRIDE (copy 0: the index itself).
+COPY_STRIDE = 1 << 40
+
+
 class ResumableDistributedSampler(DistributedSampler):
-    """Yields (index, epoch) pairs (the epoch keys the sample's augmentation);
+    """Yields (index, epoch, copy) triples (the epoch and copy key the sample's augmentation);
     `set_epoch(epoch, start=k)` skips the first k samples.
 
-    `samples` is the dataset size, or the dataset indices to draw from.
+    `samples` is the dataset size, or the dataset indices to draw from. `repeats` > 1: repeated
+    augmentation as DeiT and timm's RepeatAugSampler lay it out: the epoch's permutation with each
+    sample repeated `repeats` times in a row, dealt to the ranks in turn (the copies of a sample land
+    on consecutive ranks, or in one batch on one process), each rank keeping its usual count, so an
+    epoch keeps its length and sees 1/repeats of the distinct samples.
     """
 
-    def __init__(self, samples: int | Sequence[int], num_replicas: int, rank: int, seed: int):
+    def __init__(self, samples: int | Sequence[int], num_replicas: int, rank: int, seed: int, repeats: int = 1):
         self.pool = _pool(samples)
         super().__init__(self.pool, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.start = 0
+        self.start, self.repeats = 0, repeats
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         super().set_epoch(epoch)
         self.start = start
 
+    def epoch_items(self) -> list[tuple[int, int]]:
+        """(index, copy) of every sample this rank reads in the current epoch, from its start."""
+        if self.repeats == 1:
+            return [(self.pool[position], 0) for position in super().__iter__()]
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)  # DistributedSampler's permutation of the epoch
+        order = torch.randperm(len(self.pool), generator=generator).tolist()
+        repeated = [(self.pool[position], copy) for position in order for copy in range(self.repeats)]
+        return repeated[self.rank::self.num_replicas][:self.num_samples]
+
     def epoch_indices(self) -> list[int]:
         """Every index this rank reads in the current epoch, from the start of the epoch."""
-        return [self.pool[position] for position in super().__iter__()]
+        return [index for index, _ in self.epoch_items()]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         # The epoch travels with each index: persistent DataLoader workers never see set_epoch.
-        for index in self.epoch_indices()[self.start:]:
-            yield index, self.epoch
+        for index, copy in self.epoch_items()[self.start:]:
+            yield index, self.epoch, copy
 
     def __len__(self) -> int:
         return self.num_samples - self.start

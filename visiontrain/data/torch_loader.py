@@ -43,7 +43,7 @@ from visiontrain.data.draws import SALT_CROP, frozen, random_resized_crop, sampl
 from visiontrain.data.kernels import cutout_batch, flip_batch, translate_batch
 from visiontrain.data.ops import fill_of, kernel_of
 from visiontrain.data.preprocess import EvalPreprocess
-from visiontrain.data.sampling import EvalShardSampler, ResumableDistributedSampler
+from visiontrain.data.sampling import COPY_STRIDE, EvalShardSampler, ResumableDistributedSampler
 from visiontrain.data.sources import SampleSource, open_sources
 from visiontrain.data.subset import Relabel, check_num_classes, select
 from visiontrain.infra.errors import UsageError
@@ -160,7 +160,7 @@ class EvalTransform:
 class BatchDataset(Dataset):
     """Whole batches of sampler items -> (NCHW uint8 images, labels, valid).
 
-    Items are (index, epoch) for training (`ResumableDistributedSampler`) and (index, valid)
+    Items are (index, epoch, copy) for training (`ResumableDistributedSampler`) and (index, valid)
     for evaluation (`EvalShardSampler`, whose padding is not valid).
     """
 
@@ -170,12 +170,13 @@ class BatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitems__(self, items: list[tuple[int, int | bool]]):
-        indices = [index for index, _ in items]
+    def __getitems__(self, items: list[tuple]):
+        indices = [item[0] for item in items]
         images = [self.source.load(index) for index in indices]
         labels = torch.tensor([self.source.labels[index] for index in indices])
-        if isinstance(self.transform, TrainTransform):
-            return self.transform(images, indices, epoch=items[0][1]), labels, torch.ones(len(items), dtype=torch.bool)
+        if isinstance(self.transform, TrainTransform):  # (index, epoch, copy): a repeated copy draws its own
+            keys = [index + copy * COPY_STRIDE for index, _, copy in items]
+            return self.transform(images, keys, epoch=items[0][1]), labels, torch.ones(len(items), dtype=torch.bool)
         return self.transform(images), labels, torch.tensor([valid for _, valid in items])
 
 
@@ -277,7 +278,8 @@ def build_torchvision_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train
         val_sampler, len(chosen.val_indices), normalize, relabel)
     train_loader = None
     if train:
-        sampler = ResumableDistributedSampler(chosen.train_indices, runtime.world_size, runtime.rank, cfg.run.seed)
+        sampler = ResumableDistributedSampler(chosen.train_indices, runtime.world_size, runtime.rank, cfg.run.seed,
+                                              cfg.augment.repeats)
         transform = TrainTransform(augment.train_recipe(d, cfg.augment), cfg.run.seed)
         loader = make_loader(BatchDataset(train_src, transform),
                              BatchSampler(sampler, plan.micro_batch, drop_last=True), d.num_workers, pin)
