@@ -43,3 +43,13 @@ def test_configuration_reference_lists_every_key_once_with_its_default(rendered)
         assert f"| `{config_docs._value(defaults[section][name])}` |" in rows[key], (key, rows[key])
     for key, choices in config.CHOICES.items():
         assert all(f"`{c}`" in rows[key] for c in choices), (key, rows[key])
+
+
+def test_the_augmentation_ops_in_docs_data_md_are_current_and_list_every_augment_key():
+    result = subprocess.run([sys.executable, "-m", "visiontrain.data.ops.reference", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = (ROOT / "docs" / "data.md").read_text(encoding="utf-8")
+    assert all(f"| `{key}` |" in text for key in config.all_keys() if key.startswith("augment."))
+    assert all(name in text for name in ("RandAugment", "TrivialAugmentWide", "Random erasing", "3-Augment",
+                                         "Mixup and CutMix"))

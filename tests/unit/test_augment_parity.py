@@ -96,8 +96,8 @@ def test_one_edit_of_the_recipe_changes_both_loaders(shapes_dir, monkeypatch):
     before = {loader: epoch(shapes_dir, loader, *recipe) for loader in ("ffcv", "torchvision")}
     derive = augment.train_recipe
 
-    def edited(d):
-        r = derive(d)
+    def edited(d, a=None):
+        r = derive(d, a)
         ops = tuple(dataclasses.replace(op, padding=2) if isinstance(op, augment.Translate) else op for op in r.ops)
         return dataclasses.replace(r, ops=ops)
 

@@ -99,15 +99,17 @@ def trainer(shapes_dir, run_dir, *overrides: str):
         "data.val_image_size=16", "data.num_workers=0", "train.batch_size=50", "train.epochs=2",
         "model.name=resnet9", "model.width=8", "checkpoint.every_steps=3", "checkpoint.keep_last=10",
         "augment.auto=rand-m9-mstd0.5-inc1", "augment.erase_prob=0.5", "augment.mixup_alpha=0.8",
-        "augment.cutmix_alpha=1.0", "augment.mix_mode=elem", "train.loss=bce", "log.progress_bar=false",
+        "augment.cutmix_alpha=1.0", "augment.mix_mode=elem", "train.loss=bce", "optim.name=lamb", "optim.lr=0.005",
+        "optim.weight_decay=0.02", "log.progress_bar=false",
         "log.tensorboard=false", "log.report=false", "log.plots=false", *overrides])
     return build_run(cfg, runtime=init_runtime("cpu")).trainer
 
 
 def test_a_run_killed_mid_epoch_with_mixing_on_resumes_bit_exactly(shapes_dir, tmp_path):
+    """The "ResNet strikes back" ingredients together: RandAugment, erasing, Mixup/CutMix, BCE, LAMB."""
     whole = trainer(shapes_dir, tmp_path / "whole")
     whole.fit()
-    assert whole.steps_per_epoch == 8
+    assert whole.steps_per_epoch == 8 and type(whole.optimizer).__name__ == "Lamb"
     killed = tmp_path / "killed"
     shutil.copytree(tmp_path / "whole", killed)
     for checkpoint in (killed / "checkpoints").iterdir():  # as if killed after step 3, mid-epoch 1

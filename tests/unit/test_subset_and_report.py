@@ -52,7 +52,7 @@ def test_samplers_draw_only_from_the_subset_and_cover_it_once_per_epoch():
     ranks = [ResumableDistributedSampler(pool, 2, r, seed=1) for r in range(2)]
     for sampler in ranks:
         sampler.set_epoch(0)
-    seen = [i for sampler in ranks for i, _ in sampler]
+    seen = [i for sampler in ranks for i, _, _ in sampler]
     assert sorted(seen) == pool
     shards = [eval_shard(pool[:33], 2, r) for r in range(2)]
     valid = [i for indices, flags in shards for i, ok in zip(indices, flags) if ok]

@@ -45,6 +45,9 @@ def main(argv: list[str]) -> int:
     loader.add_argument("--imagenet-samples", type=int, default=5000)
     loader.add_argument("--res", type=int, nargs="+", default=[160, 192])
     loader.add_argument("--out", type=Path, help="write loader_results.json here")
+    loader.add_argument("--augment", default="", metavar="POLICY",
+                        help="also time FFCV with this augment.auto policy (e.g. rand-m9-n2) against FFCV without it "
+                             "and the stock torchvision pipeline with RandAugment, and each op's cost")
     writer = sub.add_parser("prep", help="visiontrain prep imagenet vs FFCV's own writer on the shared photos")
     writer.add_argument("--shared", type=Path, default=SOURCE_TREE.parent / "shared" / "datasets")
     writer.add_argument("--work", type=Path, default=Path("runs/bench_loader_data"), help="prepared data (reused)")
@@ -138,8 +141,12 @@ def main(argv: list[str]) -> int:
     else:
         from visiontrain.bench import loader as loader_bench
 
+        if args.augment:
+            from visiontrain.data.ops.auto_augment import parse_policy
+
+            parse_policy(args.augment, "--augment")  # before minutes of data preparation
         rows = loader_bench.run(args.shared, args.work, args.workers, args.epochs, args.imagenet_samples, args.res,
-                                args.out)
+                                args.out, args.augment)
         print(loader_bench.report(rows))
     return 0
 

@@ -210,16 +210,50 @@ def epoch_timings(bundles: dict, epochs: int, uint8: tuple[str, ...] = ()) -> di
     return timings
 
 
-def _cfg(loader: str, path: Path, recipe: str, res: int, batch: int, workers: int):
+def _cfg(loader: str, path: Path, recipe: str, res: int, batch: int, workers: int, *extra: str):
     mean_std = [f"data.mean={IMAGENET_MEAN}", f"data.std={IMAGENET_STD}"] if recipe == "imagenet" else []
     return load_config(None, [f"data.loader={loader}", f"data.path={path}", f"data.recipe={recipe}",
                               f"data.image_size={res}", f"data.val_image_size={res}", f"data.num_workers={workers}",
                               f"train.batch_size={batch}", "data.crop_padding=2", "model.num_classes=200"
-                              if recipe == "imagenet" else "model.num_classes=10", *mean_std])
+                              if recipe == "imagenet" else "model.num_classes=10", *mean_std, *extra])
+
+
+def augment_row(imagenet: dict[str, Path], res: int, policy: str, workers: int, epochs: int, runtime: Runtime) -> dict:
+    """FFCV with `policy` against FFCV without it and against the stock torchvision pipeline with torchvision's
+    RandAugment (same ops and magnitude) on the original photos; and each op's cost on one core."""
+    from visiontrain.bench.augment_costs import op_costs, torchvision_costs
+    from visiontrain.data.ops.auto_augment import parse_policy
+
+    parsed = parse_policy(policy, "--augment")
+    bundles = {name: build_data(_cfg("ffcv", imagenet["ffcv"], "imagenet", res, 256, workers, *extra), runtime,
+                                BatchPlan.of_micro_batch(256))
+               for name, extra in (("augmented", (f"augment.auto={policy}",)), ("plain", ()))}
+    bundles["stock"] = StockBundle(StockTorchvisionTrain(
+        imagenet["originals"] / "train", res, 256, workers, IMAGENET_MEAN, IMAGENET_STD,
+        rand_augment=None if parsed.trivial else (parsed.num_ops, round(parsed.magnitude))))
+    timings = epoch_timings(bundles, epochs)
+    medians = {name: _median_timing(timings[name])["img_per_s"] for name in bundles}
+    return {"workload": f"augment {policy}, res {res}", "workers": workers,
+            "img_per_s": medians,
+            "ffcv_augmented_vs_stock": medians["augmented"] / medians["stock"],
+            "ffcv_plain_vs_augmented": medians["plain"] / medians["augmented"],
+            "us_per_img_one_core": {**op_costs(res, policy),
+                                    **torchvision_costs(res, parsed.num_ops, round(parsed.magnitude))}}
+
+
+def augment_report(row: dict) -> str:
+    speeds = row["img_per_s"]
+    lines = [f"{row['workload']} ({row['workers']} workers): FFCV with it {speeds['augmented']:.0f} img/s, "
+             f"without {speeds['plain']:.0f}, stock torchvision with RandAugment {speeds['stock']:.0f}: "
+             f"**{row['ffcv_augmented_vs_stock']:.1f}x** the stock pipeline, "
+             f"{row['ffcv_plain_vs_augmented']:.2f}x slower than without it", "",
+             "| op | us per image, one core |", "|---|---:|"]
+    lines += [f"| {name} | {us:.0f} |" for name, us in row["us_per_img_one_core"].items()]
+    return "\n".join(lines)
 
 
 def run(shared: Path, work: Path, workers: int, epochs: int, imagenet_samples: int, resolutions: list[int],
-        out: Path | None) -> list[dict]:
+        out: Path | None, augment: str = "") -> list[dict]:
     if not (shared / "imagenet-sample-200.tar").is_file():
         raise UsageError(f"--shared {shared} does not hold imagenet-sample-200.tar and cifar10-train-jpeg.tar.gz")
     work.mkdir(parents=True, exist_ok=True)
@@ -248,6 +282,8 @@ def run(shared: Path, work: Path, workers: int, epochs: int, imagenet_samples: i
             **_loop_profile(timings, "ffcv", "resized")}
         rows.append(row)
         del bundles
+        if augment:
+            rows.append(augment_row(imagenet, res, augment, workers, epochs, runtime))
     cifar = prepare_cifar(shared, work, workers)
     bundles = {name: build_data(_cfg(name, cifar[name], "cifar", 32, 512, workers), runtime,
                                 BatchPlan.of_micro_batch(512))
@@ -319,6 +355,8 @@ def _row(workload: str, timings: dict[str, list[dict]], workers: int, labels: di
 def report(rows: list[dict]) -> str:
     lines = ["| workload | loader | img/s (median) | FFCV speed-up: img/s (CPU time) | cores busy | "
              "CPU us/img: decoding side / main thread | img/s per decoding core |", "|---|---|---|---|---|---|---|"]
+    augmented = [row for row in rows if "ffcv_augmented_vs_stock" in row]
+    rows = [row for row in rows if row not in augmented]
     for row in rows:
         for k, (name, values) in enumerate(row["loaders"].items()):
             speedup = f"**{row['ffcv_speedup']:.1f}x** ({row['ffcv_cpu_speedup']:.1f}x)" if k == 0 else ""
@@ -334,6 +372,7 @@ def report(rows: list[dict]) -> str:
     for row in rows:
         if "profile" in row:
             lines += ["", _profile_report(row)]
+    lines += [line for row in augmented for line in ("", augment_report(row))]
     return "\n".join(lines)
 
 

@@ -21,10 +21,15 @@ from torchvision.transforms import v2
 class StockTorchvisionTrain:
     """`set_epoch(epoch)` and iteration, as `epoch_timings` drives the project's loaders."""
 
-    def __init__(self, folder: Path, res: int, batch: int, workers: int, mean: list[float], std: list[float]):
+    def __init__(self, folder: Path, res: int, batch: int, workers: int, mean: list[float], std: list[float],
+                 rand_augment: tuple[int, int] | None = None):
+        """`rand_augment`: (num_ops, magnitude) of torchvision's RandAugment after the flip, on the PIL image (the
+        reference recipe's `auto_augment_policy="ra"`)."""
+        augment = [v2.RandAugment(*rand_augment)] if rand_augment else []
         transform = v2.Compose([
             v2.RandomResizedCrop(res, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
             v2.RandomHorizontalFlip(),
+            *augment,
             v2.PILToTensor(),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean, std),

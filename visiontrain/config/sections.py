@@ -221,13 +221,15 @@ class ModelConfig(Section):
 @dataclass
 class OptimConfig(Section):
     section = "optim"
-    name: str = choice("sgd", ("sgd", "adamw"))  # sgd | adamw
+    # sgd | adamw | lamb (timm's LAMB: layer-wise trust ratios, the global gradient norm clipped at 1;
+    # "ResNet strikes back" trains with it)
+    name: str = choice("sgd", ("sgd", "adamw", "lamb"))
     lr: float = 0.5  # peak learning rate for the global batch size
     momentum: float = 0.9  # sgd
     nesterov: bool = True  # sgd
     weight_decay: float = 5e-4  # L2 (sgd) or decoupled (adamw) weight decay
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
-    eps: float = 1e-8  # adamw
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw, lamb
+    eps: float = 1e-8  # adamw, lamb
     # no weight decay on normalization parameters, biases and what the architecture lists (timm's
     # no_weight_decay(): position embeddings, class tokens; for torchvision models the parameters no
     # standard layer owns)

@@ -169,7 +169,7 @@ class FFCVTrainLoader(SampledTrainLoader):
         # Exactly the samples of the batches to train on: FFCV then ends its epoch by itself. Breaking out of
         # its iteration instead would leave its prefetching thread, and the batches it holds, alive for good.
         self.sampler.set_epoch(epoch, self.sampler.start)
-        order = np.array([index for index, _ in self.sampler], dtype=np.uint64)
+        order = np.array([item[0] for item in self.sampler], dtype=np.uint64)
         return order[: self._remaining * self.micro_batch]
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

@@ -121,6 +121,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, spec: ModelSpec, deepspe
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                **implementation)
+    if cfg.name == "lamb":
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **implementation)
 
 

@@ -73,7 +73,8 @@ _KEYS = {"m": "magnitude", "n": "num_ops", "mstd": "magnitude_std", "mmax": "mag
 def parse_policy(text: str, key: str = "augment.auto") -> Policy:
     """timm's policy grammar; UsageError (one line naming the part and what is allowed) otherwise."""
     def bad(detail: str) -> UsageError:
-        return UsageError(f"config key '{key}' = {text!r} is invalid: {detail}; allowed {POLICY_HELP}")
+        named = f"{key} {text!r}" if key.startswith("--") else f"config key '{key}' = {text!r}"
+        return UsageError(f"{named} is invalid: {detail}; allowed {POLICY_HELP}")
 
     if text in ("trivial", "trivial_wide", "ta_wide"):
         return Policy(trivial=True, num_ops=1, prob=1.0)
