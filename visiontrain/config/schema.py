@@ -88,15 +88,16 @@ def validate(cfg: Config) -> None:
 
 
 def _check_augment(cfg: Config) -> None:
-    """The per-image ops run in the two image-file loaders; repeated augmentation needs per-copy draws, which
-    the torchvision loader's items carry (FFCV reads and keys each sample by its index alone)."""
+    """The per-image ops and repeated augmentation (per-copy draws) run in the two image-file loaders."""
     a, d = cfg.augment, cfg.data
     for key, on in (("auto", a.auto), ("three_augment", a.three_augment), ("color_jitter", a.color_jitter),
                     ("erase_prob", a.erase_prob)):
         a.require(not on or d.loader in ("ffcv", "torchvision"), key,
                   f"per-image ops run in data.loader=ffcv or torchvision, not data.loader={d.loader}")
-    a.require(a.repeats == 1 or d.loader == "torchvision", "repeats",
-              f"repeated augmentation runs in data.loader=torchvision, not data.loader={d.loader}")
+    a.require(a.repeats == 1 or d.loader in ("ffcv", "torchvision"), "repeats",
+              f"repeated augmentation runs in data.loader=ffcv or torchvision, not data.loader={d.loader}")
+    a.require(a.repeats == 1 or d.loader != "ffcv" or d.os_cache, "repeats",
+              "with data.loader=ffcv needs data.os_cache=true (FFCV's process cache reads samples by their index)")
 
 
 def _check_input_size(cfg: Config) -> None:

@@ -13,14 +13,16 @@ Progressive resizing (imagenet recipe) changes the decoder's output size each ep
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
 from ffcv.loader import Loader
+from ffcv.loader import loader as ffcv_loader_module
 from ffcv.reader import Reader
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
@@ -50,7 +52,7 @@ from visiontrain.data.ffcv_ops import (
     SeededTranslate,
 )
 from visiontrain.data.ops import fill_of, kernel_of
-from visiontrain.data.sampling import ResumableDistributedSampler, eval_shard
+from visiontrain.data.sampling import ResumableDistributedSampler, copy_key, eval_shard
 from visiontrain.data.subset import Relabel, check_num_classes, select
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
@@ -112,18 +114,48 @@ def check_decoding_threads(num_workers: int) -> None:
                          f"on this machine (its CPU cores, or NUMBA_NUM_THREADS); set data.num_workers <= {limit}")
 
 
+@contextmanager
+def _rows_repeated(copies: int) -> Iterator[None]:
+    """Loaders made inside read a .beton's metadata rows `copies` times over: row i + c N describes sample i's
+    bytes, so copy c of a sample is fetched by its own index, which keys its own augmentation draws
+    (repeated augmentation). FFCV's reader is swapped only while a Loader is made; the OS-cache reads follow
+    each row's data pointer, so the copies read the same bytes."""
+    if copies == 1:
+        yield
+        return
+
+    class RepeatedRows(Reader):
+        def read_metadata(self) -> None:
+            super().read_metadata()
+            self.metadata = np.tile(self.metadata, copies)
+            self.metadata.setflags(write=False)
+
+    original = ffcv_loader_module.Reader
+    ffcv_loader_module.Reader = RepeatedRows
+    try:
+        yield
+    finally:
+        ffcv_loader_module.Reader = original
+
+
 def _loader(path: Path, d: DataConfig, device: torch.device, micro_batch: int, image_ops: list, order: FixedOrder,
-            drop_last: bool) -> Loader:
+            drop_last: bool, copies: int = 1) -> Loader:
     check_decoding_threads(max(1, d.num_workers))
     device_ops = _device_ops(device)
-    loader = Loader(
+    with _rows_repeated(copies):
+        loader = _new_loader(path, d, micro_batch, image_ops, device_ops, order, drop_last)
+    threads.restore()  # FFCV sets torch's thread count to its own
+    _reuse_batch_buffers(loader)
+    return loader
+
+
+def _new_loader(path: Path, d: DataConfig, micro_batch: int, image_ops: list, device_ops: list, order: FixedOrder,
+                drop_last: bool) -> Loader:
+    return Loader(
         str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache, order=order,
         drop_last=drop_last, batches_ahead=d.batches_ahead,
         pipelines={"image": image_ops + [ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
                    "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
-    threads.restore()  # FFCV sets torch's thread count to its own
-    _reuse_batch_buffers(loader)
-    return loader
 
 
 def _reuse_batch_buffers(loader: Loader) -> None:
@@ -154,22 +186,25 @@ def _reuse_batch_buffers(loader: Loader) -> None:
 class FFCVTrainLoader(SampledTrainLoader):
     def __init__(self, cfg: Config, runtime: Runtime, path: Path, indices: list[int], relabel: Relabel,
                  plan: BatchPlan):
-        d, seed = cfg.data, cfg.run.seed
-        super().__init__(ResumableDistributedSampler(indices, runtime.world_size, runtime.rank, seed), plan)
+        d, seed, copies = cfg.data, cfg.run.seed, cfg.augment.repeats
+        super().__init__(ResumableDistributedSampler(indices, runtime.world_size, runtime.rank, seed, copies), plan)
         self.data_cfg, self.relabel = d, relabel
+        # The samples in the file: copy c of sample i is its row i + c N (repeated augmentation)
+        self.dataset_size = int(np.fromfile(path, dtype=HeaderType, count=1)[0]["num_samples"])
         self.normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
         recipe = augment.train_recipe(d, cfg.augment)
         self.epoch = EpochCell()
         self.decoder = decoder_for(recipe.sizing, seed, self.epoch)
         self.loader = _loader(path, d, runtime.device, plan.micro_batch,
                               [self.decoder] + [operation_for(op, seed, self.epoch) for op in recipe.ops],
-                              FixedOrder(self._order), drop_last=True)
+                              FixedOrder(self._order), drop_last=True, copies=copies)
 
     def _order(self, epoch: int) -> np.ndarray:
         # Exactly the samples of the batches to train on: FFCV then ends its epoch by itself. Breaking out of
         # its iteration instead would leave its prefetching thread, and the batches it holds, alive for good.
         self.sampler.set_epoch(epoch, self.sampler.start)
-        order = np.array([item[0] for item in self.sampler], dtype=np.uint64)
+        order = np.array([copy_key(index, copy, self.dataset_size) for index, _, copy in self.sampler],
+                         dtype=np.uint64)
         return order[: self._remaining * self.micro_batch]
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

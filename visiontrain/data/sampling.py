@@ -25,8 +25,10 @@ def _pool(samples: int | Sequence[int]) -> Sequence[int]:
     return range(samples) if isinstance(samples, int) else list(samples)
 
 
-# A repeated copy's draws are keyed by index + copy * COPY_STRIDE (copy 0: the index itself).
-COPY_STRIDE = 1 << 40
+def copy_key(index: int, copy: int, dataset_size: int) -> int:
+    """The index a repeated copy's augmentation draws are keyed by (copy 0: the sample's own index). The FFCV
+    loader reads copy c of sample i as metadata row i + c N of the .beton's rows repeated (`ffcv_loader`)."""
+    return index + copy * dataset_size
 
 
 class ResumableDistributedSampler(DistributedSampler):

@@ -43,7 +43,7 @@ from visiontrain.data.draws import SALT_CROP, frozen, random_resized_crop, sampl
 from visiontrain.data.kernels import cutout_batch, flip_batch, translate_batch
 from visiontrain.data.ops import fill_of, kernel_of
 from visiontrain.data.preprocess import EvalPreprocess
-from visiontrain.data.sampling import COPY_STRIDE, EvalShardSampler, ResumableDistributedSampler
+from visiontrain.data.sampling import EvalShardSampler, ResumableDistributedSampler, copy_key
 from visiontrain.data.sources import SampleSource, open_sources
 from visiontrain.data.subset import Relabel, check_num_classes, select
 from visiontrain.infra.errors import UsageError
@@ -175,7 +175,7 @@ class BatchDataset(Dataset):
         images = [self.source.load(index) for index in indices]
         labels = torch.tensor([self.source.labels[index] for index in indices])
         if isinstance(self.transform, TrainTransform):  # (index, epoch, copy): a repeated copy draws its own
-            keys = [index + copy * COPY_STRIDE for index, _, copy in items]
+            keys = [copy_key(index, copy, len(self.source)) for index, _, copy in items]
             return self.transform(images, keys, epoch=items[0][1]), labels, torch.ones(len(items), dtype=torch.bool)
         return self.transform(images), labels, torch.tensor([valid for _, valid in items])
 
