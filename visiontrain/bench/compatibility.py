@@ -111,13 +111,17 @@ def check_one(name: str, size: int, work: Path, max_params: float, progress: dic
 
     row: dict[str, Any] = {"model": name, "family": name.partition("/")[0]}
     try:
+        # Counted as built by default first: a model too large for the walk is skipped even where the walk's
+        # image size would not fit it (ViT-H/14's patches do not divide 64 px).
+        params = _parameters(build_model, ModelConfig(name=name, num_classes=10)) / 1e6
+        if params > max_params:
+            return {**row, "params_m": round(params, 2), "stage": "skipped", "ok": None,
+                    "reason": f"{params:.0f} M parameters > --max-params"}
         cfg = load_config(None, overrides_for(name, size, work / "reference", 2))
         params = _parameters(build_model, ModelConfig(**vars(cfg.model))) / 1e6
     except Exception as err:  # noqa: BLE001 - any failure is this architecture's row
         return {**row, "stage": "build", "ok": False, "reason": _one_line(err)}
     row["params_m"] = round(params, 2)
-    if params > max_params:
-        return {**row, "stage": "skipped", "ok": None, "reason": f"{params:.0f} M parameters > --max-params"}
     progress["stage"] = "train"
     try:
         train(None, overrides_for(name, size, work / "reference", 2))
