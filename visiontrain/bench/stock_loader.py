@@ -22,10 +22,12 @@ class StockTorchvisionTrain:
     """`set_epoch(epoch)` and iteration, as `epoch_timings` drives the project's loaders."""
 
     def __init__(self, folder: Path, res: int, batch: int, workers: int, mean: list[float], std: list[float],
-                 rand_augment: tuple[int, int] | None = None):
-        """`rand_augment`: (num_ops, magnitude) of torchvision's RandAugment after the flip, on the PIL image (the
-        reference recipe's `auto_augment_policy="ra"`)."""
-        augment = [v2.RandAugment(*rand_augment)] if rand_augment else []
+                 auto_augment: tuple | None = None):
+        """`auto_augment`: ("rand", num_ops, magnitude of 31 bins) for torchvision's RandAugment or ("trivial", ...)
+        for its TrivialAugmentWide, after the flip on the PIL image (the reference recipe's
+        `auto_augment_policy` "ra" / "ta_wide")."""
+        augment = [] if auto_augment is None else [
+            v2.TrivialAugmentWide() if auto_augment[0] == "trivial" else v2.RandAugment(*auto_augment[1:])]
         transform = v2.Compose([
             v2.RandomResizedCrop(res, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
             v2.RandomHorizontalFlip(),

@@ -82,6 +82,10 @@ def validate(cfg: Config) -> None:
     _check_augment(cfg)
     if cfg.parallel.strategy == "deepspeed":
         m.require(not m.compile, "compile", "not supported with parallel.strategy=deepspeed; use ddp")
+        # DeepSpeed hands the optimizer flattened partitions: LAMB's per-layer trust ratios and its gradient
+        # clipping would see one flat tensor per rank instead.
+        cfg.optim.require(cfg.optim.name != "lamb", "name", "lamb is not supported with parallel.strategy=deepspeed "
+                                                             "(it needs whole layers); use ddp, or sgd / adamw")
         # Lookahead writes the module's weights; DeepSpeed keeps its own (partitioned) master copy.
         t.require(not t.lookahead_every_steps, "lookahead_every_steps",
                   "not supported with parallel.strategy=deepspeed (it keeps its own master weights); use ddp")

@@ -17,7 +17,8 @@ from outside FFCV must be `frozen` (see there).
 
 numba's cache (`cache=True`) checks only the file a function is defined in, and the
 kernels compile the draws they call into themselves: after changing a draw, touch
-`kernels.py`, or its cached kernels keep running the old draw.
+`kernels.py` and `ops/*.py` (after changing `ops/pixels.py`, the other files of `ops/`),
+or their cached kernels keep running the old code.
 """
 
 from __future__ import annotations

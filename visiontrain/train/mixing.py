@@ -63,7 +63,7 @@ class BatchMixer:
 
     def draws(self, epoch: int, micro: int, n: int, height: int, width: int) -> MixDraws:
         a = self.cfg
-        rng = np.random.default_rng((self.seed, SALT_MIX, epoch, micro, self.rank))
+        rng = np.random.default_rng((self.seed & 0xFFFFFFFFFFFFFFFF, SALT_MIX, epoch, micro, self.rank))
         count = n if a.mix_mode == "elem" else 1
         mixed = rng.random(count) < a.mix_prob
         if a.mixup_alpha > 0 and a.cutmix_alpha > 0:

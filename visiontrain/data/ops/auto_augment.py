@@ -13,12 +13,14 @@ in [0, 1] for TrivialAugmentWide) and a random sign s:
 | translate_x / translate_y | s 0.45 f x image side | s 32 f px |
 | rotate | s 30 f degrees | s 135 f degrees |
 | brightness, color, contrast, sharpness | 1 + s 0.9 f (inc0: 0.1 + 1.8 f) | 1 + s 0.99 f |
-| posterize (bits kept) | 8 - round(4 f) (inc0: int(4 f)) | 8 - round(6 f) |
+| posterize (bits kept) | 8 - round(4 f), torchvision's map (inc0: int(4 f)) | 8 - round(6 f) |
 | solarize (threshold) | 256 - int(256 f) (inc0: int(256 f)) | 256 - int(256 f) |
 | identity, autocontrast, equalize | no strength | no strength |
 
 At magnitude 0 every op with a strength is the identity (the increasing maps; torchvision's own
-solarize starts at threshold 255, which inverts pure white). Geometry samples the nearest pixel and
+solarize starts at threshold 255, which inverts pure white, and timm's increasing posterize keeps 4 - int(4 f)
+bits, 4 at magnitude 0, where this keeps torchvision's 8 - round(4 f)). Enhance factors stay >= 0.1, as in
+timm (magnitudes above 10 with `mmax`). Geometry samples the nearest pixel and
 fills with `fill` (the recipe's mean colour, as timm does). RandAugment draws its `n` ops uniformly
 with replacement and applies each with probability `p` (timm's default 0.5); TrivialAugmentWide
 applies one op always.
@@ -86,6 +88,8 @@ def parse_policy(text: str, key: str = "augment.auto") -> Policy:
         match = re.fullmatch(r"([a-z]+)(inf|\d+(?:\.\d*)?)", part)
         if match is None or match.group(1) not in _KEYS:
             raise bad(f"unknown part {part!r}")
+        if match.group(2) == "inf" and match.group(1) != "mstd":
+            raise bad(f"{part}: only mstd may be inf")
         values[_KEYS[match.group(1)]] = math.inf if match.group(2) == "inf" else float(match.group(2))
     if "magnitude" not in values:
         raise bad("no magnitude (m<0..10>)")
@@ -161,6 +165,7 @@ def apply_op(image, scratch, op, f, sign, trivial, increasing, fill):
             factor = 1.0 + sign * 0.9 * f
         else:
             factor = 0.1 + 1.8 * f
+        factor = max(factor, 0.1)
         if op == 6:
             pixels.brightness(image, factor)
         elif op == 7:

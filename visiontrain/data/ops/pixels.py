@@ -1,8 +1,8 @@
-"""Image operations on uint8 H x W x 3 arrays, in place, the way PIL defines them (ImageOps, ImageEnhance).
+"""Image operations on uint8 H x W x 3 arrays, in place, with PIL's formulas (ImageOps, ImageEnhance).
 
 The building blocks of `auto_augment.py` and `color.py`. Geometry samples the nearest pixel (the
 interpolation of torchvision's RandAugment and TrivialAugmentWide); what falls outside the image
-gets `fill`. Blends round half up and clip to [0, 255]. Only numba and numpy.
+gets `fill`. Blends round half up (PIL truncates) and clip to [0, 255]. Only numba and numpy.
 """
 
 from __future__ import annotations
@@ -23,13 +23,24 @@ def gray(r, g, b):
 
 
 @njit(cache=True)
+def copy_into(source, target):
+    """`target` = `source` (same C-contiguous shape) as one flat loop: numba runs a 3-D slice assignment
+    element by element through generic indexing, several times slower."""
+    src, dst = source.reshape(-1), target.reshape(-1)
+    for i in range(src.size):
+        dst[i] = src[i]
+
+
+@njit(cache=True)
 def apply_lut(image, lut):
-    """`lut`: 3 x 256 (one table per channel)."""
-    h, w, c = image.shape
-    for y in range(h):
-        for x in range(w):
-            for k in range(c):
-                image[y, x, k] = lut[k, image[y, x, k]]
+    """`lut`: 3 x 256 (one table per channel); one flat pass over the C-contiguous H x W x 3 image. Tables are
+    int16, not uint8: FFCV's memory managers change numba's shared type of writable uint8 arrays (see
+    `draws.frozen`), which breaks functions compiled for them."""
+    flat = image.reshape(-1)
+    for i in range(0, flat.size, 3):
+        flat[i] = lut[0, flat[i]]
+        flat[i + 1] = lut[1, flat[i + 1]]
+        flat[i + 2] = lut[2, flat[i + 2]]
 
 
 @njit(cache=True)
@@ -49,7 +60,7 @@ def affine(image, scratch, a, b, c, d, e, f, fill):
             else:
                 for k in range(channels):
                     scratch[y, x, k] = fill[k]
-    image[:] = scratch
+    copy_into(scratch, image)
 
 
 @njit(cache=True)
@@ -67,7 +78,7 @@ def rotate(image, scratch, degrees, fill):
 @njit(cache=True)
 def solarize(image, threshold):
     """Invert every value >= `threshold` (PIL's ImageOps.solarize; 256: nothing changes)."""
-    lut = np.empty((3, 256), dtype=np.uint8)
+    lut = np.empty((3, 256), dtype=np.int16)
     for v in range(256):
         lut[:, v] = 255 - v if v >= threshold else v
     apply_lut(image, lut)
@@ -77,7 +88,7 @@ def solarize(image, threshold):
 def posterize(image, bits):
     """Keep the `bits` most significant bits of each value (8: nothing changes)."""
     mask = (0xFF << (8 - bits)) & 0xFF
-    lut = np.empty((3, 256), dtype=np.uint8)
+    lut = np.empty((3, 256), dtype=np.int16)
     for v in range(256):
         lut[:, v] = v & mask
     apply_lut(image, lut)
@@ -86,7 +97,7 @@ def posterize(image, bits):
 @njit(cache=True)
 def brightness(image, factor):
     """Blend with black: PIL's ImageEnhance.Brightness (1: nothing changes)."""
-    lut = np.empty((3, 256), dtype=np.uint8)
+    lut = np.empty((3, 256), dtype=np.int16)
     for v in range(256):
         lut[:, v] = clip_round(v * factor)
     apply_lut(image, lut)
@@ -101,7 +112,7 @@ def contrast(image, factor):
         for x in range(w):
             total += gray(image[y, x, 0], image[y, x, 1], image[y, x, 2])
     mean = int(total / (h * w) + 0.5)
-    lut = np.empty((3, 256), dtype=np.uint8)
+    lut = np.empty((3, 256), dtype=np.int16)
     for v in range(256):
         lut[:, v] = clip_round(mean + factor * (v - mean))
     apply_lut(image, lut)
@@ -140,7 +151,7 @@ def sharpness(image, scratch, factor):
 def autocontrast(image):
     """Stretch each channel to [0, 255] (PIL's ImageOps.autocontrast without cutoff); a flat channel stays."""
     h, w, c = image.shape
-    lut = np.empty((3, 256), dtype=np.uint8)
+    lut = np.empty((3, 256), dtype=np.int16)
     for k in range(c):
         lo, hi = 255, 0
         for y in range(h):
@@ -155,7 +166,7 @@ def autocontrast(image):
 def equalize(image):
     """Flatten each channel's histogram (PIL's ImageOps.equalize)."""
     h, w, c = image.shape
-    lut = np.empty((3, 256), dtype=np.uint8)
+    lut = np.empty((3, 256), dtype=np.int16)
     for k in range(c):
         histogram = np.zeros(256, dtype=np.int64)
         for y in range(h):
@@ -213,7 +224,7 @@ def gaussian_blur(image, scratch, sigma):
                 for i in range(-radius, radius + 1):
                     total += weights[i + radius] * rows[_mirror(y + i, h), x, k]
                 scratch[y, x, k] = clip_round(total)
-    image[:] = scratch
+    copy_into(scratch, image)
 
 
 @njit(cache=True, inline="always")
