@@ -182,6 +182,7 @@ def test_three_augment_picks_each_of_its_ops_a_third_of_the_time():
     ("autoaug-m9", r"unknown policy 'autoaug'"),
     ("rand-m9-p1.5", r"p1.5: a probability in \[0, 1\]"),
     ("rand-n2", r"no magnitude \(m<0..10>\)"),
+    ("rand-m9-ninf", r"ninf: only mstd may be inf"),
 ])
 def test_bad_policies_are_one_line_naming_the_part(value, detail):
     with pytest.raises(UsageError, match=rf"'augment.auto' = '{value}' is invalid: {detail}; allowed 'rand-m") as err:

@@ -124,3 +124,10 @@ def test_a_run_killed_mid_epoch_with_mixing_on_resumes_bit_exactly(shapes_dir, t
     plain = trainer(shapes_dir, tmp_path / "plain", "augment.mixup_alpha=0", "augment.cutmix_alpha=0")
     plain.fit()
     assert not torch.equal(next(iter(plain.model.parameters())), next(iter(whole.model.parameters())))  # mixed
+
+
+def test_lamb_is_refused_under_deepspeed_which_hands_it_flat_partitions():
+    with pytest.raises(UsageError, match="'optim.name' = 'lamb' is invalid: lamb is not supported with "
+                                         "parallel.strategy=deepspeed"):
+        load_config(None, ["parallel.strategy=deepspeed", "parallel.deepspeed_config=configs/deepspeed/zero2.json",
+                           "optim.name=lamb"])
