@@ -57,3 +57,31 @@ def test_an_architecture_past_the_timeout_is_a_failed_row_at_its_stage_and_the_w
                                                                  ("timm/fine", "done", True)]
     assert rows[0]["reason"] == "timeout: not done in 1 s" and rows[0]["seconds"] < 5
     assert "| timm | 2 | 2 | 2 | 1 | 1 | 0 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_an_architecture_that_kills_its_process_is_a_row_and_a_stopped_walk_continues_where_it_was(
+        tmp_path, monkeypatch):
+    import argparse
+    import json
+    import os
+
+    from visiontrain.bench import compatibility
+
+    def crash_on_b(name, size, work, max_params, progress):
+        if name == "timm/b":
+            progress["stage"] = "export"
+            os.abort()  # a native fault in an architecture's code (heap corruption, a segfault)
+        return {"model": name, "family": "timm", "stage": "done", "ok": True}
+
+    monkeypatch.setattr(compatibility, "check_one", crash_on_b)
+    args = argparse.Namespace(family=["timm"], match="*", max_params=100.0, limit=0, every=1, image_size=32,
+                              timeout=30, out=tmp_path)
+    monkeypatch.setattr(compatibility, "architectures", lambda *a: ["timm/a", "timm/b"])
+    assert compatibility.main(args) == 0
+    monkeypatch.setattr(compatibility, "architectures", lambda *a: ["timm/a", "timm/b", "timm/c"])
+    assert compatibility.main(args) == 0  # the same --out again: only timm/c is new
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["stage"], r["ok"]) for r in rows] == [
+        ("timm/a", "done", True), ("timm/b", "export", False), ("timm/c", "done", True)]
+    assert rows[1]["reason"].startswith("the process died (signal 6")
+    assert "| timm | 3 | 3 | 3 | 3 | 2 | 0 |" in (tmp_path / "summary.md").read_text()

@@ -5,9 +5,10 @@ classes (fixed-size models built for `--image-size`), train it under the trainer
 epochs of two steps at a constant lr, train it again for one epoch and resume that run to the second (the
 resumed weights must equal the uninterrupted run's, bit for bit), and export the uninterrupted run to ONNX with the
 export's numeric check. One row per architecture goes to OUT/results.jsonl as soon as it is known (a
-long walk can be stopped and read), and OUT/summary.md counts them per family with every failure's
-one-line reason. Runs in one process on the CPU: an architecture that hangs in Python code is stopped by
-`--timeout` (SIGALRM; a hang inside a native call is not); SIGTERM stops the walk.
+long walk can be stopped and read; run again with the same `--out`, it goes on with the architectures
+not in it yet), and OUT/summary.md counts them per family with every failure's one-line reason. Each
+architecture runs in a child process on the CPU (forked): one that crashes the interpreter (a native
+fault) or hangs past `--timeout` is a failed row at the stage it reached, and the walk goes on.
 """
 
 from __future__ import annotations
@@ -176,6 +177,75 @@ def summary(rows: list[dict[str, Any]], seconds: float, size: int, every: int = 
     return "\n".join(lines) + "\n"
 
 
+class _StageReports(dict):
+    """check_one's `progress` in the child: each stage is also sent to the parent, which names it in the row of
+    a child that dies."""
+
+    def __init__(self, conn):
+        super().__init__(stage="build")
+        self.conn = conn
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        self.conn.send(("stage", value))
+
+
+def _child(conn, name: str, size: int, work: Path, max_params: float, timeout: int) -> None:
+    import os
+
+    progress = _StageReports(conn)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    logging.disable(logging.WARNING)  # the trainer's per-run lines would bury the table
+    signal.alarm(timeout)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            row = check_one(name, size, work, max_params, progress)
+    except _Timeout:
+        row = {"model": name, "family": name.partition("/")[0], "stage": progress["stage"], "ok": False,
+               "reason": f"timeout: not done in {timeout} s"}
+    signal.alarm(0)
+    conn.send(("row", row))
+    conn.close()
+    os._exit(0)  # no interpreter shutdown in a fork: the parent's atexit handlers and finalizers are not ours
+
+
+def check_isolated(name: str, size: int, work: Path, max_params: float, timeout: int) -> dict[str, Any]:
+    """`check_one` in a forked child; a child that dies or outlives the timeout is a failed row."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(writer, name, size, work, max_params, timeout))
+    child.start()
+    writer.close()
+    stage, row = "build", None
+    deadline = time.monotonic() + timeout + 30  # the child's own alarm comes first unless a native call blocks it
+    try:
+        while row is None and reader.poll(max(0.0, deadline - time.monotonic())):
+            kind, value = reader.recv()
+            stage, row = (value, None) if kind == "stage" else (stage, value)
+    except EOFError:  # the child died without a row
+        pass
+    child.join(5)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    if row is None:
+        code = child.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        reason = (f"the process died ({how}{', ' + signal.Signals(-code).name if code and code < 0 else ''})"
+                  if code not in (None, -signal.SIGKILL) or time.monotonic() < deadline
+                  else f"timeout: not done in {timeout} s (stuck in a native call)")
+        row = {"model": name, "family": name.partition("/")[0], "stage": stage, "ok": False, "reason": reason}
+    return row
+
+
+def _done_rows(results: Path) -> list[dict[str, Any]]:
+    if not results.is_file():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+
+
 def main(args: argparse.Namespace) -> int:
     from visiontrain.infra.errors import UsageError
 
@@ -185,29 +255,19 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     results = out / "results.jsonl"
-    rows = []
-    start = time.perf_counter()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGUSR1)}
-    signal.signal(signal.SIGALRM, _on_alarm)
-    logging.disable(logging.WARNING)  # the trainer's per-run lines would bury the table
+    rows = _done_rows(results)
+    done = {row["model"] for row in rows}
+    if done:
+        print(f"{len(done)} architectures already in {results}: going on with the others", flush=True)
     try:
-        with open(results, "w") as log:
+        with open(results, "a") as log:
             for family in args.family:
                 for name in architectures(family, args.match, args.limit, args.every):
+                    if name in done:
+                        continue
                     shutil.rmtree(work, ignore_errors=True)
                     t0 = time.perf_counter()
-                    progress = {"stage": "build"}
-                    signal.alarm(args.timeout)
-                    try:
-                        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                            row = check_one(name, args.image_size, work, args.max_params, progress)
-                    except _Timeout:
-                        row = {"model": name, "family": family, "stage": progress["stage"], "ok": False,
-                               "reason": f"timeout: not done in {args.timeout} s"}
-                    finally:
-                        signal.alarm(0)
-                        for sig in (signal.SIGTERM, signal.SIGUSR1):  # each run installs its preemption handler
-                            signal.signal(sig, previous[sig])
+                    row = check_isolated(name, args.image_size, work, args.max_params, args.timeout)
                     row["seconds"] = round(time.perf_counter() - t0, 1)
                     rows.append(row)
                     log.write(json.dumps(row) + "\n")
@@ -215,11 +275,9 @@ def main(args: argparse.Namespace) -> int:
                     print(f"{name}: {'ok' if row['ok'] else row['stage']} "
                           f"{row.get('reason', '')} ({row['seconds']} s)", flush=True)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        logging.disable(logging.NOTSET)
         shutil.rmtree(work, ignore_errors=True)
-    text = summary(rows, time.perf_counter() - start, args.image_size, args.every)
+    seconds = sum(row.get("seconds", 0.0) for row in rows)  # over every run that filled results.jsonl
+    text = summary(rows, seconds, args.image_size, args.every)
     (out / "summary.md").write_text(text)
     print(text)
     return 0
