@@ -76,6 +76,9 @@ def test_repeated_copies_are_augmented_differently_identically_in_both_loaders_a
     with pytest.raises(UsageError, match=r"'augment.repeats' = 3 is invalid: repeated augmentation runs in "
                                          r"data.loader=ffcv or torchvision, not data.loader=device"):
         load_config(None, ["augment.repeats=3", "data.loader=device"])
+    with pytest.raises(UsageError, match=r"'augment.repeats' = 3 is invalid: with data.loader=ffcv needs "
+                                         r"data.os_cache=true"):
+        load_config(None, ["augment.repeats=3", "data.os_cache=false"])
 
 
 # ------------------------------------------------------------------ magnitude 0 and each op
