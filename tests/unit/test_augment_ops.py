@@ -210,3 +210,51 @@ def re_escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+# ------------------------------------------------------------------ compile flags
+def test_kernels_keep_exact_float_semantics_when_first_compiled_inside_ffcv_fast_math_pipeline(tmp_path):
+    """FFCV compiles its pipeline with fastmath; a numba callee inherits that unless it sets the flag itself,
+    and the cache then serves the fast-math version to every later caller (fastmath folds `std == inf`)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from numba import njit\n"
+        "from visiontrain.data.draws import frozen\n"
+        "from visiontrain.data.ops import auto_augment as aa\n"
+        "params = frozen(aa.parse_policy('rand-m8-mstdinf').params())\n"
+        "@njit(fastmath=True, error_model='numpy')\n"
+        "def like_ffcv(key, params):\n"
+        "    return aa.fraction_of_layer(key, 0, params)\n"
+        "keys = np.arange(1, 4001, dtype=np.uint64) * np.uint64(2654435761)\n"
+        "inside = np.array([like_ffcv(k, params) for k in keys])\n"
+        "alone = np.array([aa.fraction_of_layer(k, 0, params) for k in keys])\n"
+        "print(inside.max(), alone.max(), abs(inside.mean() - 0.4), abs(alone.mean() - 0.4))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    inside_max, alone_max, inside_off, alone_off = map(float, out.stdout.split())
+    assert inside_max <= 0.8 and alone_max <= 0.8 and inside_off < 0.02 and alone_off < 0.02
+
+
+def test_every_compiled_kernel_sets_its_float_flags_instead_of_inheriting_the_callers():
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import visiontrain.data
+
+    unset = []
+    for info in pkgutil.walk_packages(visiontrain.data.__path__, "visiontrain.data."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, CPUDispatcher) and value.__module__ == info.name:
+                options = value.targetoptions
+                if options.get("inline") != "always" and options.get("fastmath") is not False:
+                    unset.append(f"{info.name}.{name}")
+    assert unset == []

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
+
+from visiontrain.data.jit import kernel
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def normalize_rows(src, dst, scale, bias):
     """dst[r, k] = float32(src[r, k]) * scale[k] + bias[k] (2-D uint8 -> 2-D float32, row vectors)."""
     for r in range(src.shape[0]):
@@ -36,7 +37,7 @@ def normalize_rows(src, dst, scale, bias):
             dst[r, k] = np.float32(src[r, k]) * scale[k] + bias[k]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def normalize_planes(src, dst, scale, bias):
     """dst[r, k] = float32(src[r, k]) * scale[r % C] + bias[r % C]: rows are channel planes of NCHW memory."""
     channels = scale.shape[0]

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from visiontrain.data.jit import kernel
+
 _U = np.uint64
 # Salts keep the draws of different operations independent.
 SALT_FLIP, SALT_TRANSLATE, SALT_CUTOUT, SALT_CROP = 1, 2, 3, 4
@@ -72,7 +74,7 @@ def coin(key):
     return uniform(key, 0) < 0.5
 
 
-@njit(cache=True)
+@kernel
 def sample_keys(indices, seed, salt, epoch):
     """One key per sample: a hash of (seed, salt, epoch, sample index)."""
     stream = splitmix64(splitmix64(_U(seed) ^ splitmix64(_U(salt))) ^ splitmix64(_U(epoch) + _U(0x632BE59BD9B4E019)))
@@ -82,7 +84,7 @@ def sample_keys(indices, seed, salt, epoch):
     return keys
 
 
-@njit(cache=True)
+@kernel
 def random_resized_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi):
     """(top, left, h, w) of torchvision's RandomResizedCrop.get_params, drawing from the stream `key`."""
     area = height * width
@@ -106,7 +108,7 @@ def random_resized_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, lo
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-@njit(cache=True)
+@kernel
 def flip_decisions(indices, seed, epoch, alternate):
     """Which samples are mirrored in `epoch`.
 
@@ -122,7 +124,7 @@ def flip_decisions(indices, seed, epoch, alternate):
     return out
 
 
-@njit(cache=True)
+@kernel
 def uniform_ints(keys, highs):
     """Per key, `uniform_int(key, n, highs[n])` for each n: the offsets `kernels.translate` and `kernels.cutout`
     draw (highs 2 pad, 2 pad and h - size, w - size), for a loader that applies them elsewhere."""

@@ -24,7 +24,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
 from visiontrain.data.draws import (
@@ -36,6 +36,7 @@ from visiontrain.data.draws import (
     random_resized_crop,
     sample_keys,
 )
+from visiontrain.data.jit import kernel
 from visiontrain.data.kernels import cutout, flip_into, translate
 
 
@@ -58,7 +59,7 @@ def _load_int64(typingctx, address):
     return types.int64(types.intp), codegen
 
 
-@njit
+@kernel(cache=False)
 def read_int64(address):
     """The int64 at `address`, read each time it is called (not frozen at compile time)."""
     return _load_int64(address)

@@ -11,12 +11,12 @@ here, as in `draws.py`; 1-D arrays from outside FFCV must be `draws.frozen`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from visiontrain.data.draws import SALT_CUTOUT, SALT_TRANSLATE, flip_decisions, sample_keys, uniform_int
+from visiontrain.data.jit import kernel
 
 
-@njit(cache=True)
+@kernel
 def flip_into(image, out, flip):
     """`out` = `image`, mirrored left-right if `flip` (both C-contiguous H x W x C).
 
@@ -39,7 +39,7 @@ def flip_into(image, out, flip):
                 dst[target + k] = src[source + k]
 
 
-@njit(cache=True)
+@kernel
 def reflected(i, n):
     """Index `i` of a length-`n` axis mirrored at its ends without repeating the edge (numpy's 'reflect')."""
     if i < 0:
@@ -49,7 +49,7 @@ def reflected(i, n):
     return i
 
 
-@njit(cache=True)
+@kernel
 def translate(image, padded, key, pad, fill, reflect=False):
     """Shift `image` in place by up to `pad` px each way; uncovered pixels get `fill` (FFCV's RandomTranslate),
     or with `reflect` the image mirrored at its border (pad < h and w).
@@ -72,7 +72,7 @@ def translate(image, padded, key, pad, fill, reflect=False):
     image[:] = padded[dy : dy + h, dx : dx + w]
 
 
-@njit(cache=True)
+@kernel
 def cutout(image, key, size, fill):
     """Fill one `size` x `size` square lying inside `image` with `fill`, in place (FFCV's Cutout)."""
     h, w = image.shape[0], image.shape[1]
@@ -81,7 +81,7 @@ def cutout(image, key, size, fill):
     image[top : top + size, left : left + size] = fill
 
 
-@njit(cache=True)
+@kernel
 def flip_batch(images, indices, seed, epoch, alternate):
     flips = flip_decisions(indices, seed, epoch, alternate)
     out = np.empty_like(images)
@@ -90,7 +90,7 @@ def flip_batch(images, indices, seed, epoch, alternate):
     return out
 
 
-@njit(cache=True)
+@kernel
 def translate_batch(images, indices, seed, epoch, pad, fill, reflect=False):
     keys = sample_keys(indices, seed, SALT_TRANSLATE, epoch)
     n, h, w, c = images.shape
@@ -100,7 +100,7 @@ def translate_batch(images, indices, seed, epoch, pad, fill, reflect=False):
     return images
 
 
-@njit(cache=True)
+@kernel
 def cutout_batch(images, indices, seed, epoch, size, fill):
     keys = sample_keys(indices, seed, SALT_CUTOUT, epoch)
     for i in range(images.shape[0]):

@@ -33,9 +33,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from visiontrain.data.draws import uniform, uniform_int
+from visiontrain.data.jit import kernel
 from visiontrain.data.ops import pixels
 from visiontrain.infra.errors import UsageError
 
@@ -109,14 +109,14 @@ def parse_policy(text: str, key: str = "augment.auto") -> Policy:
     return policy
 
 
-@njit(cache=True)
+@kernel
 def _gaussian(key, draw):
     """A standard normal number from two uniforms of the stream (Box-Muller)."""
     u1 = max(uniform(key, draw), 1e-300)
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * uniform(key, draw + 1))
 
 
-@njit(cache=True)
+@kernel
 def fraction_of_layer(key, layer, params):
     """The strength fraction f of op `layer`: timm's magnitude noise and bounds, or TrivialAugment's bin."""
     base = 8 * layer
@@ -130,17 +130,17 @@ def fraction_of_layer(key, layer, params):
     return min(max(magnitude, 0.0), upper) / MAGNITUDE_SCALE
 
 
-@njit(cache=True)
+@kernel
 def op_of_layer(key, layer):
     return uniform_int(key, 8 * layer, N_OPS - 1)
 
 
-@njit(cache=True)
+@kernel
 def sign_of_layer(key, layer):
     return -1.0 if uniform(key, 8 * layer + 2) < 0.5 else 1.0
 
 
-@njit(cache=True)
+@kernel
 def apply_op(image, scratch, op, f, sign, trivial, increasing, fill):
     h, w = image.shape[0], image.shape[1]
     if op == 1 or op == 2:  # shear
@@ -191,7 +191,7 @@ def apply_op(image, scratch, op, f, sign, trivial, increasing, fill):
         pixels.equalize(image)
 
 
-@njit(cache=True)
+@kernel
 def auto_augment(image, scratch, key, params, fill):
     """The `Policy` `params` on one image, in place."""
     trivial = params[0] == _POLICY_TRIVIAL

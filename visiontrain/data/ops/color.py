@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from visiontrain.data.draws import uniform, uniform_int
+from visiontrain.data.jit import kernel
 from visiontrain.data.ops import pixels
 
 THREE_AUGMENT_OPS = ("grayscale", "solarize", "blur")
@@ -20,7 +20,7 @@ BLUR_SIGMA = (0.1, 2.0)
 SOLARIZE_THRESHOLD = 128
 
 
-@njit(cache=True)
+@kernel
 def three_augment(image, scratch, key, params, fill):
     choice = uniform_int(key, 0, 2)
     if choice == 0:
@@ -32,7 +32,7 @@ def three_augment(image, scratch, key, params, fill):
         pixels.gaussian_blur(image, scratch, sigma)
 
 
-@njit(cache=True)
+@kernel
 def jitter_order(key):
     """A uniformly random order of (brightness, contrast, saturation): one of the 6 permutations."""
     order = np.array([0, 1, 2])
@@ -42,7 +42,7 @@ def jitter_order(key):
     return order
 
 
-@njit(cache=True)
+@kernel
 def color_jitter(image, scratch, key, params, fill):
     strength = params[0]
     low = max(0.0, 1.0 - strength)

@@ -10,9 +10,9 @@ timm draws normal noise after normalization).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from visiontrain.data.draws import splitmix64, uniform, uniform_int
+from visiontrain.data.jit import kernel
 
 _U = np.uint64
 MODES = ("const", "pixel")
@@ -23,7 +23,7 @@ def params(prob: float, area: tuple[float, float], log_ratio: tuple[float, float
     return np.array([prob, area[0], area[1], log_ratio[0], log_ratio[1], count, MODES.index(mode)], dtype=np.float64)
 
 
-@njit(cache=True)
+@kernel
 def rectangle(key, draw, height, width, area_lo, area_hi, log_ratio_lo, log_ratio_hi, count):
     """(top, left, h, w) of one rectangle, or h = 0 when none fits in 10 tries."""
     for attempt in range(10):
@@ -37,7 +37,7 @@ def rectangle(key, draw, height, width, area_lo, area_hi, log_ratio_lo, log_rati
     return 0, 0, 0, 0
 
 
-@njit(cache=True)
+@kernel
 def erase(image, scratch, key, params, fill):
     if uniform(key, 0) >= params[0]:
         return

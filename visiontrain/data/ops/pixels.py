@@ -8,21 +8,22 @@ gets `fill`. Blends round half up (PIL truncates) and clip to [0, 255]. Only num
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from visiontrain.data.jit import kernel
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def clip_round(value):
     return min(max(int(np.floor(value + 0.5)), 0), 255)
 
 
-@njit(cache=True)
+@kernel
 def gray(r, g, b):
     """PIL's RGB -> L: ITU-R 601-2 luma in 16-bit fixed point."""
     return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
 
 
-@njit(cache=True)
+@kernel
 def copy_into(source, target):
     """`target` = `source` (same C-contiguous shape) as one flat loop: numba runs a 3-D slice assignment
     element by element through generic indexing, several times slower."""
@@ -31,7 +32,7 @@ def copy_into(source, target):
         dst[i] = src[i]
 
 
-@njit(cache=True)
+@kernel
 def apply_lut(image, lut):
     """`lut`: 3 x 256 (one table per channel); one flat pass over the C-contiguous H x W x 3 image. Tables are
     int16, not uint8: FFCV's memory managers change numba's shared type of writable uint8 arrays (see
@@ -43,7 +44,7 @@ def apply_lut(image, lut):
         flat[i + 2] = lut[2, flat[i + 2]]
 
 
-@njit(cache=True)
+@kernel
 def affine(image, scratch, a, b, c, d, e, f, fill):
     """Output pixel (x, y) takes the input pixel nearest to (a x + b y + c, d x + e y + f), in pixel-centre
     coordinates (PIL's `Image.transform(AFFINE)` convention); outside the image: `fill`."""
@@ -63,7 +64,7 @@ def affine(image, scratch, a, b, c, d, e, f, fill):
     copy_into(scratch, image)
 
 
-@njit(cache=True)
+@kernel
 def rotate(image, scratch, degrees, fill):
     """Counter-clockwise by `degrees` about the image centre (PIL's `rotate`)."""
     h, w = image.shape[0], image.shape[1]
@@ -75,7 +76,7 @@ def rotate(image, scratch, degrees, fill):
     affine(image, scratch, cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, fill)
 
 
-@njit(cache=True)
+@kernel
 def solarize(image, threshold):
     """Invert every value >= `threshold` (PIL's ImageOps.solarize; 256: nothing changes)."""
     lut = np.empty((3, 256), dtype=np.int16)
@@ -84,7 +85,7 @@ def solarize(image, threshold):
     apply_lut(image, lut)
 
 
-@njit(cache=True)
+@kernel
 def posterize(image, bits):
     """Keep the `bits` most significant bits of each value (8: nothing changes)."""
     mask = (0xFF << (8 - bits)) & 0xFF
@@ -94,7 +95,7 @@ def posterize(image, bits):
     apply_lut(image, lut)
 
 
-@njit(cache=True)
+@kernel
 def brightness(image, factor):
     """Blend with black: PIL's ImageEnhance.Brightness (1: nothing changes)."""
     lut = np.empty((3, 256), dtype=np.int16)
@@ -103,7 +104,7 @@ def brightness(image, factor):
     apply_lut(image, lut)
 
 
-@njit(cache=True)
+@kernel
 def contrast(image, factor):
     """Blend with the mean grey level: PIL's ImageEnhance.Contrast (1: nothing changes)."""
     h, w = image.shape[0], image.shape[1]
@@ -118,7 +119,7 @@ def contrast(image, factor):
     apply_lut(image, lut)
 
 
-@njit(cache=True)
+@kernel
 def saturation(image, factor):
     """Blend with the image's grey version: PIL's ImageEnhance.Color (1: nothing changes; 0: grayscale)."""
     h, w, c = image.shape
@@ -129,7 +130,7 @@ def saturation(image, factor):
                 image[y, x, k] = clip_round(level + factor * (image[y, x, k] - level))
 
 
-@njit(cache=True)
+@kernel
 def sharpness(image, scratch, factor):
     """Blend with PIL's SMOOTH filter (3 x 3, centre weight 5, sum 13), border pixels kept: ImageEnhance.Sharpness
     (1: nothing changes)."""
@@ -147,7 +148,7 @@ def sharpness(image, scratch, factor):
     image[:] = scratch
 
 
-@njit(cache=True)
+@kernel
 def autocontrast(image):
     """Stretch each channel to [0, 255] (PIL's ImageOps.autocontrast without cutoff); a flat channel stays."""
     h, w, c = image.shape
@@ -162,7 +163,7 @@ def autocontrast(image):
     apply_lut(image, lut)
 
 
-@njit(cache=True)
+@kernel
 def equalize(image):
     """Flatten each channel's histogram (PIL's ImageOps.equalize)."""
     h, w, c = image.shape
@@ -187,7 +188,7 @@ def equalize(image):
     apply_lut(image, lut)
 
 
-@njit(cache=True)
+@kernel
 def to_gray(image):
     """Every channel the luma (torchvision's Grayscale(3))."""
     h, w = image.shape[0], image.shape[1]
@@ -199,7 +200,7 @@ def to_gray(image):
             image[y, x, 2] = level
 
 
-@njit(cache=True)
+@kernel
 def gaussian_blur(image, scratch, sigma):
     """Separable Gaussian blur, radius ceil(3 sigma), borders mirrored without repeating the edge pixel."""
     h, w, c = image.shape
@@ -227,7 +228,7 @@ def gaussian_blur(image, scratch, sigma):
     copy_into(scratch, image)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _mirror(i, n):
     if n == 1:
         return 0
