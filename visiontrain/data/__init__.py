@@ -28,31 +28,39 @@ if TYPE_CHECKING:
 __all__ = ["build_data"]
 
 
-def build_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
+def build_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True,
+               eval_split: str = "val") -> DataBundle:
     """Loaders for this rank, reading `plan.micro_batch` images per batch; `train=False` builds the eval
-    loader only (python -m visiontrain evaluate). Torch's thread count is the decided one afterwards,
+    loader only (python -m visiontrain evaluate). `eval_split="train"` (with train=False): the eval loader
+    reads the training split's images (the data.classes / data.train_fraction selection of them) through the
+    evaluation preprocessing, as int8 calibration wants. Torch's thread count is the decided one afterwards,
     whatever a loader's imports did to it (importing FFCV sets 1)."""
+    from visiontrain.infra.errors import UsageError
     from visiontrain.parallel import threads
 
-    bundle = _build(cfg, runtime, plan, train)
+    if eval_split not in ("val", "train") or (eval_split == "train" and train):
+        raise ValueError(f"eval_split={eval_split!r} with train={train}")
+    if eval_split == "train" and cfg.data.loader == "random":
+        raise UsageError("data.loader=random has no training images to read; give image files instead")
+    bundle = _build(cfg, runtime, plan, train, eval_split)
     threads.restore()
     return bundle
 
 
-def _build(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool) -> DataBundle:
+def _build(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool, eval_split: str) -> DataBundle:
     # Each loader's heavy imports (FFCV's native libraries, numba, OpenCV) only when it is asked for.
     if cfg.data.loader == "random":
         from visiontrain.data.random_loader import build_random_data
 
         return build_random_data(cfg, runtime, plan)
-    if cfg.data.loader == "device":
+    if cfg.data.loader == "device" and eval_split == "val":
         from visiontrain.data.device_loader import build_device_data
 
         return build_device_data(cfg, runtime, plan, train)
-    if cfg.data.loader == "ffcv":
+    if cfg.data.loader in ("ffcv", "device"):  # the same .beton files and pixels (the device loader's contract)
         from visiontrain.data.ffcv_loader import build_ffcv_data
 
-        return build_ffcv_data(cfg, runtime, plan, train)
+        return build_ffcv_data(cfg, runtime, plan, train, eval_split)
     from visiontrain.data.torch_loader import build_torchvision_data
 
-    return build_torchvision_data(cfg, runtime, plan, train)
+    return build_torchvision_data(cfg, runtime, plan, train, eval_split)

@@ -257,22 +257,27 @@ def _missing(path: Path, name: str) -> UsageError:
     return UsageError(f"no {name} in data.path={path} (data.loader=ffcv); create it with `{hint}`")
 
 
-def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
+def build_ffcv_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True,
+                    eval_split: str = "val") -> DataBundle:
     d = cfg.data
     path = Path(d.path)
-    splits = ("train", "val") if train else ("val",)
+    splits = ("train", "val") if train else (eval_split,)
     files = {name: path / name for name in [f"{split}.beton" for split in splits] + ["meta.json"]}
     class_names = check_dataset_files(path, d, splits)
     labels = {split: beton_labels(files[f"{split}.beton"], len(class_names)) for split in splits}
-    chosen = select(d, class_names, labels.get("train"), labels["val"])
+    if eval_split == "train":  # the training selection, read by the eval loader
+        chosen = select(d, class_names, labels["train"], [])
+        eval_file, eval_indices = files["train.beton"], chosen.train_indices
+    else:
+        chosen = select(d, class_names, labels.get("train"), labels["val"])
+        eval_file, eval_indices = files["val.beton"], chosen.val_indices
     check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
     relabel = Relabel(chosen.label_map, runtime.device)
     train_loader = None
     if train:
         train_loader = FFCVTrainLoader(cfg, runtime, files["train.beton"], chosen.train_indices, relabel, plan)
     return DataBundle(
-        train_loader, FFCVEvalLoader(cfg, runtime, files["val.beton"], chosen.val_indices, relabel,
-                                     plan.micro_batch),
+        train_loader, FFCVEvalLoader(cfg, runtime, eval_file, eval_indices, relabel, plan.micro_batch),
         len(chosen.class_names), chosen.class_names, len(chosen.train_indices),
     )
 

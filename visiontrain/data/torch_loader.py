@@ -262,20 +262,26 @@ class TorchvisionEvalLoader:
                        valid.to(device, non_blocking=True))
 
 
-def build_torchvision_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True) -> DataBundle:
+def build_torchvision_data(cfg: Config, runtime: Runtime, plan: BatchPlan, train: bool = True,
+                           eval_split: str = "val") -> DataBundle:
     d = cfg.data
     path = Path(d.path)
     train_src, val_src = open_sources(path)
-    chosen = select(d, train_src.class_names, train_src.labels if train else None, val_src.labels)
+    if eval_split == "train":  # the training selection, read by the eval loader
+        chosen = select(d, train_src.class_names, train_src.labels, [])
+        eval_src, eval_indices = train_src, chosen.train_indices
+    else:
+        chosen = select(d, train_src.class_names, train_src.labels if train else None, val_src.labels)
+        eval_src, eval_indices = val_src, chosen.val_indices
     check_num_classes(cfg.model.num_classes, chosen.class_names, path, d)
     relabel = Relabel(chosen.label_map, runtime.device)
     normalize = DeviceNormalizer(d.mean, d.std, runtime.device, cfg.model.channels_last)
     pin = runtime.device.type == "cuda"
-    val_sampler = EvalShardSampler(chosen.val_indices, runtime.world_size, runtime.rank)
+    val_sampler = EvalShardSampler(eval_indices, runtime.world_size, runtime.rank)
     val = TorchvisionEvalLoader(
-        make_loader(BatchDataset(val_src, EvalTransform(augment.eval_recipe(d))),
+        make_loader(BatchDataset(eval_src, EvalTransform(augment.eval_recipe(d))),
                     BatchSampler(val_sampler, plan.micro_batch, drop_last=False), d.num_workers, pin),
-        val_sampler, len(chosen.val_indices), normalize, relabel)
+        val_sampler, len(eval_indices), normalize, relabel)
     train_loader = None
     if train:
         sampler = ResumableDistributedSampler(chosen.train_indices, runtime.world_size, runtime.rank, cfg.run.seed,

@@ -70,6 +70,10 @@ class Contract:
     class_names: list[str]
     input_name: str
     batch_size: int | None  # None: any batch size
+    model_name: str = ""
+    recipe: str = ""  # the training run's data.recipe
+    training_dir: str | None = None  # the training run's directory, where it was exported
+    data_path: str | None = None  # the training run's data.path
 
 
 def read_contract(model_file: Path) -> Contract:
@@ -83,8 +87,11 @@ def read_contract(model_file: Path) -> Contract:
         names = [str(name) for name in raw["class_names"]]
         mean, std = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
         batch = raw["batch_size"]
+        run = raw.get("training_run") or {}
         contract = Contract(EvalPreprocess(int(spec["image_size"]), int(preprocess["resize"]["shorter_side"])),
-                            mean, std, names, str(spec["name"]), None if batch == "dynamic" else int(batch))
+                            mean, std, names, str(spec["name"]), None if batch == "dynamic" else int(batch),
+                            str((raw.get("model") or {}).get("name") or ""), str(run.get("recipe") or ""),
+                            run.get("dir"), run.get("data"))
     except (KeyError, TypeError, ValueError) as err:
         raise UsageError(f"input contract {path} is incomplete or malformed ({type(err).__name__}: {err}); "
                          "export the model again") from None

@@ -2,6 +2,7 @@
 
     python -m visiontrain evaluate --weights RUN_DIR [--data PATH] [--tta flip|flip_translate] [--out DIR]
     python -m visiontrain evaluate --weights FILE --data PATH [-c CONFIG] [section.key=value ...]
+    python -m visiontrain evaluate --weights model.onnx [--data PATH] [-c CONFIG] [section.key=value ...]
 
 RUN_DIR: the run's config.yaml describes the model and data (data.classes included);
 its weights.safetensors (or newest checkpoint; --ema for EMA weights) are evaluated and
@@ -9,6 +10,10 @@ the report lands in RUN_DIR/eval/ with its training curves. FILE: a .safetensors
 written by train.py (it records model.name/num_classes/width) or a torchvision
 state dict (give model.name=... model.num_classes=...). The data loader and recipe
 come from the config (data.loader=torchvision for image folders). One process.
+An .onnx file (any `visiontrain export`, int8 included) runs in ONNX Runtime on the CPU: its
+input contract gives the class names, evaluation size, crop and mean/std; the data settings
+come from its training run's config.yaml where that still exists (else -c and overrides),
+the dataset from --data or the training run's data.path.
 Exit codes: 0 done, 2 bad arguments or input.
 """
 
@@ -58,6 +63,8 @@ def main(argv: list[str]) -> int:
 
     use_threads()
     weights = Path(args.weights)
+    if weights.suffix == ".onnx":
+        return evaluate_onnx(args, weights)
     trained = load_trained(weights, args.ema, args.config, args.overrides, key="--weights", data=args.data)
     cfg = trained.cfg
     run_dir = weights if weights.is_dir() else None
@@ -74,6 +81,72 @@ def main(argv: list[str]) -> int:
                           metrics_jsonl=run_dir / "metrics.jsonl" if run_dir else None)
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
           f"({result['samples']} samples, tta {args.tta})")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def onnx_config(model: Path, contract, config_file: str | None, overrides: list[str], data: str | None):
+    """The data settings that reproduce `model`'s input contract: its run's config (or -c), then the contract."""
+    from visiontrain import config
+    from visiontrain.data import augment
+    from visiontrain.data.preprocess import EvalPreprocess
+    from visiontrain.deploy.trained import NOT_TRAINING
+
+    run_config = Path(contract.training_dir or "") / "config.yaml"
+    base = config_file or (str(run_config) if contract.training_dir and run_config.is_file() else None)
+    size, shorter = contract.preprocess.size, contract.preprocess.resize_to
+    described = [f"model.num_classes={len(contract.class_names)}", f"data.val_image_size={size}",
+                 f"data.mean={list(contract.mean)}", f"data.std={list(contract.std)}"]
+    if contract.recipe:
+        described.append(f"data.recipe={contract.recipe}")
+    if contract.recipe == "imagenet":
+        described.append(f"data.val_crop_ratio={size / shorter}")
+    path = data or (None if base == str(run_config) else contract.data_path)
+    cfg = config.load_config(base, described + list(overrides) + ([f"data.path={path}"] if path else [])
+                             + NOT_TRAINING)
+    made = EvalPreprocess.from_recipe(augment.eval_recipe(cfg.data))
+    if (made.size, made.resize_to) != (size, shorter):
+        raise UsageError(f"--weights {model}: its contract resizes to {shorter} and crops {size}, but these data "
+                         f"settings give {made.resize_to} and {made.size}; drop the overrides that change them")
+    return cfg
+
+
+def evaluate_onnx(args: argparse.Namespace, model: Path) -> int:
+    """An exported ONNX model on a dataset's validation split, with the evaluation report of a run."""
+    import contextlib
+
+    import torch
+
+    from visiontrain.data import build_data
+    from visiontrain.deploy.contract import read_contract
+    from visiontrain.deploy.inference import OnnxClassifier
+    from visiontrain.evaluate.metrics import collect_predictions
+    from visiontrain.evaluate.report import write_report
+    from visiontrain.parallel.batch_plan import BatchPlan
+    from visiontrain.parallel.runtime import Runtime
+
+    if args.ema:
+        raise UsageError(f"--ema reads a run directory's EMA weights; {model} is an exported model")
+    if not model.is_file():
+        raise UsageError(f"--weights {model} does not exist")
+    contract = read_contract(model)
+    cfg = onnx_config(model, contract, args.config, args.overrides, args.data)
+    cfg.model.channels_last = False
+    classifier = OnnxClassifier(model, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    runtime = Runtime(accelerator=None, device=cpu, rank=0, world_size=1, local_rank=0, launcher="single")
+    data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)
+    if data.num_classes != len(contract.class_names):
+        raise UsageError(f"--weights {model} has {len(contract.class_names)} classes; the dataset at "
+                         f"data.path={cfg.data.path} has {data.num_classes}")
+    tta = args.tta or cfg.train.tta  # as the run evaluated, where its config is known
+    predictions = collect_predictions(classifier, data.val, contextlib.nullcontext, 1, tta=tta)
+    out = args.out or model.with_name(f"eval_{model.name.removesuffix('.onnx')}")
+    about = {"weights": str(model), "data": cfg.data.path, "split": "val", "tta": tta, "model": contract.model_name,
+             "backend": "onnxruntime (cpu)"}
+    result = write_report(out, predictions, contract.class_names, about)
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+          f"({result['samples']} samples, tta {tta}, {model.name} in ONNX Runtime)")
     print(f"report: {out / 'report.md'}")
     return 0
 

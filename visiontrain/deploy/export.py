@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from visiontrain.deploy.contract import INPUT_NAME, OUTPUT_NAME, build_contract, contract_path
+from visiontrain.deploy.quantize import GRANULARITIES, METHODS, MODES, REDUCE_RANGE
 from visiontrain.deploy.trained import TrainedModel, load_trained
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import ArgumentParser, CheckFailed, UsageError, run_cli
@@ -141,7 +143,8 @@ def check_batches(images: torch.Tensor, batch_size: int | None) -> list[torch.Te
     return list(images[: len(images) // batch_size * batch_size].split(batch_size))
 
 
-def images_from_files(paths: list[str], trained: TrainedModel, count: int) -> torch.Tensor:
+def images_from_files(paths: list[str], trained: TrainedModel, count: int,
+                      option: str = "--check-images") -> torch.Tensor:
     """Up to `count` images under `paths`, preprocessed and normalized as evaluation does (float32, CPU)."""
     from visiontrain.data.base import DeviceNormalizer
     from visiontrain.data.preprocess import image_files
@@ -152,11 +155,11 @@ def images_from_files(paths: list[str], trained: TrainedModel, count: int) -> to
         try:
             pixels.append(preprocess(read_image(path)))
         except UnreadableImage as err:
-            log.warning("check: %s; skipped", err)
+            log.warning("%s: %s; skipped", option, err)
         if len(pixels) == count:
             break
     if not pixels:
-        raise UsageError(f"--check-images {' '.join(paths)}: no readable image")
+        raise UsageError(f"{option} {' '.join(paths)}: no readable image")
     d = trained.cfg.data
     return DeviceNormalizer(d.mean, d.std, torch.device("cpu"), False)(torch.stack(pixels))
 
@@ -191,8 +194,31 @@ def parse_args(argv: list[str]):
                         help="image files or folders for the check (default: the run's validation images)")
     parser.add_argument("--check-count", type=int, default=32, help="images the check uses (default 32)")
     parser.add_argument("-c", "--config", help="config describing a weights file's model and data")
+    int8 = parser.add_argument_group("int8 (--format onnx --quantize int8|dynamic; docs/deploy.md)")
+    int8.add_argument("--quantize", choices=MODES,
+                      help="int8: static, calibrated (QDQ); dynamic: activation ranges computed at run time")
+    int8.add_argument("--calibration", type=int, default=512, metavar="N",
+                      help="calibration images from the run's training split (default 512)")
+    int8.add_argument("--calibration-images", nargs="+", metavar="PATH",
+                      help="calibrate on these image files or folders instead (up to --calibration of them)")
+    int8.add_argument("--calibration-seed", type=int, default=0, help="draws the training images (default 0)")
+    int8.add_argument("--calibration-method", choices=METHODS, help="minmax (default) | entropy | percentile")
+    int8.add_argument("--weight-granularity", choices=GRANULARITIES, default="channel",
+                      help="int8 scales per output channel (default) or per tensor")
+    int8.add_argument("--reduce-range", choices=REDUCE_RANGE, default="auto",
+                      help="7-bit weights: auto = on when this CPU lacks VNNI (docs/deploy.md)")
+    int8.add_argument("--keep-float", nargs="+", metavar="OP_OR_NODE",
+                      help="op types (Conv, Gemm, ...) or node names left in float")
+    int8.add_argument("--search", action="store_true",
+                      help="try every calibration method with per-channel and per-tensor weights; keep the best "
+                           "that passes the gate")
+    int8.add_argument("--max-drop", type=float, default=1.0,
+                      help="accuracy gate: most top-1 points the int8 model may lose to fp32 (default 1.0)")
+    int8.add_argument("--gate-images", type=int, default=0, metavar="N",
+                      help="gate on the first N validation images (default 0: all of them)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args(argv)
+    check_quantize_args(args)
     if args.batch_size != "dynamic":
         if not args.batch_size.isdigit() or int(args.batch_size) < 1:
             raise UsageError(f"--batch-size {args.batch_size!r} is invalid: allowed dynamic or an integer >= 1")
@@ -202,6 +228,29 @@ def parse_args(argv: list[str]):
         raise UsageError("--precision bf16 is not available with --format onnx: ONNX's Conv has no bfloat16 type "
                          "(ONNX Runtime refuses the model); use fp16 or fp32")
     return args
+
+
+def check_quantize_args(args) -> None:
+    """The int8 options: only with --quantize, and only with what they apply to."""
+    given = [flag for flag, value in (("--calibration-images", args.calibration_images),
+                                      ("--calibration-method", args.calibration_method),
+                                      ("--keep-float", args.keep_float), ("--search", args.search)) if value]
+    if args.quantize is None:
+        if given:
+            raise UsageError(f"{given[0]} applies to an int8 export: add --quantize int8 (or dynamic)")
+        return
+    if args.format != "onnx" or args.precision != "fp32":
+        raise UsageError(f"--quantize {args.quantize} makes an int8 ONNX model from the fp32 one: it needs "
+                         f"--format onnx --precision fp32, not --format {args.format} --precision {args.precision}")
+    if args.quantize == "dynamic" and (args.calibration_images or args.calibration_method):
+        raise UsageError("--quantize dynamic computes activation ranges at run time: --calibration-images and "
+                         "--calibration-method apply to --quantize int8")
+    if args.calibration < 1:
+        raise UsageError(f"--calibration {args.calibration} is invalid: the number of calibration images, >= 1")
+    if not args.max_drop >= 0:  # NaN too
+        raise UsageError(f"--max-drop {args.max_drop:g} is invalid: top-1 points, >= 0")
+    if args.gate_images < 0:
+        raise UsageError(f"--gate-images {args.gate_images} is invalid: >= 1, or 0 for the whole validation split")
 
 
 def default_out(source: Path, trained: TrainedModel, fmt: str, precision: str) -> Path:
@@ -219,25 +268,33 @@ def main(argv: list[str]) -> int:
     use_threads()
     trained = load_trained(source, args.ema, args.config, args.overrides, key="source")
     batch_size = None if args.batch_size == "dynamic" else int(args.batch_size)
-    out = args.out or default_out(source, trained, args.format, args.precision)
+    out = args.out or default_out(source, trained, args.format, "int8" if args.quantize else args.precision)
     images = (images_from_files(args.check_images, trained, args.check_count) if args.check_images
               else images_from_run_data(trained, args.check_count))
     out.parent.mkdir(parents=True, exist_ok=True)
     tolerance = TOLERANCE[args.precision]
     started = time.perf_counter()
-    with fileio.atomic_path(out) as tmp:
+    quantized: dict = {}
+    with fileio.atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as scratch:
+        # With --quantize, the fp32 model is a temporary file, checked as always first; the int8 file is the product.
+        written = Path(scratch) / "fp32.onnx" if args.quantize else tmp
         # A fixed batch is traced at exactly that size (the check images repeated when there are fewer).
         example = check_batches(images, batch_size)[0] if batch_size else images[:2]
-        opset = export_model(trained.model, args.format, tmp, example, batch_size is None, args.precision)
-        result = compare(trained.model, load_exported(tmp, args.format), check_batches(images, batch_size))
+        opset = export_model(trained.model, args.format, written, example, batch_size is None, args.precision)
+        result = compare(trained.model, load_exported(written, args.format), check_batches(images, batch_size))
         verdict = (f"{args.format} {args.precision}: max |logit difference| {result.max_abs_diff:.3g} "
                    f"({result.max_rel_diff:.3g} of the largest logit, tolerance {tolerance:g}), top-1 agrees on "
                    f"{result.top1_agree}/{result.images} images (batches of {sorted(set(result.batch_sizes))})")
         if not result.max_rel_diff <= tolerance:  # NaN fails too
             raise CheckFailed(f"the exported model disagrees with PyTorch: {verdict}; {out} not written")
-    contract = build_contract(trained, out, args.format, args.precision, batch_size, opset, result.as_dict(tolerance))
+        print(f"check: {verdict}")
+        if args.quantize:
+            from visiontrain.deploy.quantized_export import export_quantized
+
+            quantized = export_quantized(args, trained, tmp, out, written, INPUT_NAME)
+    contract = build_contract(trained, out, args.format, "int8" if args.quantize else args.precision, batch_size,
+                              opset, result.as_dict(tolerance)) | quantized
     fileio.write_json(contract_path(out), contract)
-    print(f"check: {verdict}")
     print(f"wrote {out} and {contract_path(out)} in {time.perf_counter() - started:.1f} s")
     return 0
 

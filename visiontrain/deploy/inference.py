@@ -37,9 +37,13 @@ class TorchClassifier:
 
 
 class OnnxClassifier:
-    backend = "onnxruntime"
+    """`threads`: ONNX Runtime's intra-op threads (0: its default, one per physical core). It stands where
+    evaluation takes a model: always in eval mode."""
 
-    def __init__(self, path: Path, device: torch.device):
+    backend = "onnxruntime"
+    training = False
+
+    def __init__(self, path: Path, device: torch.device, threads: int = 0):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -51,6 +55,7 @@ class OnnxClassifier:
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # its warnings about unused initializers are not the user's concern
+        options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # ORT raises its own exception types for unreadable or invalid models
@@ -67,6 +72,14 @@ class OnnxClassifier:
         self.input_shape = inputs[0].shape
         self.num_classes = outputs[0].shape[1] if isinstance(outputs[0].shape[1], int) else None
         self.static_batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
+
+    def eval(self) -> OnnxClassifier:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxClassifier:
+        if mode:
+            raise TypeError("an ONNX model cannot be put in training mode")
+        return self
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         count = images.shape[0]

@@ -2,7 +2,7 @@
 
     python -m visiontrain predict --model RUN_DIR|WEIGHTS|model.onnx IMAGES_OR_DIRS...
         [--topk 5] [--batch-size 64] [--device auto|cpu|cuda] [--out predictions.csv|.json]
-        [--tta flip|flip_translate] [--strict] [--ema] [-c CONFIG]
+        [--tta flip|flip_translate] [--strict] [--ema] [-c CONFIG] [--threads N]
 
 Images are preprocessed exactly as evaluation does (visiontrain.data.preprocess: decode to
 RGB, shorter-side resize, centre crop; then the run's mean/std), so a run's validation
@@ -61,7 +61,8 @@ class Predictor:
         return tta_logits(self.classifier, self.normalize(pixels), tta).softmax(dim=1)
 
 
-def load_predictor(model: str, device: torch.device, ema: bool = False, config: str | None = None) -> Predictor:
+def load_predictor(model: str, device: torch.device, ema: bool = False, config: str | None = None,
+                   threads: int = 0) -> Predictor:
     path = Path(model)
     if path.suffix == ".onnx":
         if ema or config:
@@ -71,7 +72,7 @@ def load_predictor(model: str, device: torch.device, ema: bool = False, config: 
         if not path.is_file():
             raise UsageError(f"--model {model} does not exist")
         contract = read_contract(path)
-        classifier = OnnxClassifier(path, device)
+        classifier = OnnxClassifier(path, device, threads)
         if classifier.num_classes is not None and classifier.num_classes != len(contract.class_names):
             raise UsageError(f"--model {model} has {classifier.num_classes} outputs but its input contract names "
                              f"{len(contract.class_names)} classes; export the model again")
@@ -159,7 +160,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true", help="stop (exit 2) at the first unreadable file")
     parser.add_argument("--ema", action="store_true", help="a run directory's EMA weights")
     parser.add_argument("-c", "--config", help="config describing a weights file's model and data")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="an .onnx model: ONNX Runtime's intra-op threads (default 0: one per physical core)")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        raise UsageError(f"--threads {args.threads} is invalid: >= 1, or 0 for ONNX Runtime's default")
+    if args.threads and Path(args.model).suffix != ".onnx":
+        raise UsageError("--threads sets ONNX Runtime's threads for an .onnx --model; PyTorch uses the cores "
+                         "available to the process (OMP_NUM_THREADS)")
     if args.topk < 1 or args.batch_size < 1:
         raise UsageError(f"--topk {args.topk} / --batch-size {args.batch_size}: both must be >= 1")
     if args.out is not None and args.out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -173,7 +181,8 @@ def main(argv: list[str]) -> int:
     if not files:
         raise UsageError(f"no image files in {' '.join(args.images)}")
     use_threads()
-    predictor = load_predictor(args.model, select_device(args.device, option="--device"), args.ema, args.config)
+    predictor = load_predictor(args.model, select_device(args.device, option="--device"), args.ema, args.config,
+                               args.threads)
     began = time.perf_counter()
     progress = any(Path(name).is_dir() for name in args.images)
     predictions, skipped, model_seconds = predict_files(predictor, files, args.batch_size, args.topk,

@@ -116,6 +116,23 @@ class TrainedModel:
     def preprocess(self) -> EvalPreprocess:
         return EvalPreprocess.from_recipe(augment.eval_recipe(self.cfg.data))
 
+    def eval_data(self, batch: int, split: str = "val", **data: Any):
+        """The run's eval loader over `split` ("val", or "train" through the evaluation preprocessing), one CPU
+        process, contiguous float32 images; `data`: data.* settings changed for it (train_fraction, ...)."""
+        import copy
+
+        from visiontrain.data import build_data
+        from visiontrain.parallel.batch_plan import BatchPlan
+        from visiontrain.parallel.runtime import Runtime
+
+        cfg = copy.deepcopy(self.cfg)
+        cfg.model.channels_last = False
+        for key, value in data.items():
+            setattr(cfg.data, key, value)
+        cpu = torch.device("cpu")
+        runtime = Runtime(accelerator=None, device=cpu, rank=0, world_size=1, local_rank=0, launcher="single")
+        return build_data(cfg, runtime, BatchPlan.of_micro_batch(batch), train=False, eval_split=split)
+
 
 def load_trained(source: str | Path, ema: bool = False, config_file: str | None = None,
                  overrides: Sequence[str] = (), key: str = "--model", data: str | None = None) -> TrainedModel:
