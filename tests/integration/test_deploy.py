@@ -226,3 +226,130 @@ def test_a_fixed_batch_larger_than_the_check_images_is_the_exported_input_size(c
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][0] == 8
     assert json.loads(out.with_name(out.name + ".json").read_text())["input"]["shape"][0] == 8
+
+
+# ------------------------------------------------------------------ int8
+def test_int8_export_passes_the_gate_predicts_as_fp32_and_evaluates_to_its_recorded_top1(cifar_run, cifar_split,
+                                                                                         tmp_path, capsys):
+    """Static int8 calibrated on 100 of the run's training images (10 per class): within --max-drop of fp32 on
+    the validation split, the same class as the fp32 export on >= 98 % of all 300 real images, a smaller file;
+    `evaluate` on the .onnx gives the top-1 the contract recorded, `predict --threads 1` runs it."""
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model_int8.onnx"
+    assert cli(export_main, [str(cifar_run), "--format", "onnx", "--out", str(fp32)], capsys)[0] == 0
+    code, out, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--quantize", "int8", "--calibration",
+                                       "100", "--out", str(int8)], capsys)
+    assert code == 0, err
+    assert re.search(r"gate: static minmax, per-channel weights: top-1 [\d.]+% \(fp32 [\d.]+%, drop", out)
+    contract = read_json(int8.with_name(int8.name + ".json"))
+    q, gate = contract["quantization"], contract["accuracy_gate"]
+    assert contract["precision"] == "int8" and q["mode"] == "int8" and q["format"] == "QDQ"
+    assert q["calibration"] == {"images": 100, "source": f"train split of {cifar_split}", "seed": 0,
+                                "method": "minmax"}
+    assert gate["images"] == 100 and gate["drop"] <= 1.0 and gate["fp32_top1"] == pytest.approx(
+        read_json(cifar_run / "summary.json")["final"]["top1"], abs=0.01)
+    assert contract["file_bytes"] == int8.stat().st_size and contract["fp32_file_bytes"] > 2.5 * contract["file_bytes"]
+    assert contract["latency"]["int8_p50_ms"] > 0 and contract["export_check"]["max_rel_diff"] <= 1e-4
+
+    preds = {}
+    for model in (fp32, int8):
+        result = tmp_path / f"{model.stem}.json"
+        code, _, err = cli(predict_main, ["--model", str(model), str(cifar_split), "--threads", "1", "--out",
+                                          str(result)], capsys)
+        assert code == 0, err
+        preds[model.stem] = {path: p["top"][0]["class"] for path, p in read_predictions(result).items()}
+    same = sum(preds["model"][path] == preds["model_int8"][path] for path in preds["model"])
+    assert len(preds["model"]) == 300 and same >= 0.98 * 300, same
+
+    code, out, err = cli(evaluate_main, ["--weights", str(int8), "--out", str(tmp_path / "eval")], capsys)
+    assert code == 0, err
+    assert read_json(tmp_path / "eval" / "eval.json")["top1"] == pytest.approx(gate["int8_top1"], abs=0.01)
+
+
+def test_a_constant_calibration_image_fails_the_gate_with_exit_1_and_nothing_written(cifar_run, tmp_path, capsys):
+    from PIL import Image
+
+    gray = tmp_path / "gray.png"
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(gray)
+    out = tmp_path / "out" / "bad.onnx"
+    out.parent.mkdir()
+    code, stdout, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--quantize", "int8",
+                                          "--calibration-images", str(gray), "--out", str(out)], capsys)
+    assert code == 1 and "no int8 model passes the accuracy gate" in err and "Traceback" not in err
+    assert re.search(r"drop (\d+\.\d+) points", stdout) and float(re.search(r"drop (\d+\.\d+)", stdout)[1]) > 1.0
+    assert list(out.parent.iterdir()) == []
+
+
+def test_search_keep_float_and_dynamic_are_recorded_in_the_contract(cifar_run, tmp_path, capsys):
+    import onnx
+
+    searched = tmp_path / "searched.onnx"
+    code, out, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--quantize", "int8", "--search",
+                                       "--calibration", "50", "--gate-images", "60", "--out", str(searched)], capsys)
+    assert code == 0, err
+    q = read_json(tmp_path / "searched.onnx.json")["quantization"]
+    tried = {(row["method"], row["weights"]) for row in q["search"]}
+    assert tried == {(m, w) for m in ("minmax", "entropy", "percentile") for w in ("channel", "tensor")}
+    best = max(row["top1"] for row in q["search"])
+    assert (q["method"], q["weights"]) in {(r["method"], r["weights"]) for r in q["search"] if r["top1"] == best}
+    assert out.count("gate: ") == 6 and read_json(tmp_path / "searched.onnx.json")["accuracy_gate"]["images"] == 60
+
+    # Conv kept in float: no convolution reads a dequantized weight; the classifier head is float anyway.
+    kept = tmp_path / "kept.onnx"
+    code, _, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--quantize", "int8", "--keep-float", "Conv",
+                                     "--calibration", "20", "--out", str(kept)], capsys)
+    assert code == 0, err
+    graph = onnx.load(str(kept)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert not any(n.op_type == "Conv" and n.input[1] in dequantized for n in graph.node)
+    head = [n for n in graph.node if n.op_type == "Gemm"]
+    assert head and all(n.input[1] not in dequantized for n in head)
+    assert read_json(tmp_path / "kept.onnx.json")["quantization"]["keep_float"] == ["Conv"]
+
+    dynamic = tmp_path / "dynamic.onnx"
+    code, _, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--quantize", "dynamic", "--out",
+                                     str(dynamic)], capsys)
+    assert code == 0, err
+    contract = read_json(tmp_path / "dynamic.onnx.json")
+    assert contract["quantization"]["mode"] == "dynamic" and contract["quantization"]["calibration"] is None
+    assert any(n.op_type == "ConvInteger" for n in onnx.load(str(dynamic)).graph.node)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--quantize", "int8", "--calibration-method", "kl"], "invalid choice: 'kl'"),
+    (["--quantize", "int8", "--calibration", "0"], "--calibration 0 is invalid"),
+    (["--quantize", "int8", "--max-drop", "-1"], "--max-drop -1 is invalid"),
+    (["--quantize", "int8", "--format", "torchscript"], "it needs --format onnx --precision fp32"),
+    (["--quantize", "int8", "--precision", "fp16"], "it needs --format onnx --precision fp32"),
+    (["--calibration-method", "entropy"], "add --quantize int8"),
+    (["--quantize", "dynamic", "--calibration-method", "entropy"], "apply to --quantize int8"),
+    (["--quantize", "int8", "--keep-float", "NoSuchOp"], "--keep-float 'NoSuchOp' is neither an op type"),
+])
+def test_bad_int8_flags_are_one_line_exit_2_and_nothing_written(cifar_run, tmp_path, capsys, argv, expected):
+    out = tmp_path / "m.onnx"
+    fmt = [] if "--format" in argv else ["--format", "onnx"]
+    code, _, err = cli(export_main, [str(cifar_run), *fmt, *argv, "--out", str(out)], capsys)
+    assert expected in one_line(code, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_deploy_times_every_export_and_pytorch_side_by_side(cifar_run, tmp_path, capsys):
+    from visiontrain.bench.cli import main as bench_main
+
+    export = tmp_path / "export"
+    for extra in ([], ["--quantize", "int8", "--calibration", "20"]):
+        name = "model_int8.onnx" if extra else "model.onnx"
+        assert cli(export_main, [str(cifar_run), "--format", "onnx", *extra, "--out", str(export / name)],
+                   capsys)[0] == 0
+    code, out, err = cli(bench_main, ["deploy", str(cifar_run), "--onnx", str(export / "model.onnx"),
+                                      str(export / "model_int8.onnx"), "--threads", "1", "--rounds", "1", "--runs",
+                                      "3", "--batches", "1", "--batch", "8", "--out", str(tmp_path / "bench")],
+                         capsys)
+    assert code == 0, err
+    doc = read_json(tmp_path / "bench" / "results.json")
+    assert [(r["model"], r["kind"], r["threads"]) for r in doc["rows"]] == [
+        ("model.onnx", "onnxruntime fp32", 1), ("model_int8.onnx", "onnxruntime int8", 1),
+        ("pytorch eager", "pytorch fp32", 1)]
+    assert all(r["batch1_p90_ms"] >= r["batch1_p50_ms"] > 0 and r["batch8_images_per_s"] > 0 for r in doc["rows"])
+    assert doc["top1"]["images"] == 100 and doc["top1"]["model.onnx"] == doc["top1"]["pytorch eager"]
+    assert doc["rows"][1]["file_mb"] < doc["rows"][0]["file_mb"] and "cpu" in doc["environment"]
+    assert (tmp_path / "bench" / "deploy.png").stat().st_size > 0 and "| model.onnx |" in out

@@ -9,6 +9,7 @@
     python -m visiontrain bench recipes [--configs fast resnet9 resnet18] [--seeds fast=20 ...] [--nproc N]
     python -m visiontrain bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--strategies ddp zero1 ...]
     python -m visiontrain bench models [--family timm torchvision] [--match PATTERN] [--max-params 100] [--out DIR]
+    python -m visiontrain bench deploy RUN_DIR|MODEL.onnx [--onnx FILE ...] [--compile] [--threads 1 2] [--out DIR]
     python -m visiontrain bench project [RESULTS ...] [--rate MODEL:RES=IMG_S ...] [--of e2e|step] [--gpus 8]
                                         [--efficiency 0.9] [--out DIR]
 """
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from visiontrain.bench.compatibility import add_arguments as add_compatibility_arguments
+from visiontrain.bench.deploy import add_arguments as add_deploy_arguments
 from visiontrain.bench.evidence import add_arguments as add_evidence_arguments
 from visiontrain.bench.projection import add_arguments as add_projection_arguments
 from visiontrain.bench.recipes import add_arguments as add_recipe_arguments
@@ -72,6 +74,9 @@ def main(argv: list[str]) -> int:
     models = sub.add_parser("models", help="which timm and torchvision architectures train, resume exactly and "
                                            "export to ONNX (the compatibility table)")
     add_compatibility_arguments(models)
+    deploy = sub.add_parser("deploy", help="a run's fp32 and int8 ONNX exports and its PyTorch model side by side: "
+                                           "latency, throughput, file size, top-1")
+    add_deploy_arguments(deploy)
     recipes = sub.add_parser("recipes", help="the CIFAR-10 recipe table: val top-1 over seeds, training seconds")
     add_recipe_arguments(recipes)
     for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
@@ -113,6 +118,10 @@ def main(argv: list[str]) -> int:
         from visiontrain.bench import compatibility
 
         return compatibility.main(args)
+    if args.mode == "deploy":
+        from visiontrain.bench import deploy as deploy_bench
+
+        return deploy_bench.main(args, argv)
     if args.mode == "recipes":
         from visiontrain.bench import recipes as recipe_table
 
