@@ -17,7 +17,7 @@ from tests.helpers import PYTHON, ROOT, ok, read_json, run_train
 from visiontrain.data.sources import FolderSource
 from visiontrain.deploy import export as export_module
 from visiontrain.deploy.evaluate import main as evaluate_main
-from visiontrain.deploy.export import SUFFIXES, compare, images_from_files, load_exported
+from visiontrain.deploy.export import SUFFIXES, compare, load_exported
 from visiontrain.deploy.export import main as export_main
 from visiontrain.deploy.predict import main as predict_main
 from visiontrain.deploy.trained import load_trained
@@ -134,7 +134,7 @@ def test_predict_gives_the_evaluation_predictions_with_pytorch_and_onnx(cifar_sp
 def test_fine_tuned_run_exports_to_every_format_with_its_contract(cifar_split, finetuned_run, tmp_path):
     summary = read_json(finetuned_run / "summary.json")
     trained = load_trained(finetuned_run)
-    images = images_from_files([str(cifar_split / "val")], trained, 16)
+    images = trained.images_from_files([str(cifar_split / "val")], 16)
     for fmt, suffix in SUFFIXES.items():
         out = tmp_path / f"model{suffix}"
         result = subprocess.run([PYTHON, "-m", "visiontrain", "export", str(finetuned_run), "--format", fmt, "--out",

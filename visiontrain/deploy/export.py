@@ -143,27 +143,6 @@ def check_batches(images: torch.Tensor, batch_size: int | None) -> list[torch.Te
     return list(images[: len(images) // batch_size * batch_size].split(batch_size))
 
 
-def images_from_files(paths: list[str], trained: TrainedModel, count: int,
-                      option: str = "--check-images") -> torch.Tensor:
-    """Up to `count` images under `paths`, preprocessed and normalized as evaluation does (float32, CPU)."""
-    from visiontrain.data.base import DeviceNormalizer
-    from visiontrain.data.preprocess import image_files
-    from visiontrain.data.sources import UnreadableImage, read_image
-
-    preprocess, pixels = trained.preprocess, []
-    for path in image_files(paths):
-        try:
-            pixels.append(preprocess(read_image(path)))
-        except UnreadableImage as err:
-            log.warning("%s: %s; skipped", option, err)
-        if len(pixels) == count:
-            break
-    if not pixels:
-        raise UsageError(f"{option} {' '.join(paths)}: no readable image")
-    d = trained.cfg.data
-    return DeviceNormalizer(d.mean, d.std, torch.device("cpu"), False)(torch.stack(pixels))
-
-
 def images_from_run_data(trained: TrainedModel, count: int) -> torch.Tensor:
     """The first `count` validation images of the run's dataset, through its own evaluation loader."""
     from visiontrain.data import build_data
@@ -269,7 +248,7 @@ def main(argv: list[str]) -> int:
     trained = load_trained(source, args.ema, args.config, args.overrides, key="source")
     batch_size = None if args.batch_size == "dynamic" else int(args.batch_size)
     out = args.out or default_out(source, trained, args.format, "int8" if args.quantize else args.precision)
-    images = (images_from_files(args.check_images, trained, args.check_count) if args.check_images
+    images = (trained.images_from_files(args.check_images, args.check_count) if args.check_images
               else images_from_run_data(trained, args.check_count))
     out.parent.mkdir(parents=True, exist_ok=True)
     tolerance = TOLERANCE[args.precision]

@@ -48,9 +48,7 @@ def calibration_from_run(trained: TrainedModel, count: int, seed: int) -> q.Cali
 
 
 def calibration_from_files(paths: list[str], trained: TrainedModel, count: int) -> q.Calibration:
-    from visiontrain.deploy.export import images_from_files
-
-    images = images_from_files(paths, trained, count, option="--calibration-images")
+    images = trained.images_from_files(paths, count, option="--calibration-images")
     return q.Calibration([b.numpy() for b in images.split(64)], " ".join(paths), None)
 
 

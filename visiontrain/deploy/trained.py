@@ -116,6 +116,26 @@ class TrainedModel:
     def preprocess(self) -> EvalPreprocess:
         return EvalPreprocess.from_recipe(augment.eval_recipe(self.cfg.data))
 
+    def images_from_files(self, paths: list[str], count: int, option: str = "--check-images") -> torch.Tensor:
+        """Up to `count` images under `paths`, preprocessed and normalized as evaluation does (float32, CPU);
+        unreadable files are skipped with a warning naming `option`."""
+        from visiontrain.data.base import DeviceNormalizer
+        from visiontrain.data.preprocess import image_files
+        from visiontrain.data.sources import UnreadableImage, read_image
+
+        preprocess, pixels = self.preprocess, []
+        for path in image_files(paths):
+            try:
+                pixels.append(preprocess(read_image(path)))
+            except UnreadableImage as err:
+                log.warning("%s: %s; skipped", option, err)
+            if len(pixels) == count:
+                break
+        if not pixels:
+            raise UsageError(f"{option} {' '.join(paths)}: no readable image")
+        d = self.cfg.data
+        return DeviceNormalizer(d.mean, d.std, torch.device("cpu"), False)(torch.stack(pixels))
+
     def eval_data(self, batch: int, split: str = "val", **data: Any):
         """The run's eval loader over `split` ("val", or "train" through the evaluation preprocessing), one CPU
         process, contiguous float32 images; `data`: data.* settings changed for it (train_fraction, ...)."""
