@@ -247,7 +247,8 @@ def main(argv: list[str]) -> int:
     use_threads()
     trained = load_trained(source, args.ema, args.config, args.overrides, key="source")
     batch_size = None if args.batch_size == "dynamic" else int(args.batch_size)
-    out = args.out or default_out(source, trained, args.format, "int8" if args.quantize else args.precision)
+    tag = {"int8": "int8", "dynamic": "int8_dynamic"}.get(args.quantize, args.precision)
+    out = args.out or default_out(source, trained, args.format, tag)
     images = (trained.images_from_files(args.check_images, args.check_count) if args.check_images
               else images_from_run_data(trained, args.check_count))
     out.parent.mkdir(parents=True, exist_ok=True)
