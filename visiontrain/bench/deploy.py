@@ -1,11 +1,12 @@
 """`python -m visiontrain bench deploy RUN_DIR`: the run's exported models side by side on this CPU.
 
-Every ONNX file of RUN_DIR/export (or --onnx FILES; fp32 and int8 exports of one run), and the run's PyTorch
-model in eager mode (and torch.compile with --compile) for reference, each at 1 thread and at all cores:
-batch-1 latency (p50 and p90 of single-image calls) and batch-N throughput (images/s over the median batch),
-measured in rounds that alternate the models (a slow minute of a noisy machine hits all of them); the file
-size; top-1 on the run's validation split (or its first --images). Writes results.json, results.md and a
-PNG chart to --out, and prints the table with the CPU model and its int8 instruction flags.
+Every ONNX file of RUN_DIR/export (or --onnx FILES; fp32 and int8 exports of one run), and the run's
+PyTorch model (its weights.safetensors: not the EMA weights) in eager mode (and torch.compile with
+--compile) for reference, each at 1 thread and at all cores: batch-1 latency (p50 and p90 of
+single-image calls) and batch-N throughput (images/s over the median batch), measured in rounds that
+alternate the models (a slow minute of a noisy machine hits all of them); the file size; top-1 on the
+run's validation split (or its first --images). Writes results.json, results.md and a PNG chart to
+--out, and prints the table with the CPU model and its int8 instruction flags.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def torch_candidate(model, compiled: bool) -> Candidate:
     def runner(threads: int) -> Callable:
         module = copy.deepcopy(model).eval()
         if compiled:
+            # Inductor bakes the thread count into its CPU kernels and dynamo would reuse the graph compiled for
+            # another count: a fresh compilation per thread count.
+            torch._dynamo.reset()
+            torch.set_num_threads(threads)
             module = torch.compile(module)
 
         @torch.inference_mode()
@@ -150,7 +155,9 @@ def top1(candidates: list[Candidate], trained, limit: int, threads: int) -> dict
         for candidate in candidates:
             hits[candidate.name] += int((candidate.run(threads)(batch).argmax(1) == truth).sum())
         seen += keep
-    return {name: round(100 * count / max(seen, 1), 2) for name, count in hits.items()} | {"images": seen}
+    if seen == 0:
+        raise UsageError(f"the run's validation split at data.path={trained.cfg.data.path} has no images")
+    return {name: round(100 * count / seen, 2) for name, count in hits.items()} | {"images": seen}
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -213,7 +220,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         if not recorded or not Path(recorded).is_dir():
             raise UsageError(f"{source}: its training run is not recorded or not here; give the run directory")
         run_dir = Path(recorded)
-    files = args.onnx or ([source] if source.suffix == ".onnx" else sorted((run_dir / "export").glob("*.onnx")))
+    exports = sorted(f for f in (run_dir / "export").glob("*.onnx") if not f.name.startswith("."))  # no temp files
+    files = args.onnx or ([source] if source.suffix == ".onnx" else exports)
     missing = [str(f) for f in files if not Path(f).is_file()]
     if missing or not files:
         raise UsageError(f"no ONNX model to compare ({', '.join(missing) or f'none in {run_dir}/export'}); export "

@@ -6,6 +6,7 @@ FFCV compiles its pipeline with fastmath=True, under which comparisons with inf 
 sums may be reordered: a kernel first compiled there would draw other magnitudes and write other pixels than
 the same kernel called from the torchvision loader. Setting both flags on every kernel keeps one meaning
 everywhere; only `inline="always"` helpers, which become part of their caller's code, may leave them unset.
+The numpy error model is FFCV's: a division by zero gives inf or NaN instead of raising, in every loader.
 """
 
 from __future__ import annotations
@@ -17,5 +18,7 @@ EXACT_FLOATS = {"fastmath": False, "error_model": "numpy"}
 
 def kernel(function=None, /, **options):
     """`@kernel` or `@kernel(nogil=True)`: numba's njit, cached on disk, with exact float semantics."""
+    if set(options) & set(EXACT_FLOATS):
+        raise TypeError(f"kernel() sets {', '.join(EXACT_FLOATS)} itself")
     decorate = njit(**{"cache": True, **options, **EXACT_FLOATS})
     return decorate if function is None else decorate(function)

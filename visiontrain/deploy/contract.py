@@ -54,8 +54,9 @@ def build_contract(trained: TrainedModel, model_file: Path, fmt: str, precision:
         "class_names": list(trained.class_names),
         "model": {"name": trained.cfg.model.name, "num_classes": trained.cfg.model.num_classes,
                   "width": trained.cfg.model.width, "weights": trained.weights, "ema": trained.ema},
-        "training_run": {"dir": str(trained.run_dir) if trained.run_dir else None, "val_top1": trained.top1,
-                         "data": d.path, "recipe": d.recipe},
+        # Absolute: `evaluate` and `bench deploy` read them back from wherever they are started.
+        "training_run": {"dir": str(Path(trained.run_dir).resolve()) if trained.run_dir else None,
+                         "val_top1": trained.top1, "data": str(Path(d.path).resolve()), "recipe": d.recipe},
         "export_check": check,
     }
 

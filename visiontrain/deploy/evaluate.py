@@ -86,29 +86,36 @@ def main(argv: list[str]) -> int:
 
 
 def onnx_config(model: Path, contract, config_file: str | None, overrides: list[str], data: str | None):
-    """The data settings that reproduce `model`'s input contract: its run's config (or -c), then the contract."""
+    """The data settings that reproduce `model`'s input contract: its run's config (or -c), the overrides, then
+    the contract's own values (an override that contradicts them is refused)."""
     from visiontrain import config
-    from visiontrain.data import augment
-    from visiontrain.data.preprocess import EvalPreprocess
     from visiontrain.deploy.trained import NOT_TRAINING
 
     run_config = Path(contract.training_dir or "") / "config.yaml"
-    base = config_file or (str(run_config) if contract.training_dir and run_config.is_file() else None)
+    base = config_file
+    if base is None and contract.training_dir:
+        if run_config.is_file():
+            base = str(run_config)
+        else:
+            log.warning("the training run %s of %s is gone: data settings are the defaults, the overrides and the "
+                        "contract's (give -c CONFIG for the run's loader and classes)", contract.training_dir, model)
     size, shorter = contract.preprocess.size, contract.preprocess.resize_to
-    described = [f"model.num_classes={len(contract.class_names)}", f"data.val_image_size={size}",
-                 f"data.mean={list(contract.mean)}", f"data.std={list(contract.std)}"]
+    described = {"model.num_classes": str(len(contract.class_names)), "data.val_image_size": str(size),
+                 "data.mean": str(list(contract.mean)), "data.std": str(list(contract.std))}
     if contract.recipe:
-        described.append(f"data.recipe={contract.recipe}")
-    if contract.recipe == "imagenet":
-        described.append(f"data.val_crop_ratio={size / shorter}")
-    path = data or (None if base == str(run_config) else contract.data_path)
-    cfg = config.load_config(base, described + list(overrides) + ([f"data.path={path}"] if path else [])
-                             + NOT_TRAINING)
-    made = EvalPreprocess.from_recipe(augment.eval_recipe(cfg.data))
-    if (made.size, made.resize_to) != (size, shorter):
-        raise UsageError(f"--weights {model}: its contract resizes to {shorter} and crops {size}, but these data "
-                         f"settings give {made.resize_to} and {made.size}; drop the overrides that change them")
-    return cfg
+        described["data.recipe"] = contract.recipe
+        if contract.recipe == "imagenet":
+            described["data.val_crop_ratio"] = str(size / shorter)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in described and value.replace(" ", "") != described[key].replace(" ", ""):
+            raise UsageError(f"{item}: {model}'s input contract says {key}={described[key]}; an exported model "
+                             "is evaluated with the preprocessing it was exported with")
+    path = data or next((item.partition("=")[2] for item in overrides if item.startswith("data.path=")), None)
+    if path is None and base is None:
+        path = contract.data_path
+    extra = list(overrides) + [f"{k}={v}" for k, v in described.items()] + ([f"data.path={path}"] if path else [])
+    return config.load_config(base, extra + NOT_TRAINING)
 
 
 def evaluate_onnx(args: argparse.Namespace, model: Path) -> int:
@@ -136,9 +143,11 @@ def evaluate_onnx(args: argparse.Namespace, model: Path) -> int:
     cpu = torch.device("cpu")
     runtime = Runtime(accelerator=None, device=cpu, rank=0, world_size=1, local_rank=0, launcher="single")
     data = build_data(cfg, runtime, BatchPlan.of_micro_batch(args.batch_size), train=False)
-    if data.num_classes != len(contract.class_names):
-        raise UsageError(f"--weights {model} has {len(contract.class_names)} classes; the dataset at "
-                         f"data.path={cfg.data.path} has {data.num_classes}")
+    if list(data.class_names) != list(contract.class_names):
+        raise UsageError(f"--weights {model} classifies {len(contract.class_names)} classes "
+                         f"({', '.join(contract.class_names[:3])}, ...); the dataset at data.path={cfg.data.path} "
+                         f"has {data.num_classes} ({', '.join(data.class_names[:3])}, ...): select them with "
+                         "data.classes=[...] or give the dataset it was trained on")
     tta = args.tta or cfg.train.tta  # as the run evaluated, where its config is known
     predictions = collect_predictions(classifier, data.val, contextlib.nullcontext, 1, tta=tta)
     out = args.out or model.with_name(f"eval_{model.name.removesuffix('.onnx')}")

@@ -2,7 +2,7 @@
 
     python -m visiontrain export RUN_DIR|WEIGHTS --format onnx|torchscript|exported [--out FILE]
         [--batch-size N|dynamic] [--precision fp32|fp16|bf16] [--ema] [--check-images PATH ...]
-        [-c CONFIG] [section.key=value ...]
+        [-c CONFIG] [--quantize int8|dynamic ...] [section.key=value ...]
 
 Formats: onnx (torch.onnx's exporter, opset 18: runs under ONNX Runtime), torchscript
 (torch.jit.trace), exported (torch.export's program, .pt2). The batch dimension is dynamic
@@ -15,13 +15,18 @@ After exporting, the exported file and the PyTorch model (fp32) run on the same 
 the run's validation images (its data.path) or --check-images. The largest difference of
 logits, relative to the largest logit, must stay within 1e-4 (fp32), 1e-2 (fp16) or 5e-2
 (bf16), else the file is not kept and the exit code is 1.
-Exit codes: 0 done, 1 the check failed, 2 bad arguments or input.
+With --format onnx --quantize int8 (static, calibrated on the run's training images) or
+--quantize dynamic, the checked fp32 model is quantized and kept only if its top-1 on the run's
+validation split is within --max-drop points of fp32's (the accuracy gate; docs/deploy.md).
+Default output: model_int8.onnx / model_int8_dynamic.onnx.
+Exit codes: 0 done, 1 the check or the accuracy gate failed, 2 bad arguments or input.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -176,25 +181,25 @@ def parse_args(argv: list[str]):
     int8 = parser.add_argument_group("int8 (--format onnx --quantize int8|dynamic; docs/deploy.md)")
     int8.add_argument("--quantize", choices=MODES,
                       help="int8: static, calibrated (QDQ); dynamic: activation ranges computed at run time")
-    int8.add_argument("--calibration", type=int, default=512, metavar="N",
-                      help="calibration images from the run's training split (default 512)")
+    int8.add_argument("--calibration", type=int, metavar="N",
+                      help="calibration images drawn from the run's training split (default 512)")
     int8.add_argument("--calibration-images", nargs="+", metavar="PATH",
                       help="calibrate on these image files or folders instead (up to --calibration of them)")
-    int8.add_argument("--calibration-seed", type=int, default=0, help="draws the training images (default 0)")
+    int8.add_argument("--calibration-seed", type=int, help="draws the training images (default 0)")
     int8.add_argument("--calibration-method", choices=METHODS, help="minmax (default) | entropy | percentile")
-    int8.add_argument("--weight-granularity", choices=GRANULARITIES, default="channel",
+    int8.add_argument("--weight-granularity", choices=GRANULARITIES,
                       help="int8 scales per output channel (default) or per tensor")
-    int8.add_argument("--reduce-range", choices=REDUCE_RANGE, default="auto",
-                      help="7-bit weights: auto = on when this CPU lacks VNNI (docs/deploy.md)")
+    int8.add_argument("--reduce-range", choices=REDUCE_RANGE,
+                      help="7-bit weights: auto (default) = on for an x86 CPU without VNNI (docs/deploy.md)")
     int8.add_argument("--keep-float", nargs="+", metavar="OP_OR_NODE",
                       help="op types (Conv, Gemm, ...) or node names left in float")
     int8.add_argument("--search", action="store_true",
                       help="try every calibration method with per-channel and per-tensor weights; keep the best "
                            "that passes the gate")
-    int8.add_argument("--max-drop", type=float, default=1.0,
+    int8.add_argument("--max-drop", type=float,
                       help="accuracy gate: most top-1 points the int8 model may lose to fp32 (default 1.0)")
-    int8.add_argument("--gate-images", type=int, default=0, metavar="N",
-                      help="gate on the first N validation images (default 0: all of them)")
+    int8.add_argument("--gate-images", type=int, metavar="N",
+                      help="gate on the first N validation images in the dataset's order (default: all of them)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args(argv)
     check_quantize_args(args)
@@ -209,11 +214,14 @@ def parse_args(argv: list[str]):
     return args
 
 
+INT8_DEFAULTS = {"calibration": 512, "calibration_seed": 0, "calibration_method": "minmax",
+                 "weight_granularity": "channel", "reduce_range": "auto", "max_drop": 1.0, "gate_images": 0}
+
+
 def check_quantize_args(args) -> None:
-    """The int8 options: only with --quantize, and only with what they apply to."""
-    given = [flag for flag, value in (("--calibration-images", args.calibration_images),
-                                      ("--calibration-method", args.calibration_method),
-                                      ("--keep-float", args.keep_float), ("--search", args.search)) if value]
+    """The int8 options: only with --quantize and what they apply to; then their defaults filled in."""
+    given = [f"--{key.replace('_', '-')}" for key in [*INT8_DEFAULTS, "calibration_images", "keep_float", "search"]
+             if getattr(args, key) not in (None, False)]
     if args.quantize is None:
         if given:
             raise UsageError(f"{given[0]} applies to an int8 export: add --quantize int8 (or dynamic)")
@@ -221,11 +229,24 @@ def check_quantize_args(args) -> None:
     if args.format != "onnx" or args.precision != "fp32":
         raise UsageError(f"--quantize {args.quantize} makes an int8 ONNX model from the fp32 one: it needs "
                          f"--format onnx --precision fp32, not --format {args.format} --precision {args.precision}")
-    if args.quantize == "dynamic" and (args.calibration_images or args.calibration_method):
-        raise UsageError("--quantize dynamic computes activation ranges at run time: --calibration-images and "
-                         "--calibration-method apply to --quantize int8")
+    if args.batch_size != "dynamic":
+        raise UsageError(f"--quantize with --batch-size {args.batch_size}: the int8 model is calibrated one image "
+                         "at a time and timed at batch 1; export it with a dynamic batch (the default)")
+    static_only = [flag for flag in given if flag in ("--calibration", "--calibration-images", "--calibration-seed",
+                                                      "--calibration-method", "--search")]
+    if args.quantize == "dynamic" and static_only:
+        raise UsageError(f"--quantize dynamic computes activation ranges at run time: {static_only[0]} applies to "
+                         "--quantize int8")
+    if args.calibration_images and args.calibration_seed is not None:
+        raise UsageError("--calibration-seed draws images from the run's training split; with "
+                         "--calibration-images the given files are used in order")
+    for key, value in INT8_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.calibration < 1:
         raise UsageError(f"--calibration {args.calibration} is invalid: the number of calibration images, >= 1")
+    if args.calibration_seed < 0:
+        raise UsageError(f"--calibration-seed {args.calibration_seed} is invalid: >= 0")
     if not args.max_drop >= 0:  # NaN too
         raise UsageError(f"--max-drop {args.max_drop:g} is invalid: top-1 points, >= 0")
     if args.gate_images < 0:
@@ -251,7 +272,19 @@ def main(argv: list[str]) -> int:
     out = args.out or default_out(source, trained, args.format, tag)
     images = (trained.images_from_files(args.check_images, args.check_count) if args.check_images
               else images_from_run_data(trained, args.check_count))
+    created = next((p for p in reversed([out.parent, *out.parent.parents]) if not p.exists()), None)
     out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(args, trained, out, images, batch_size)
+    except BaseException:
+        if created is not None:  # folders this export made for a file it did not write
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return 0
+
+
+def write(args, trained: TrainedModel, out: Path, images: torch.Tensor, batch_size: int | None) -> None:
+    """Export, check (and quantize and gate) into `out` and its contract, or raise leaving no file."""
     tolerance = TOLERANCE[args.precision]
     started = time.perf_counter()
     quantized: dict = {}
@@ -272,11 +305,13 @@ def main(argv: list[str]) -> int:
             from visiontrain.deploy.quantized_export import export_quantized
 
             quantized = export_quantized(args, trained, tmp, out, written, INPUT_NAME)
+    check = result.as_dict(tolerance)
+    if args.quantize:
+        check["model"] = "the fp32 model before quantization (not written); the int8 model: accuracy_gate"
     contract = build_contract(trained, out, args.format, "int8" if args.quantize else args.precision, batch_size,
-                              opset, result.as_dict(tolerance)) | quantized
+                              opset, check) | quantized
     fileio.write_json(contract_path(out), contract)
     print(f"wrote {out} and {contract_path(out)} in {time.perf_counter() - started:.1f} s")
-    return 0
 
 
 if __name__ == "__main__":

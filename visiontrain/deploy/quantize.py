@@ -50,6 +50,8 @@ class QuantSettings:
     def as_dict(self) -> dict:
         found = asdict(self)
         found["keep_float"] = list(self.keep_float)
+        if self.mode == "dynamic":
+            found["method"] = None  # no calibration; ConvInteger's weights are per tensor whatever `weights` says
         found.update(format="QDQ" if self.mode == "int8" else "QOperator (dynamic)",
                      weight_type="uint8" if self.mode == "dynamic" else "int8",
                      activation_type="uint8")
@@ -66,7 +68,12 @@ def cpu_has_vnni() -> bool:
 
 
 def reduce_range_for(choice: str) -> bool:
-    return cpu_has_vnni() is False if choice == "auto" else choice == "on"
+    """`auto`: on for an x86 CPU without VNNI, where the saturation happens; off elsewhere (ARM has none)."""
+    import platform
+
+    if choice == "auto":
+        return platform.machine().lower() in ("x86_64", "amd64", "i686") and not cpu_has_vnni()
+    return choice == "on"
 
 
 @dataclass
@@ -165,26 +172,31 @@ def prepare(fp32_path: Path, prepared_path: Path) -> None:
 
 
 def quantize(prepared_path: Path, out_path: Path, settings: QuantSettings, input_name: str,
-             calibration: Calibration | None) -> None:
-    """Write the int8 model of the prepared fp32 model to `out_path`."""
+             calibration: Calibration | None) -> list[str]:
+    """Write the int8 model of the prepared fp32 model to `out_path`; the head's nodes it kept in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     nodes, op_types = resolve_keep_float(prepared_path, settings.keep_float, settings.mode)
-    nodes += head_nodes(prepared_path)
+    head = head_nodes(prepared_path)
+    nodes += head
     per_channel = settings.weights == "channel"
     if settings.mode == "dynamic":
         quantize_dynamic(str(prepared_path), str(out_path), per_channel=per_channel,
                          reduce_range=settings.reduce_range, weight_type=QuantType.QUInt8,
                          nodes_to_exclude=nodes, op_types_to_quantize=op_types)
-        return
-    assert calibration is not None
+        return head
+    if calibration is None or calibration.count == 0:
+        raise UsageError("no calibration images: the training split selection or --calibration-images is empty")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[settings.method]
     quantize_static(str(prepared_path), str(out_path), _reader(input_name, calibration.batches),
                     quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=settings.reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
                     nodes_to_exclude=nodes, op_types_to_quantize=op_types,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                    # minmax folds its ranges every 32 images instead of keeping every activation to the end
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                   "CalibMaxIntermediateOutputs": 32})
+    return head
 
 
 def search_space(base: QuantSettings) -> list[QuantSettings]:

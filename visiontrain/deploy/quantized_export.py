@@ -35,7 +35,9 @@ log = logging.getLogger("visiontrain")
 
 
 def calibration_from_run(trained: TrainedModel, count: int, seed: int) -> q.Calibration:
-    """About `count` training images (a fraction of each class, drawn with `seed`), as evaluation sees them."""
+    """`count` images of the training split (all of it: data.train_fraction does not apply), as evaluation sees
+    them: about the same number from each class (data.subset_seed's per-class draw, with `seed`), then exactly
+    `count` of those, drawn with `seed`."""
     try:
         everything = trained.eval_data(64, "train", train_fraction=1.0)
     except UsageError as err:
@@ -43,8 +45,11 @@ def calibration_from_run(trained: TrainedModel, count: int, seed: int) -> q.Cali
                          "FILES_OR_DIRS") from None
     fraction = min(1.0, count / max(1, everything.train_samples))
     chosen = trained.eval_data(64, "train", train_fraction=fraction, subset_seed=seed)
-    batches = [images.numpy() for images, _, valid in chosen.val if bool(valid.all())]
-    return q.Calibration(batches, f"train split of {trained.cfg.data.path}", seed)
+    images = np.concatenate([images[valid].numpy() for images, _, valid in chosen.val] or
+                            [np.zeros((0, 3, 1, 1), np.float32)])
+    # The per-class draw rounds (at least one image per class): exactly `count`, where there are more.
+    keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
+    return q.Calibration([images[keep]], f"train split of {trained.cfg.data.path}", seed)
 
 
 def calibration_from_files(paths: list[str], trained: TrainedModel, count: int) -> q.Calibration:
@@ -56,13 +61,16 @@ def calibration_from_files(paths: list[str], trained: TrainedModel, count: int) 
 class Candidate:
     settings: q.QuantSettings
     path: Path
+    float_head: list[str]
     correct: int = 0
     agree: int = 0  # top-1 equal to fp32's
 
+    def top1(self, images: int) -> float:
+        return 100 * self.correct / images
+
     def row(self, fp32_top1: float, images: int) -> dict:
-        top1 = 100 * self.correct / images
-        return {**self.settings.as_dict(), "top1": round(top1, 3), "drop": round(fp32_top1 - top1, 3),
-                "agree_with_fp32": self.agree}
+        return {**self.settings.as_dict(), "top1": round(self.top1(images), 3),
+                "drop": round(fp32_top1 - self.top1(images), 3), "agree_with_fp32": self.agree}
 
 
 def gate(trained: TrainedModel, fp32: Path, candidates: list[Candidate], limit: int) -> tuple[float, int]:
@@ -135,16 +143,16 @@ def export_quantized(args, trained: TrainedModel, target: Path, final: Path, fp3
             path = Path(scratch) / f"int8_{number}.onnx"
             began = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
-                q.quantize(prepared, path, settings, input_name, calibration)
+                head = q.quantize(prepared, path, settings, input_name, calibration)
             log.info("quantize: %s in %.1f s", settings.label(), time.perf_counter() - began)
-            candidates.append(Candidate(settings, path))
+            candidates.append(Candidate(settings, path, head))
         fp32_top1, images = gate(trained, fp32, candidates, args.gate_images)
         rows = [c.row(fp32_top1, images) for c in candidates]
         for row, candidate in zip(rows, candidates):
             print(f"gate: {candidate.settings.label()}: top-1 {row['top1']:.2f}% (fp32 {fp32_top1:.2f}%, "
                   f"drop {row['drop']:.2f} points, max {args.max_drop:g}); same class as fp32 on "
                   f"{candidate.agree}/{images}")
-        passing = [i for i, row in enumerate(rows) if row["drop"] <= args.max_drop]
+        passing = [i for i, c in enumerate(candidates) if fp32_top1 - c.top1(images) <= args.max_drop]
         if not passing:
             raise CheckFailed(f"no int8 model passes the accuracy gate (top-1 drop <= {args.max_drop:g} points on "
                               f"{images} validation images): best drop "
@@ -158,11 +166,14 @@ def export_quantized(args, trained: TrainedModel, target: Path, final: Path, fp3
                    "int8_p50_ms": round(latency_ms(chosen.path, trained.preprocess.size, threads), 3)}
         shutil.copyfile(chosen.path, target)
     return {
-        "quantization": {**chosen.settings.as_dict(),
+        "quantization": {**chosen.settings.as_dict(), "reduce_range_choice": args.reduce_range,
+                         "exporting_cpu_vnni": q.cpu_has_vnni(), "float_head": chosen.float_head,
                          "calibration": None if calibration is None else calibration.describe(
                              chosen.settings.method),
                          "search": rows if args.search else None},
-        "accuracy_gate": {"split": "val", "data": trained.cfg.data.path, "images": images,
+        # Without test-time augmentation, fp32 and int8 alike (evaluate applies a run's train.tta).
+        "accuracy_gate": {"split": "val", "data": str(Path(trained.cfg.data.path).resolve()), "tta": "none",
+                          "images": images,
                           "fp32_top1": round(fp32_top1, 3), "int8_top1": rows[best]["top1"],
                           "drop": rows[best]["drop"], "max_drop": args.max_drop,
                           "agree_with_fp32": chosen.agree},
