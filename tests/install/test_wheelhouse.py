@@ -83,7 +83,7 @@ def torch_closure() -> list[metadata.Distribution]:
     return list(seen.values())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def machine_torch(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("machine-torch")
     for dist in torch_closure():
@@ -94,7 +94,7 @@ def machine_torch(tmp_path_factory) -> Path:
     return site
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def wheelhouse(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheelhouse")
     ok(subprocess.run([PYTHON, "scripts/wheelhouse.py", str(out), "--skip-torch"], cwd=ROOT, capture_output=True,
@@ -102,7 +102,7 @@ def wheelhouse(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def offline_venv(tmp_path_factory, wheelhouse, machine_torch) -> tuple[Path, subprocess.CompletedProcess]:
     venv = tmp_path_factory.mktemp("offline") / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True)

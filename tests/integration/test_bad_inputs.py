@@ -66,7 +66,7 @@ def tiny(shapes_dir: Path, run_dir: Path, *extra: str, loader: str = "torchvisio
                      "log.plots=false", *extra, loader=loader)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def trained(shapes_dir, tmp_path_factory) -> Path:
     """A finished one-epoch run (channels-last ResNet-9, torchvision loader) with its checkpoint."""
     run_dir = tmp_path_factory.mktemp("bad") / "run"

@@ -45,14 +45,14 @@ def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in weights.items() if "running_" not in k and "num_batches" not in k}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def ddp_reference(shapes_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("ds") / "ddp"
     ok(run_train(tiny_args(shapes_dir, run_dir, *EQUIVALENCE), nproc=2))
     return run_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def zero_runs(shapes_dir, tmp_path_factory) -> dict[int, Path]:
     runs = {}
     for stage in (0, 1, 2, 3):

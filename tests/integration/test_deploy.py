@@ -34,7 +34,7 @@ def train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
             "log.progress_bar=false", "log.tensorboard=false", "log.plots=false", *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def cifar_split(cifar_slice, tmp_path_factory) -> Path:
     """The shared CIFAR-10 slice as train/ (20 JPEGs per class) and val/ (10 per class) folders."""
     out = tmp_path_factory.mktemp("cifar_split")
@@ -45,14 +45,14 @@ def cifar_split(cifar_slice, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def cifar_run(cifar_split, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "cifar"
     ok(run_train(train_args(cifar_split, run_dir, "train.epochs=4")))
     return run_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def finetuned_run(cifar_split, cifar_run, tmp_path_factory) -> Path:
     """The CIFAR run fine-tuned on 5 of its classes (a new head), with EMA weights."""
     run_dir = tmp_path_factory.mktemp("runs") / "finetuned"

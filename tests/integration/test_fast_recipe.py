@@ -3,12 +3,10 @@ evaluates with its test-time augmentation."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
 
-from tests.helpers import PYTHON, ROOT, ok, read_json, read_jsonl, run_train
+from tests.helpers import ok, read_json, read_jsonl, run_train, visiontrain_cli
 from visiontrain.checkpoint.weights import read_weights
 
 pytestmark = pytest.mark.slow  # a training run on 2,000 real images, then two evaluations
@@ -29,8 +27,7 @@ def test_fast_recipe_one_epoch_on_2000_real_images_beats_chance_by_far(cifar_200
     losses = {}
     for tta in ("none", "the run's"):  # evaluate's default is the run's train.tta
         flag = ["--tta", tta] if tta == "none" else []
-        result = ok(subprocess.run([PYTHON, "-m", "visiontrain", "evaluate", "--weights", str(run_dir), *flag,
-                                    "--out", str(tmp_path / tta)], cwd=ROOT, capture_output=True, text=True))
+        result = ok(visiontrain_cli("evaluate", "--weights", run_dir, *flag, "--out", tmp_path / tta))
         losses[tta] = float(result.stdout.split("loss ")[1].split()[0])
     assert "tta flip_translate" in result.stdout
     assert losses["the run's"] == pytest.approx(val[0]["loss"], abs=1e-4)

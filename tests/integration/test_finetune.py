@@ -32,7 +32,7 @@ def args(data: Path, run_dir: Path, *extra: str) -> list[str]:
             "log.plots=false", *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def transfer_data(tmp_path_factory) -> Path:
     """10 shapes x (120 train + 30 val) at 24x24, as image folders."""
     out = tmp_path_factory.mktemp("transfer") / "shapes"
@@ -42,7 +42,7 @@ def transfer_data(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def pretrained(transfer_data, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "pretrain_a"
     ok(run_train(args(transfer_data, run_dir, *TASK_A, "train.epochs=16", "train.batch_size=50",

@@ -47,7 +47,7 @@ def test_two_ddp_ranks_train_a_library_model_to_identical_parameters(shapes_dir,
 
 
 def test_a_killed_vit_run_resumes_bit_exactly_and_exports_to_a_checked_onnx_file(shapes_dir, tmp_path):
-    args = (*VIT, "train.epochs=3", "optim.layer_decay=0.75")
+    args = (*VIT, "train.epochs=2", "optim.layer_decay=0.75")
     reference = tmp_path / "reference"
     ok(run_train(family_args(shapes_dir, reference, *args)))
     killed = tmp_path / "killed"

@@ -26,7 +26,7 @@ from visiontrain.train.logs import EVENT_KEYS
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def single_run(shapes_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "single"
     ok(run_train(tiny_args(shapes_dir, run_dir)))

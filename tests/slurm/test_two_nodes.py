@@ -56,7 +56,7 @@ def on_node(env: dict[str, str], node: int, *cmd: str) -> list[str]:
     return ["nsenter", "-t", pid, "-n", "-u", "-m", f"--wd={ROOT}", *cmd]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def two_node_run(slurm2, shapes_dir, tmp_path_factory) -> tuple[Path, str]:
     """slurm/pretrain.sh on two nodes, one task each, run to the end: (run dir, job id)."""
     run_dir = tmp_path_factory.mktemp("two-nodes") / "uninterrupted"

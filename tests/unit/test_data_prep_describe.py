@@ -26,7 +26,7 @@ from visiontrain.data.prep.synthetic import SHAPES
 SHAPE_NAMES = sorted(SHAPES)  # the shapes data set's labels follow its sorted class names
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def ffcv_betons(shapes_dir, tmp_path_factory) -> Path:
     """The shapes images (10 classes, 40 train + 11 val each, 16x16) as raw betons written by FFCV's writer."""
     out = tmp_path_factory.mktemp("ffcv_written")
@@ -103,7 +103,7 @@ def test_given_class_names_give_the_meta_json_data_prep_writes(ffcv_betons, shap
     assert meta["options"]["class_names"] == "given" and "model.num_classes=10" in result.stdout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def imagenet_betons(imagenet_sample, tmp_path_factory) -> tuple[Path, list[str]]:
     """20 real ImageNet photos written as ffcv-imagenet's write_imagenet.py writes them: some raw, some JPEG
     (`proportion`), longer side capped; train: all 20, val: the first 10 classes."""

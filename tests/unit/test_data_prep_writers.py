@@ -69,7 +69,7 @@ def test_cifar10_from_python_batches(tmp_path):
     assert np.array_equal(images, arrays["test_batch"]) and labels.tolist() == [i % 10 for i in range(10)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave other modules
 def imagenet_layout(imagenet_sample, tmp_path_factory) -> tuple[Path, Path, Path]:
     """train: the 200 photos by wnid; val: 20 of them as flat ILSVRC-named files + a labels file."""
     root = tmp_path_factory.mktemp("ilsvrc")
