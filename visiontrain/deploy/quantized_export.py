@@ -156,8 +156,9 @@ def export_quantized(args, trained: TrainedModel, target: Path, final: Path, fp3
         if not passing:
             raise CheckFailed(f"no int8 model passes the accuracy gate (top-1 drop <= {args.max_drop:g} points on "
                               f"{images} validation images): best drop "
-                              f"{min(r['drop'] for r in rows):.2f} points; {final} not written. Try --search, "
-                              "--quantize dynamic or --keep-float for the layers that suffer")
+                              f"{min(r['drop'] for r in rows):.2f} points; {final} not written. Try "
+                              f"{'--search, --quantize dynamic' if args.quantize == 'int8' else '--quantize int8'} or "
+                              "--keep-float for the layers that suffer")
         best = max(passing, key=lambda i: (rows[i]["top1"], candidates[i].agree, -i))
         chosen = candidates[best]
         threads = len(os.sched_getaffinity(0))
