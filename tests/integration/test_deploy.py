@@ -356,3 +356,26 @@ def test_bench_deploy_times_every_export_and_pytorch_side_by_side(cifar_run, tmp
     assert doc["top1"]["images"] == 100 and doc["top1"]["model.onnx"] == doc["top1"]["pytorch eager"]
     assert doc["rows"][1]["file_mb"] < doc["rows"][0]["file_mb"] and "cpu" in doc["environment"]
     assert (tmp_path / "bench" / "deploy.png").stat().st_size > 0 and "| model.onnx |" in out
+
+
+def test_evaluating_an_onnx_file_refuses_settings_its_contract_contradicts(cifar_run, cifar_split, tmp_path, capsys):
+    model = tmp_path / "model.onnx"
+    assert cli(export_main, [str(cifar_run), "--format", "onnx", "--out", str(model), "--check-count", "4"],
+               capsys)[0] == 0
+    renamed = tmp_path / "renamed"  # ten classes, but not the same ten
+    shutil.copytree(cifar_split, renamed)
+    for split in ("train", "val"):
+        (renamed / split / "airplane").rename(renamed / split / "zebra")
+    cases = [
+        (["data.mean=[0.1,0.1,0.1]"], "input contract says data.mean=[0.5, 0.5, 0.5]"),
+        (["--data", str(renamed)], "classifies 10 classes (airplane, automobile, bird, ...); the dataset at"),
+        (["--ema"], "is an exported model"),
+    ]
+    for extra, expected in cases:
+        code, _, err = cli(evaluate_main, ["--weights", str(model), "--out", str(tmp_path / "eval"), *extra], capsys)
+        assert expected in one_line(code, err), (extra, err)
+        assert not (tmp_path / "eval").exists()
+    code, out, err = cli(evaluate_main, ["--weights", str(model), "--out", str(tmp_path / "eval")], capsys)
+    assert code == 0, err
+    assert read_json(tmp_path / "eval" / "eval.json")["top1"] == pytest.approx(
+        read_json(cifar_run / "summary.json")["final"]["top1"], abs=0.01)
