@@ -16,6 +16,7 @@ from visiontrain.config.loading import all_keys, load_config, to_dict, to_yaml
 from visiontrain.config.schema import CHOICES, Config, validate
 from visiontrain.config.sections import (
     FREEZE_POLICIES,
+    AdversarialConfig,
     AugmentConfig,
     CheckpointConfig,
     DataConfig,
@@ -31,7 +32,7 @@ from visiontrain.config.sections import (
 )
 
 __all__ = [
-    "CHOICES", "FREEZE_POLICIES", "AugmentConfig",
+    "CHOICES", "FREEZE_POLICIES", "AdversarialConfig", "AugmentConfig",
     "CheckpointConfig", "Config", "DataConfig", "FinetuneConfig", "LogConfig",
     "ModelConfig", "OptimConfig", "ParallelConfig", "RunConfig", "ScheduleConfig", "TrainConfig", "all_keys",
     "load_config", "parse_freeze", "to_dict", "to_yaml", "validate",

@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from visiontrain.config.launcher_settings import apply_launcher_settings
 from visiontrain.config.renames import current_name, renamed_yaml
-from visiontrain.config.schema import Config, fill_model_defaults, validate
+from visiontrain.config.schema import Config, fill_model_defaults, fill_monitor, validate
 from visiontrain.infra.errors import UsageError
 
 
@@ -48,6 +48,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if environ is not None:
         apply_launcher_settings(cfg, environ)
     fill_model_defaults(cfg)
+    fill_monitor(cfg)
     validate(cfg)
     return cfg
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from visiontrain.config.checks import choices_of
 from visiontrain.config.sections import (
+    AdversarialConfig,
     AugmentConfig,
     CheckpointConfig,
     DataConfig,
@@ -33,6 +34,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -64,6 +66,13 @@ def fill_model_defaults(cfg: Config) -> None:
     d.val_crop_ratio = d.val_crop_ratio or spec.crop_ratio or 0.875
 
 
+def fill_monitor(cfg: Config) -> None:
+    """train.monitor=auto: robust_top1 when adversarial training checks robustness (a collapse must not
+    leave the run with its best clean checkpoint), else top1. A run's config.yaml records the choice."""
+    if cfg.train.monitor == "auto":
+        cfg.train.monitor = "robust_top1" if cfg.adversarial.checks else "top1"
+
+
 def validate(cfg: Config) -> None:
     """Value checks that need no knowledge of the launch (the world size is checked by `BatchPlan`).
 
@@ -80,6 +89,7 @@ def validate(cfg: Config) -> None:
                   f"need 0 <= data.ramp_start_epoch ({d.ramp_start_epoch}) <= data.ramp_end_epoch <= train.epochs")
     _check_input_size(cfg)
     _check_augment(cfg)
+    _check_adversarial(cfg)
     if cfg.parallel.strategy == "deepspeed":
         m.require(not m.compile, "compile", "not supported with parallel.strategy=deepspeed; use ddp")
         # DeepSpeed hands the optimizer flattened partitions: LAMB's per-layer trust ratios and its gradient
@@ -89,6 +99,21 @@ def validate(cfg: Config) -> None:
         # Lookahead writes the module's weights; DeepSpeed keeps its own (partitioned) master copy.
         t.require(not t.lookahead_every_steps, "lookahead_every_steps",
                   "not supported with parallel.strategy=deepspeed (it keeps its own master weights); use ddp")
+
+
+def _check_adversarial(cfg: Config) -> None:
+    a, t = cfg.adversarial, cfg.train
+    t.require(t.monitor != "robust_top1" or a.checks, "monitor",
+              "robust_top1 is measured by adversarial training's check: set adversarial.method and "
+              "adversarial.check_images > 0")
+    if not a.on:
+        return
+    # The attack differentiates the plain module between the engine's steps; DeepSpeed's partitioned
+    # parameters and gradient hooks are not built for that.
+    a.require(cfg.parallel.strategy != "deepspeed", "method", "adversarial training runs with "
+                                                              "parallel.strategy=ddp, not deepspeed")
+    a.require(not a.checks or cfg.data.loader != "random", "check_images",
+              "data.loader=random has no training images to check; set adversarial.check_images=0")
 
 
 def _check_augment(cfg: Config) -> None:

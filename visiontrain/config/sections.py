@@ -313,8 +313,9 @@ class TrainConfig(Section):
     # Test-time augmentation of every evaluation (and the final report): none | flip (image and
     # mirror) | flip_translate (also one-pixel shifts); visiontrain/evaluate/tta.py.
     tta: str = choice("none", TTA_MODES)
-    # validation metric that decides the best checkpoint: top1 | top5 | loss
-    monitor: str = choice("top1", ("top1", "top5", "loss"))
+    # validation metric that decides the best checkpoint: top1 | top5 | loss | robust_top1 (the
+    # adversarial section's PGD check) | auto (robust_top1 when that check runs, else top1)
+    monitor: str = choice("auto", ("auto", "top1", "top5", "loss", "robust_top1"))
     # Stop after this many evaluations without improvement of `monitor` (0 = off);
     # an early-stopped run ends with its best checkpoint's weights.
     early_stop_patience: int = 0
@@ -334,6 +335,74 @@ class TrainConfig(Section):
         self.require(self.eval_every_epochs >= 1, "eval_every_epochs", "must be >= 1")
         self.require(self.early_stop_patience >= 0, "early_stop_patience", "must be >= 0 (0 = off)")
         self.require(self.early_stop_min_delta >= 0, "early_stop_min_delta", "must be >= 0")
+
+
+@dataclass
+class AdversarialConfig(Section):
+    """Adversarial training (visiontrain/robust/): each training batch replaced by its L-infinity attack."""
+
+    section = "adversarial"
+    # none | fgsm_rs (one signed-gradient step from a random start: "Fast is better than free") |
+    # pgd (steps of projected gradient ascent: Madry et al.)
+    method: str = choice("none", ("none", "fgsm_rs", "pgd"))
+    # Radius of the L-infinity ball, in [0, 1] pixels (a number or a fraction: 8/255); the attack moves
+    # pixels, the model reads them normalized with data.mean / data.std
+    epsilon: str = "8/255"
+    alpha: str = ""  # step size in pixels; empty: 1.25 x epsilon for fgsm_rs, 2.5 x epsilon / steps for pgd
+    steps: int = 7  # pgd: gradient steps per batch
+    random_start: bool = True  # pgd: start from a uniform draw in the ball (fgsm_rs always does)
+    # Every evaluation, PGD accuracy on about this many training images (a seeded draw from the training
+    # split, evaluation preprocessing, BN in eval mode): logged as val robust_top1, train.monitor=robust_top1
+    # keeps the best-robust checkpoint. 0 = off
+    check_images: int = 1000
+    check_steps: int = 10  # PGD steps of that check (alpha 2.5 x epsilon / steps, random start)
+    # Catastrophic overfitting: robust_top1 more than this many points below its best so far is a
+    # collapse, logged in one line
+    collapse_drop: float = 20.0
+    stop_on_collapse: bool = True  # a collapse ends the run with the best checkpoint's weights (train.monitor)
+
+    def check(self) -> None:
+        from visiontrain.robust.attacks import parse_pixels
+
+        for name in ("epsilon", "alpha"):
+            if name == "alpha" and not self.alpha:
+                continue
+            try:
+                value = parse_pixels(getattr(self, name), f"adversarial.{name}")
+            except ValueError:
+                value = float("nan")
+            self.require(0 < value <= 1, name, "in (0, 1] pixels: a number or a "
+                                               "fraction such as 8/255")
+        self.require(self.steps >= 1, "steps", "must be >= 1")
+        self.require(self.check_images >= 0, "check_images", "must be >= 0 (0 = off)")
+        self.require(self.check_steps >= 1, "check_steps", "must be >= 1")
+        self.require(0 < self.collapse_drop <= 100, "collapse_drop", "points of top-1, in (0, 100]")
+
+    @property
+    def on(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def eps(self) -> float:
+        from visiontrain.robust.attacks import parse_pixels
+
+        return parse_pixels(self.epsilon, "adversarial.epsilon")
+
+    @property
+    def step_size(self) -> float:
+        from visiontrain.robust.attacks import parse_pixels
+
+        if self.alpha:
+            return parse_pixels(self.alpha, "adversarial.alpha")
+        return 1.25 * self.eps if self.method == "fgsm_rs" else 2.5 * self.eps / self.steps
+
+    @property
+    def attack_steps(self) -> int:
+        return 1 if self.method == "fgsm_rs" else self.steps
+
+    @property
+    def checks(self) -> bool:
+        return self.on and self.check_images > 0
 
 
 FREEZE_POLICIES = "none, backbone, stages:K (K >= 1: the stem and the first K stages), bn"

@@ -3,6 +3,7 @@
     python -m visiontrain evaluate --weights RUN_DIR [--data PATH] [--tta flip|flip_translate] [--out DIR]
     python -m visiontrain evaluate --weights FILE --data PATH [-c CONFIG] [section.key=value ...]
     python -m visiontrain evaluate --weights model.onnx [--data PATH] [-c CONFIG] [section.key=value ...]
+    python -m visiontrain evaluate --weights RUN_DIR --attack pgd|apgd [--epsilon 8/255] [--attack-images N]
 
 RUN_DIR: the run's config.yaml describes the model and data (data.classes included);
 its weights.safetensors (or newest checkpoint; --ema for EMA weights) are evaluated and
@@ -14,6 +15,10 @@ An .onnx file (any `visiontrain export`, int8 included) runs in ONNX Runtime on 
 input contract gives the class names, evaluation size, crop and mean/std; the data settings
 come from its training run's config.yaml where that still exists (else -c and overrides),
 the dataset from --data or the training run's data.path.
+--attack: clean and robust top-1 under an L-infinity attack of about --attack-images validation images
+(visiontrain/robust/evaluation.py): PGD with --attack-steps (20) and --restarts, or APGD with the CE and
+DLR losses (--attack-steps 100); epsilon in [0, 1] pixels through the model's normalization; written to
+robust.json beside the report, with the time taken. PyTorch weights only.
 Exit codes: 0 done, 2 bad arguments or input.
 """
 
@@ -42,15 +47,55 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ema", action="store_true", help="a run directory's EMA weights")
     parser.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/eval or FILE's eval_<name>/)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--attack", choices=("pgd", "apgd"), help="also measure robust top-1 under this attack")
+    parser.add_argument("--epsilon", default="8/255", help="attack radius in [0, 1] pixels (8/255)")
+    parser.add_argument("--attack-steps", type=int, help="attack iterations (pgd 20, apgd 100)")
+    parser.add_argument("--alpha", help="pgd step size in pixels (default 2.5 x epsilon / steps)")
+    parser.add_argument("--restarts", type=int, default=1, help="random starts per attack (1)")
+    parser.add_argument("--attack-images", type=int, default=1000,
+                        help="about N validation images are attacked: every k-th, k = images // N (1000)")
+    parser.add_argument("--attack-seed", type=int, default=0, help="seeds the random starts (0)")
     parser.add_argument("-c", "--config", help="config for FILE weights (model and data settings)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser.parse_args(argv)
+
+
+def attack_spec(args: argparse.Namespace):
+    """The --attack options as an AttackSpec (None without --attack); UsageError naming a bad one."""
+    from visiontrain.robust.attacks import parse_pixels
+    from visiontrain.robust.evaluation import AttackSpec
+
+    given = [f"--{name.replace('_', '-')}" for name in ("attack_steps", "alpha") if getattr(args, name) is not None]
+    if args.attack is None:
+        if given:
+            raise UsageError(f"{given[0]} is an option of --attack pgd|apgd")
+        return None
+    values = {}
+    for option, text in (("--epsilon", args.epsilon), ("--alpha", args.alpha)):
+        if text is None:
+            continue
+        try:
+            values[option] = parse_pixels(text, option)
+        except ValueError as err:
+            raise UsageError(f"{err}") from None
+        if not 0 < values[option] <= 1:
+            raise UsageError(f"{option} {text} is invalid: in (0, 1] pixels, e.g. 8/255")
+    if args.alpha is not None and args.attack != "pgd":
+        raise UsageError("--alpha is the step size of --attack pgd (apgd adapts its own)")
+    steps = args.attack_steps if args.attack_steps is not None else (20 if args.attack == "pgd" else 100)
+    for option, value, low in (("--attack-steps", steps, 1), ("--restarts", args.restarts, 1),
+                               ("--attack-images", args.attack_images, 1)):
+        if value < low:
+            raise UsageError(f"{option} {value} is invalid: must be >= {low}")
+    return AttackSpec(args.attack, values["--epsilon"], steps, values.get("--alpha", 0.0), args.restarts,
+                      args.attack_seed)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} is invalid: must be >= 1")
+    spec = attack_spec(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from visiontrain.data import build_data
     from visiontrain.deploy.inference import TorchClassifier
@@ -64,6 +109,9 @@ def main(argv: list[str]) -> int:
     use_threads()
     weights = Path(args.weights)
     if weights.suffix == ".onnx":
+        if spec is not None:
+            raise UsageError(f"--attack differentiates the model: give the run directory or weights of {weights}, "
+                             "not the export")
         return evaluate_onnx(args, weights)
     trained = load_trained(weights, args.ema, args.config, args.overrides, key="--weights", data=args.data)
     cfg = trained.cfg
@@ -81,8 +129,26 @@ def main(argv: list[str]) -> int:
                           metrics_jsonl=run_dir / "metrics.jsonl" if run_dir else None)
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
           f"({result['samples']} samples, tta {args.tta})")
+    if spec is not None:
+        robust = attack_report(classifier, data, cfg, spec, args.attack_images, device, out, about)
+        print(f"{spec.name} eps {args.epsilon}: clean top-1 {robust['clean_top1']:.2f}%  robust top-1 "
+              f"{robust['robust_top1']:.2f}%  ({robust['samples']} images, {robust['seconds']:.1f} s)")
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def attack_report(classifier, data, cfg, spec, images: int, device, out: Path, about: dict) -> dict:
+    """Clean and robust top-1 of about `images` validation images (every k-th), written to out/robust.json."""
+    from visiontrain.infra.fileio import write_json
+    from visiontrain.robust.attacks import PixelSpace
+    from visiontrain.robust.evaluation import robust_accuracy
+
+    every = max(1, data.val.num_samples // images)  # spread over the classes (datasets are stored by class)
+    result = robust_accuracy(classifier.model, data.val, PixelSpace(cfg.data.mean, cfg.data.std, device), spec,
+                             device, 1, 0, classifier.autocast, cfg.train.precision == "fp16", every)
+    record = {**about, **spec.describe(), "space": "[0, 1] pixels, L-infinity", "batchnorm": "eval", **result}
+    write_json(out / "robust.json", record)
+    return record
 
 
 def onnx_config(model: Path, contract, config_file: str | None, overrides: list[str], data: str | None):

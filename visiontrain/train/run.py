@@ -82,6 +82,11 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: Runtime | No
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     data = build_data(cfg, runtime, plan)
+    check = None
+    if cfg.adversarial.checks:  # the robustness check's training images, through the evaluation preprocessing
+        from visiontrain.robust.check import RobustCheck
+
+        check = RobustCheck(cfg, runtime, plan, data.train_samples)
     model = model if model is not None else build_model(cfg.model)
     init_from_training_images(model, data.train)
     init = finetune.prepare_model(model, spec_of(cfg.model.name), cfg.finetune)  # finetune.init_from, finetune.freeze
@@ -90,7 +95,7 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: Runtime | No
     log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch", run_dir, cfg.model.name,
              runtime.device.type, runtime.world_size, runtime.launcher, plan.global_batch,
              data.train.steps_per_epoch)
-    trainer = Trainer(cfg, runtime, plan, data, model, backend, run_dir, init)
+    trainer = Trainer(cfg, runtime, plan, data, model, backend, run_dir, init, check)
     trainer.resume_if_possible()
     return Run(cfg, runtime, plan, data, trainer)
 

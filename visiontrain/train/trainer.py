@@ -48,13 +48,15 @@ class Progress:
     step: int = 0  # optimizer steps completed
     batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
     stopped_early: bool = False
+    best_robust: float = -1.0  # adversarial training: the robustness check's best robust top-1 so far
+    collapsed: bool = False  # ... and it collapsed (robust/check.py)
 
 
 class Trainer:
     """Built by `run.build_run`, which every entry point calls; `fit()` trains to the end."""
 
     def __init__(self, cfg: Config, runtime: Runtime, plan: BatchPlan, data: DataBundle, model: nn.Module,
-                 backend, run_dir: Path, init: dict[str, Any] | None = None):
+                 backend, run_dir: Path, init: dict[str, Any] | None = None, robust_check=None):
         self.cfg, self.runtime, self.plan, self.data, self.run_dir = cfg, runtime, plan, data, Path(run_dir)
         self.init = init or {}  # where the starting weights came from (fine-tuning)
         self.device = runtime.device
@@ -72,6 +74,8 @@ class Trainer:
         self.step = Step(self.train_model, self.optimizer, self.scheduler, self.backend, cfg.train.label_smoothing,
                          self.model, self.ema, cfg.train.loss)
         self.targets = targets_for(cfg, runtime.rank, plan.micro_batch)  # Mixup / CutMix, soft targets
+        self.adversary = self._new_adversary() if cfg.adversarial.on else None
+        self.robust_check = robust_check  # robust/check.py, with adversarial training
         self.state = Progress()
         self.best = BestTracker(cfg.train)
         self.window = RunningStats(self.device)  # since the last train log event
@@ -113,7 +117,7 @@ class Trainer:
                 self.lookahead = self._new_lookahead()
             else:
                 self.lookahead.load_state_dict(state["lookahead"])
-        self.state = Progress(**{key: state["trainer"][key] for key in asdict(Progress())})
+        self.state = Progress(**{key: state["trainer"][key] for key in asdict(Progress()) if key in state["trainer"]})
         self.best.load_state_dict(state["trainer"])
         restore_sums(self._running_stats(), state["stats"], self.runtime.rank, self.runtime.world_size)
         self._checked_step = self.state.step
@@ -127,6 +131,13 @@ class Trainer:
                  path, self.state.epoch, self.state.step, self.state.batch_in_epoch)
         self.metrics.write("resume", epoch=self.state.epoch, step=self.state.step, checkpoint=str(path))
         return True
+
+    def _new_adversary(self):
+        from visiontrain.robust.training import AdversarialBatches
+
+        c = self.cfg
+        return AdversarialBatches(c.adversarial, self.model, c.data.mean, c.data.std, self.device, c.run.seed,
+                                  self.runtime.rank, self.backend.autocast, c.train.precision == "fp16", c.train.loss)
 
     def _new_ema(self) -> AveragedModel:
         return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema_decay), use_buffers=True)
@@ -163,15 +174,15 @@ class Trainer:
             improved = False
             if self.state.epoch == epochs or self.state.epoch % self.cfg.train.eval_every_epochs == 0:
                 improved = self.run_evaluation()
-                self.state.stopped_early = self.best.should_stop()
-                if self.state.stopped_early:
+                self.state.stopped_early = self.best.should_stop() or self._stop_on_collapse()
+                if self.state.stopped_early and not self.state.collapsed:
                     self._log_early_stop()
             done = self.state.epoch == epochs or self.state.stopped_early
             every = self.cfg.checkpoint.every_epochs
             self.save_checkpoint(periodic=done or (every > 0 and self.state.epoch % every == 0), best=improved)
             if not done and self.preemption.stop_now(self.state.step, boundary=True):
                 self.stop_for_signal()
-        if self.cfg.train.restore_best or self.cfg.train.early_stop_patience:
+        if self.cfg.train.restore_best or self.cfg.train.early_stop_patience or self._stop_on_collapse():
             self.restore_best()
         elif not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
             self.run_evaluation()
@@ -198,6 +209,9 @@ class Trainer:
                  self.state.epoch, self.best.monitor, self.best.patience, best.best_value, best.best_epoch)
         self.metrics.write("early_stop", epoch=self.state.epoch, step=self.state.step, monitor=self.best.monitor,
                            best=best.best_value, best_epoch=best.best_epoch)
+
+    def _stop_on_collapse(self) -> bool:
+        return self.state.collapsed and self.cfg.adversarial.stop_on_collapse
 
     def restore_best(self) -> None:
         """Load the best checkpoint's weights (and EMA) and evaluate them: the run ends with them."""
@@ -228,6 +242,8 @@ class Trainer:
             targets = None
             if self.targets is not None:
                 images, targets = self.targets(images, labels, epoch, micro)
+            if self.adversary is not None:
+                images = self.adversary(images, labels, epoch, micro, targets)
             out = self.step(images, labels, sync=micro % accum == 0, targets=targets)
             self._record(out, labels)
             batch_images = images.shape[0] * self.runtime.world_size
@@ -316,6 +332,8 @@ class Trainer:
         val = evaluate(self.train_model, self.data.val, self.backend.autocast, self.device, self.runtime.world_size,
                        self.backend.prepare_inputs, tta=tta)
         seconds = time.perf_counter() - t0
+        if self.robust_check is not None:
+            val.update(self._check_robustness())
         self.last_val = self.metrics.write("val", epoch=self.state.epoch, step=self.state.step, lr=self._lr(),
                                            img_per_s=val["samples"] / max(seconds, 1e-9), **val)
         self.tb.scalars("val", val, self.state.step)
@@ -330,6 +348,25 @@ class Trainer:
             self.tb.scalars("val_ema", ema_val, self.state.step)
             log.info("    EMA val top1 %.2f%%", ema_val["top1"])
         return self.best.update(val, self.state.epoch)
+
+    def _check_robustness(self) -> dict[str, float]:
+        """The PGD check on training images; a collapse below the best so far is logged (and stops the run)."""
+        check = self.robust_check.run(self.model, self.backend.autocast)
+        robust, best = check["robust_top1"], self.state.best_robust
+        log.info("    robustness check: PGD-%d top1 %.2f%% (clean %.2f%%) on %d training images, %.1f s",
+                 self.cfg.adversarial.check_steps, robust, check["clean_top1"], check["samples"], check["seconds"])
+        if self.robust_check.collapsed(robust, best) and not self.state.collapsed:
+            self.state.collapsed = True
+            then = ("stopping; the run ends with its best checkpoint by train.monitor=" + self.cfg.train.monitor
+                    if self.cfg.adversarial.stop_on_collapse else "continuing (adversarial.stop_on_collapse=false)")
+            log.warning("catastrophic overfitting at epoch %d: robust top1 on the check images fell from %.2f%% to "
+                        "%.2f%% (more than adversarial.collapse_drop=%g points); %s", self.state.epoch, best, robust,
+                        self.cfg.adversarial.collapse_drop, then)
+            self.metrics.write("collapse", epoch=self.state.epoch, step=self.state.step, robust_top1=robust,
+                               best_robust_top1=best)
+        self.state.best_robust = max(best, robust)
+        return {"robust_top1": robust, "robust_clean_top1": check["clean_top1"], "robust_samples": check["samples"],
+                "robust_seconds": check["seconds"]}
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:

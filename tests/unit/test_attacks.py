@@ -1,0 +1,173 @@
+"""The attacks of visiontrain/robust/: inside the epsilon-ball in [0, 1] pixels, stronger than noise, seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from visiontrain.config.sections import CIFAR10_MEAN, CIFAR10_STD
+from visiontrain.robust.attacks import (
+    PixelSpace,
+    apgd,
+    apgd_checkpoints,
+    dlr_losses,
+    losses_for,
+    parse_pixels,
+    pgd,
+)
+from visiontrain.robust.evaluation import AttackSpec, generator_for, robust_correct
+
+EPS = 8 / 255
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def real_batch(cifar_slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """64 real CIFAR-10 JPEGs: their [0, 1] pixels as read from the files, the loaders' normalized images, labels."""
+    classes = sorted(p.name for p in (cifar_slice / "train").iterdir())
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((cifar_slice / "train" / name).iterdir())[:7]]
+    files = files[:64]
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+                          for f, _ in files]).float() / 255
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    return pixels, (pixels - mean) / std, torch.tensor([c for _, c in files])
+
+
+@pytest.fixture(scope="module")
+def fitted(real_batch) -> nn.Module:
+    """A small CNN fitted to the batch (a model that classifies most of it, as attacks are meant for)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(16, 32, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    _, images, labels = real_batch
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(150):
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    model.eval()
+    assert (model(images).argmax(1) == labels).float().mean() > 0.5
+    return model
+
+
+def space() -> PixelSpace:
+    return PixelSpace(CIFAR10_MEAN, CIFAR10_STD, CPU)
+
+
+def test_pixel_space_round_trip_and_fractions():
+    s = space()
+    x = torch.rand(4, 3, 8, 8)
+    assert torch.allclose(s.to_pixels(s.to_inputs(x)), x, atol=1e-6)
+    assert parse_pixels("8/255", "e") == pytest.approx(8 / 255) and parse_pixels(0.5, "e") == 0.5
+    for bad in ("abc", "1/0", "inf", ""):
+        with pytest.raises(ValueError, match="e="):
+            parse_pixels(bad, "e")
+
+
+@pytest.mark.parametrize("method", ["fgsm_rs", "pgd", "apgd"])
+def test_the_attack_raises_the_loss_and_stays_in_the_ball_of_the_real_pixels(real_batch, fitted, method):
+    pixels_from_files, images, labels = real_batch
+    s = space()
+    loss_of = losses_for(fitted, s, labels)
+    g = generator_for(CPU, 0, 1)
+    if method == "fgsm_rs":
+        adversarial = pgd(loss_of, s.to_pixels(images), EPS, 1.25 * EPS, 1, True, g)
+    elif method == "pgd":
+        adversarial = pgd(loss_of, s.to_pixels(images), EPS, 2 / 255, 7, True, g)
+    else:
+        adversarial = apgd(loss_of, s.to_pixels(images), EPS, 20, g)
+    # What the model reads (normalized), taken back to pixels by hand, against the files' own pixels.
+    model_input = s.to_inputs(adversarial)
+    seen = model_input * torch.tensor(CIFAR10_STD).view(1, 3, 1, 1) + torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    assert (seen - pixels_from_files).abs().max() <= EPS + 1e-5
+    assert seen.min() >= -1e-6 and seen.max() <= 1 + 1e-6
+    assert (adversarial - pixels_from_files).abs().max() > 0.9 * EPS  # it used the ball
+    with torch.no_grad():
+        clean_loss = F.cross_entropy(fitted(images), labels, reduction="none")
+        attacked_loss = F.cross_entropy(fitted(model_input), labels, reduction="none")
+        noise = s.to_inputs((s.to_pixels(images) + EPS * torch.randn_like(images).sign()).clamp(0, 1))
+        noise_loss = F.cross_entropy(fitted(noise), labels, reduction="none")
+    assert attacked_loss.mean() > clean_loss.mean() + 0.5
+    assert attacked_loss.mean() > noise_loss.mean() + 0.3  # the gradient's direction, not any perturbation
+    assert (attacked_loss > clean_loss).float().mean() > 0.9
+
+
+def test_pgd_with_zero_steps_and_no_random_start_is_the_identity(real_batch, fitted):
+    _, images, labels = real_batch
+    s = space()
+    pixels = s.to_pixels(images)
+    assert torch.equal(pgd(losses_for(fitted, s, labels), pixels, EPS, EPS, 0, False), pixels)
+    start = pgd(losses_for(fitted, s, labels), pixels, EPS, EPS, 0, True, generator_for(CPU, 3))
+    assert 0 < (start - pixels).abs().max() <= EPS + 1e-7
+
+
+def test_fgsm_with_a_random_start_is_one_signed_gradient_step_from_the_start(real_batch, fitted):
+    _, images, labels = real_batch
+    s = space()
+    pixels = s.to_pixels(images)
+    loss_of = losses_for(fitted, s, labels)
+    start = pgd(loss_of, pixels, EPS, 0, 0, True, generator_for(CPU, 5))
+    x = start.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(loss_of(x).sum(), x)
+    by_hand = torch.min(torch.max(start + 1.25 * EPS * grad.sign(), pixels - EPS), pixels + EPS).clamp(0, 1)
+    assert torch.equal(pgd(loss_of, pixels, EPS, 1.25 * EPS, 1, True, generator_for(CPU, 5)), by_hand)
+
+
+def test_random_starts_follow_the_seed(real_batch, fitted):
+    _, images, labels = real_batch
+    s = space()
+    loss_of = losses_for(fitted, s, labels)
+
+    def attack(*key):
+        return pgd(loss_of, s.to_pixels(images), EPS, EPS / 4, 2, True, generator_for(CPU, *key))
+
+    assert torch.equal(attack(0, 22, 1, 7), attack(0, 22, 1, 7))
+    assert not torch.equal(attack(0, 22, 1, 7), attack(0, 22, 2, 7))  # another epoch
+
+
+def test_apgd_checkpoints_are_the_papers():
+    # Croce and Hein 2020, section 3.2: for 100 iterations the step size may halve at these iterations.
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_dlr_loss_is_the_difference_of_logits_ratio():
+    logits = torch.tensor([[5.0, 3.0, 1.0, 0.0], [1.0, 4.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 0])
+    # Correct: -(5 - 3) / (5 - 1); wrong: -(1 - 4) / (4 - 1).
+    assert torch.allclose(dlr_losses(logits, labels), torch.tensor([-0.5, 1.0]))
+    assert torch.allclose(dlr_losses(3 * logits, labels), dlr_losses(logits, labels))  # scale-invariant
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_and_a_tiny_ball_keeps_clean_accuracy(real_batch, fitted):
+    _, images, labels = real_batch
+    s = space()
+
+    def accuracy(spec: AttackSpec) -> tuple[float, float]:
+        clean, robust = robust_correct(fitted, s, images, labels, spec, lambda r: generator_for(CPU, 9, r))
+        return clean.float().mean().item(), robust.float().mean().item()
+
+    clean, robust_pgd = accuracy(AttackSpec("pgd", 4 / 255, 10))
+    _, robust_apgd = accuracy(AttackSpec("apgd", 4 / 255, 20))
+    assert robust_pgd < clean - 0.2  # a model trained the usual way is not robust
+    assert robust_apgd <= robust_pgd
+    _, tiny = accuracy(AttackSpec("pgd", 1e-6, 5))
+    assert tiny == pytest.approx(clean, abs=1 / 64)
+
+
+def test_under_bf16_autocast_the_attack_still_raises_the_loss(real_batch, fitted):
+    _, images, labels = real_batch
+    s = space()
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    adversarial = pgd(losses_for(fitted, s, labels, autocast=autocast), s.to_pixels(images), EPS, 2 / 255, 5,
+                      True, generator_for(CPU, 1))
+    with torch.no_grad():
+        assert (F.cross_entropy(fitted(s.to_inputs(adversarial)), labels) >
+                F.cross_entropy(fitted(images), labels) + 0.5)
+
