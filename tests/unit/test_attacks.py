@@ -171,3 +171,36 @@ def test_under_bf16_autocast_the_attack_still_raises_the_loss(real_batch, fitted
         assert (F.cross_entropy(fitted(s.to_inputs(adversarial)), labels) >
                 F.cross_entropy(fitted(images), labels) + 0.5)
 
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["adversarial.method=pgd", "adversarial.epsilon=abc"], "'adversarial.epsilon' = 'abc' is invalid: in (0, 1]"),
+    (["adversarial.method=pgd", "adversarial.epsilon=0"], "'adversarial.epsilon' = '0' is invalid"),
+    (["adversarial.method=pgd", "adversarial.epsilon=2"], "'adversarial.epsilon' = '2' is invalid"),
+    (["adversarial.method=pgd", "adversarial.alpha=-1/255"], "'adversarial.alpha' = '-1/255' is invalid"),
+    (["adversarial.method=pgd", "adversarial.steps=0"], "'adversarial.steps' = 0 is invalid: must be >= 1"),
+    (["adversarial.method=fgsm"], "allowed none, fgsm_rs, pgd (did you mean 'fgsm_rs'?)"),
+    (["adversarial.method=pgd", "adversarial.collapse_drop=0"], "'adversarial.collapse_drop' = 0.0 is invalid"),
+    (["train.monitor=robust_top1"], "robust_top1 is measured by adversarial training's check"),
+    (["adversarial.method=pgd", "parallel.strategy=deepspeed", "parallel.deepspeed_config=configs/deepspeed/zero2.json"],
+     "runs with parallel.strategy=ddp, not deepspeed"),
+])
+def test_bad_adversarial_settings_are_refused_naming_the_key(overrides, message):
+    from visiontrain.config import load_config
+    from visiontrain.infra.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_epsilon_stops_train_py_with_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    result = subprocess.run([sys.executable, "train.py", "adversarial.method=fgsm_rs", "adversarial.epsilon=8/0",
+                             f"run.dir={tmp_path / 'run'}", "--check", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "adversarial.epsilon" in result.stderr and not (tmp_path / "run").exists()
