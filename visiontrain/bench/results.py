@@ -23,6 +23,13 @@ def table(records: list[dict[str, Any]]) -> str:
               "peak MiB", "GFLOP/img", "TFLOP/s/device", "MFU", "vs bare"]
     if scaling:
         header.insert(4, "scaling eff.")
+    # Adversarial training's cost: each point's step time over a plain step's (the first point without an
+    # attack, at the same process count), as `bench step --sweep adversarial.method=none,fgsm_rs,pgd` measures it.
+    plain = {r["world_size"]: r["images_per_s"] for r in reversed(records)
+             if "error" not in r and r.get("adversarial", "none") == "none"}
+    attacks = any(r.get("adversarial", "none") != "none" for r in records)
+    if attacks:
+        header.append("step time vs plain")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         if "error" in r:
@@ -42,6 +49,9 @@ def table(records: list[dict[str, Any]]) -> str:
             ]
             if scaling:
                 cells.insert(4, f"{100 * r['scaling_efficiency']:.1f}%")
+            if attacks:
+                base = plain.get(r["world_size"])
+                cells.append(_fmt(None if base is None else base / r["images_per_s"], ".2f") + "x" * bool(base))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
