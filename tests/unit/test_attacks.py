@@ -182,8 +182,8 @@ def test_under_bf16_autocast_the_attack_still_raises_the_loss(real_batch, fitted
     (["adversarial.method=fgsm"], "allowed none, fgsm_rs, pgd (did you mean 'fgsm_rs'?)"),
     (["adversarial.method=pgd", "adversarial.collapse_drop=0"], "'adversarial.collapse_drop' = 0.0 is invalid"),
     (["train.monitor=robust_top1"], "robust_top1 is measured by adversarial training's check"),
-    (["adversarial.method=pgd", "parallel.strategy=deepspeed", "parallel.deepspeed_config=configs/deepspeed/zero2.json"],
-     "runs with parallel.strategy=ddp, not deepspeed"),
+    (["adversarial.method=pgd", "parallel.strategy=deepspeed",
+      "parallel.deepspeed_config=configs/deepspeed/zero2.json"], "runs with parallel.strategy=ddp, not deepspeed"),
 ])
 def test_bad_adversarial_settings_are_refused_naming_the_key(overrides, message):
     from visiontrain.config import load_config

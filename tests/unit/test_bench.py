@@ -88,6 +88,22 @@ def test_scaling_efficiency_is_per_process_throughput_relative_to_the_smallest_c
     assert records[3]["scaling_base_world_size"] == 2
 
 
+def test_the_step_table_gives_each_attack_its_step_time_over_a_plain_step():
+    from visiontrain.bench.results import table
+
+    def record(label, adversarial, ips):
+        return {"label": label, "world_size": 1, "images_per_s": ips, "images_per_s_min": ips,
+                "images_per_s_max": ips, "images_per_s_per_device": ips, "step_ms_p50": 1.0, "step_ms_p90": 1.0,
+                "data_wait_fraction": 0.0, "peak_memory_mib": 1.0, "train_gflops_per_image": 1.0,
+                "achieved_tflops_per_device": 1.0, "mfu": None, "trainer_vs_bare": None, "adversarial": adversarial}
+
+    rows = table([record("none", "none", 800.0), record("fgsm", "fgsm_rs", 400.0),
+                  record("pgd", "pgd", 100.0)]).splitlines()
+    assert rows[0].endswith("| step time vs plain |")
+    assert [row.rsplit("|", 2)[-2].strip() for row in rows[2:]] == ["1.00x", "2.00x", "8.00x"]
+    assert "vs plain" not in table([record("none", "none", 800.0)])
+
+
 class _SlowLoader:
     """3 batches per epoch, each taking 10 ms to produce."""
 
