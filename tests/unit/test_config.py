@@ -204,7 +204,8 @@ def test_cli_missing_data_names_the_data_prep_command(tmp_path, capsys):
 
 def test_config_dataclass_has_every_documented_section():
     assert set(yaml.safe_load(to_yaml(Config()))) == {
-        "run", "data", "augment", "model", "optim", "schedule", "train", "checkpoint", "parallel", "finetune", "log"}
+        "run", "data", "augment", "model", "optim", "schedule", "train", "checkpoint", "parallel", "finetune", "log",
+        "adversarial"}
 
 
 def test_each_section_names_itself_as_config_does():
