@@ -295,3 +295,19 @@ def test_prep_bench_replicates_the_photos_and_reports_the_ratio_and_the_projecti
     assert "| 2 | 20.5 | 24.6 | **1.20x** | 40.0 / 41.0 |" in text
     assert "1 -> 2 workers: 2.00x faster" in text and "200 images/s per worker" in text
     assert f"about {1_281_167 / (200 * 32) / 3600:.2f} h" in text
+
+
+def test_the_robustness_table_states_each_method_against_standard_training(tmp_path, capsys):
+    from visiontrain.bench.robustness import markdown
+
+    def row(method, seconds, collapse=None):
+        return {"method": method, "train_seconds": seconds, "clean_top1": 80.0, "pgd_top1": 40.0, "pgd_images": 1000,
+                "apgd_top1": 38.5, "apgd_images": 300, "check": [30.0, 41.5], "collapse_epoch": collapse}
+
+    lines = markdown({"command": "python -m visiontrain bench robustness --data d",
+                      "rows": [row("standard", 60), row("fgsm_rs", 120), row("pgd7", 480, collapse=3)]}).splitlines()
+    assert lines[0] == "`python -m visiontrain bench robustness --data d`"
+    assert lines[5] == ("| fgsm_rs | 80.00 % | 40.00 % (1000) | 38.50 % (300) | 2.0 min | 2.0x | 30.0, 41.5 | - |")
+    assert lines[6].endswith("| 8.0x | 30.0, 41.5 | epoch 3 |")
+    assert run_cli(bench_main, ["robustness", "--data", str(tmp_path)]) == 2
+    assert "no meta.json" in capsys.readouterr().err
