@@ -1,6 +1,7 @@
 """One training step as numerics, on one screen: what to read when a loss curve looks wrong.
 
     every micro-batch (accum_steps of them make one optimizer step):
+        images = attack(images)                      with adversarial.method set (robust/training.py)
         logits = model(images)                       under autocast for bf16/fp16; the loss in fp32
         loss   = cross_entropy(logits, labels, label_smoothing).mean()
                  or, with Mixup / CutMix or train.loss=bce, the soft-target loss (train/mixing.py)
