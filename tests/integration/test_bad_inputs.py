@@ -92,9 +92,9 @@ def test_a_config_path_that_is_a_directory_says_so(tmp_path, capsys):
     assert line.startswith(f"error: config file {tmp_path} is a directory; give a YAML file")
 
 
-def test_overrides_may_stand_before_and_after_the_options(tmp_path, capsys):
+def test_overrides_may_stand_before_and_after_the_options(shapes_dir, tmp_path, capsys):
     argv = ["optim.lr=0.2", "-c", "configs/demo/train.yaml", "train.batch_size=64", "--check", "2", "model.width=8",
-            f"run.dir={tmp_path / 'run'}"]
+            f"run.dir={tmp_path / 'run'}", f"data.path={shapes_dir}", "data.image_size=16", "data.val_image_size=16"]
     assert run_cli(train_main, argv) == 0
     assert "ok: resnet9 on 2 process(es), micro-batch 32" in capsys.readouterr().out
     from visiontrain.launch.cli import parse_args
@@ -109,6 +109,25 @@ def test_check_validates_for_a_launcher_before_its_workers_start(tmp_path, capsy
                                        f"run.dir={tmp_path / 'run'}"], capsys)
     assert line == ("error: config key 'train.batch_size' = 256 is invalid: the global batch must be divisible by "
                     "world size x train.grad_accum_steps = 5 x 1 = 5")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["data.path=PATH/nowhere"], "no train.beton in data.path=PATH/nowhere (data.loader=ffcv)"),
+    (["data.path=PATH/nowhere", "data.loader=torchvision"],
+     "config key 'data.path' = 'PATH/nowhere' does not exist: data.loader=torchvision reads image folders"),
+    (["data.path=SHAPES", "finetune.init_from=PATH/gone.pt"], "config key 'finetune.init_from' = 'PATH/gone.pt' does "
+                                                               "not exist"),
+    (["data.path=SHAPES", "data.image_size=32"], "data.recipe=cifar reads train.beton images as they are, but they "
+                                                 "are not all 32x32"),
+])
+def test_check_refuses_a_dataset_or_starting_weights_that_are_not_there(shapes_dir, tmp_path, capsys, overrides,
+                                                                         expected):
+    fixed = [o.replace("PATH", str(tmp_path)).replace("SHAPES", str(shapes_dir)) for o in overrides]
+    sizes = [] if "data.image_size=32" in overrides else ["data.image_size=16", "data.val_image_size=16"]
+    line = one_line_error(train_main, ["--check", "1", "-c", "configs/demo/train.yaml", f"run.dir={tmp_path / 'run'}",
+                                       *sizes, *fixed], capsys)
+    assert line.startswith("error: " + expected.replace("PATH", str(tmp_path)))
     assert not (tmp_path / "run").exists()
 
 

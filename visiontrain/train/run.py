@@ -102,14 +102,34 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: Runtime | No
 
 def check(config: str | Path | None, overrides: list[str], world_size: int,
           environ: Mapping[str, str] = os.environ) -> str:
-    """The checks of a run that need no process group: config, batch plan, run directory. Raises UsageError."""
+    """The checks of a run that need no process group: config, batch plan, run directory, the data and starting
+    weights' paths. Raises UsageError."""
     if world_size < 1:
         raise UsageError(f"--check {world_size}: the number of processes must be >= 1")
     cfg = load_config(config, overrides, environ)
     plan = BatchPlan.for_world(cfg.train, world_size)
     resuming = rundir.check_run_dir(cfg)
+    check_inputs_exist(cfg)
     return (f"ok: {cfg.model.name} on {world_size} process(es), micro-batch {plan.micro_batch} x "
             f"{plan.accum_steps} accumulation step(s); run dir {cfg.run.dir} ({'resumes' if resuming else 'new'})")
+
+
+def check_inputs_exist(cfg: Config) -> None:
+    """What a launch would read first, where that is cheap to check: the dataset's files (a .beton dataset's
+    meta.json and splits) and the starting weights' path. UsageError (one line) naming the missing one."""
+    d = cfg.data
+    if d.loader == "ffcv":
+        from visiontrain.data.ffcv_loader import check_dataset_files
+
+        check_dataset_files(Path(d.path), d, ("train", "val"))
+    elif d.loader != "random" and not Path(d.path).exists():
+        reads = "image folders or CIFAR-10 batches" + (" or .beton files" if d.loader == "device" else "")
+        raise UsageError(f"config key 'data.path' = {d.path!r} does not exist: data.loader={d.loader} reads {reads} "
+                         "there")
+    init = cfg.finetune.init_from
+    if init and not init.startswith("hf-hub:") and not Path(init).exists():
+        raise UsageError(f"config key 'finetune.init_from' = {init!r} does not exist: give a run directory or a "
+                         "weights file")
 
 
 def train(config: str | Path | None, overrides: list[str], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
