@@ -23,7 +23,7 @@ POINT_FIELDS = {
     "warmup_s", "images_per_s", "images_per_s_min", "images_per_s_max", "images_per_s_per_device",
     "repeat_images_per_s", "step_ms_p50", "step_ms_p90", "data_wait_fraction", "peak_memory_mib", "memory_kind",
     "train_gflops_per_image", "achieved_tflops_per_device", "peak_tflops_per_device", "mfu", "bare_images_per_s",
-    "trainer_vs_bare",
+    "trainer_vs_bare", "adversarial", "attack_steps",
 }
 
 
