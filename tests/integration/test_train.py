@@ -133,6 +133,19 @@ def test_mid_epoch_checkpoint_resume_with_two_processes_is_bit_exact(shapes_dir,
     assert_identical_continuation(reference, killed)
 
 
+def test_a_checkpoint_at_an_epochs_last_step_with_two_processes_resumes_bit_exactly(shapes_dir, tmp_path):
+    """Stopped after the last step of an epoch, before its evaluation: the evaluation averages every rank's BN
+    statistics, so each rank must get its own back (a SIGUSR1 landing on that step hit this)."""
+    args = ("train.epochs=2", "checkpoint.every_steps=6", "data.num_workers=1")
+    reference = tmp_path / "reference"
+    ok(run_train(tiny_args(shapes_dir, reference, *args), nproc=2))
+    killed = tmp_path / "killed"
+    train_until(tiny_args(shapes_dir, killed, *args), 2, lambda: checkpoint_logged(killed, step=6))
+    result = ok(run_train(tiny_args(shapes_dir, killed, *args), nproc=2))
+    assert "(epoch 0, step 6, 6 micro-batches into the epoch)" in result.stderr
+    assert_identical_continuation(reference, killed)
+
+
 def test_truncated_checkpoint_falls_back_to_the_previous_good_one(shapes_dir, tmp_path):
     run_dir = tmp_path / "run"
     ok(run_train(tiny_args(shapes_dir, run_dir)))

@@ -28,7 +28,7 @@ from visiontrain.evaluate.metrics import RunningStats, evaluate, gather_sums, re
 from visiontrain.infra.errors import Preempted, TrainingFailed
 from visiontrain.models import spec_of
 from visiontrain.parallel.batch_plan import BatchPlan
-from visiontrain.parallel.runtime import Runtime, all_ranks_agree, average_buffers
+from visiontrain.parallel.runtime import Runtime, all_gather_objects, all_ranks_agree, average_buffers
 from visiontrain.train import logs
 from visiontrain.train.best import BestTracker
 from visiontrain.train.finetune import keep_frozen_bn_in_eval
@@ -120,6 +120,7 @@ class Trainer:
         self.state = Progress(**{key: state["trainer"][key] for key in asdict(Progress()) if key in state["trainer"]})
         self.best.load_state_dict(state["trainer"])
         restore_sums(self._running_stats(), state["stats"], self.runtime.rank, self.runtime.world_size)
+        self._restore_buffers(state.get("rank_buffers"))
         self._checked_step = self.state.step
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
@@ -131,6 +132,24 @@ class Trainer:
                  path, self.state.epoch, self.state.step, self.state.batch_in_epoch)
         self.metrics.write("resume", epoch=self.state.epoch, step=self.state.step, checkpoint=str(path))
         return True
+
+    def _gather_buffers(self) -> list[dict[str, torch.Tensor]] | None:
+        """Every rank's BatchNorm statistics. Ranks update them from their own batches after DDP's broadcast of
+        rank 0's; the next forward broadcasts again, but an evaluation before it (a checkpoint at an epoch's last
+        step) averages all ranks' (average_buffers): a resumed rank needs its own back, not rank 0's."""
+        if self.runtime.world_size == 1:
+            return None
+        own = {name: b.detach().cpu().clone() for name, b in self.model.named_buffers() if b.is_floating_point()}
+        return all_gather_objects(own, self.runtime.world_size)
+
+    def _restore_buffers(self, saved: list[dict[str, torch.Tensor]] | None) -> None:
+        """This rank's buffers from the checkpoint, at the same process count (at another, rank 0's stay)."""
+        if not saved or len(saved) != self.runtime.world_size:
+            return
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                if name in saved[self.runtime.rank]:
+                    buffer.copy_(saved[self.runtime.rank][name])
 
     def _new_adversary(self):
         from visiontrain.robust.training import AdversarialBatches
@@ -377,6 +396,7 @@ class Trainer:
             "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
             "trainer": {**asdict(self.state), **self.best.state_dict()},
             "stats": gather_sums(self._running_stats(), self.runtime.world_size),  # a collective: every rank calls
+            "rank_buffers": self._gather_buffers(),  # a collective too
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "config": to_yaml(self.cfg),
