@@ -58,6 +58,12 @@ def space() -> PixelSpace:
     return PixelSpace(CIFAR10_MEAN, CIFAR10_STD, CPU)
 
 
+def losses_only(model, s, labels):
+    """A training attack's loss: losses without correctness (the attack returns its last iterate)."""
+    with_correct = losses_for(model, s, labels)
+    return lambda pixels: with_correct(pixels)[0]
+
+
 def test_pixel_space_round_trip_and_fractions():
     s = space()
     x = torch.rand(4, 3, 8, 8)
@@ -72,7 +78,7 @@ def test_pixel_space_round_trip_and_fractions():
 def test_the_attack_raises_the_loss_and_stays_in_the_ball_of_the_real_pixels(real_batch, fitted, method):
     pixels_from_files, images, labels = real_batch
     s = space()
-    loss_of = losses_for(fitted, s, labels)
+    loss_of = losses_only(fitted, s, labels)
     g = generator_for(CPU, 0, 1)
     if method == "fgsm_rs":
         adversarial = pgd(loss_of, s.to_pixels(images), EPS, 1.25 * EPS, 1, True, g)
@@ -109,7 +115,7 @@ def test_fgsm_with_a_random_start_is_one_signed_gradient_step_from_the_start(rea
     _, images, labels = real_batch
     s = space()
     pixels = s.to_pixels(images)
-    loss_of = losses_for(fitted, s, labels)
+    loss_of = losses_only(fitted, s, labels)
     start = pgd(loss_of, pixels, EPS, 0, 0, True, generator_for(CPU, 5))
     x = start.clone().requires_grad_(True)
     grad, = torch.autograd.grad(loss_of(x).sum(), x)
@@ -132,6 +138,27 @@ def test_random_starts_follow_the_seed(real_batch, fitted):
 def test_apgd_checkpoints_are_the_papers():
     # Croce and Hein 2020, section 3.2: for 100 iterations the step size may halve at these iterations.
     assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_evaluation_keeps_an_images_first_misclassified_iterate(real_batch, fitted):
+    """The highest-loss point need not be misclassified; an image fooled at any iterate counts as broken."""
+    _, images, labels = real_batch
+    s = space()
+    pixels = s.to_pixels(images[:4])
+    calls = iter([True, False, True])  # still right, fooled at the second iterate, right again at the third
+
+    def loss_of(x):
+        verdict = next(calls)
+        return (x - pixels).sum(dim=(1, 2, 3)), torch.full((x.shape[0],), verdict)
+
+    out = pgd(loss_of, pixels, EPS, EPS / 2, 3, False)
+    second = torch.min(torch.max(pixels + EPS / 2, pixels - EPS), pixels + EPS).clamp(0, 1)  # after one step
+    assert torch.equal(out, second)
+
+
+def test_bad_fractions_are_value_errors_not_overflows():
+    with pytest.raises(ValueError, match="e="):
+        parse_pixels("1e400", "e")
 
 
 def test_dlr_loss_is_the_difference_of_logits_ratio():
@@ -165,8 +192,9 @@ def test_under_bf16_autocast_the_attack_still_raises_the_loss(real_batch, fitted
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16)
 
-    adversarial = pgd(losses_for(fitted, s, labels, autocast=autocast), s.to_pixels(images), EPS, 2 / 255, 5,
-                      True, generator_for(CPU, 1))
+    with_correct = losses_for(fitted, s, labels, autocast=autocast)
+    adversarial = pgd(lambda pixels: with_correct(pixels)[0], s.to_pixels(images), EPS, 2 / 255, 5, True,
+                      generator_for(CPU, 1))
     with torch.no_grad():
         assert (F.cross_entropy(fitted(s.to_inputs(adversarial)), labels) >
                 F.cross_entropy(fitted(images), labels) + 0.5)
@@ -191,6 +219,7 @@ def test_bad_adversarial_settings_are_refused_naming_the_key(overrides, message)
 
     with pytest.raises(UsageError) as err:
         load_config(None, overrides)
+    assert "Traceback" not in str(err.value)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

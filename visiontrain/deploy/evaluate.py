@@ -48,13 +48,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/eval or FILE's eval_<name>/)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--attack", choices=("pgd", "apgd"), help="also measure robust top-1 under this attack")
-    parser.add_argument("--epsilon", default="8/255", help="attack radius in [0, 1] pixels (8/255)")
+    parser.add_argument("--epsilon", help="attack radius in [0, 1] pixels (8/255)")
     parser.add_argument("--attack-steps", type=int, help="attack iterations (pgd 20, apgd 100)")
     parser.add_argument("--alpha", help="pgd step size in pixels (default 2.5 x epsilon / steps)")
-    parser.add_argument("--restarts", type=int, default=1, help="random starts per attack (1)")
-    parser.add_argument("--attack-images", type=int, default=1000,
+    parser.add_argument("--restarts", type=int, help="random starts per attack (1)")
+    parser.add_argument("--attack-images", type=int,
                         help="about N validation images are attacked: every k-th, k = images // N (1000)")
-    parser.add_argument("--attack-seed", type=int, default=0, help="seeds the random starts (0)")
+    parser.add_argument("--attack-seed", type=int, help="seeds the random starts (0)")
     parser.add_argument("-c", "--config", help="config for FILE weights (model and data settings)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser.parse_args(argv)
@@ -65,11 +65,16 @@ def attack_spec(args: argparse.Namespace):
     from visiontrain.robust.attacks import parse_pixels
     from visiontrain.robust.evaluation import AttackSpec
 
-    given = [f"--{name.replace('_', '-')}" for name in ("attack_steps", "alpha") if getattr(args, name) is not None]
+    options = ("epsilon", "attack_steps", "alpha", "restarts", "attack_images", "attack_seed")
+    given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name) is not None]
     if args.attack is None:
         if given:
             raise UsageError(f"{given[0]} is an option of --attack pgd|apgd")
         return None
+    args.epsilon = args.epsilon or "8/255"
+    args.restarts = 1 if args.restarts is None else args.restarts
+    args.attack_images = 1000 if args.attack_images is None else args.attack_images
+    args.attack_seed = args.attack_seed or 0
     values = {}
     for option, text in (("--epsilon", args.epsilon), ("--alpha", args.alpha)):
         if text is None:
@@ -115,6 +120,9 @@ def main(argv: list[str]) -> int:
         return evaluate_onnx(args, weights)
     trained = load_trained(weights, args.ema, args.config, args.overrides, key="--weights", data=args.data)
     cfg = trained.cfg
+    if spec is not None and spec.name == "apgd" and cfg.model.num_classes < 3:
+        raise UsageError(f"--attack apgd needs at least 3 classes (its DLR loss compares the top three logits); "
+                         f"this model has {cfg.model.num_classes}: use --attack pgd")
     run_dir = weights if weights.is_dir() else None
     device = select_device(cfg.run.device, 0)
     classifier = TorchClassifier(trained.model, device, cfg.model.channels_last, cfg.train.precision)

@@ -6,7 +6,10 @@ pixels inside the epsilon-ball and inside [0, 1], and the model reads them norma
 normalization is folded into the attacked function, exactly as a wrapper `model(normalize(x))` would.
 
 Every attack takes `loss_of(pixels) -> per-sample losses` (the model, its normalization and its loss
-together) and returns adversarial pixels, detached. Gradients are taken with `torch.autograd.grad` with
+together; or `(losses, correct)`, whether each image is still classified right, as `losses_for` gives for
+evaluation) and returns adversarial pixels, detached. Evaluating, an image counts as broken once any iterate
+fooled the model (as AutoAttack keeps its first adversarial point): the highest-loss point need not be
+misclassified. Gradients are taken with `torch.autograd.grad` with
 respect to the perturbation only: no parameter gradient is accumulated, so an attack inside a training
 step leaves the step's own backward untouched. Random starts draw from the `generator` given, so an
 attack is a pure function of its inputs and that generator's seed.
@@ -27,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LossOf = Callable[[torch.Tensor], torch.Tensor]
+LossOf = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
 # fp16 gradients of a loss of order 1 with respect to pixels underflow; the attacks follow the gradient's
 # sign only, so the loss is scaled by this constant before differentiation (direction unchanged).
@@ -38,7 +41,7 @@ def parse_pixels(text: str | float, name: str) -> float:
     """'8/255', '0.03' or 0.03 -> a float; ValueError naming `name` otherwise."""
     try:
         value = float(Fraction(str(text).strip()))
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise ValueError(f"{name}={text!r} is not a number or a fraction such as 8/255") from None
     if not math.isfinite(value):
         raise ValueError(f"{name}={text!r} is not finite")
@@ -64,12 +67,35 @@ def _project(pixels: torch.Tensor, adversarial: torch.Tensor, eps: float) -> tor
     return torch.min(torch.max(adversarial, pixels - eps), pixels + eps).clamp_(0, 1)
 
 
-def _gradient(loss_of: LossOf, adversarial: torch.Tensor, loss_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample losses at `adversarial` and their gradient with respect to it."""
+def _gradient(loss_of: LossOf, adversarial: torch.Tensor,
+              loss_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-sample losses at `adversarial`, their gradient with respect to it, and which images are still
+    classified right (None when `loss_of` does not say)."""
     adversarial = adversarial.detach().requires_grad_(True)
-    losses = loss_of(adversarial)
+    out = loss_of(adversarial)
+    losses, correct = out if isinstance(out, tuple) else (out, None)
     grad, = torch.autograd.grad(losses.sum() * loss_scale, adversarial)
-    return losses.detach(), grad
+    # Only the sign is used: an fp16 overflow (inf) keeps its sign, a NaN makes no step.
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=1.0, neginf=-1.0)
+    return losses.detach(), grad, correct
+
+
+class _FirstFooling:
+    """Per image, the first iterate the model misclassified (when `loss_of` reports correctness)."""
+
+    def __init__(self, pixels: torch.Tensor):
+        self.found = pixels.clone()
+        self.fooled = torch.zeros(pixels.shape[0], dtype=torch.bool, device=pixels.device)
+
+    def see(self, iterate: torch.Tensor, correct: torch.Tensor | None) -> None:
+        if correct is None:
+            return
+        new = ~correct & ~self.fooled
+        self.found[new] = iterate[new]
+        self.fooled |= new
+
+    def result(self, otherwise: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.fooled.view(-1, *[1] * (otherwise.dim() - 1)), self.found, otherwise)
 
 
 def uniform_start(pixels: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -80,13 +106,16 @@ def uniform_start(pixels: torch.Tensor, eps: float, generator: torch.Generator |
 def pgd(loss_of: LossOf, pixels: torch.Tensor, eps: float, alpha: float, steps: int, random_start: bool,
         generator: torch.Generator | None = None, loss_scale: float = 1.0) -> torch.Tensor:
     """`steps` signed-gradient ascent steps of size `alpha`, each projected back into the ball.
-    `steps=0`: the start itself (the clean pixels, or the random start)."""
+    `steps=0`: the start itself (the clean pixels, or the random start). Training attacks (a `loss_of` without
+    correctness) return the last iterate; evaluation ones an image's first misclassified iterate, if any."""
     pixels = pixels.detach()
     adversarial = uniform_start(pixels, eps, generator) if random_start and eps > 0 else pixels.clone()
+    first = _FirstFooling(pixels)
     for _ in range(steps):
-        _, grad = _gradient(loss_of, adversarial, loss_scale)
+        _, grad, correct = _gradient(loss_of, adversarial, loss_scale)
+        first.see(adversarial, correct)
         adversarial = _project(pixels, adversarial + alpha * grad.sign(), eps)
-    return adversarial.detach()
+    return first.result(adversarial).detach()
 
 
 def dlr_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -123,7 +152,9 @@ def apgd(loss_of: LossOf, pixels: torch.Tensor, eps: float, steps: int,
     start = start / start.flatten(1).abs().amax(1).clamp_min(1e-12).view(per_image)
     current = _project(pixels, pixels + eps * start, eps)
     step = torch.full(per_image, 2.0 * eps, device=pixels.device)
-    loss, grad = _gradient(loss_of, current, loss_scale)
+    loss, grad, correct = _gradient(loss_of, current, loss_scale)
+    first = _FirstFooling(pixels)
+    first.see(current, correct)
     best, best_loss, best_grad = current.clone(), loss.clone(), grad.clone()
     previous = current.clone()
     checkpoints = apgd_checkpoints(steps)
@@ -138,7 +169,8 @@ def apgd(loss_of: LossOf, pixels: torch.Tensor, eps: float, steps: int,
                                  eps)
         previous = current
         current = following
-        new_loss, new_grad = _gradient(loss_of, current, loss_scale)
+        new_loss, new_grad, correct = _gradient(loss_of, current, loss_scale)
+        first.see(current, correct)
         rises += (new_loss > loss).float()
         improved = new_loss > best_loss
         best[improved] = current[improved]
@@ -160,21 +192,23 @@ def apgd(loss_of: LossOf, pixels: torch.Tensor, eps: float, steps: int,
             loss = torch.where(halve, best_loss, loss)
             rises.zero_()
             last_checkpoint = k + 1
-    return best.detach()
+    return first.result(best).detach()
 
 
 def losses_for(model: Callable[[torch.Tensor], torch.Tensor], space: PixelSpace, labels: torch.Tensor,
                loss: str = "ce", autocast=None, dtype: torch.dtype = torch.float32) -> LossOf:
-    """The per-sample `loss` (ce | dlr) of `model` on pixels, through the normalization, in fp32."""
+    """The per-sample `loss` (ce | dlr) of `model` on pixels, through the normalization, in fp32, and whether
+    each image is still classified right."""
     import contextlib
 
     autocast = autocast or contextlib.nullcontext
 
-    def loss_of(pixels: torch.Tensor) -> torch.Tensor:
+    def loss_of(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast():
-            logits = model(space.to_inputs(pixels, dtype))
+            logits = model(space.to_inputs(pixels, dtype)).float()
+        correct = (logits.argmax(1) == labels).detach()
         if loss == "dlr":
-            return dlr_losses(logits.float(), labels)
-        return F.cross_entropy(logits.float(), labels, reduction="none")
+            return dlr_losses(logits, labels), correct
+        return F.cross_entropy(logits, labels, reduction="none"), correct
 
     return loss_of

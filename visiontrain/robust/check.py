@@ -15,6 +15,7 @@ import torch
 
 from visiontrain.config import Config
 from visiontrain.data.base import DataBundle
+from visiontrain.infra.errors import UsageError
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.runtime import Runtime
 from visiontrain.robust.attacks import PixelSpace
@@ -34,6 +35,9 @@ class RobustCheck:
         check_cfg.data.subset_seed = cfg.run.seed
         self.data: DataBundle = build_data(check_cfg, runtime, BatchPlan.of_micro_batch(plan.micro_batch),
                                            train=False, eval_split="train")
+        if self.data.val.num_samples == 0:
+            raise UsageError(f"config key 'adversarial.check_images' = {a.check_images}: no training images to "
+                             "check robustness on")
         self.spec = AttackSpec("pgd", a.eps, a.check_steps, seed=cfg.run.seed)
         self.space = PixelSpace(cfg.data.mean, cfg.data.std, runtime.device)
         self.runtime, self.collapse_drop, self.stop_on_collapse = runtime, a.collapse_drop, a.stop_on_collapse
