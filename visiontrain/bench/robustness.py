@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from visiontrain.infra.errors import UsageError
+from visiontrain.infra.errors import TrainingFailed, UsageError
 from visiontrain.infra.fileio import write_json, write_text
 
 METHODS = {"standard": ["adversarial.method=none"], "fgsm_rs": ["adversarial.method=fgsm_rs"],
@@ -42,7 +42,9 @@ def _run(cmd: list[str]) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UsageError(f"{' '.join(cmd[:4])} ... failed (exit {result.returncode}): {tail}")
+        # A run's own bad input (exit 2) stays a usage error; anything else is a failed run (exit 1).
+        kind = UsageError if result.returncode == 2 else TrainingFailed
+        raise kind(f"{' '.join(cmd[:4])} ... failed (exit {result.returncode}): {tail}")
 
 
 def _train_samples(data: Path) -> int:
