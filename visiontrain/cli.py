@@ -8,6 +8,7 @@
     visiontrain predict    ...   classify image files
     visiontrain checkpoint ...   a run's newest checkpoint as plain weights
     visiontrain bench      ...   throughput, loader, memory, overhead and recipe benchmarks
+    visiontrain sweep      ...   hyperparameter search: Optuna studies of resumable runs, pruned early
 
 `visiontrain SUBCOMMAND --help` describes each. Exit codes: 0 done, 2 bad usage or input,
 3 stopped on a signal with a checkpoint, 1 any other failure.
@@ -31,6 +32,7 @@ COMMANDS = {
     "predict": "visiontrain.deploy.predict",
     "checkpoint": "visiontrain.checkpoint.cli",
     "bench": "visiontrain.bench.cli",
+    "sweep": "visiontrain.sweep.cli",
 }
 
 

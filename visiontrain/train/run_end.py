@@ -49,6 +49,7 @@ class RunEnd:
     epochs: int  # completed
     steps: int  # completed
     stopped_early: bool
+    pruned: bool  # stopped by a sweep's pruner
     best: BestState
     init: dict[str, Any]  # where the starting weights came from
     last_val: dict[str, Any]
@@ -129,6 +130,7 @@ def _summary(end: RunEnd, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         "monitor": cfg.train.monitor,
         "best_value": best.best_value,
         "stopped_early": end.stopped_early,
+        "pruned": end.pruned,
         "restored_best": bool(cfg.train.restore_best or cfg.train.early_stop_patience),
         "wall_time_s": end.wall_seconds,
         "train_time_s": end.train_seconds,
@@ -140,4 +142,4 @@ def _summary(end: RunEnd, ranks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _metrics_only(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record[k] for k in ("epoch", "step", "loss", "top1", "top5", "samples") if k in record}
+    return {k: record[k] for k in ("epoch", "step", "loss", "top1", "top5", "robust_top1", "samples") if k in record}

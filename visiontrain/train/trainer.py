@@ -29,6 +29,7 @@ from visiontrain.infra.errors import Preempted, TrainingFailed
 from visiontrain.models import spec_of
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.runtime import Runtime, all_gather_objects, all_ranks_agree, average_buffers
+from visiontrain.sweep.report import TrialReporter
 from visiontrain.train import logs
 from visiontrain.train.best import BestTracker
 from visiontrain.train.finetune import keep_frozen_bn_in_eval
@@ -50,6 +51,7 @@ class Progress:
     stopped_early: bool = False
     best_robust: float = -1.0  # adversarial training: the robustness check's best robust top-1 so far
     collapsed: bool = False  # ... and it collapsed (robust/check.py)
+    pruned: bool = False  # a sweep's pruner stopped this trial (sweep/report.py)
 
 
 class Trainer:
@@ -76,6 +78,7 @@ class Trainer:
         self.targets = targets_for(cfg, runtime.rank, plan.micro_batch)  # Mixup / CutMix, soft targets
         self.adversary = self._new_adversary() if cfg.adversarial.on else None
         self.robust_check = robust_check  # robust/check.py, with adversarial training
+        self.trial = TrialReporter.for_run_dir(self.run_dir, runtime)  # a sweep's trial: report, maybe prune
         self.state = Progress()
         self.best = BestTracker(cfg.train)
         self.window = RunningStats(self.device)  # since the last train log event
@@ -193,8 +196,9 @@ class Trainer:
             improved = False
             if self.state.epoch == epochs or self.state.epoch % self.cfg.train.eval_every_epochs == 0:
                 improved = self.run_evaluation()
-                self.state.stopped_early = self.best.should_stop() or self._stop_on_collapse()
-                if self.state.stopped_early and not self.state.collapsed:
+                self.state.pruned = self._report_to_sweep()
+                self.state.stopped_early = self.best.should_stop() or self._stop_on_collapse() or self.state.pruned
+                if self.state.stopped_early and not (self.state.collapsed or self.state.pruned):
                     self._log_early_stop()
             done = self.state.epoch == epochs or self.state.stopped_early
             every = self.cfg.checkpoint.every_epochs
@@ -218,7 +222,8 @@ class Trainer:
             train_samples=data.train_samples,
             samples_per_epoch=self.steps_per_epoch * self.plan.accum_steps * self.plan.micro_batch,
             global_batch=self.plan.global_batch, epochs=self.state.epoch, steps=self.state.step,
-            stopped_early=self.state.stopped_early, best=self.best.state, init=self.init, last_val=self.last_val,
+            stopped_early=self.state.stopped_early, pruned=self.state.pruned, best=self.best.state, init=self.init,
+            last_val=self.last_val,
             last_val_ema=self.last_val_ema, train_seconds=self.train_seconds, train_images=self.train_images,
             wall_seconds=wall_seconds)
 
@@ -228,6 +233,18 @@ class Trainer:
                  self.state.epoch, self.best.monitor, self.best.patience, best.best_value, best.best_epoch)
         self.metrics.write("early_stop", epoch=self.state.epoch, step=self.state.step, monitor=self.best.monitor,
                            best=best.best_value, best_epoch=best.best_epoch)
+
+    def _report_to_sweep(self) -> bool:
+        """Report this evaluation to the sweep's trial; True when its pruner stops the run here."""
+        if self.trial is None:
+            return False
+        if not self.trial.report(self.state.epoch, self.last_val, self.device):
+            return False
+        log.info("pruned by the sweep after epoch %d (val %s %.4f); the run ends here with its checkpoint",
+                 self.state.epoch, self.trial.metric, self.last_val[self.trial.metric])
+        self.metrics.write("pruned", epoch=self.state.epoch, step=self.state.step, metric=self.trial.metric,
+                           value=self.last_val[self.trial.metric])
+        return True
 
     def _stop_on_collapse(self) -> bool:
         return self.state.collapsed and self.cfg.adversarial.stop_on_collapse

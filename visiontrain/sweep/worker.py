@@ -1,0 +1,254 @@
+"""A sweep worker: claims trials one after another and runs each as a visiontrain run directory.
+
+Claiming happens under the study's claim lock (an O_EXCL lock file beside the journal), in this order:
+1. a RUNNING trial this worker id owns: its earlier life was preempted or killed (a requeued SLURM array
+   task keeps its id), so it resumes that run directory;
+2. a RUNNING trial whose lease expired (its worker stopped renewing `leases/NNNN` for `lease_seconds`):
+   taken over and resumed;
+3. a new trial, while fewer than `trials` exist (the budget counts every trial, whatever its end).
+
+A trial's train.py ends in one of four ways, each told to the study once:
+exit 0 -> COMPLETE with the final evaluation's metric, or PRUNED when the pruner stopped it (summary.json);
+exit 2 (bad config) -> FAIL with its error line, not retried; exit 3 (stopped on a signal with a checkpoint)
+-> the trial stays RUNNING and owned, and the worker exits 3 so that its job is requeued; anything else
+(exit 1, killed) -> FAIL with the last line of its log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from visiontrain.infra.fileio import read_json, write_text
+from visiontrain.sweep.report import TRIAL_FILE
+from visiontrain.sweep.spec import SweepSpec
+from visiontrain.sweep.study import StudyDir, file_lock, make_sampler, trial_file_contents
+
+log = logging.getLogger(__name__)
+
+PREEMPTED = 3
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+@dataclass
+class Claim:
+    trial_id: int
+    number: int
+    params: dict[str, Any]
+    how: str  # new | resumed | taken over from <worker>
+
+
+def default_worker_id(environ=os.environ) -> str:
+    """SLURM array task -> JOBID_TASK (the same after a requeue); a SLURM job -> its id; else host-pid."""
+    job, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if job and task:
+        return f"{job}_{task}"
+    if environ.get("SLURM_JOB_ID"):
+        return environ["SLURM_JOB_ID"]
+    return f"{os.uname().nodename}-{os.getpid()}"
+
+
+class Lease:
+    """Renews `leases/NNNN` (its modification time) while a trial runs, from a thread."""
+
+    def __init__(self, path: Path, worker_id: str, period: float):
+        self.path, self.worker_id, self.period = path, worker_id, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True)
+
+    def __enter__(self) -> Lease:
+        write_text(self.path, f"{self.worker_id} {os.uname().nodename} {os.getpid()}\n")
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass  # a full or unreachable file system: the next renewal tries again
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class Worker:
+    def __init__(self, study_dir: StudyDir, worker_id: str, train_command: list[str],
+                 spec: SweepSpec | None = None):
+        self.dir = study_dir
+        self.spec = spec or study_dir.spec()
+        self.study = study_dir.open(self.spec)
+        self.id = worker_id
+        self.train_command = train_command
+        self.child: subprocess.Popen | None = None
+        self.stopping: str | None = None  # the name of a signal received
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> int:
+        """Run trials until the budget is spent. 0 when done, 3 when stopped by a signal (requeue me)."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED_SIGNALS}
+        try:
+            while not self.stopping:
+                claim = self.claim()
+                if claim is None:
+                    log.info("worker %s: no trial left to run; %s", self.id, progress_line(self.study, self.spec))
+                    return 0
+                if self.run_trial(claim) == PREEMPTED:
+                    return PREEMPTED
+            return PREEMPTED
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping = signal.Signals(signum).name
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGUSR1 if signum == signal.SIGINT else signum)
+
+    # ----------------------------------------------------------------- claim
+    def claim(self) -> Claim | None:
+        from optuna.trial import TrialState
+
+        # FrozenTrial._trial_id: the storage's id of a trial, which Trial(study, id) and the storage calls take.
+        lock = file_lock(self.dir.path / "claims.lock")
+        lock.acquire()
+        try:
+            trials = self.study.get_trials(deepcopy=False)
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            for t in running:
+                if t.user_attrs.get("worker") == self.id:
+                    return Claim(t._trial_id, t.number, t.params, "resumed")
+            for t in running:
+                if self._lease_expired(t.number):
+                    previous = t.user_attrs.get("worker", "?")
+                    self.study._storage.set_trial_user_attr(t._trial_id, "worker", self.id)
+                    return Claim(t._trial_id, t.number, t.params, f"taken over from {previous}")
+            if len(trials) >= self.budget():
+                return None
+            # A sampler seeded by (seed, trial number): workers with the same spec would otherwise draw the
+            # same values, and a study's draws do not depend on which worker asked.
+            self.study.sampler = make_sampler(self.spec.sampler, self.spec.space, trial_number=len(trials))
+            trial = self.study.ask()
+            params = self._suggest(trial)
+            trial.set_user_attr("worker", self.id)
+            return Claim(trial._trial_id, trial.number, params, "new")
+        finally:
+            lock.release()
+
+    def budget(self) -> int:
+        grid = [p.grid() for p in self.spec.space] if self.spec.sampler["name"] == "grid" else None
+        if grid:
+            size = 1
+            for values in grid:
+                size *= len(values)
+            return min(self.spec.trials, size)
+        return self.spec.trials
+
+    def _suggest(self, trial) -> dict[str, Any]:
+        chosen: dict[str, Any] = {}
+        for param in self.spec.space:
+            if all(chosen.get(key) == value for key, value in param.when):
+                chosen[param.key] = param.suggest(trial)
+        return chosen
+
+    def _lease_expired(self, number: int) -> bool:
+        path = self.dir.leases / f"{number:04d}"
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return True  # claimed, then killed before its lease was written
+        return age > self.spec.lease_seconds
+
+    # ------------------------------------------------------------------- run
+    def run_trial(self, claim: Claim) -> int:
+        run_dir = self.dir.trial_dir(claim.number)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / TRIAL_FILE, trial_file_contents(self.dir, self.spec, claim.trial_id, claim.number))
+        self.study._storage.set_trial_user_attr(claim.trial_id, "run_dir", str(run_dir))
+        command = [*self.train_command, *(["-c", self.spec.config] if self.spec.config else []),
+                   *self.spec.trial_overrides(claim.params, run_dir)]
+        log.info("worker %s: trial %d (%s) %s", self.id, claim.number, claim.how,
+                 " ".join(f"{k}={v}" for k, v in claim.params.items()))
+        lease = Lease(self.dir.leases / f"{claim.number:04d}", self.id, max(1.0, self.spec.lease_seconds / 5))
+        started = time.time()
+        with lease, open(run_dir / "trial.log", "ab") as out:
+            out.write(f"\n=== {time.strftime('%F %T')} worker {self.id}: {' '.join(command)}\n".encode())
+            out.flush()
+            # A process group of its own: a signal for the worker reaches every process of the trial.
+            self.child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            if self.stopping:  # the signal came while the trial was starting
+                os.killpg(self.child.pid, signal.SIGTERM)
+            code = self.child.wait()
+            self.child = None
+        seconds = time.time() - started
+        if code == PREEMPTED:
+            log.info("worker %s: trial %d stopped with a checkpoint (%s); it resumes when this worker restarts",
+                     self.id, claim.number, self.stopping or "a signal")
+            return PREEMPTED
+        self._tell(claim, code, run_dir, seconds)
+        lease.release()
+        log.info("worker %s: %s", self.id, progress_line(self.study, self.spec))
+        return code
+
+    def _tell(self, claim: Claim, code: int, run_dir: Path, seconds: float) -> None:
+        from optuna.trial import TrialState
+
+        storage = self.study._storage
+        storage.set_trial_user_attr(claim.trial_id, "exit_code", code)
+        storage.set_trial_user_attr(claim.trial_id, "seconds_last_run", round(seconds, 1))
+        if code == 0:
+            summary = read_json(run_dir / "summary.json", "trial summary")
+            if summary.get("pruned"):
+                self.study.tell(claim.number, state=TrialState.PRUNED)
+                log.info("worker %s: trial %d pruned after epoch %d", self.id, claim.number, summary["epochs"])
+                return
+            value = summary["final"][self.spec.metric]
+            self.study.tell(claim.number, value)
+            log.info("worker %s: trial %d complete: %s %.4f", self.id, claim.number, self.spec.metric, value)
+            return
+        error = last_error_line(run_dir / "trial.log") or (f"killed by signal {-code}" if code < 0 else "")
+        storage.set_trial_user_attr(claim.trial_id, "error", error)
+        self.study.tell(claim.number, state=TrialState.FAIL)
+        kind = "bad configuration, not retried" if code == 2 else "failed"
+        log.warning("worker %s: trial %d %s (exit %d): %s", self.id, claim.number, kind, code, error)
+
+
+def last_error_line(log_path: Path) -> str:
+    """The last line that names an error (the one-line errors of exit 1 and 2), else the last non-empty line."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line.lower().startswith("error") or "Error:" in line:
+            return line[:500]
+    return lines[-1][:500] if lines else ""
+
+
+def counts(study) -> dict[str, int]:
+    out = {"complete": 0, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
+    return out
+
+
+def progress_line(study, spec: SweepSpec) -> str:
+    c = counts(study)
+    return (f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running "
+            f"of {spec.trials} trials")
+
+
+def default_train_command() -> list[str]:
+    return [sys.executable, "-m", "visiontrain", "train"]
