@@ -6,7 +6,7 @@
     direction: maximize                        # (default: minimize for loss, maximize otherwise)
     trials: 30                                 # the budget: trials started, whatever their end
     sampler: {name: tpe, seed: 0}              # tpe | random | grid
-    pruner: {name: successive_halving, min_resource: 1, reduction_factor: 3}   # none | median | ...
+    pruner: {name: successive_halving, min_resource: 1, reduction_factor: 3}   # none | median | hyperband | threshold
     space:
       optim.lr: {type: float, low: 0.1, high: 3.0, log: true}
       train.label_smoothing: {type: categorical, choices: [0.0, 0.1, 0.2]}
@@ -37,7 +37,10 @@ PRUNERS = {
     "median": ("n_startup_trials", "n_warmup_steps"),
     "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
     "hyperband": ("min_resource", "max_resource", "reduction_factor"),
+    "threshold": ("lower", "upper", "n_warmup_steps"),  # e.g. stop diverging runs: {metric: loss, upper: 5}
 }
+FLOAT_OPTIONS = ("lower", "upper")
+AUTO_OPTIONS = ("min_resource", "max_resource")  # Optuna estimates them from the first trials
 PARAM_KEYS = {"float": ("low", "high", "log", "step", "when"), "int": ("low", "high", "log", "step", "when"),
               "categorical": ("choices", "when")}
 # The val event's numbers after every evaluation (train/trainer.py): what a trial can report and be pruned on.
@@ -179,8 +182,13 @@ def _named(value: Any, allowed: dict[str, tuple[str, ...]], what: str, where: st
         options = ", ".join(allowed[value["name"]]) or "none"
         raise UsageError(f"{where}: {what} {value['name']} has no option {unknown[0]!r}; its options: {options}")
     for key, option in value.items():
-        if key != "name" and not (isinstance(option, int) and not isinstance(option, bool) and option >= 0):
-            raise UsageError(f"{where}: {what}.{key} = {option!r} must be a whole number >= 0")
+        if key == "name" or (key in AUTO_OPTIONS and option == "auto"):
+            continue
+        kind = (int, float) if key in FLOAT_OPTIONS else int
+        if not isinstance(option, kind) or isinstance(option, bool) or (key not in FLOAT_OPTIONS and option < 0):
+            allowed = "a number" if key in FLOAT_OPTIONS else "a whole number >= 0" + (
+                " or auto" if key in AUTO_OPTIONS else "")
+            raise UsageError(f"{where}: {what}.{key} = {option!r} must be {allowed}")
     return dict(value)
 
 

@@ -57,10 +57,11 @@ def storage_for(url: str):
 
 
 def make_sampler(options: dict[str, Any], space=(), trial_number: int = 0):
-    """The spec's sampler; a seeded one draws from seed + trial_number (each ask gets a sampler of its own)."""
+    """The spec's sampler; a seeded TPE or random sampler draws from seed + trial_number (each ask gets a sampler
+    of its own). The grid sampler keeps its seed: it orders the grid, and the storage records which points ran."""
     optuna = _optuna()
     name, seed = options["name"], options.get("seed")
-    if seed is not None:
+    if seed is not None and name != "grid":
         seed += trial_number
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -77,6 +78,7 @@ def make_pruner(options: dict[str, Any]):
         "median": lambda: optuna.pruners.MedianPruner(**settings),
         "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**settings),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(**settings),
+        "threshold": lambda: optuna.pruners.ThresholdPruner(**settings),
     }[options["name"]]()
 
 

@@ -64,8 +64,12 @@ class Lease:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, daemon=True)
 
+    @staticmethod
+    def write(path: Path, worker_id: str) -> None:
+        write_text(path, f"{worker_id} {os.uname().nodename} {os.getpid()}\n")
+
     def __enter__(self) -> Lease:
-        write_text(self.path, f"{self.worker_id} {os.uname().nodename} {os.getpid()}\n")
+        self.write(self.path, self.worker_id)
         self._thread.start()
         return self
 
@@ -90,6 +94,7 @@ class Worker:
         self.dir = study_dir
         self.spec = spec or study_dir.spec()
         self.study = study_dir.open(self.spec)
+        self.study.sampler = make_sampler({"name": "random"})  # the spec's sampler is set for each ask (claim)
         self.id = worker_id
         self.train_command = train_command
         self.child: subprocess.Popen | None = None
@@ -119,33 +124,46 @@ class Worker:
 
     # ----------------------------------------------------------------- claim
     def claim(self) -> Claim | None:
-        from optuna.trial import TrialState
-
-        # FrozenTrial._trial_id: the storage's id of a trial, which Trial(study, id) and the storage calls take.
+        """The next trial to run, its lease written before the claim lock is released (so no other worker sees
+        it RUNNING without one); None when the budget is spent and no trial is left to resume."""
         lock = file_lock(self.dir.path / "claims.lock")
         lock.acquire()
         try:
-            trials = self.study.get_trials(deepcopy=False)
-            running = [t for t in trials if t.state == TrialState.RUNNING]
-            for t in running:
-                if t.user_attrs.get("worker") == self.id:
-                    return Claim(t._trial_id, t.number, t.params, "resumed")
-            for t in running:
-                if self._lease_expired(t.number):
-                    previous = t.user_attrs.get("worker", "?")
-                    self.study._storage.set_trial_user_attr(t._trial_id, "worker", self.id)
-                    return Claim(t._trial_id, t.number, t.params, f"taken over from {previous}")
-            if len(trials) >= self.budget():
-                return None
-            # A sampler seeded by (seed, trial number): workers with the same spec would otherwise draw the
-            # same values, and a study's draws do not depend on which worker asked.
-            self.study.sampler = make_sampler(self.spec.sampler, self.spec.space, trial_number=len(trials))
-            trial = self.study.ask()
-            params = self._suggest(trial)
-            trial.set_user_attr("worker", self.id)
-            return Claim(trial._trial_id, trial.number, params, "new")
+            claim = self._choose()
+            if claim is not None:
+                Lease.write(self.dir.leases / f"{claim.number:04d}", self.id)
+            return claim
         finally:
             lock.release()
+
+    def _choose(self) -> Claim | None:
+        from optuna.trial import TrialState
+
+        # FrozenTrial._trial_id: the storage's id of a trial, which Trial(study, id) and the storage calls take.
+        trials = self.study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        for t in running:
+            if t.user_attrs.get("worker") == self.id:
+                return Claim(t._trial_id, t.number, t.params, "resumed")
+        for t in running:
+            if self._lease_expired(t.number):
+                previous = t.user_attrs.get("worker", "?")
+                self.study._storage.set_trial_user_attr(t._trial_id, "worker", self.id)
+                return Claim(t._trial_id, t.number, t.params, f"taken over from {previous}")
+        if len(trials) >= self.budget():
+            return None
+        # A sampler seeded by (seed, trial number): workers with the same spec would otherwise draw the
+        # same values, and a study's draws do not depend on which worker asked.
+        self.study.sampler = make_sampler(self.spec.sampler, self.spec.space, trial_number=len(trials))
+        try:
+            trial = self.study.ask()
+            params = self._suggest(trial)
+        finally:
+            # Telling a result runs the sampler's after_trial: the grid sampler's calls study.stop() once the
+            # grid is done, which only works inside study.optimize. Telling needs no sampler of the spec's.
+            self.study.sampler = make_sampler({"name": "random"})
+        trial.set_user_attr("worker", self.id)
+        return Claim(trial._trial_id, trial.number, params, "new")
 
     def budget(self) -> int:
         grid = [p.grid() for p in self.spec.space] if self.spec.sampler["name"] == "grid" else None
