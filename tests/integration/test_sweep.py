@@ -117,8 +117,8 @@ def _tiny_spec(tmp_path: Path, data: Path, **fields) -> Path:
 
 @pytest.mark.slow
 def test_a_pruned_trial_stops_after_the_pruning_epoch_with_its_checkpoint(tmp_path, shapes_dir):
-    # top1 never reaches 101: the threshold pruner stops the run at its first report after the warm-up epoch
-    spec = _tiny_spec(tmp_path, shapes_dir, trials=1, pruner={"name": "threshold", "lower": 101.0, "n_warmup_steps": 1},
+    # top1 never reaches 101: the threshold pruner stops the run at its first report after its warm-up (epoch 2)
+    spec = _tiny_spec(tmp_path, shapes_dir, trials=1, pruner={"name": "threshold", "lower": 101.0, "n_warmup_steps": 2},
                       space={"optim.lr": {"type": "float", "low": 0.1, "high": 0.2}})
     ok(sweep("run", spec, "--study", tmp_path / "study"))
     (trial,) = trials_of(tmp_path / "study")
