@@ -19,6 +19,7 @@ from tests.helpers import (
     ROOT,
     assert_identical_continuation,
     checkpoint_logged,
+    kill_tree,
     ok,
     read_json,
     read_jsonl,
@@ -232,3 +233,93 @@ def test_a_second_cluster_on_the_same_port_or_subnet_is_refused_and_leaves_nothi
     sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=slurm2, capture_output=True, text=True)
     states = sinfo.stdout.split()
     assert len(states) == 2 and set(states) <= {"idle", "mix", "alloc", "comp"}, f"the running cluster: {states}"
+
+
+def _owned_trial_at_epoch(study: Path, epoch: int, taken: set[int]):
+    """A RUNNING trial, not in `taken`, whose run has its epoch-`epoch` checkpoint: (number, worker id) or None."""
+    from visiontrain.sweep.study import StudyDir
+
+    for trial in StudyDir(study).open().get_trials():
+        run_dir = study / "trials" / f"{trial.number:04d}"
+        if trial.state.name == "RUNNING" and trial.number not in taken and checkpoint_logged(run_dir, epoch=epoch):
+            return trial.number, trial.user_attrs["worker"]
+    return None
+
+
+def _wait_for(what, timeout: float = 240):
+    deadline = time.time() + timeout
+    while (found := what()) is None:
+        assert time.time() < deadline, f"timed out waiting for {what.__name__}"
+        time.sleep(0.05)
+    return found
+
+
+def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one(slurm2, shapes_dir, tmp_path):
+    import yaml
+
+    from visiontrain.sweep.study import StudyDir
+
+    study = tmp_path / "study"
+    fixed = [o for o in overrides(shapes_dir, tmp_path / "unused", *EXTRA) if not o.startswith("run.dir=")]
+    spec = {"config": CONFIG, "overrides": fixed, "metric": "top1", "trials": 4,
+            "sampler": {"name": "random", "seed": 3},
+            "space": {"optim.lr": {"type": "float", "low": 0.05, "high": 0.4}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    ok(subprocess.run([PYTHON, "-m", "visiontrain", "sweep", "create", str(tmp_path / "spec.yaml"), "--study",
+                       str(study)], cwd=ROOT, capture_output=True, text=True))
+    one_node = ("--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--exclusive")
+    job, _ = sbatch(slurm2, "slurm/sweep.sh", str(study), options=(*one_node, "--array=0-1",
+                    f"--output={tmp_path}/slurm-%A_%a.out"), wait=False)
+
+    # A node dies under one worker mid-trial: its processes are killed and SLURM requeues the task (a worker id is
+    # ARRAYJOB_TASK, which scontrol takes as the task's job id).
+    killed, victim = _wait_for(lambda: _owned_trial_at_epoch(study, 1, set()))
+    worker_pid = int((study / "leases" / f"{killed:04d}").read_text().split()[2])
+    kill_tree(worker_pid)
+    for pid in _processes_training_in(study / "trials" / f"{killed:04d}"):
+        kill_tree(pid)
+    subprocess.run(["scontrol", "requeue", victim], env=slurm2, capture_output=True)
+    release_requeued(slurm2, victim)
+
+    # The other worker is preempted (USR1): its trial checkpoints, the task requeues itself.
+    preempted, other = _wait_for(lambda: _owned_trial_at_epoch(study, 1, {killed}))
+    if other != victim:
+        subprocess.run(["scancel", "--signal=USR1", other], env=slurm2, check=True)
+        release_requeued(slurm2, other)
+
+    def finished():
+        trials = StudyDir(study).open().get_trials()
+        done = [t for t in trials if t.state.name != "RUNNING"]
+        return trials if len(trials) == 4 and len(done) == 4 else None
+
+    trials = _wait_for(finished, timeout=480)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4, [t.user_attrs for t in trials]
+    assert {t.user_attrs["worker"] for t in trials} == {f"{job}_0", f"{job}_1"}
+    for trial in trials:  # a trial started again only resumed: never from scratch
+        run_dir = study / "trials" / f"{trial.number:04d}"
+        starts = (run_dir / "trial.log").read_text().count("\n=== ")
+        resumes = [e for e in read_jsonl(run_dir / "metrics.jsonl") if e["event"] == "resume"]
+        assert starts == 1 + len(resumes), trial.number
+    killed_dir = study / "trials" / f"{killed:04d}"
+    assert (killed_dir / "trial.log").read_text().count("\n=== ") == 2
+    if other != victim:
+        events = read_jsonl(study / "trials" / f"{preempted:04d}" / "metrics.jsonl")
+        assert [e["signal"] for e in events if e["event"] == "preempted"] == ["SIGUSR1"]
+    # the killed trial ends with the weights of the same trial run without interruption
+    from visiontrain.sweep.spec import read_spec
+
+    (trial,) = [t for t in trials if t.number == killed]
+    reference = tmp_path / "reference"
+    ok(run_train(["-c", CONFIG, *read_spec(study / "spec.yaml").trial_overrides(trial.params, reference)]))
+    assert_same_weights(killed_dir, reference)
+
+
+def _processes_training_in(run_dir: Path) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if f"run.dir={run_dir}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found

@@ -1,17 +1,19 @@
 """Hyperparameter search: an Optuna study whose trials are visiontrain run directories.
 
     python -m visiontrain sweep run SPEC.yaml --study DIR [--workers K] [--storage URL] [--train-command CMD]
+    python -m visiontrain sweep create SPEC.yaml --study DIR [--storage URL]
     python -m visiontrain sweep worker --study DIR [--worker-id ID] [--train-command CMD]
     python -m visiontrain sweep status DIR
     python -m visiontrain sweep summary DIR [--out DIR/summary]
 
 `run` checks the spec (nothing starts on a bad one), creates the study directory (or checks that an existing
 one holds the same search) and runs K workers on this machine until the trial budget is spent; run it
-again to resume a stopped sweep. On a cluster every job (e.g. each task of `sbatch --array`,
-slurm/sweep.sh) runs `worker`. Each trial runs `--train-command` (default: python -m visiontrain train;
-e.g. "torchrun --nproc_per_node 4 train.py" or "srun python train.py" for several GPUs per trial) in
-STUDY/trials/NNNN. Exit codes: 0 done, 2 bad input, 3 stopped on a signal (a trial checkpointed; run
-again or requeue to resume it), 1 a worker failed. docs/sweep.md explains storage, preemption and pruning.
+again to resume a stopped sweep. On a cluster, `create` does the same checks and creates the study without
+running anything; then every job (e.g. each task of `sbatch --array`, slurm/sweep.sh) runs `worker`.
+Each trial runs `--train-command` (default: python -m visiontrain train; e.g. "torchrun --nproc_per_node 4
+train.py" or "srun python train.py" for several GPUs per trial) in STUDY/trials/NNNN. Exit codes: 0 done,
+2 bad input, 3 stopped on a signal (a trial checkpointed; run again or requeue to resume it), 1 a worker
+failed. docs/sweep.md explains storage, preemption and pruning.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def main(argv: list[str]) -> int:
     run.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     run.add_argument("--storage", help="an SQLAlchemy database URL instead of the journal file in --study")
     run.add_argument("--train-command", help="how a trial trains (default: python -m visiontrain train)")
+    create = sub.add_parser("create", help="check the spec and create the study (or check an existing one)")
+    create.add_argument("spec", type=Path)
+    create.add_argument("--study", type=Path, required=True)
+    create.add_argument("--storage")
     worker = sub.add_parser("worker", help="one worker: run trials until the budget is spent (a cluster job)")
     worker.add_argument("--study", type=Path, required=True)
     worker.add_argument("--worker-id", help="default: SLURM's JOBID_TASK (array), its job id, else host-pid")
@@ -74,6 +80,14 @@ def main(argv: list[str]) -> int:
 
     if args.command == "run":
         return run_local(args)
+    if args.command == "create":
+        spec = read_spec(args.spec)
+        study = StudyDir(args.study)
+        study.create_or_check(spec, args.storage)
+        print(f"study {study.path}: {progress_line(study.open(spec), spec)}; run its workers with "
+              f"python -m visiontrain sweep worker --study {study.path} (sbatch --array=0-N slurm/sweep.sh "
+              f"{study.path})")
+        return 0
     if args.command == "worker":
         study = StudyDir(args.study)
         spec = study.spec()

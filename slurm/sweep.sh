@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A hyperparameter sweep on a SLURM cluster: every array task is one worker of the study, running its
+# trials one after another, each trial a resumable run directory in STUDY/trials (docs/sweep.md).
+#
+#   python -m visiontrain sweep create SPEC.yaml --study STUDY     (checks the spec; nothing trains)
+#   sbatch --array=0-3 slurm/sweep.sh STUDY [TRAIN COMMAND ...]
+#
+# A trial trains with TRAIN COMMAND (default: srun --export=ALL python train.py, one task per GPU of
+# this array task's allocation, as slurm/pretrain.sh). The #SBATCH lines are defaults for one GPU per
+# trial; sbatch options on the command line override them. Environment: VISIONTRAIN_ROOT,
+# VISIONTRAIN_VENV (see slurm/common.sh). Before the time limit (and on `scancel --signal=USR1 JOBID`) the
+# trial checkpoints, the worker stops with exit code 3 and this task requeues itself; the requeued task
+# (same array index, so the same worker id) resumes its trial. A task killed outright (node failure,
+# `scontrol requeue`) resumes the same way; a worker that never comes back loses its trials to the
+# others once its lease (the spec's lease_seconds) expires.
+#SBATCH --job-name=vt-sweep
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=04:00:00
+#SBATCH --signal=USR1@180
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%A_%a.out
+# shellcheck source=slurm/common.sh
+source "${VISIONTRAIN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
+[[ $# -ge 1 ]] || { echo "usage: sbatch --array=0-N slurm/sweep.sh STUDY [TRAIN COMMAND ...]" >&2; exit 2; }
+study="$1"
+shift
+train_command="${*:-srun --export=ALL python train.py}"
+echo "$(date +%T) sweep worker ${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}_${SLURM_ARRAY_TASK_ID:-0}" \
+     "(restart ${SLURM_RESTART_COUNT:-0}) on $(hostname), study $study"
+rc=0
+python -m visiontrain sweep worker --study "$study" --train-command "$train_command" || rc=$?
+if [[ $rc -eq 3 ]]; then
+    echo "$(date +%T) the trial stopped with a checkpoint: requeueing job $SLURM_JOB_ID; it resumes the trial"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+echo "$(date +%T) sweep worker exit code $rc"
+exit "$rc"
