@@ -124,6 +124,7 @@ def test_a_pruned_trial_stops_after_the_pruning_epoch_with_its_checkpoint(tmp_pa
     (trial,) = trials_of(tmp_path / "study")
     run_dir = Path(trial.user_attrs["run_dir"])
     assert trial.state.name == "PRUNED" and sorted(trial.intermediate_values) == [1, 2]
+    assert trial.user_attrs["cpu_seconds"] > 1.0  # the training process's own CPU time (wait4)
     summary = read_json(run_dir / "summary.json")
     assert summary["pruned"] is True and summary["epochs"] == 2 and summary["stopped_early"] is True
     events = read_jsonl(run_dir / "metrics.jsonl")

@@ -235,15 +235,16 @@ def test_a_second_cluster_on_the_same_port_or_subnet_is_refused_and_leaves_nothi
     assert len(states) == 2 and set(states) <= {"idle", "mix", "alloc", "comp"}, f"the running cluster: {states}"
 
 
-def _owned_trial_at_epoch(study: Path, epoch: int, taken: set[int]):
-    """A RUNNING trial, not in `taken`, whose run has its epoch-`epoch` checkpoint: (number, worker id) or None."""
+def _running_trials_at_epoch(study: Path, epoch: int) -> dict[str, int] | None:
+    """{worker id: trial number} of the RUNNING trials past their epoch-`epoch` checkpoint, once there are two."""
     from visiontrain.sweep.study import StudyDir
 
+    found = {}
     for trial in StudyDir(study).open().get_trials():
         run_dir = study / "trials" / f"{trial.number:04d}"
-        if trial.state.name == "RUNNING" and trial.number not in taken and checkpoint_logged(run_dir, epoch=epoch):
-            return trial.number, trial.user_attrs["worker"]
-    return None
+        if trial.state.name == "RUNNING" and checkpoint_logged(run_dir, epoch=epoch):
+            found[trial.user_attrs["worker"]] = trial.number
+    return found if len(found) == 2 else None
 
 
 def _wait_for(what, timeout: float = 240):
@@ -260,7 +261,8 @@ def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one
     from visiontrain.sweep.study import StudyDir
 
     study = tmp_path / "study"
-    fixed = [o for o in overrides(shapes_dir, tmp_path / "unused", *EXTRA) if not o.startswith("run.dir=")]
+    fixed = [o for o in overrides(shapes_dir, tmp_path / "unused", *EXTRA, "train.epochs=6")
+             if not o.startswith("run.dir=")]
     spec = {"config": CONFIG, "overrides": fixed, "metric": "top1", "trials": 4,
             "sampler": {"name": "random", "seed": 3},
             "space": {"optim.lr": {"type": "float", "low": 0.05, "high": 0.4}}}
@@ -271,21 +273,18 @@ def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one
     job, _ = sbatch(slurm2, "slurm/sweep.sh", str(study), options=(*one_node, "--array=0-1",
                     f"--output={tmp_path}/slurm-%A_%a.out"), wait=False)
 
-    # A node dies under one worker mid-trial: its processes are killed and SLURM requeues the task (a worker id is
-    # ARRAYJOB_TASK, which scontrol takes as the task's job id).
-    killed, victim = _wait_for(lambda: _owned_trial_at_epoch(study, 1, set()))
+    # Both workers mid-trial. Under one, the node dies: its processes are killed and SLURM requeues the task (a
+    # worker id is ARRAYJOB_TASK, which scontrol takes as the task's job id). The other is preempted (USR1):
+    # its trial checkpoints and the task requeues itself.
+    (victim, killed), (other, preempted) = sorted(_wait_for(lambda: _running_trials_at_epoch(study, 1)).items())
     worker_pid = int((study / "leases" / f"{killed:04d}").read_text().split()[2])
+    subprocess.run(["scancel", "--signal=USR1", other], env=slurm2, check=True)
     kill_tree(worker_pid)
     for pid in _processes_training_in(study / "trials" / f"{killed:04d}"):
         kill_tree(pid)
     subprocess.run(["scontrol", "requeue", victim], env=slurm2, capture_output=True)
     release_requeued(slurm2, victim)
-
-    # The other worker is preempted (USR1): its trial checkpoints, the task requeues itself.
-    preempted, other = _wait_for(lambda: _owned_trial_at_epoch(study, 1, {killed}))
-    if other != victim:
-        subprocess.run(["scancel", "--signal=USR1", other], env=slurm2, check=True)
-        release_requeued(slurm2, other)
+    release_requeued(slurm2, other)
 
     def finished():
         trials = StudyDir(study).open().get_trials()
@@ -295,6 +294,10 @@ def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one
     trials = _wait_for(finished, timeout=480)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4, [t.user_attrs for t in trials]
     assert {t.user_attrs["worker"] for t in trials} == {f"{job}_0", f"{job}_1"}
+    hosts = {line.split(" on ")[1].split(",")[0] for task in (0, 1)
+             for line in (tmp_path / f"slurm-{job}_{task}.out").read_text().splitlines() if "sweep worker" in line
+             and " on " in line}
+    assert hosts == {"node1", "node2"}  # one worker per node (--exclusive)
     for trial in trials:  # a trial started again only resumed: never from scratch
         run_dir = study / "trials" / f"{trial.number:04d}"
         starts = (run_dir / "trial.log").read_text().count("\n=== ")
@@ -302,9 +305,10 @@ def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one
         assert starts == 1 + len(resumes), trial.number
     killed_dir = study / "trials" / f"{killed:04d}"
     assert (killed_dir / "trial.log").read_text().count("\n=== ") == 2
-    if other != victim:
-        events = read_jsonl(study / "trials" / f"{preempted:04d}" / "metrics.jsonl")
-        assert [e["signal"] for e in events if e["event"] == "preempted"] == ["SIGUSR1"]
+    preempted_dir = study / "trials" / f"{preempted:04d}"
+    events = read_jsonl(preempted_dir / "metrics.jsonl")
+    assert [e["signal"] for e in events if e["event"] == "preempted"] == ["SIGUSR1"]
+    assert (preempted_dir / "trial.log").read_text().count("\n=== ") == 2
     # the killed trial ends with the weights of the same trial run without interruption
     from visiontrain.sweep.spec import read_spec
 

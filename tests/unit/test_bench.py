@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from tests.helpers import ROOT
 from visiontrain.bench import flops, runner
 from visiontrain.bench.cli import main as bench_main
 from visiontrain.bench.sweep import expand
@@ -311,3 +313,30 @@ def test_the_robustness_table_states_each_method_against_standard_training(tmp_p
     assert lines[6].endswith("| 8.0x | 30.0, 41.5 | epoch 3 |")
     assert run_cli(bench_main, ["robustness", "--data", str(tmp_path)]) == 2
     assert "no meta.json" in capsys.readouterr().err
+
+
+def test_the_pruning_benchmark_runs_one_spec_twice_with_the_same_draws_and_two_pruners(tmp_path, monkeypatch):
+    import argparse
+
+    from visiontrain.bench.pruning import markdown, study_specs
+
+    monkeypatch.chdir(ROOT)
+    data = tmp_path / "cifar"
+    data.mkdir()
+    (data / "meta.json").write_text('{"splits": {"train": {"samples": 45000}}}')
+    args = argparse.Namespace(data=data, spec=Path("configs/sweeps/cifar10_fast.yaml"), train_images=5000, trials=9,
+                              epochs=9, seed=4, overrides=["model.width=32"])
+    specs = study_specs(args)
+    assert specs["random"]["sampler"] == specs["halving"]["sampler"] == {"name": "random", "seed": 4}
+    assert specs["random"]["pruner"] == {"name": "none"}
+    assert specs["halving"]["pruner"] == {"name": "successive_halving", "min_resource": 1, "reduction_factor": 3}
+    assert specs["random"]["overrides"] == specs["halving"]["overrides"]
+    assert {"data.train_fraction=0.111111", "train.epochs=9", "model.width=32", f"data.path={data}"} <= set(
+        specs["halving"]["overrides"])
+    assert specs["halving"]["space"] == specs["random"]["space"] and specs["halving"]["trials"] == 9
+    doc = {"command": "bench pruning", "studies": {
+        "random": {"best_top1": 80.0, "cpu_hours": 3.0, "complete": 9, "pruned": 0, "epochs_trained": 81},
+        "halving": {"best_top1": 79.5, "cpu_hours": 1.0, "complete": 2, "pruned": 7, "epochs_trained": 27}}}
+    table = markdown(doc)
+    assert "| halving | 2 / 7 | 27 | 79.50 % | 1.000 | 3.00x less |" in table
+    assert "| random | 9 / 0 | 81 | 80.00 % | 3.000 | - |" in table

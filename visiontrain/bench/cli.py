@@ -8,6 +8,7 @@
     python -m visiontrain bench prep [--samples 8000] [--workers 1 2] [--repeats 2] [--out DIR]
     python -m visiontrain bench recipes [--configs fast resnet9 resnet18] [--seeds fast=20 ...] [--nproc N]
     python -m visiontrain bench robustness --data DIR [--train-images 10000] [--epochs 6] [--collapse-epsilon 16/255]
+    python -m visiontrain bench pruning --data DIR [--spec SWEEP.yaml] [--train-images 5000] [--trials 9] [--epochs 9]
     python -m visiontrain bench memory [--model resnet50] [--nproc 2] [--optim sgd] [--strategies ddp zero1 ...]
     python -m visiontrain bench models [--family timm torchvision] [--match PATTERN] [--max-params 100] [--out DIR]
     python -m visiontrain bench deploy RUN_DIR|MODEL.onnx [--onnx FILE ...] [--compile] [--threads 1 2] [--out DIR]
@@ -27,6 +28,7 @@ from visiontrain.bench.compatibility import add_arguments as add_compatibility_a
 from visiontrain.bench.deploy import add_arguments as add_deploy_arguments
 from visiontrain.bench.evidence import add_arguments as add_evidence_arguments
 from visiontrain.bench.projection import add_arguments as add_projection_arguments
+from visiontrain.bench.pruning import add_arguments as add_pruning_arguments
 from visiontrain.bench.recipes import add_arguments as add_recipe_arguments
 from visiontrain.bench.robustness import add_arguments as add_robustness_arguments
 from visiontrain.infra.errors import ArgumentParser, UsageError, run_cli
@@ -84,6 +86,9 @@ def main(argv: list[str]) -> int:
     robustness = sub.add_parser("robustness", help="standard, FGSM-RS and PGD-7 training: clean and robust top-1, "
                                                    "training time")
     add_robustness_arguments(robustness)
+    pruning = sub.add_parser("pruning", help="a sweep with successive halving vs full-budget random search: best "
+                                             "val top-1 against CPU hours")
+    add_pruning_arguments(pruning)
     for name, help_text in (("step", "training steps on batches already on the device: the compute ceiling"),
                             ("e2e", "the configured loader + training steps, as train.py runs them"),
                             ("scaling", "step or e2e at several process counts: images/s and efficiency vs linear")):
@@ -131,6 +136,11 @@ def main(argv: list[str]) -> int:
         from visiontrain.bench import recipes as recipe_table
 
         return recipe_table.main(args, argv)
+    if args.mode == "pruning":
+        from visiontrain.bench.pruning import run as run_pruning
+
+        print(run_pruning(args, "python -m visiontrain bench " + " ".join(argv))["markdown"], end="")
+        return 0
     if args.mode == "robustness":
         from visiontrain.bench.robustness import run_table
 

@@ -30,7 +30,8 @@ def trial_rows(study) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
                      "last_epoch": max(t.intermediate_values) if t.intermediate_values else None,
-                     "seconds": _duration(t), "worker": t.user_attrs.get("worker"), "params": dict(t.params),
+                     "seconds": _duration(t), "cpu_seconds": t.user_attrs.get("cpu_seconds"),
+                     "worker": t.user_attrs.get("worker"), "params": dict(t.params),
                      "error": t.user_attrs.get("error")})
     return rows
 
@@ -83,13 +84,14 @@ def write_summary(study_dir: StudyDir, out: Path | None = None) -> str:
 
 
 def _markdown(rows: list[dict], metric: str, keys: list[str]) -> str:
-    head = ["trial", "state", metric, "epochs", "minutes", *keys, "note"]
+    head = ["trial", "state", metric, "epochs", "minutes", "CPU minutes", *keys, "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         value = f"{r['value']:.4f}" if r["value"] is not None else "-"
         minutes = f"{r['seconds'] / 60:.1f}" if r["seconds"] is not None else "-"
+        cpu = f"{r['cpu_seconds'] / 60:.1f}" if r["cpu_seconds"] is not None else "-"
         params = [_fmt(r["params"].get(k)) for k in keys]
-        cells = [str(r["number"]), r["state"].lower(), value, str(r["last_epoch"] or "-"), minutes, *params,
+        cells = [str(r["number"]), r["state"].lower(), value, str(r["last_epoch"] or "-"), minutes, cpu, *params,
                  (r["error"] or "")[:80]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -119,8 +119,11 @@ class Worker:
 
     def _on_signal(self, signum, _frame) -> None:
         self.stopping = signal.Signals(signum).name
-        if self.child is not None and self.child.poll() is None:
-            os.killpg(self.child.pid, signal.SIGUSR1 if signum == signal.SIGINT else signum)
+        if self.child is not None:  # not poll(): it could reap the child before run_trial's wait4
+            try:
+                os.killpg(self.child.pid, signal.SIGUSR1 if signum == signal.SIGINT else signum)
+            except ProcessLookupError:
+                pass  # it has just ended
 
     # ----------------------------------------------------------------- claim
     def claim(self) -> Claim | None:
@@ -208,9 +211,14 @@ class Worker:
             self.child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             if self.stopping:  # the signal came while the trial was starting
                 os.killpg(self.child.pid, signal.SIGTERM)
-            code = self.child.wait()
+            # wait4: the exit status and the CPU time of the trial's process and of the children it waited for
+            # (torchrun's ranks; not srun's tasks, which belong to SLURM's step daemon)
+            _, status, usage = os.wait4(self.child.pid, 0)
+            code = self.child.returncode = os.waitstatus_to_exitcode(status)
             self.child = None
         seconds = time.time() - started
+        self.study._storage.set_trial_user_attr(
+            claim.trial_id, "cpu_seconds", round(usage.ru_utime + usage.ru_stime, 1) + self._earlier_cpu(claim))
         if code == PREEMPTED:
             log.info("worker %s: trial %d stopped with a checkpoint (%s); it resumes when this worker restarts",
                      self.id, claim.number, self.stopping or "a signal")
@@ -219,6 +227,11 @@ class Worker:
         lease.release()
         log.info("worker %s: %s", self.id, progress_line(self.study, self.spec))
         return code
+
+    def _earlier_cpu(self, claim: Claim) -> float:
+        """CPU seconds of the trial's earlier runs (before a preemption: their record is in the study)."""
+        trial = self.study._storage.get_trial(claim.trial_id)
+        return float(trial.user_attrs.get("cpu_seconds", 0.0))
 
     def _tell(self, claim: Claim, code: int, run_dir: Path, seconds: float) -> None:
         from optuna.trial import TrialState
