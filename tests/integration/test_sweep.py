@@ -116,17 +116,20 @@ def _tiny_spec(tmp_path: Path, data: Path, **fields) -> Path:
 
 
 @pytest.mark.slow
-def test_a_pruned_trial_stops_after_the_pruning_epoch_with_its_checkpoint(tmp_path, shapes_dir):
+def test_a_pruned_two_process_trial_stops_after_the_pruning_epoch_with_its_checkpoint(tmp_path, shapes_dir):
     # top1 never reaches 101: the threshold pruner stops the run at its first report after its warm-up (epoch 2)
     spec = _tiny_spec(tmp_path, shapes_dir, trials=1, pruner={"name": "threshold", "lower": 101.0, "n_warmup_steps": 2},
                       space={"optim.lr": {"type": "float", "low": 0.1, "high": 0.2}})
-    ok(sweep("run", spec, "--study", tmp_path / "study"))
+    torchrun = f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node 2 train.py"
+    ok(sweep("run", spec, "--study", tmp_path / "study", "--train-command", torchrun))
     (trial,) = trials_of(tmp_path / "study")
     run_dir = Path(trial.user_attrs["run_dir"])
     assert trial.state.name == "PRUNED" and sorted(trial.intermediate_values) == [1, 2]
     assert trial.user_attrs["cpu_seconds"] > 1.0  # the training process's own CPU time (wait4)
     summary = read_json(run_dir / "summary.json")
+    # rank 0 asked the pruner, both ranks stopped after the same epoch with the same weights
     assert summary["pruned"] is True and summary["epochs"] == 2 and summary["stopped_early"] is True
+    assert summary["world_size"] == 2 and len({r["params_sha256"] for r in summary["ranks"]}) == 1
     events = read_jsonl(run_dir / "metrics.jsonl")
     pruned = [e for e in events if e["event"] == "pruned"]
     assert len(pruned) == 1 and pruned[0]["epoch"] == 2

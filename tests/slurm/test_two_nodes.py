@@ -261,8 +261,9 @@ def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one
     from visiontrain.sweep.study import StudyDir
 
     study = tmp_path / "study"
-    fixed = [o for o in overrides(shapes_dir, tmp_path / "unused", *EXTRA, "train.epochs=6")
-             if not o.startswith("run.dir=")]
+    # 20 short epochs: both workers are mid-trial for several seconds, when the test strikes
+    fixed = [o for o in overrides(shapes_dir, tmp_path / "unused", *EXTRA, "train.epochs=20",
+                                  "checkpoint.signal_check_steps=1") if not o.startswith("run.dir=")]
     spec = {"config": CONFIG, "overrides": fixed, "metric": "top1", "trials": 4,
             "sampler": {"name": "random", "seed": 3},
             "space": {"optim.lr": {"type": "float", "low": 0.05, "high": 0.4}}}
