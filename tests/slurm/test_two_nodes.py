@@ -315,7 +315,8 @@ def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one
 
     (trial,) = [t for t in trials if t.number == killed]
     reference = tmp_path / "reference"
-    ok(run_train(["-c", CONFIG, *read_spec(study / "spec.yaml").trial_overrides(trial.params, reference)]))
+    ok(run_train(["-c", CONFIG, *read_spec(study / "spec.yaml").trial_overrides(trial.params, reference)],
+                 env={"OMP_NUM_THREADS": slurm2["OMP_NUM_THREADS"]}))  # the trial's thread count: its numerics
     assert_same_weights(killed_dir, reference)
 
 
