@@ -17,6 +17,7 @@ import yaml
 from tests.helpers import PYTHON, ROOT, checkpoint_logged, kill_tree, ok, read_json, read_jsonl, run_train, tiny_args
 
 FAKE = f"{PYTHON} tests/sweep_fake_trial.py"
+HOST = os.uname().nodename  # local workers are HOST-0, HOST-1, ...
 
 
 def write_spec(path: Path, **fields) -> Path:
@@ -51,7 +52,7 @@ def test_two_workers_share_a_journal_study_without_losing_or_repeating_a_trial(t
     assert all(t.state.name == "COMPLETE" for t in trials)
     assert all(t.value == pytest.approx(100 * t.params["optim.lr"]) for t in trials)
     assert len({t.params["optim.lr"] for t in trials}) == 30  # the workers do not draw the same values
-    assert {t.user_attrs["worker"] for t in trials} == {"local-0", "local-1"}
+    assert {t.user_attrs["worker"] for t in trials} == {f"{HOST}-0", f"{HOST}-1"}
     dirs = sorted((tmp_path / "study" / "trials").iterdir())
     assert [d.name for d in dirs] == [f"{n:04d}" for n in range(30)]
     assert all(runs_started(d) == 1 for d in dirs)  # no trial ran twice
@@ -69,7 +70,7 @@ def test_each_way_a_trial_ends_reaches_the_study_once(tmp_path):
     first = sweep("run", spec, "--study", study, "--train-command", FAKE)
     assert first.returncode == 3, first.stderr[-3000:]  # stopped by the preempted trial: requeue me
     by_ending = {t.params["train.label_smoothing"]: t for t in trials_of(study)}
-    assert by_ending[0.4].state.name == "RUNNING" and by_ending[0.4].user_attrs["worker"] == "local-0"
+    assert by_ending[0.4].state.name == "RUNNING" and by_ending[0.4].user_attrs["worker"] == f"{HOST}-0"
     status = sweep("status", study)
     assert "1 running" in status.stdout and "lease" in status.stdout
     second = sweep("run", spec, "--study", study, "--train-command", FAKE)  # the same command resumes it
@@ -93,17 +94,17 @@ def test_each_way_a_trial_ends_reaches_the_study_once(tmp_path):
 
 
 def test_a_running_trial_whose_lease_expired_is_taken_over_by_another_worker(tmp_path):
-    spec = write_spec(tmp_path / "spec.yaml", trials=1, lease_seconds=5,
+    spec = write_spec(tmp_path / "spec.yaml", trials=1, lease_seconds=30,
                       space={"train.label_smoothing": {"type": "categorical", "choices": [0.4]}})
     study = tmp_path / "study"
-    assert sweep("run", spec, "--study", study, "--train-command", FAKE).returncode == 3  # local-0 owns it now
+    assert sweep("run", spec, "--study", study, "--train-command", FAKE).returncode == 3  # HOST-0 owns it now
     early = sweep("worker", "--study", study, "--worker-id", "other", "--train-command", FAKE)
     assert early.returncode == 0 and "no trial left" in early.stderr  # its lease is fresh: not taken
     lease = study / "leases" / "0000"
-    old = time.time() - 60
-    os.utime(lease, (old, old))  # local-0 went away a minute ago
+    old = time.time() - 120
+    os.utime(lease, (old, old))  # HOST-0 went away a minute ago
     late = sweep("worker", "--study", study, "--worker-id", "other", "--train-command", FAKE)
-    assert late.returncode == 0 and "taken over from local-0" in late.stderr
+    assert late.returncode == 0 and f"taken over from {HOST}-0" in late.stderr
     (trial,) = trials_of(study)
     assert trial.state.name == "COMPLETE" and trial.user_attrs["worker"] == "other"
     assert not lease.exists()

@@ -275,11 +275,12 @@ def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one
                     f"--output={tmp_path}/slurm-%A_%a.out"), wait=False)
 
     # Both workers mid-trial. Under one, the node dies: its processes are killed and SLURM requeues the task (a
-    # worker id is ARRAYJOB_TASK, which scontrol takes as the task's job id). The other is preempted (USR1):
+    # worker id is ARRAYJOB_TASK, which scontrol takes as the task's job id). The other is preempted (USR1 to its
+    # batch shell, as #SBATCH --signal=B:USR1 sends it):
     # its trial checkpoints and the task requeues itself.
     (victim, killed), (other, preempted) = sorted(_wait_for(lambda: _running_trials_at_epoch(study, 1)).items())
     worker_pid = int((study / "leases" / f"{killed:04d}").read_text().split()[2])
-    subprocess.run(["scancel", "--signal=USR1", other], env=slurm2, check=True)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", other], env=slurm2, check=True)  # as --signal=B:USR1
     kill_tree(worker_pid)
     for pid in _processes_training_in(study / "trials" / f"{killed:04d}"):
         kill_tree(pid)
@@ -306,6 +307,8 @@ def test_a_sweep_of_two_array_workers_survives_a_killed_task_and_a_preempted_one
         assert starts == 1 + len(resumes), trial.number
     killed_dir = study / "trials" / f"{killed:04d}"
     assert (killed_dir / "trial.log").read_text().count("\n=== ") == 2
+    other_log = (tmp_path / f"slurm-{job}_{other.split('_')[1]}.out").read_text()
+    assert "USR1 received: passed to the sweep worker" in other_log and "requeueing job" in other_log
     preempted_dir = study / "trials" / f"{preempted:04d}"
     events = read_jsonl(preempted_dir / "metrics.jsonl")
     assert [e["signal"] for e in events if e["event"] == "preempted"] == ["SIGUSR1"]

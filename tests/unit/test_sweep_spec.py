@@ -71,6 +71,19 @@ def test_a_spec_reads_its_space_metric_and_budget():
     ({"overrides": ["optim.lrr=1"]}, "unknown config key 'optim.lrr'"),
     ({"config": "configs/nope.yaml"}, "config 'configs/nope.yaml' does not exist"),
     ({"sampler": {"name": "grid"}}, "optim.lr is a float range without step"),
+    ({"metric": ["top1"]}, "metric ['top1'] is not logged"),
+    ({"sampler": {"name": ["tpe"]}}, "sampler ['tpe']: use one of"),
+    ({"lease_seconds": float("nan")}, "lease_seconds nan must be a number >= 30"),
+    ({"lease_seconds": 5}, "lease_seconds 5 must be a number >= 30"),
+    ({"pruner": {"name": "successive_halving", "reduction_factor": 1}}, "reduction_factor = 1 must be >= 2"),
+    ({"pruner": {"name": "hyperband", "max_resource": 0}}, "pruner.max_resource = 0 must be >= 1"),
+    ({"pruner": {"name": "threshold"}}, "pruner threshold needs lower, upper or both"),
+    ({"pruner": {"name": "threshold", "lower": 5, "upper": 1.0}}, "lower 5 must be below upper 1.0"),
+    ({"overrides": ["run.resume=false"]}, "are set by the sweep"),
+    ({"space": {"optim.name": {"type": "categorical", "choices": ["sgd"]},
+                "optim.momentum": {"type": "float", "low": 0.8, "high": 0.9, "when": {"optim.name": "SGD"}}}},
+     "optim.name = 'SGD' is not one of its values"),
+    ({"space": {"optim.lr": {"type": ["float"], "low": 0.1, "high": 1.0}}}, "needs type: float, int or categorical"),
 ])
 def test_bad_specs_are_refused_in_one_line_naming_the_value(changes, words):
     with pytest.raises(UsageError) as err:
@@ -102,6 +115,12 @@ def test_a_bad_spec_exits_2_with_one_line_and_creates_nothing(tmp_path):
     assert not (tmp_path / "study").exists()
     missing = visiontrain_cli("sweep", "status", tmp_path / "nothing")
     assert missing.returncode == 2 and "is not a study directory" in missing.stderr
+
+
+def test_an_unusable_storage_url_is_refused_before_the_study_directory_exists(tmp_path):
+    with pytest.raises(UsageError, match="--storage nosuchdb://x: cannot be opened"):
+        StudyDir(tmp_path / "study").create_or_check(spec_with(), "nosuchdb://x")
+    assert not (tmp_path / "study").exists()
 
 
 def test_a_non_empty_folder_that_is_no_study_is_refused(tmp_path):

@@ -30,7 +30,15 @@ from pathlib import Path
 from visiontrain.infra.errors import ArgumentParser, UsageError, run_cli
 from visiontrain.sweep.spec import read_spec
 from visiontrain.sweep.study import StudyDir
-from visiontrain.sweep.worker import PREEMPTED, Worker, default_train_command, default_worker_id, progress_line
+from visiontrain.sweep.worker import (
+    HOST,
+    PREEMPTED,
+    Worker,
+    counts,
+    default_train_command,
+    default_worker_id,
+    progress_line,
+)
 
 log = logging.getLogger("visiontrain.sweep")
 
@@ -119,7 +127,8 @@ def run_local(args: argparse.Namespace) -> int:
     base = [sys.executable, "-m", "visiontrain", "sweep", "worker", "--study", str(study.path)]
     if args.train_command:
         base += ["--train-command", args.train_command]
-    workers = [subprocess.Popen([*base, "--worker-id", f"local-{i}"]) for i in range(args.workers)]
+    # Ids stable across reruns on this machine (a rerun resumes its trials) and distinct between machines.
+    workers = [subprocess.Popen([*base, "--worker-id", f"{HOST}-{i}"]) for i in range(args.workers)]
 
     def forward(signum, _frame):
         for process in workers:
@@ -134,11 +143,17 @@ def run_local(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     codes = [process.returncode for process in workers]
-    log.info("study %s: %s (worker exit codes %s)", study.path, progress_line(study.open(spec), spec), codes)
+    opened = study.open(spec)
+    log.info("study %s: %s (worker exit codes %s)", study.path, progress_line(opened, spec), codes)
     if any(code == PREEMPTED for code in codes):
         return PREEMPTED
     if any(code != 0 for code in codes):
         return 1
+    running = counts(opened)["running"]
+    if running:  # owned by workers elsewhere, or by one of an earlier run with more --workers
+        log.info("%d trial(s) still RUNNING under other workers: run again (or start their workers) to finish "
+                 "them; python -m visiontrain sweep status %s", running, study.path)
+        return PREEMPTED
     log.info("python -m visiontrain sweep summary %s: the best trial, its config and plots", study.path)
     return 0
 

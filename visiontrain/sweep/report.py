@@ -29,12 +29,23 @@ class TrialReporter:
         self.metric = settings["metric"]
         self.trial = None
         if runtime.is_main:  # only rank 0 opens the storage
-            import optuna
+            try:
+                import optuna
 
-            from visiontrain.sweep.study import load_study, make_pruner
+                from visiontrain.sweep.study import load_study, make_pruner
 
-            study = load_study(settings["storage"], pruner=make_pruner(settings["pruner"]))
-            self.trial = optuna.trial.Trial(study, settings["trial_id"])
+                study = load_study(settings["storage"], pruner=make_pruner(settings["pruner"]))
+                self.trial = optuna.trial.Trial(study, settings["trial_id"])
+            except Exception as err:  # the storage's own errors, whatever they are: training goes on
+                self._give_up(err)
+
+    def _give_up(self, err: Exception) -> None:
+        """Reporting failed on rank 0 (a storage error, a trial no longer RUNNING): the run goes on without it, and
+        the other ranks, waiting in the collective below, hear "continue" as usual."""
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        log.warning("sweep trial %s: reporting to the study failed (%s); the run goes on without reporting",
+                    self.settings.get("number"), detail)
+        self.trial = None
 
     @classmethod
     def for_run_dir(cls, run_dir: Path, runtime: Runtime) -> TrialReporter | None:
@@ -48,8 +59,10 @@ class TrialReporter:
         A collective: every rank calls it after the same evaluation."""
         prune = False
         if self.trial is not None:
-            value = float(val[self.metric])
-            self.trial.report(value, step=epoch)  # a resumed run's repeated step is ignored by Optuna
-            prune = self.trial.should_prune()
+            try:
+                self.trial.report(float(val[self.metric]), step=epoch)  # a resumed run's repeated step is ignored
+                prune = self.trial.should_prune()
+            except Exception as err:
+                self._give_up(err)
         # all ranks agree on "continue" unless rank 0 decided to prune
         return not all_ranks_agree(not prune, self.runtime.world_size, device)

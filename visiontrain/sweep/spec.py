@@ -11,6 +11,7 @@
       optim.lr: {type: float, low: 0.1, high: 3.0, log: true}
       train.label_smoothing: {type: categorical, choices: [0.0, 0.1, 0.2]}
       model.width: {type: int, low: 32, high: 96, step: 16}
+      optim.name: {type: categorical, choices: [sgd, adamw]}
       optim.momentum: {type: float, low: 0.8, high: 0.95, when: {optim.name: sgd}}   # conditional
 
 Every mistake is one UsageError line naming the key and what is allowed: unknown keys (in the spec or in
@@ -37,7 +38,7 @@ PRUNERS = {
     "median": ("n_startup_trials", "n_warmup_steps"),
     "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
     "hyperband": ("min_resource", "max_resource", "reduction_factor"),
-    "threshold": ("lower", "upper", "n_warmup_steps"),  # e.g. stop diverging runs: {metric: loss, upper: 5}
+    "threshold": ("lower", "upper", "n_warmup_steps"),  # e.g. with metric loss, upper: 5 stops diverging runs
 }
 FLOAT_OPTIONS = ("lower", "upper")
 AUTO_OPTIONS = ("min_resource", "max_resource")  # Optuna estimates them from the first trials
@@ -46,7 +47,7 @@ PARAM_KEYS = {"float": ("low", "high", "log", "step", "when"), "int": ("low", "h
 # The val event's numbers after every evaluation (train/trainer.py): what a trial can report and be pruned on.
 METRICS = {"top1": "maximize", "top5": "maximize", "loss": "minimize", "robust_top1": "maximize"}
 # Keys a trial must not choose: where it writes is the study's decision.
-RESERVED = ("run.dir",)
+RESERVED = ("run.dir", "run.resume")  # a trial resumes its own directory
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class Param:
         if self.kind == "int":
             return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def can_take(self, value: Any) -> bool:
+        if self.kind == "categorical":
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def ends(self) -> list[Any]:
         """The values the config must accept: both ends of a range, every choice."""
@@ -141,8 +147,12 @@ def parse_spec(loaded: Any, where: str = "sweep spec") -> SweepSpec:
     overrides = loaded.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
         raise UsageError(f"{where}: overrides must be a list of 'section.key=value' strings")
+    for item in overrides:
+        if item.partition("=")[0].strip() in RESERVED:
+            raise UsageError(f"{where}: override {item!r}: {', '.join(RESERVED)} are set by the sweep (each trial "
+                             "resumes a run directory of its own)")
     metric = loaded.get("metric", "top1")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise UsageError(f"{where}: metric {metric!r} is not logged after each evaluation; use one of "
                          f"{', '.join(METRICS)}")
     direction = loaded.get("direction", METRICS[metric])
@@ -152,8 +162,9 @@ def parse_spec(loaded: Any, where: str = "sweep spec") -> SweepSpec:
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise UsageError(f"{where}: trials {trials!r} must be a whole number >= 1")
     lease = loaded.get("lease_seconds", 600)
-    if not isinstance(lease, (int, float)) or isinstance(lease, bool) or lease < 5:
-        raise UsageError(f"{where}: lease_seconds {lease!r} must be a number >= 5")
+    if not isinstance(lease, (int, float)) or isinstance(lease, bool) or not math.isfinite(lease) or lease < 30:
+        raise UsageError(f"{where}: lease_seconds {lease!r} must be a number >= 30 (a worker renews its lease every "
+                         "fifth of it; a shared file system may show a renewal late)")
     sampler = _named(loaded.get("sampler", {"name": "tpe"}), SAMPLERS, "sampler", where)
     pruner = _named(loaded.get("pruner", {"name": "none"}), PRUNERS, "pruner", where)
     space = _parse_space(loaded.get("space"), where)
@@ -174,7 +185,7 @@ def parse_spec(loaded: Any, where: str = "sweep spec") -> SweepSpec:
 def _named(value: Any, allowed: dict[str, tuple[str, ...]], what: str, where: str) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"name": value}
-    if not isinstance(value, dict) or value.get("name") not in allowed:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or value["name"] not in allowed:
         name = value.get("name") if isinstance(value, dict) else value
         raise UsageError(f"{where}: {what} {name!r}: use one of {', '.join(allowed)}")
     unknown = sorted(set(value) - {"name", *allowed[value["name"]]})
@@ -189,7 +200,26 @@ def _named(value: Any, allowed: dict[str, tuple[str, ...]], what: str, where: st
             allowed = "a number" if key in FLOAT_OPTIONS else "a whole number >= 0" + (
                 " or auto" if key in AUTO_OPTIONS else "")
             raise UsageError(f"{where}: {what}.{key} = {option!r} must be {allowed}")
+    _check_pruner_values(value, what, where)
     return dict(value)
+
+
+def _check_pruner_values(value: dict[str, Any], what: str, where: str) -> None:
+    """What Optuna's pruners refuse, or divide by, only once a trial reports."""
+    if what != "pruner":
+        return
+    name = value["name"]
+    if value.get("reduction_factor", 2) < 2:
+        raise UsageError(f"{where}: pruner.reduction_factor = {value['reduction_factor']} must be >= 2")
+    for key in AUTO_OPTIONS:
+        if value.get(key, "auto") != "auto" and value[key] < 1:
+            raise UsageError(f"{where}: pruner.{key} = {value[key]} must be >= 1 (epochs) or auto")
+    if name == "threshold":
+        lower, upper = value.get("lower"), value.get("upper")
+        if lower is None and upper is None:
+            raise UsageError(f"{where}: pruner threshold needs lower, upper or both")
+        if lower is not None and upper is not None and not lower < upper:
+            raise UsageError(f"{where}: pruner threshold: lower {lower} must be below upper {upper}")
 
 
 def _parse_space(space: Any, where: str) -> tuple[Param, ...]:
@@ -200,7 +230,7 @@ def _parse_space(space: Any, where: str) -> tuple[Param, ...]:
     for key, body in space.items():
         if key in RESERVED:
             raise UsageError(f"{where}: space key {key!r} is set by the sweep (each trial has its own run directory)")
-        if not isinstance(body, dict) or body.get("type") not in PARAM_KEYS:
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str) or body["type"] not in PARAM_KEYS:
             raise UsageError(f"{where}: space.{key} needs type: float, int or categorical")
         kind = body["type"]
         unknown = sorted(set(body) - {"type", *PARAM_KEYS[kind]})
@@ -210,10 +240,14 @@ def _parse_space(space: Any, where: str) -> tuple[Param, ...]:
         when = body.get("when") or {}
         if not isinstance(when, dict):
             raise UsageError(f"{where}: space.{key}.when must map config keys to values, e.g. {{optim.name: sgd}}")
-        for other in when:
-            if other not in [p.key for p in params]:
+        for other, wanted in when.items():
+            parent = next((p for p in params if p.key == other), None)
+            if parent is None:
                 raise UsageError(f"{where}: space.{key}.when names {other!r}, which is not a parameter listed "
                                  "before it")
+            if not parent.can_take(wanted):
+                raise UsageError(f"{where}: space.{key}.when: {other} = {wanted!r} is not one of its values, so "
+                                 f"{key} would never be drawn")
         params.append(_param(key, kind, body, tuple(when.items()), where))
     return tuple(params)
 

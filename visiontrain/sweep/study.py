@@ -125,13 +125,19 @@ class StudyDir:
             return
         if self.path.exists() and any(self.path.iterdir()):
             raise UsageError(f"--study {self.path} exists, is not empty and is not a study directory")
-        url = storage or f"journal:{(self.path / 'journal.log').resolve()}"
+        optuna = _optuna()
+        if storage:  # a database URL: reachable and usable before anything is written here
+            try:
+                database = storage_for(storage)
+            except Exception as err:  # SQLAlchemy's errors: a bad URL, a missing driver, an unreachable server
+                detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise UsageError(f"--storage {storage}: cannot be opened: {detail}") from None
         self.path.mkdir(parents=True, exist_ok=True)
         for folder in (self.trials, self.leases, self.workers):
             folder.mkdir(exist_ok=True)
-        optuna = _optuna()
-        optuna.create_study(study_name=STUDY_NAME, storage=storage_for(url), direction=spec.direction,
-                            load_if_exists=True)
+        url = storage or f"journal:{(self.path / 'journal.log').resolve()}"
+        optuna.create_study(study_name=STUDY_NAME, storage=database if storage else storage_for(url),
+                            direction=spec.direction, load_if_exists=True)
         write_json(self.path / "study.json", {"storage": url, "study_name": STUDY_NAME})
         write_text(self.spec_file, yaml.safe_dump(spec.source, sort_keys=False))  # last: the directory is complete
 

@@ -1,17 +1,19 @@
 """A sweep worker: claims trials one after another and runs each as a visiontrain run directory.
 
 Claiming happens under the study's claim lock (an O_EXCL lock file beside the journal), in this order:
-1. a RUNNING trial this worker id owns: its earlier life was preempted or killed (a requeued SLURM array
-   task keeps its id), so it resumes that run directory;
+1. a RUNNING trial this worker id owns whose process is gone: its earlier life was preempted or killed (a
+   requeued SLURM array task keeps its id), so it resumes that run directory; one still alive on this host
+   (two workers started with one id) is left alone;
 2. a RUNNING trial whose lease expired (its worker stopped renewing `leases/NNNN` for `lease_seconds`):
-   taken over and resumed;
+   taken over and resumed; a trial whose claim was interrupted before its values were all drawn is FAIL;
 3. a new trial, while fewer than `trials` exist (the budget counts every trial, whatever its end).
 
-A trial's train.py ends in one of four ways, each told to the study once:
+A trial's train.py ends in one of four ways, each told to the study once, by the worker that still owns it:
 exit 0 -> COMPLETE with the final evaluation's metric, or PRUNED when the pruner stopped it (summary.json);
-exit 2 (bad config) -> FAIL with its error line, not retried; exit 3 (stopped on a signal with a checkpoint)
--> the trial stays RUNNING and owned, and the worker exits 3 so that its job is requeued; anything else
-(exit 1, killed) -> FAIL with the last line of its log.
+exit 2 (bad config) -> FAIL with its error line, not retried; exit 3 (stopped on a signal with a checkpoint),
+or any end after this worker was signalled -> the trial stays RUNNING and owned, and the worker exits 3 so
+that its job is requeued; anything else (exit 1, killed) -> FAIL with the last line of its log. A worker
+whose lease was taken over (it was silent for too long) stops its trial and tells nothing.
 """
 
 from __future__ import annotations
@@ -53,20 +55,43 @@ def default_worker_id(environ=os.environ) -> str:
         return f"{job}_{task}"
     if environ.get("SLURM_JOB_ID"):
         return environ["SLURM_JOB_ID"]
-    return f"{os.uname().nodename}-{os.getpid()}"
+    return f"{HOST}-{os.getpid()}"
+
+
+HOST = os.uname().nodename
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Lease:
-    """Renews `leases/NNNN` (its modification time) while a trial runs, from a thread."""
+    """`leases/NNNN`: "WORKER HOST PID", its modification time renewed by a thread while the trial runs. A renewal
+    that finds another worker's id there (the lease expired and was taken over) calls `on_lost` and stops."""
 
-    def __init__(self, path: Path, worker_id: str, period: float):
-        self.path, self.worker_id, self.period = path, worker_id, period
+    def __init__(self, path: Path, worker_id: str, period: float, on_lost=None):
+        self.path, self.worker_id, self.period, self.on_lost = path, worker_id, period, on_lost
+        self.lost_to: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, daemon=True)
 
     @staticmethod
     def write(path: Path, worker_id: str) -> None:
-        write_text(path, f"{worker_id} {os.uname().nodename} {os.getpid()}\n")
+        write_text(path, f"{worker_id} {HOST} {os.getpid()}\n")
+
+    @staticmethod
+    def read(path: Path) -> tuple[str, str, int] | None:
+        try:
+            worker, host, pid = path.read_text().split()
+            return worker, host, int(pid)
+        except (OSError, ValueError):
+            return None
 
     def __enter__(self) -> Lease:
         self.write(self.path, self.worker_id)
@@ -75,6 +100,12 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.period):
+            holder = self.read(self.path)
+            if holder is not None and holder[0] != self.worker_id:
+                self.lost_to = holder[0]
+                if self.on_lost is not None:
+                    self.on_lost()
+                return
             try:
                 os.utime(self.path)
             except OSError:
@@ -85,7 +116,9 @@ class Lease:
         self._thread.join()
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
+        holder = self.read(self.path)
+        if holder is None or holder[0] == self.worker_id:  # never another worker's lease
+            self.path.unlink(missing_ok=True)
 
 
 class Worker:
@@ -119,9 +152,15 @@ class Worker:
 
     def _on_signal(self, signum, _frame) -> None:
         self.stopping = signal.Signals(signum).name
+        # Ctrl-C becomes the preemption signal: the trial checkpoints instead of dying.
+        self._signal_trial(signal.SIGUSR1 if signum == signal.SIGINT else signum)
+
+    def _signal_trial(self, signum: int) -> None:
+        """The trial's leading process only (train.py, torchrun, srun: each passes it to the ranks); not its group,
+        whose data-loader workers would die of it."""
         if self.child is not None:  # not poll(): it could reap the child before run_trial's wait4
             try:
-                os.killpg(self.child.pid, signal.SIGUSR1 if signum == signal.SIGINT else signum)
+                os.kill(self.child.pid, signum)
             except ProcessLookupError:
                 pass  # it has just ended
 
@@ -147,12 +186,21 @@ class Worker:
         running = [t for t in trials if t.state == TrialState.RUNNING]
         for t in running:
             if t.user_attrs.get("worker") == self.id:
+                if self._holder_alive(t.number):
+                    log.warning("worker %s: trial %d is run by a live process with this worker id (%s); leaving it",
+                                self.id, t.number, self.dir.leases / f"{t.number:04d}")
+                    continue
                 return Claim(t._trial_id, t.number, t.params, "resumed")
         for t in running:
-            if self._lease_expired(t.number):
-                previous = t.user_attrs.get("worker", "?")
-                self.study._storage.set_trial_user_attr(t._trial_id, "worker", self.id)
-                return Claim(t._trial_id, t.number, t.params, f"taken over from {previous}")
+            if not self._lease_expired(t.number):
+                continue
+            if "worker" not in t.user_attrs:  # claimed, then killed before every value was drawn
+                self.study._storage.set_trial_user_attr(t._trial_id, "error", "its claim was interrupted")
+                self.study.tell(t.number, state=TrialState.FAIL)
+                continue
+            previous = t.user_attrs["worker"]
+            self.study._storage.set_trial_user_attr(t._trial_id, "worker", self.id)
+            return Claim(t._trial_id, t.number, t.params, f"taken over from {previous}")
         if len(trials) >= self.budget():
             return None
         # A sampler seeded by (seed, trial number): workers with the same spec would otherwise draw the
@@ -184,6 +232,15 @@ class Worker:
                 chosen[param.key] = param.suggest(trial)
         return chosen
 
+    def _holder_alive(self, number: int) -> bool:
+        """Whether the lease of trial `number` names a live process on this host (a requeued task's old process
+        is gone; one on another host is trusted to be gone too: SLURM array ids are unique per task)."""
+        holder = Lease.read(self.dir.leases / f"{number:04d}")
+        if holder is None or self._lease_expired(number):
+            return False
+        _, host, pid = holder
+        return host == HOST and pid != os.getpid() and _alive(pid)
+
     def _lease_expired(self, number: int) -> bool:
         path = self.dir.leases / f"{number:04d}"
         try:
@@ -194,6 +251,8 @@ class Worker:
 
     # ------------------------------------------------------------------- run
     def run_trial(self, claim: Claim) -> int:
+        if self.stopping:  # signalled while claiming: leave the trial RUNNING and owned, to resume
+            return PREEMPTED
         run_dir = self.dir.trial_dir(claim.number)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / TRIAL_FILE, trial_file_contents(self.dir, self.spec, claim.trial_id, claim.number))
@@ -202,31 +261,52 @@ class Worker:
                    *self.spec.trial_overrides(claim.params, run_dir)]
         log.info("worker %s: trial %d (%s) %s", self.id, claim.number, claim.how,
                  " ".join(f"{k}={v}" for k, v in claim.params.items()))
-        lease = Lease(self.dir.leases / f"{claim.number:04d}", self.id, max(1.0, self.spec.lease_seconds / 5))
+        lease = Lease(self.dir.leases / f"{claim.number:04d}", self.id, max(1.0, self.spec.lease_seconds / 5),
+                      on_lost=lambda: self._signal_trial(signal.SIGTERM))
+        # torchrun passes SIGTERM and SIGINT on to its ranks; SIGUSR1 too with this (its ranks have sessions of
+        # their own, so only torchrun can reach them).
+        env = {**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
         started = time.time()
         with lease, open(run_dir / "trial.log", "ab") as out:
             out.write(f"\n=== {time.strftime('%F %T')} worker {self.id}: {' '.join(command)}\n".encode())
             out.flush()
-            # A process group of its own: a signal for the worker reaches every process of the trial.
-            self.child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            # A session of its own: a terminal's Ctrl-C reaches the worker, which passes it on as SIGUSR1.
+            self.child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
             if self.stopping:  # the signal came while the trial was starting
-                os.killpg(self.child.pid, signal.SIGTERM)
+                self._signal_trial(signal.SIGTERM)
             # wait4: the exit status and the CPU time of the trial's process and of the children it waited for
             # (torchrun's ranks; not srun's tasks, which belong to SLURM's step daemon)
             _, status, usage = os.wait4(self.child.pid, 0)
             code = self.child.returncode = os.waitstatus_to_exitcode(status)
             self.child = None
+        stop_leftovers(run_dir)
         seconds = time.time() - started
+        if lease.lost_to is not None:
+            log.warning("worker %s: trial %d was taken over by %s (this worker's lease had expired); it stopped the "
+                        "trial and tells nothing", self.id, claim.number, lease.lost_to)
+            return code
         self.study._storage.set_trial_user_attr(
             claim.trial_id, "cpu_seconds", round(usage.ru_utime + usage.ru_stime, 1) + self._earlier_cpu(claim))
-        if code == PREEMPTED:
-            log.info("worker %s: trial %d stopped with a checkpoint (%s); it resumes when this worker restarts",
-                     self.id, claim.number, self.stopping or "a signal")
+        if code == PREEMPTED or (self.stopping and code != 0):
+            log.info("worker %s: trial %d stopped (%s, exit %d); it resumes when this worker restarts", self.id,
+                     claim.number, self.stopping or "a signal", code)
             return PREEMPTED
+        if not self._still_ours(claim):
+            return code
         self._tell(claim, code, run_dir, seconds)
         lease.release()
         log.info("worker %s: %s", self.id, progress_line(self.study, self.spec))
         return code
+
+    def _still_ours(self, claim: Claim) -> bool:
+        trial = self.study._storage.get_trial(claim.trial_id)
+        owner = trial.user_attrs.get("worker")
+        if trial.state.name == "RUNNING" and owner == self.id:
+            return True
+        log.warning("worker %s: trial %d is now %s, owned by %s: its result is not told again", self.id,
+                    claim.number, trial.state.name, owner)
+        return False
 
     def _earlier_cpu(self, claim: Claim) -> float:
         """CPU seconds of the trial's earlier runs (before a preemption: their record is in the study)."""
@@ -254,6 +334,20 @@ class Worker:
         self.study.tell(claim.number, state=TrialState.FAIL)
         kind = "bad configuration, not retried" if code == 2 else "failed"
         log.warning("worker %s: trial %d %s (exit %d): %s", self.id, claim.number, kind, code, error)
+
+
+def stop_leftovers(run_dir: Path) -> None:
+    """SIGKILL processes of this machine still training in `run_dir` after the trial's leader ended (ranks a
+    launcher left behind): two writers must never share a run directory."""
+    import psutil
+
+    marker = f"run.dir={run_dir}"
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and marker in (proc.info["cmdline"] or []):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
 
 
 def last_error_line(log_path: Path) -> str:
