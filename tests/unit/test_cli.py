@@ -11,7 +11,8 @@ from visiontrain.infra.errors import run_cli
 
 
 def test_every_subcommand_names_a_main():
-    assert set(cli.COMMANDS) == {"train", "prep", "launch", "evaluate", "export", "predict", "checkpoint", "bench"}
+    assert set(cli.COMMANDS) == {"train", "prep", "launch", "evaluate", "export", "predict", "checkpoint", "bench",
+                                 "sweep"}
     for module in cli.COMMANDS.values():
         assert callable(importlib.import_module(module).main), module
 
