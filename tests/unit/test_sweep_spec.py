@@ -72,6 +72,7 @@ def test_a_spec_reads_its_space_metric_and_budget():
     ({"config": "configs/nope.yaml"}, "config 'configs/nope.yaml' does not exist"),
     ({"sampler": {"name": "grid"}}, "optim.lr is a float range without step"),
     ({"metric": ["top1"]}, "metric ['top1'] is not logged"),
+    ({"overrides": ["train.epochs=3", "train.eval_every_epochs=3"]}, "never sees a value before a trial ends"),
     ({"sampler": {"name": ["tpe"]}}, "sampler ['tpe']: use one of"),
     ({"lease_seconds": float("nan")}, "lease_seconds nan must be a number >= 30"),
     ({"lease_seconds": 5}, "lease_seconds 5 must be a number >= 30"),

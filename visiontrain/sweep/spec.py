@@ -288,6 +288,11 @@ def _check_against_config(spec: SweepSpec, where: str) -> None:
                 load_config(spec.config, [*spec.overrides, f"{param.key}={_override_value(value)}"])
             except UsageError as err:
                 raise UsageError(f"{where}: space.{param.key} = {value!r}: {err}") from None
-    if spec.metric == "robust_top1" and not load_config(spec.config, list(spec.overrides)).adversarial.checks:
+    base = load_config(spec.config, list(spec.overrides))
+    if spec.pruner["name"] != "none" and base.train.eval_every_epochs >= base.train.epochs:
+        raise UsageError(f"{where}: pruner {spec.pruner['name']} never sees a value before a trial ends: the config "
+                         f"evaluates every {base.train.eval_every_epochs} epochs of {base.train.epochs}; add "
+                         "train.eval_every_epochs=1 to overrides")
+    if spec.metric == "robust_top1" and not base.adversarial.checks:
         raise UsageError(f"{where}: metric robust_top1 is logged only with the robustness check on "
                          "(adversarial.method and adversarial.check_images > 0)")
