@@ -321,6 +321,28 @@ def test_temporaries_of_a_killed_writer_are_removed_on_the_next_start(trained, s
     assert not half.exists() and (out / "train").is_dir()
 
 
+def test_a_second_run_on_a_run_directory_in_use_is_refused_naming_the_holder(trained, shapes_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    hold = ("import sys, time; from visiontrain.train.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([PYTHON, "-c", hold, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # a run in progress on this directory
+        before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+        second = run_train(tiny(shapes_dir, run_dir, "train.epochs=3"))  # a job submitted twice
+        assert second.returncode == 2, second.stderr[-2000:]
+        line = second.stderr.strip().splitlines()[-1]
+        assert "is in use by another run" in line and f"pid {holder.pid}" in line and "Traceback" not in second.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    rerun = run_train(tiny(shapes_dir, run_dir, "train.epochs=3"))  # the holder died: taken over at once
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "took over the lock" in rerun.stderr and not (run_dir / "writer.lock").exists()
+
+
 def test_export_of_a_directory_that_does_not_exist_says_so(tmp_path, capsys):
     line = one_line_error(checkpoint_main, ["export", str(tmp_path / "nowhere")], capsys)
     assert line == f"error: run directory {tmp_path / 'nowhere'} does not exist"

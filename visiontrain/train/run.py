@@ -27,7 +27,7 @@ from visiontrain.models import build_model, spec_of
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.launchers import detect_launch
 from visiontrain.parallel.runtime import Runtime, init_runtime, shutdown
-from visiontrain.train import finetune, logs, rundir
+from visiontrain.train import finetune, logs, run_lock, rundir
 from visiontrain.train.backends import build_backend
 from visiontrain.train.optim import check_trainable
 from visiontrain.train.trainer import Trainer
@@ -148,4 +148,5 @@ def train(config: str | Path | None, overrides: list[str], environ: Mapping[str,
                      summary["best_top1"], summary["best_epoch"], run.run_dir)
         return summary
     finally:
+        run_lock.release_all()
         shutdown()

@@ -14,7 +14,8 @@ from visiontrain.checkpoint import CheckpointStore
 from visiontrain.config import Config, load_config, to_yaml
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
-from visiontrain.parallel.runtime import Runtime
+from visiontrain.parallel.runtime import Runtime, all_ranks_agree
+from visiontrain.train.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,13 @@ def write_config(cfg: Config, runtime: Runtime, resuming: bool) -> Path:
     """Create the run dir and save the resolved config (rank 0); every rank waits for it."""
     path = Path(cfg.run.dir)
     runtime.barrier()  # every rank has run check_run_dir before anything is written
+    refusal = None
     if runtime.is_main:
         path.mkdir(parents=True, exist_ok=True)
+        refusal = RunLock(path).acquire()  # one writer per run directory (train/run_lock.py)
+    if not all_ranks_agree(refusal is None, runtime.world_size, runtime.device):
+        raise UsageError(refusal or f"run.dir={path} is in use by another run (rank 0 says which)")
+    if runtime.is_main:
         store = CheckpointStore(path, cfg.checkpoint.keep_last)
         for leftover in fileio.clean_leftovers(path) + fileio.clean_leftovers(store.dir) + store.remove_unfinished():
             log.info("removed %s, left by a run that was killed while writing it", leftover)

@@ -30,7 +30,7 @@ from visiontrain.models import spec_of
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.runtime import Runtime, all_gather_objects, all_ranks_agree, average_buffers
 from visiontrain.sweep.report import TrialReporter
-from visiontrain.train import logs
+from visiontrain.train import logs, run_lock
 from visiontrain.train.best import BestTracker
 from visiontrain.train.finetune import keep_frozen_bn_in_eval
 from visiontrain.train.lookahead import Lookahead
@@ -210,7 +210,9 @@ class Trainer:
         elif not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
             self.run_evaluation()
         self.tb.close()
-        return finish_run(self.run_end(time.perf_counter() - start))
+        summary = finish_run(self.run_end(time.perf_counter() - start))
+        run_lock.release(self.run_dir)  # the run is over: another may write here
+        return summary
 
     def run_end(self, wall_seconds: float) -> RunEnd:
         b, data = self.backend, self.data

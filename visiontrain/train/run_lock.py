@@ -1,0 +1,137 @@
+"""One writer per run directory: a lease file, `RUN_DIR/writer.lock`, held by rank 0 for the run's lifetime.
+
+Two runs on one directory (a job submitted twice, a requeued job starting while the old allocation still runs)
+would interleave their metrics and overwrite each other's checkpoints. `flock` does not help: on many NFS
+setups it is local to a node. So the lock is a file created with `open(O_CREAT | O_EXCL)` (atomic on local
+file systems and NFSv3 or later) naming host, pid and SLURM job, its modification time renewed by a thread
+every RENEW_SECONDS. A second writer finds it and stops with one line naming the holder (exit 2, nothing
+written). A lock is stale, and taken over with a line saying so, when its holder is a dead process of this
+host (a run killed and started again at once), or when it has not been renewed for STALE_SECONDS (a holder on
+another node that went away: its pid cannot be checked from here).
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "writer.lock"
+RENEW_SECONDS = 15.0
+STALE_SECONDS = 90.0
+HOST = os.uname().nodename
+
+_held: dict[Path, RunLock] = {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    def __init__(self, run_dir: Path, stale_seconds: float = STALE_SECONDS, renew_seconds: float = RENEW_SECONDS):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.stale_seconds, self.renew_seconds = stale_seconds, renew_seconds
+        self.me = f"{HOST} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '-')}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def holder(self) -> tuple[str, int, str, float] | None:
+        """(host, pid, job, seconds since its last renewal) of the lock's holder; None when there is none."""
+        try:
+            host, pid, job = self.path.read_text().split()
+            return host, int(pid), job, time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # half-written by a holder killed while creating it
+            return "?", -1, "-", self.stale_seconds + 1
+
+    def acquire(self) -> str | None:
+        """Take the lock (or take over a stale one); None when held, else the one-line reason it is not."""
+        for _ in range(3):  # a holder may release, or another taker win, between the steps below
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except OSError as err:
+                if err.errno != errno.EEXIST:
+                    raise
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(self.me + "\n")
+                return self._start()
+            holder = self.holder()
+            if holder is None:
+                continue
+            host, pid, job, age = holder
+            if host == HOST and pid == os.getpid():
+                return self._start()  # this process took it already (a second run built in one process)
+            dead = host == HOST and not _alive(pid)
+            if not dead and age <= self.stale_seconds:
+                where = f"host {host}, pid {pid}" + (f", SLURM job {job}" if job != "-" else "")
+                return (f"run.dir={self.path.parent} is in use by another run ({where}; its lock {self.path} was "
+                        f"renewed {age:.0f} s ago): wait for it to end, or use another run.dir")
+            self._take_over(holder, "its process is gone" if dead else f"not renewed for {age:.0f} s")
+            if self.holder() is not None and self.path.read_text().strip() == self.me:
+                return self._start()
+        return f"run.dir={self.path.parent}: its lock {self.path} keeps changing hands; another run is starting there"
+
+    def _take_over(self, holder, why: str) -> None:
+        temp = self.path.with_name(f".{LOCK_NAME}.{HOST}.{os.getpid()}")
+        temp.write_text(self.me + "\n")
+        os.replace(temp, self.path)  # atomic: a concurrent taker's rename wins or loses whole
+        log.warning("took over the lock of run.dir=%s from host %s, pid %s (%s)", self.path.parent, holder[0],
+                    holder[1], why)
+
+    def _start(self) -> None:
+        _held[self.path.parent] = self
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._renew, daemon=True, name="run-lock")
+            self._thread.start()
+        return None
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.renew_seconds):
+            try:
+                if self.path.read_text().strip() != self.me:
+                    log.error("the lock of run.dir=%s was taken over by another run (%s): this run was silent for "
+                              "too long; its checkpoints may now be overwritten", self.path.parent,
+                              self.path.read_text().strip())
+                    return
+                os.utime(self.path)
+            except OSError:
+                continue  # an unreachable file system: the next renewal tries again
+
+    def release(self) -> None:
+        self._stop.set()
+        _held.pop(self.path.parent, None)
+        try:
+            if self.path.read_text().strip() == self.me:  # never another run's lock
+                self.path.unlink()
+        except OSError:
+            pass
+
+
+def release(run_dir: Path) -> None:
+    """Release this process's lock of `run_dir`, if it holds one."""
+    lock = _held.get(Path(run_dir))
+    if lock is not None:
+        lock.release()
+
+
+def release_all() -> None:
+    for lock in list(_held.values()):
+        lock.release()
+
+
+atexit.register(release_all)
