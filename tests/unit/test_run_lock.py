@@ -57,3 +57,13 @@ def test_release_never_removes_another_runs_lock(tmp_path):
     (tmp_path / LOCK_NAME).write_text("node7 4242 -\n")  # taken over while this run was silent
     lock.release()
     assert (tmp_path / LOCK_NAME).read_text() == "node7 4242 -\n"
+
+
+def test_an_earlier_life_of_the_same_slurm_job_is_taken_over_at_once(tmp_path, monkeypatch, caplog):
+    (tmp_path / LOCK_NAME).write_text("node7 4242 991\n")  # fresh, on another node: the job before its requeue
+    monkeypatch.setenv("SLURM_JOB_ID", "991")
+    with caplog.at_level(logging.WARNING):
+        lock = RunLock(tmp_path)
+        assert lock.acquire() is None
+    assert "an earlier life of this job" in caplog.text
+    lock.release()

@@ -6,8 +6,9 @@ setups it is local to a node. So the lock is a file created with `open(O_CREAT |
 file systems and NFSv3 or later) naming host, pid and SLURM job, its modification time renewed by a thread
 every RENEW_SECONDS. A second writer finds it and stops with one line naming the holder (exit 2, nothing
 written). A lock is stale, and taken over with a line saying so, when its holder is a dead process of this
-host (a run killed and started again at once), or when it has not been renewed for STALE_SECONDS (a holder on
-another node that went away: its pid cannot be checked from here).
+host (a run killed and started again at once), an earlier life of this SLURM job (requeued, on any node), or
+when it has not been renewed for STALE_SECONDS (a holder on another node that went away: its pid cannot be
+checked from here).
 """
 
 from __future__ import annotations
@@ -76,12 +77,17 @@ class RunLock:
             host, pid, job, age = holder
             if host == HOST and pid == os.getpid():
                 return self._start()  # this process took it already (a second run built in one process)
-            dead = host == HOST and not _alive(pid)
+            # An earlier life of this very SLURM job (requeued, perhaps onto another node) is gone: SLURM never
+            # runs one job twice at once.
+            requeued = job != "-" and job == os.environ.get("SLURM_JOB_ID")
+            dead = (host == HOST and not _alive(pid)) or requeued
             if not dead and age <= self.stale_seconds:
                 where = f"host {host}, pid {pid}" + (f", SLURM job {job}" if job != "-" else "")
                 return (f"run.dir={self.path.parent} is in use by another run ({where}; its lock {self.path} was "
                         f"renewed {age:.0f} s ago): wait for it to end, or use another run.dir")
-            self._take_over(holder, "its process is gone" if dead else f"not renewed for {age:.0f} s")
+            why = "an earlier life of this job" if requeued else "its process is gone" if dead else (
+                f"not renewed for {age:.0f} s")
+            self._take_over(holder, why)
             if self.holder() is not None and self.path.read_text().strip() == self.me:
                 return self._start()
         return f"run.dir={self.path.parent}: its lock {self.path} keeps changing hands; another run is starting there"
