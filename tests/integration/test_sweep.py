@@ -42,6 +42,7 @@ def runs_started(run_dir: Path) -> int:
     return (run_dir / "trial.log").read_text().count("\n=== ")
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_journal_study_without_losing_or_repeating_a_trial(tmp_path):
     spec = write_spec(tmp_path / "spec.yaml", trials=30, overrides=["train.epochs=2"],
                       space={"optim.lr": {"type": "float", "low": 0.001, "high": 1.0, "log": True}})
