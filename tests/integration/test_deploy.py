@@ -208,6 +208,18 @@ def test_bad_inputs_end_with_one_line_exit_2_and_nothing_written(cifar_run, cifa
     assert sum(float(v) for v in rows[1][2::2]) <= 1.0 + 1e-6
     torch.testing.assert_close(float(rows[1][2]), max(float(v) for v in rows[1][2::2]))
 
+    # --topk above the class count lists every class and says so.
+    code, _, err = cli(predict_main, ["--model", str(cifar_run), cat, "--topk", "20", "--out", str(out)], capsys)
+    assert code == 0 and "--topk 20: the model has 10 classes; all 10 are listed" in err
+    assert len(next(csv.reader(out.open()))) == 21  # path + 10 x (class, probability)
+
+    # Overrides after the options, as train.py takes them.
+    code, _, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--out", str(tmp_path / "late.onnx"),
+                                     "--check-count", "4", "data.val_image_size=32"], capsys)
+    assert code == 0, err
+    (tmp_path / "late.onnx").unlink()
+    (tmp_path / "late.onnx.json").unlink()
+
     # The subprocess entry point: exit code 2 and a single stderr line.
     bad = subprocess.run([PYTHON, "-m", "visiontrain", "predict", "--model", str(cifar_run), str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

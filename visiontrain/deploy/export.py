@@ -201,7 +201,9 @@ def parse_args(argv: list[str]):
     int8.add_argument("--gate-images", type=int, metavar="N",
                       help="gate on the first N validation images in the dataset's order (default: all of them)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = parser.parse_args(argv)
+    # Overrides may stand before or after the options (after one that takes several values, e.g.
+    # --check-images, they would be read as its values: put them before it).
+    args = parser.parse_intermixed_args(argv)
     check_quantize_args(args)
     if args.batch_size != "dynamic":
         if not args.batch_size.isdigit() or int(args.batch_size) < 1:

@@ -183,6 +183,9 @@ def main(argv: list[str]) -> int:
     use_threads()
     predictor = load_predictor(args.model, select_device(args.device, option="--device"), args.ema, args.config,
                                args.threads)
+    classes = len(predictor.class_names)
+    if args.topk > classes:
+        print(f"--topk {args.topk}: the model has {classes} classes; all {classes} are listed", file=sys.stderr)
     began = time.perf_counter()
     progress = any(Path(name).is_dir() for name in args.images)
     predictions, skipped, model_seconds = predict_files(predictor, files, args.batch_size, args.topk,
