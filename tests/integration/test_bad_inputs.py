@@ -343,6 +343,15 @@ def test_a_second_run_on_a_run_directory_in_use_is_refused_naming_the_holder(tra
     assert "took over the lock" in rerun.stderr and not (run_dir / "writer.lock").exists()
 
 
+def test_an_output_below_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    code = run_cli(data_prep_main, ["synthetic", "--out", str(tmp_path / "file" / "out"), "--train-per-class", "2",
+                                    "--val-per-class", "1", "--size", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "file: it is a file where a directory is needed" in err and "Traceback" not in err
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 def test_export_of_a_directory_that_does_not_exist_says_so(tmp_path, capsys):
     line = one_line_error(checkpoint_main, ["export", str(tmp_path / "nowhere")], capsys)
     assert line == f"error: run directory {tmp_path / 'nowhere'} does not exist"

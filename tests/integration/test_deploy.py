@@ -191,6 +191,8 @@ def test_bad_inputs_end_with_one_line_exit_2_and_nothing_written(cifar_run, cifa
          "invalid choice: 'tflite'"),
         (export_main, [str(cifar_run), "--format", "onnx", "--ema", "--out", str(tmp_path / "e.onnx")],
          "has no EMA weights"),
+        (export_main, [str(cifar_run), "--format", "onnx", "--out", str(text_jpg / "m.onnx")],
+         "notes.jpg: it is a file where a directory is needed"),
     ]
     for main, argv, expected in cases:
         code, _, err = cli(main, [*argv, "--out", str(out)] if main is predict_main else argv, capsys)

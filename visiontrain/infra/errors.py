@@ -57,6 +57,7 @@ REFUSED = {
     errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a part of the path is a file, not a directory",
     errno.EISDIR: "it is a directory",
+    errno.EEXIST: "it is a file where a directory is needed",  # mkdir(parents=True) meeting a file on the path
 }
 
 
