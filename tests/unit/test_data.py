@@ -128,6 +128,10 @@ def test_cifar_batch_with_foreign_objects_is_refused(tmp_path):
     cfg = load_config(None, ["data.loader=torchvision", f"data.path={tmp_path}"])
     with pytest.raises(UsageError, match="is not a CIFAR-10 batch file.*posix.getcwd"):
         build_loaders(cfg, runtime(), 16)
+    with open(root / "batches.meta", "wb") as f:  # the class names' file, too
+        pickle.dump({"label_names": _Smuggled()}, f)
+    with pytest.raises(UsageError, match="batches.meta is not a CIFAR-10 batches.meta file.*posix.getcwd"):
+        build_loaders(cfg, runtime(), 16)
 
 
 def test_val_classes_must_match_train_classes(shapes_dir, tmp_path):

@@ -144,6 +144,9 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+CIFAR_ERRORS = (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, AttributeError, IndexError)
+
+
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     """(N x 32 x 32 x 3 uint8 images, labels) from one CIFAR-10 python pickle batch."""
     try:
@@ -151,8 +154,16 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
             batch = _CifarUnpickler(f, encoding="latin1").load()
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         return np.ascontiguousarray(data), [int(x) for x in batch["labels"]]
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as err:
+    except CIFAR_ERRORS as err:
         raise UsageError(f"{path} is not a CIFAR-10 batch file: {err}") from None
+
+
+def read_cifar_class_names(path: Path) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            return [str(name) for name in _CifarUnpickler(f, encoding="latin1").load()["label_names"]]
+    except CIFAR_ERRORS as err:
+        raise UsageError(f"{path} is not a CIFAR-10 batches.meta file: {err}") from None
 
 
 def find_cifar_dir(path: Path) -> Path | None:
@@ -174,8 +185,7 @@ def cifar_sources(directory: Path) -> tuple[ArraySource, ArraySource]:
     meta_path = directory / "batches.meta"
     names = [f"class_{i}" for i in range(10)]
     if meta_path.is_file():
-        with open(meta_path, "rb") as f:
-            names = list(_CifarUnpickler(f, encoding="latin1").load()["label_names"])
+        names = read_cifar_class_names(meta_path)
     parts = [read_cifar_batch(p) for p in sorted(directory.glob("data_batch_*"))]
     train = ArraySource(np.concatenate([p[0] for p in parts]), [y for p in parts for y in p[1]], names)
     if not (directory / "test_batch").is_file():
