@@ -4,8 +4,9 @@ Claiming happens under the study's claim lock (an O_EXCL lock file beside the jo
 1. a RUNNING trial this worker id owns whose process is gone: its earlier life was preempted or killed (a
    requeued SLURM array task keeps its id), so it resumes that run directory; one still alive on this host
    (two workers started with one id) is left alone;
-2. a RUNNING trial whose lease expired (its worker stopped renewing `leases/NNNN` for `lease_seconds`):
-   taken over and resumed; a trial whose claim was interrupted before its values were all drawn is FAIL;
+2. a RUNNING trial whose lease expired (its worker stopped renewing `leases/NNNN` for `lease_seconds`), or
+   whose lease names a process of this host that is gone: taken over and resumed; a trial whose claim was
+   interrupted before its values were all drawn is FAIL;
 3. a new trial, while fewer than `trials` exist (the budget counts every trial, whatever its end).
 
 A trial's train.py ends in one of four ways, each told to the study once, by the worker that still owns it:
@@ -192,7 +193,7 @@ class Worker:
                     continue
                 return Claim(t._trial_id, t.number, t.params, "resumed")
         for t in running:
-            if not self._lease_expired(t.number):
+            if not (self._lease_expired(t.number) or self._holder_gone_here(t.number)):
                 continue
             if "worker" not in t.user_attrs:  # claimed, then killed before every value was drawn
                 self.study._storage.set_trial_user_attr(t._trial_id, "error", "its claim was interrupted")
@@ -240,6 +241,12 @@ class Worker:
             return False
         _, host, pid = holder
         return host == HOST and pid != os.getpid() and _alive(pid)
+
+    def _holder_gone_here(self, number: int) -> bool:
+        """Its lease names a process of this host that no longer runs (a preempted local worker): no need to
+        wait for the lease to expire."""
+        holder = Lease.read(self.dir.leases / f"{number:04d}")
+        return holder is not None and holder[1] == HOST and not _alive(holder[2])
 
     def _lease_expired(self, number: int) -> bool:
         path = self.dir.leases / f"{number:04d}"
