@@ -130,3 +130,18 @@ def test_a_non_empty_folder_that_is_no_study_is_refused(tmp_path):
     with pytest.raises(UsageError, match="exists, is not empty and is not a study directory"):
         StudyDir(tmp_path / "study").create_or_check(spec_with(), None)
     assert sorted(p.name for p in Path(tmp_path / "study").iterdir()) == ["notes.txt"]
+
+
+def test_seeded_samplers_of_consecutive_trials_draw_unrelated_values():
+    import optuna
+
+    from visiontrain.sweep.study import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    firsts = []
+    for number in range(8):
+        study = optuna.create_study(sampler=make_sampler({"name": "random", "seed": 0}, trial_number=number))
+        firsts.append(study.ask().suggest_float("x", 0.0, 1.0))
+    assert len(set(firsts)) == 8 and abs(firsts[0] - firsts[3]) > 0.01, firsts  # seed + number: 0.5488, 0.5508
+    again = optuna.create_study(sampler=make_sampler({"name": "random", "seed": 0}, trial_number=3))
+    assert again.ask().suggest_float("x", 0.0, 1.0) == firsts[3]  # and the same trial draws the same again

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from visiontrain.infra.errors import UsageError
@@ -57,12 +58,14 @@ def storage_for(url: str):
 
 
 def make_sampler(options: dict[str, Any], space=(), trial_number: int = 0):
-    """The spec's sampler; a seeded TPE or random sampler draws from seed + trial_number (each ask gets a sampler
-    of its own). The grid sampler keeps its seed: it orders the grid, and the storage records which points ran."""
+    """The spec's sampler; a seeded TPE or random sampler draws from a seed derived from (seed, trial_number)
+    (each ask gets a sampler of its own). Derived through numpy's SeedSequence, not seed + number: the
+    Mersenne Twister seeded with nearby integers starts with nearby numbers (seeds 0 and 3 both draw 0.55
+    first). The grid sampler keeps its seed: it orders the grid, and the storage records which points ran."""
     optuna = _optuna()
     name, seed = options["name"], options.get("seed")
     if seed is not None and name != "grid":
-        seed += trial_number
+        seed = int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
