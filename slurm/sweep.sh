@@ -34,10 +34,11 @@ train_command="${*:-srun --export=ALL python train.py}"
 echo "$(date +%T) sweep worker ${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}_${SLURM_ARRAY_TASK_ID:-0}" \
      "(restart ${SLURM_RESTART_COUNT:-0}) on $(hostname), study $study"
 # In the background, so that this shell can pass signals on at once (a trap waits for a foreground command).
+worker=""
+trap 'echo "$(date +%T) USR1 received: passed to the sweep worker"; [[ -z "$worker" ]] || kill -USR1 "$worker" || true' USR1
+trap '[[ -z "$worker" ]] || kill -TERM "$worker" || true' TERM
 python -m visiontrain sweep worker --study "$study" --train-command "$train_command" &
 worker=$!
-trap 'echo "$(date +%T) USR1 received: passed to the sweep worker"; kill -USR1 "$worker" 2>/dev/null' USR1
-trap 'kill -TERM "$worker" 2>/dev/null' TERM
 while :; do
     rc=0
     wait "$worker" || rc=$?

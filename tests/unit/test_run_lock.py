@@ -33,13 +33,14 @@ def test_a_second_writer_is_refused_naming_the_holder_and_the_lock_is_released_a
     lock = RunLock(tmp_path)  # its holder died: taken over at once, no waiting
     assert lock.acquire() is None
     assert (tmp_path / LOCK_NAME).read_text().split()[:2] == [HOST, str(os.getpid())]
+    assert not [p for p in tmp_path.iterdir() if p.name != LOCK_NAME]  # no temporary left beside it
     lock.release()
     assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_a_holder_on_another_host_is_waited_for_until_its_lock_goes_stale(tmp_path, caplog):
     path = tmp_path / LOCK_NAME
-    path.write_text("node7 4242 991\n")
+    path.write_text("node7 4242 991 0\n")
     refusal = RunLock(tmp_path, stale_seconds=90).acquire()
     assert refusal is not None and "host node7, pid 4242, SLURM job 991" in refusal
     old = time.time() - 120
@@ -60,8 +61,11 @@ def test_release_never_removes_another_runs_lock(tmp_path):
 
 
 def test_an_earlier_life_of_the_same_slurm_job_is_taken_over_at_once(tmp_path, monkeypatch, caplog):
-    (tmp_path / LOCK_NAME).write_text("node7 4242 991\n")  # fresh, on another node: the job before its requeue
+    (tmp_path / LOCK_NAME).write_text("node7 4242 991 0\n")  # fresh, on another node: the job before its requeue
     monkeypatch.setenv("SLURM_JOB_ID", "991")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the same life (another step of the job): not taken
+    assert "is in use by another run" in RunLock(tmp_path).acquire()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued once since
     with caplog.at_level(logging.WARNING):
         lock = RunLock(tmp_path)
         assert lock.acquire() is None

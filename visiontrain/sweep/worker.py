@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visiontrain.infra.errors import UsageError
 from visiontrain.infra.fileio import read_json, write_text
 from visiontrain.sweep.report import TRIAL_FILE
 from visiontrain.sweep.spec import SweepSpec
@@ -274,6 +275,7 @@ class Worker:
         # their own, so only torchrun can reach them).
         env = {**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
         started = time.time()
+        stop_leftovers(run_dir)  # an earlier owner's training that outlived its worker: this worker owns it now
         with lease, open(run_dir / "trial.log", "ab") as out:
             out.write(f"\n=== {time.strftime('%F %T')} worker {self.id}: {' '.join(command)}\n".encode())
             out.flush()
@@ -287,12 +289,18 @@ class Worker:
             _, status, usage = os.wait4(self.child.pid, 0)
             code = self.child.returncode = os.waitstatus_to_exitcode(status)
             self.child = None
-        stop_leftovers(run_dir)
         seconds = time.time() - started
-        if lease.lost_to is not None:
+        if lease.lost_to is not None:  # the new owner's processes may run here: leave them alone
             log.warning("worker %s: trial %d was taken over by %s (this worker's lease had expired); it stopped the "
                         "trial and tells nothing", self.id, claim.number, lease.lost_to)
-            return code
+            return 0
+        stop_leftovers(run_dir)
+        if code == 2 and "is in use by another run" in last_error_line(run_dir / "trial.log"):
+            # Not a bad config: an earlier process of this trial still holds the run directory (e.g. one on
+            # another node, until its run lock goes stale). Leave the trial RUNNING and owned; try again later.
+            log.warning("worker %s: trial %d: its run directory is still in use; stopping (exit 3) to retry later",
+                        self.id, claim.number)
+            return PREEMPTED
         self.study._storage.set_trial_user_attr(
             claim.trial_id, "cpu_seconds", round(usage.ru_utime + usage.ru_stime, 1) + self._earlier_cpu(claim))
         if code == PREEMPTED or (self.stopping and code != 0):
@@ -327,7 +335,14 @@ class Worker:
         storage.set_trial_user_attr(claim.trial_id, "exit_code", code)
         storage.set_trial_user_attr(claim.trial_id, "seconds_last_run", round(seconds, 1))
         if code == 0:
-            summary = read_json(run_dir / "summary.json", "trial summary")
+            try:
+                summary = read_json(run_dir / "summary.json", "trial summary")
+                summary["final"][self.spec.metric]
+            except (UsageError, KeyError, TypeError) as err:  # ended 0 without the result: FAIL, not a crash
+                storage.set_trial_user_attr(claim.trial_id, "error", f"no {self.spec.metric} in its summary: {err}")
+                self.study.tell(claim.number, state=TrialState.FAIL)
+                log.warning("worker %s: trial %d failed: no result in %s", self.id, claim.number, run_dir)
+                return
             if summary.get("pruned"):
                 self.study.tell(claim.number, state=TrialState.PRUNED)
                 log.info("worker %s: trial %d pruned after epoch %d", self.id, claim.number, summary["epochs"])

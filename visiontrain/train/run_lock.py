@@ -14,7 +14,6 @@ checked from here).
 from __future__ import annotations
 
 import atexit
-import errno
 import logging
 import os
 import threading
@@ -43,43 +42,57 @@ def _alive(pid: int) -> bool:
 
 class RunLock:
     def __init__(self, run_dir: Path, stale_seconds: float = STALE_SECONDS, renew_seconds: float = RENEW_SECONDS):
-        self.path = Path(run_dir) / LOCK_NAME
+        self.path = Path(run_dir).absolute() / LOCK_NAME
         self.stale_seconds, self.renew_seconds = stale_seconds, renew_seconds
-        self.me = f"{HOST} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '-')}"
+        # SLURM_RESTART_COUNT tells a requeued job's lives apart (one job id may also run several live steps)
+        self.me = (f"{HOST} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '-')} "
+                   f"{os.environ.get('SLURM_RESTART_COUNT', '0')}")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def holder(self) -> tuple[str, int, str, float] | None:
-        """(host, pid, job, seconds since its last renewal) of the lock's holder; None when there is none."""
+    def holder(self) -> tuple[str, int, str, int, float] | None:
+        """(host, pid, job, restart count, seconds since its last renewal) of the holder; None when there is none.
+        The file is created whole (a link to a complete temporary), so it is never read half-written."""
         try:
-            host, pid, job = self.path.read_text().split()
-            return host, int(pid), job, time.time() - self.path.stat().st_mtime
+            text = self.path.read_text()
+            age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):  # half-written by a holder killed while creating it
-            return "?", -1, "-", self.stale_seconds + 1
+        fields = text.split()
+        try:
+            host, pid, job, restart = fields[0], int(fields[1]), fields[2], int(fields[3])
+        except (IndexError, ValueError):  # not ours, or damaged: stale once old enough
+            return "?", -1, "-", 0, age
+        return host, pid, job, restart, age
+
+    def _create(self) -> bool:
+        """Create the lock with its content in one step: a hard link to a complete temporary file (EEXIST when
+        another run holds it; atomic on local file systems and NFS)."""
+        temp = self.path.with_name(f".{LOCK_NAME}.{HOST}.{os.getpid()}.tmp")
+        temp.write_text(self.me + "\n")
+        try:
+            os.link(temp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            temp.unlink(missing_ok=True)
 
     def acquire(self) -> str | None:
         """Take the lock (or take over a stale one); None when held, else the one-line reason it is not."""
-        for _ in range(3):  # a holder may release, or another taker win, between the steps below
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except OSError as err:
-                if err.errno != errno.EEXIST:
-                    raise
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(self.me + "\n")
+        for _ in range(5):  # a holder may release, or another taker win, between the steps below
+            if self._create():
                 return self._start()
             holder = self.holder()
             if holder is None:
                 continue
-            host, pid, job, age = holder
+            host, pid, job, restart, age = holder
             if host == HOST and pid == os.getpid():
                 return self._start()  # this process took it already (a second run built in one process)
             # An earlier life of this very SLURM job (requeued, perhaps onto another node) is gone: SLURM never
-            # runs one job twice at once.
-            requeued = job != "-" and job == os.environ.get("SLURM_JOB_ID")
+            # runs one job's two lives at once.
+            requeued = (job != "-" and job == os.environ.get("SLURM_JOB_ID")
+                        and restart < int(os.environ.get("SLURM_RESTART_COUNT", "0")))
             dead = (host == HOST and not _alive(pid)) or requeued
             if not dead and age <= self.stale_seconds:
                 where = f"host {host}, pid {pid}" + (f", SLURM job {job}" if job != "-" else "")
@@ -88,18 +101,31 @@ class RunLock:
             why = "an earlier life of this job" if requeued else "its process is gone" if dead else (
                 f"not renewed for {age:.0f} s")
             self._take_over(holder, why)
-            if self.holder() is not None and self.path.read_text().strip() == self.me:
-                return self._start()
         return f"run.dir={self.path.parent}: its lock {self.path} keeps changing hands; another run is starting there"
 
     def _take_over(self, holder, why: str) -> None:
-        temp = self.path.with_name(f".{LOCK_NAME}.{HOST}.{os.getpid()}")
-        temp.write_text(self.me + "\n")
-        os.replace(temp, self.path)  # atomic: a concurrent taker's rename wins or loses whole
-        log.warning("took over the lock of run.dir=%s from host %s, pid %s (%s)", self.path.parent, holder[0],
-                    holder[1], why)
+        """Move the stale lock aside (one rename succeeds: of two takers, one finds nothing to move) and check it is
+        the one judged stale; the next round's create then competes like any start."""
+        aside = self.path.with_name(f".{LOCK_NAME}.{HOST}.{os.getpid()}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another taker moved it first
+        moved = RunLock.holder(_at(aside))
+        if moved is not None and moved[:4] != holder[:4]:  # a fresh lock, created after our look: put it back
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        else:
+            log.warning("took over the lock of run.dir=%s from host %s, pid %s (%s)", self.path.parent, holder[0],
+                        holder[1], why)
+        aside.unlink(missing_ok=True)
 
     def _start(self) -> None:
+        previous = _held.get(self.path.parent)
+        if previous is not None and previous is not self:
+            previous._stop.set()  # the same run directory locked again by this process: one renewer
         _held[self.path.parent] = self
         if self._thread is None:
             self._thread = threading.Thread(target=self._renew, daemon=True, name="run-lock")
@@ -128,9 +154,16 @@ class RunLock:
             pass
 
 
+def _at(path: Path) -> RunLock:
+    """A RunLock reading the lock file `path` (for the file moved aside in a take-over)."""
+    lock = RunLock.__new__(RunLock)
+    lock.path = path
+    return lock
+
+
 def release(run_dir: Path) -> None:
     """Release this process's lock of `run_dir`, if it holds one."""
-    lock = _held.get(Path(run_dir))
+    lock = _held.get(Path(run_dir).absolute())
     if lock is not None:
         lock.release()
 

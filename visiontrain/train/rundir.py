@@ -84,8 +84,11 @@ def write_config(cfg: Config, runtime: Runtime, resuming: bool) -> Path:
     runtime.barrier()  # every rank has run check_run_dir before anything is written
     refusal = None
     if runtime.is_main:
-        path.mkdir(parents=True, exist_ok=True)
-        refusal = RunLock(path).acquire()  # one writer per run directory (train/run_lock.py)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            refusal = RunLock(path).acquire()  # one writer per run directory (train/run_lock.py)
+        except OSError as err:  # said by every rank below, not raised here while the others wait
+            refusal = f"run.dir={path} cannot be locked for writing: {err}"
     if not all_ranks_agree(refusal is None, runtime.world_size, runtime.device):
         raise UsageError(refusal or f"run.dir={path} is in use by another run (rank 0 says which)")
     if runtime.is_main:
