@@ -178,3 +178,24 @@ def test_device_normalizer_matches_the_formula():
     expected = (images.float() / 255 - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor(
         [0.2, 0.2, 0.25]).view(1, 3, 1, 1)
     assert torch.allclose(out, expected, atol=1e-5) and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    from PIL import Image
+
+    from visiontrain.data.sources import read_image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    pixels = np.asarray(read_image(tmp_path / "deep.png"))
+    assert pixels.shape == (32, 32, 3) and (pixels[..., 0] == pixels[..., 2]).all()
+    np.testing.assert_array_equal(pixels[..., 0], np.round(ramp / 257).astype(np.uint8))  # clipping made 99.6 % white
+    Image.fromarray((ramp // 257).astype(np.uint8)).save(tmp_path / "eight.png")  # 8-bit greyscale: as before
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "eight.png"))[..., 1], ramp // 257)
+    # the .beton writer reads it the same way: the loaders stay pixel-identical
+    from visiontrain.data.prep.beton import _WriterDataset
+    from visiontrain.data.sources import Samples
+
+    written, _ = _WriterDataset(Samples(["a"], [0], [tmp_path / "deep.png"]))[0]
+    np.testing.assert_array_equal(written, pixels)

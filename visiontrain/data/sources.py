@@ -85,11 +85,24 @@ class UnreadableImage(UsageError):
     """A file that is not a decodable image; the message names it and says why."""
 
 
+# 16-bit greyscale (PNG, TIFF): PIL's convert("RGB") clips it to 0..255, turning almost every pixel white.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, the one conversion every reader and writer uses: 16-bit greyscale is scaled
+    (x / 257, rounded), not clipped."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(img, dtype=np.uint32)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
 def read_image(path: Path) -> Image.Image:
-    """The file's pixels as an RGB image (fully decoded, so a truncated file fails here)."""
+    """The file's pixels as an RGB image (fully decoded, so a truncated file fails here; `to_rgb`)."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except Exception as err:  # truncated, not an image, a broken chunk, a directory: PIL raises many kinds
         raise UnreadableImage(f"image {path} cannot be read ({type(err).__name__}: {err})") from None
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from visiontrain.data.sources import Samples
+from visiontrain.data.sources import Samples, to_rgb
 from visiontrain.infra.errors import UsageError
 
 
@@ -43,7 +43,7 @@ def _inspect(path: Path) -> tuple[int, int, np.ndarray, np.ndarray, int] | str:
             if img.format == "JPEG":
                 img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             img.load()
-            pixels = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+            pixels = np.asarray(to_rgb(img), dtype=np.float64) / 255.0
     except Exception as err:  # PIL raises many types for bad input; all mean "not an image"
         return f"{type(err).__name__}: {err}"
     flat = pixels.reshape(-1, 3)
@@ -121,7 +121,7 @@ class _WriterDataset:
             return self.samples.array[index], label
         try:
             with Image.open(self.samples.paths[index]) as img:
-                image = np.asarray(img.convert("RGB"))  # grayscale, CMYK, palette, alpha -> RGB
+                image = np.asarray(to_rgb(img))  # grayscale (16-bit too), CMYK, palette, alpha -> RGB
         except Exception as err:  # PIL raises many types for bad input; all mean "not an image"
             why = f"{type(err).__name__}: {err}".encode(errors="replace")[: len(self.reason) - 1]
             with self.failed.get_lock():  # two failing workers: one file's path with its own reason
