@@ -45,7 +45,8 @@ def _temp_name(final: Path) -> Path:
 _TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -70,7 +71,7 @@ def clean_leftovers(directory: Path, stem: str | None = None) -> list[str]:
     for entry in sorted(directory.iterdir()):
         found = _TEMPORARY.match(entry.name)
         ours = stem is None or (found is not None and found["stem"] == Path(stem).stem)
-        if found and ours and not _process_alive(int(found["pid"])):
+        if found and ours and not process_alive(int(found["pid"])):
             _remove(entry)
             done.append(entry.name)
         elif entry.name.startswith(".") and entry.name.endswith(".old") and stem in (None, entry.name[1:-4]):

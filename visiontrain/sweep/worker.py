@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from visiontrain.infra.errors import UsageError
-from visiontrain.infra.fileio import read_json, write_text
+from visiontrain.infra.fileio import process_alive, read_json, write_text
 from visiontrain.sweep.report import TRIAL_FILE
 from visiontrain.sweep.spec import SweepSpec
 from visiontrain.sweep.study import StudyDir, file_lock, make_sampler, trial_file_contents
@@ -62,15 +62,6 @@ def default_worker_id(environ=os.environ) -> str:
 
 HOST = os.uname().nodename
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lease:
@@ -241,13 +232,13 @@ class Worker:
         if holder is None or self._lease_expired(number):
             return False
         _, host, pid = holder
-        return host == HOST and pid != os.getpid() and _alive(pid)
+        return host == HOST and pid != os.getpid() and process_alive(pid)
 
     def _holder_gone_here(self, number: int) -> bool:
         """Its lease names a process of this host that no longer runs (a preempted local worker): no need to
         wait for the lease to expire."""
         holder = Lease.read(self.dir.leases / f"{number:04d}")
-        return holder is not None and holder[1] == HOST and not _alive(holder[2])
+        return holder is not None and holder[1] == HOST and not process_alive(holder[2])
 
     def _lease_expired(self, number: int) -> bool:
         path = self.dir.leases / f"{number:04d}"

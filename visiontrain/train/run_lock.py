@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from visiontrain.infra.fileio import process_alive
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "writer.lock"
@@ -29,15 +31,6 @@ HOST = os.uname().nodename
 
 _held: dict[Path, RunLock] = {}
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:
@@ -93,7 +86,7 @@ class RunLock:
             # runs one job's two lives at once.
             requeued = (job != "-" and job == os.environ.get("SLURM_JOB_ID")
                         and restart < int(os.environ.get("SLURM_RESTART_COUNT", "0")))
-            dead = (host == HOST and not _alive(pid)) or requeued
+            dead = (host == HOST and not process_alive(pid)) or requeued
             if not dead and age <= self.stale_seconds:
                 where = f"host {host}, pid {pid}" + (f", SLURM job {job}" if job != "-" else "")
                 return (f"run.dir={self.path.parent} is in use by another run ({where}; its lock {self.path} was "
