@@ -2,13 +2,13 @@
 
 Two runs on one directory (a job submitted twice, a requeued job starting while the old allocation still runs)
 would interleave their metrics and overwrite each other's checkpoints. `flock` does not help: on many NFS
-setups it is local to a node. So the lock is a file created with `open(O_CREAT | O_EXCL)` (atomic on local
-file systems and NFSv3 or later) naming host, pid and SLURM job, its modification time renewed by a thread
-every RENEW_SECONDS. A second writer finds it and stops with one line naming the holder (exit 2, nothing
-written). A lock is stale, and taken over with a line saying so, when its holder is a dead process of this
-host (a run killed and started again at once), an earlier life of this SLURM job (requeued, on any node), or
-when it has not been renewed for STALE_SECONDS (a holder on another node that went away: its pid cannot be
-checked from here).
+setups it is local to a node. So the lock is a file created whole, as a hard link to a complete temporary
+(the link fails when the lock exists: atomic on local file systems and NFS), naming host, pid, SLURM job and
+restart count, its modification time renewed by a thread every RENEW_SECONDS. A second writer finds it and
+stops with one line naming the holder (exit 2, nothing written). A lock is stale, and taken over with a line
+saying so, when its holder is a dead process of this host (a run killed and started again at once), an earlier
+life of this SLURM job (a lower restart count: requeued, on any node), or when it has not been renewed for
+STALE_SECONDS (a holder on another node that went away: its pid cannot be checked from here).
 """
 
 from __future__ import annotations
@@ -32,6 +32,20 @@ HOST = os.uname().nodename
 _held: dict[Path, RunLock] = {}
 
 
+def _read_holder(path: Path) -> tuple[str, int, str, int, float] | None:
+    """(host, pid, job, restart count, seconds since its last renewal) written in the lock file `path`; None when
+    there is none. The file is created whole (a link to a complete temporary), so it is never read half-written."""
+    try:
+        text = path.read_text()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    fields = text.split()
+    try:
+        return fields[0], int(fields[1]), fields[2], int(fields[3]), age
+    except (IndexError, ValueError):  # not ours, or damaged: stale once old enough
+        return "?", -1, "-", 0, age
+
 
 class RunLock:
     def __init__(self, run_dir: Path, stale_seconds: float = STALE_SECONDS, renew_seconds: float = RENEW_SECONDS):
@@ -44,19 +58,7 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def holder(self) -> tuple[str, int, str, int, float] | None:
-        """(host, pid, job, restart count, seconds since its last renewal) of the holder; None when there is none.
-        The file is created whole (a link to a complete temporary), so it is never read half-written."""
-        try:
-            text = self.path.read_text()
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        fields = text.split()
-        try:
-            host, pid, job, restart = fields[0], int(fields[1]), fields[2], int(fields[3])
-        except (IndexError, ValueError):  # not ours, or damaged: stale once old enough
-            return "?", -1, "-", 0, age
-        return host, pid, job, restart, age
+        return _read_holder(self.path)
 
     def _create(self) -> bool:
         """Create the lock with its content in one step: a hard link to a complete temporary file (EEXIST when
@@ -104,7 +106,7 @@ class RunLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return  # another taker moved it first
-        moved = RunLock.holder(_at(aside))
+        moved = _read_holder(aside)
         if moved is not None and moved[:4] != holder[:4]:  # a fresh lock, created after our look: put it back
             try:
                 os.link(aside, self.path)
@@ -145,13 +147,6 @@ class RunLock:
                 self.path.unlink()
         except OSError:
             pass
-
-
-def _at(path: Path) -> RunLock:
-    """A RunLock reading the lock file `path` (for the file moved aside in a take-over)."""
-    lock = RunLock.__new__(RunLock)
-    lock.path = path
-    return lock
 
 
 def release(run_dir: Path) -> None:
