@@ -2,7 +2,8 @@
 
 train.label_smoothing picks the ending: 0.0 and 0.05 complete (value = 100 x optim.lr), 0.1 is a bad config
 (exit 2), 0.2 crashes (exit 1), 0.3 is pruned (exit 0, summary says so), 0.4 is preempted once (exit 3, then
-completes when started again in the same run directory). A visiontrain-free script: starts in milliseconds.
+completes when started again in the same run directory), 0.5 finds its run directory in use once (exit 2 with
+train.py's line, then completes), 0.6 ends 0 without a summary. A visiontrain-free script: starts in milliseconds.
 """
 
 import json
@@ -24,5 +25,11 @@ if ending == 0.2:
 if ending == 0.4 and not (run_dir / "preempted_once").exists():
     (run_dir / "preempted_once").write_text("")
     sys.exit(3)
+if ending == 0.5 and not (run_dir / "busy_once").exists():
+    (run_dir / "busy_once").write_text("")
+    print(f"error: run.dir={run_dir} is in use by another run (host node7, pid 4242; its lock ...)", file=sys.stderr)
+    sys.exit(2)
+if ending == 0.6:
+    sys.exit(0)
 summary = {"pruned": ending == 0.3, "epochs": 1, "final": {"top1": value, "loss": 1.0}}
 (run_dir / "summary.json").write_text(json.dumps(summary))

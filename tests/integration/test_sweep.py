@@ -64,23 +64,27 @@ def test_two_workers_share_a_journal_study_without_losing_or_repeating_a_trial(t
 
 
 def test_each_way_a_trial_ends_reaches_the_study_once(tmp_path):
-    endings = [0.0, 0.1, 0.2, 0.3, 0.4]  # complete, bad config, crash, pruned, preempted once (tests/sweep_fake...)
-    spec = write_spec(tmp_path / "spec.yaml", trials=5, sampler={"name": "grid", "seed": 0},
+    # complete, bad config, crash, pruned, preempted once, run directory in use once, no result (tests/sweep_fake...)
+    endings = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    spec = write_spec(tmp_path / "spec.yaml", trials=7, sampler={"name": "grid", "seed": 0},
                       space={"train.label_smoothing": {"type": "categorical", "choices": endings}})
     study = tmp_path / "study"
     first = sweep("run", spec, "--study", study, "--train-command", FAKE)
-    assert first.returncode == 3, first.stderr[-3000:]  # stopped by the preempted trial: requeue me
-    by_ending = {t.params["train.label_smoothing"]: t for t in trials_of(study)}
-    assert by_ending[0.4].state.name == "RUNNING" and by_ending[0.4].user_attrs["worker"] == f"{HOST}-0"
+    assert first.returncode == 3, first.stderr[-3000:]  # stopped by a trial to resume: requeue me
+    stopped = [t for t in trials_of(study) if t.state.name == "RUNNING"]
+    assert len(stopped) == 1 and stopped[0].params["train.label_smoothing"] in (0.4, 0.5)
+    assert stopped[0].user_attrs["worker"] == f"{HOST}-0"
     status = sweep("status", study)
     assert "1 running" in status.stdout and "lease" in status.stdout
-    second = sweep("run", spec, "--study", study, "--train-command", FAKE)  # the same command resumes it
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "(resumed)" in second.stderr
+    codes = [sweep("run", spec, "--study", study, "--train-command", FAKE).returncode for _ in range(2)]
+    assert codes == [3, 0]  # the same command resumes it, then stops at the other one to resume, then ends
     trials = {t.params["train.label_smoothing"]: t for t in trials_of(study)}
-    assert len(trials) == 5 and len(trials_of(study)) == 5  # nothing retried, nothing added
+    assert len(trials) == 7 and len(trials_of(study)) == 7  # nothing retried, nothing added
     states = {ending: t.state.name for ending, t in trials.items()}
-    assert states == {0.0: "COMPLETE", 0.1: "FAIL", 0.2: "FAIL", 0.3: "PRUNED", 0.4: "COMPLETE"}
+    assert states == {0.0: "COMPLETE", 0.1: "FAIL", 0.2: "FAIL", 0.3: "PRUNED", 0.4: "COMPLETE", 0.5: "COMPLETE",
+                      0.6: "FAIL"}
+    assert "no top1 in its summary" in trials[0.6].user_attrs["error"]
+    assert runs_started(Path(trials[0.5].user_attrs["run_dir"])) == 2  # busy: retried, not failed for good
     assert trials[0.1].user_attrs["exit_code"] == 2 and "is refused here" in trials[0.1].user_attrs["error"]
     assert trials[0.2].user_attrs["error"] == "TrainingFailed: loss became non-finite at step 3"
     assert runs_started(Path(trials[0.4].user_attrs["run_dir"])) == 2
@@ -90,7 +94,7 @@ def test_each_way_a_trial_ends_reaches_the_study_once(tmp_path):
     out = study / "summary"
     assert {"trials.md", "trials.json", "best.yaml", "optimization_history.png"} <= {p.name for p in out.iterdir()}
     best = yaml.safe_load((out / "best.yaml").read_text())
-    assert best["run"]["dir"] == "runs/study_best" and best["train"]["label_smoothing"] in (0.0, 0.4)
+    assert best["run"]["dir"] == "runs/study_best" and best["train"]["label_smoothing"] in (0.0, 0.4, 0.5)
     assert "| fail |" in (out / "trials.md").read_text()
 
 
