@@ -13,6 +13,7 @@ Progressive resizing (imagenet recipe) changes the decoder's output size each ep
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -60,6 +61,8 @@ from visiontrain.parallel import threads
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 
 class FixedOrder(TraversalOrder):
     """A TraversalOrder computed by us. FFCV calls the instance with its Loader."""
@@ -104,14 +107,22 @@ def _device_ops(device: torch.device) -> list:
     return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
 
 
-def check_decoding_threads(num_workers: int) -> None:
-    """FFCV decodes in numba threads, and numba starts at most NUMBA_NUM_THREADS (the CPU cores) of them."""
+_threads_noted: set[tuple[int, int]] = set()
+
+
+def decoding_threads(num_workers: int) -> int:
+    """FFCV decodes in numba threads, and numba starts at most NUMBA_NUM_THREADS (the CPU cores) of them. A
+    config written for a large node still runs on a workstation: the count only sets the speed (each sample's
+    augmentation draws are keyed by its index, not by the thread that decodes it), so use what there is and
+    say so once."""
     import numba
 
     limit = numba.config.NUMBA_NUM_THREADS
-    if num_workers > limit:
-        raise UsageError(f"data.num_workers {num_workers}: the FFCV loader decodes in numba threads, at most {limit} "
-                         f"on this machine (its CPU cores, or NUMBA_NUM_THREADS); set data.num_workers <= {limit}")
+    if num_workers > limit and (num_workers, limit) not in _threads_noted:
+        _threads_noted.add((num_workers, limit))
+        log.warning("data.num_workers %d: the FFCV loader decodes in numba threads, at most %d on this machine "
+                    "(its CPU cores, or NUMBA_NUM_THREADS); using %d", num_workers, limit, limit)
+    return min(num_workers, limit)
 
 
 @contextmanager
@@ -140,7 +151,6 @@ def _rows_repeated(copies: int) -> Iterator[None]:
 
 def _loader(path: Path, d: DataConfig, device: torch.device, micro_batch: int, image_ops: list, order: FixedOrder,
             drop_last: bool, copies: int = 1) -> Loader:
-    check_decoding_threads(max(1, d.num_workers))
     device_ops = _device_ops(device)
     with _rows_repeated(copies):
         loader = _new_loader(path, d, micro_batch, image_ops, device_ops, order, drop_last)
@@ -152,7 +162,7 @@ def _loader(path: Path, d: DataConfig, device: torch.device, micro_batch: int, i
 def _new_loader(path: Path, d: DataConfig, micro_batch: int, image_ops: list, device_ops: list, order: FixedOrder,
                 drop_last: bool) -> Loader:
     return Loader(
-        str(path), batch_size=micro_batch, num_workers=max(1, d.num_workers), os_cache=d.os_cache, order=order,
+        str(path), batch_size=micro_batch, num_workers=decoding_threads(max(1, d.num_workers)), os_cache=d.os_cache, order=order,
         drop_last=drop_last, batches_ahead=d.batches_ahead,
         pipelines={"image": image_ops + [ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
                    "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
