@@ -148,6 +148,25 @@ def test_run_dir_under_a_file_or_on_a_read_only_file_system(tmp_path, capsys):
         assert line.startswith(f"error: run.dir={ro / 'run'} cannot be written: {ro} is read-only")
 
 
+@pytest.mark.parametrize("where", ["component", "whole"])
+def test_a_run_dir_name_too_long_for_the_file_system_is_one_line(tmp_path, capsys, where):
+    long_dir = tmp_path / ("d" * 300) if where == "component" else tmp_path.joinpath(*["p" * 200] * 21)
+    line = one_line_error(train_main, [f"run.dir={long_dir / 'run'}"], capsys)
+    limit = "255 bytes per name" if where == "component" else "4096 bytes in all"
+    assert line.startswith(f"error: run.dir={long_dir / 'run'} is too long for this file system (at most {limit}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_name_too_long_is_one_line(tmp_path, capsys):
+    out = tmp_path / ("o" * 300)
+    code = run_cli(data_prep_main, ["synthetic", "--out", str(out), "--train-per-class", "2",
+                                    "--val-per-class", "1", "--size", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert f"cannot use {out}: a name in the path is too long for the file system" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("case", ["missing", "text", "other_architecture", "refused_pickle"])
 def test_a_bad_starting_checkpoint_is_refused_before_the_run_dir_is_written(shapes_dir, tmp_path, capsys, case):
     source = tmp_path / {"missing": "nothing.pth", "text": "notes.pth", "other_architecture": "r18.safetensors",

@@ -58,6 +58,7 @@ REFUSED = {
     errno.ENOTDIR: "a part of the path is a file, not a directory",
     errno.EISDIR: "it is a directory",
     errno.EEXIST: "it is a file where a directory is needed",  # mkdir(parents=True) meeting a file on the path
+    errno.ENAMETOOLONG: "a name in the path is too long for the file system",
 }
 
 
@@ -70,7 +71,8 @@ def describe_os_error(err: OSError) -> str | None:
     if err.errno == errno.EROFS:
         return f"could not write {where}: read-only file system; choose another location"
     if err.errno in REFUSED:
-        return f"cannot use {where}: {REFUSED[err.errno]}; choose another location or fix its permissions"
+        fix = "a shorter path" if err.errno == errno.ENAMETOOLONG else "another location or fix its permissions"
+        return f"cannot use {where}: {REFUSED[err.errno]}; choose {fix}"
     return None
 
 

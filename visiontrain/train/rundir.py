@@ -31,6 +31,7 @@ def check_run_dir(cfg: Config) -> bool:
     """Raise UsageError if the run dir may not be used; True if it holds checkpoints to resume.
     Reads only: nothing is written before every input has been checked."""
     path = Path(cfg.run.dir)
+    _check_name_lengths(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"run.dir={path} exists and is not a directory")
     _check_writable(path)
@@ -44,6 +45,34 @@ def check_run_dir(cfg: Config) -> bool:
     if resuming:
         _check_same_shape(cfg, path)
     return resuming
+
+
+# Room below run.dir for the longest path the run writes (checkpoints/.step_000000123.pt.<pid>-<hex>.tmp, ...).
+ROOM_BELOW = 128
+
+
+def _check_name_lengths(path: Path) -> None:
+    """Names the file system would refuse later, with "File name too long", as one line now."""
+    existing = path.absolute()
+    while not os.path.lexists(existing) and existing != existing.parent:  # lexists is False for a name too long
+        existing = existing.parent
+    name_max = _pathconf(existing, "PC_NAME_MAX", 255)
+    path_max = _pathconf(existing, "PC_PATH_MAX", 4096)
+    longest = max((len(os.fsencode(part)) for part in path.absolute().parts), default=0)
+    if longest > name_max:
+        raise UsageError(f"run.dir={path} is too long for this file system (at most {name_max} bytes per name, "
+                         f"one has {longest}); choose a shorter run.dir")
+    length = len(os.fsencode(str(path.absolute()))) + ROOM_BELOW
+    if length > path_max:
+        raise UsageError(f"run.dir={path} is too long for this file system (at most {path_max} bytes in all, "
+                         f"{ROOM_BELOW} of them for the files inside); choose a shorter run.dir")
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
 
 
 def _check_writable(path: Path) -> None:
