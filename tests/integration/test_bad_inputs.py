@@ -215,6 +215,19 @@ def test_a_checkpoint_of_another_model_without_its_config_is_refused(trained, sh
     assert f"finetune.init_from={run_dir}" in line
 
 
+def test_a_failed_resume_leaves_the_run_and_its_config_as_they_were(trained, shapes_dir, tmp_path, capsys):
+    """config.yaml agrees with the command, the newest checkpoint does not: the load fails, and the run's
+    config (written only once the start has succeeded) still holds the epochs it was started with."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("width: 8", "width: 16"))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    line = one_line_error(train_main, tiny(shapes_dir, run_dir, "model.width=16", "train.epochs=3"), capsys)
+    assert "was written for another model or optimizer" in line
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 # ------------------------------------------------------------------------------------------------ data
 def _copy_dataset(shapes_dir: Path, out: Path) -> Path:
     out.mkdir()

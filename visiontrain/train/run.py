@@ -91,12 +91,13 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: Runtime | No
     init_from_training_images(model, data.train)
     init = finetune.prepare_model(model, spec_of(cfg.model.name), cfg.finetune)  # finetune.init_from, finetune.freeze
     check_trainable(model, cfg.optim)
-    run_dir = rundir.write_config(cfg, runtime, resuming)  # the first write: every input has been checked
+    run_dir = rundir.open_run_dir(cfg, runtime)  # the first write: every input has been checked
     log.info("run dir %s: %s on %s x %d (%s), global batch %d, %d steps/epoch", run_dir, cfg.model.name,
              runtime.device.type, runtime.world_size, runtime.launcher, plan.global_batch,
              data.train.steps_per_epoch)
     trainer = Trainer(cfg, runtime, plan, data, model, backend, run_dir, init, check)
     trainer.resume_if_possible()
+    rundir.save_config(cfg, runtime, resuming)  # only now: a start that failed leaves the run's config as it was
     return Run(cfg, runtime, plan, data, trainer)
 
 

@@ -107,8 +107,9 @@ def _check_same_shape(cfg: Config, path: Path) -> None:
                          f"choose a new run.dir, or start from its weights with finetune.init_from={path}")
 
 
-def write_config(cfg: Config, runtime: Runtime, resuming: bool) -> Path:
-    """Create the run dir and save the resolved config (rank 0); every rank waits for it."""
+def open_run_dir(cfg: Config, runtime: Runtime) -> Path:
+    """Create the run dir, take its writer lock and remove a killed writer's temporaries (rank 0); every rank
+    waits for it. The config is saved by `save_config`, once the start has succeeded."""
     path = Path(cfg.run.dir)
     runtime.barrier()  # every rank has run check_run_dir before anything is written
     refusal = None
@@ -124,6 +125,15 @@ def write_config(cfg: Config, runtime: Runtime, resuming: bool) -> Path:
         store = CheckpointStore(path, cfg.checkpoint.keep_last)
         for leftover in fileio.clean_leftovers(path) + fileio.clean_leftovers(store.dir) + store.remove_unfinished():
             log.info("removed %s, left by a run that was killed while writing it", leftover)
+    runtime.barrier()
+    return path
+
+
+def save_config(cfg: Config, runtime: Runtime, resuming: bool) -> None:
+    """Save the resolved config.yaml (rank 0) once the run has started: its checkpoint loaded, if any. A start
+    that failed leaves the previous config.yaml as it was."""
+    if runtime.is_main:
+        path = Path(cfg.run.dir)
         config_file = path / "config.yaml"
         text = to_yaml(cfg)
         if resuming and config_file.is_file() and config_file.read_text() != text:
@@ -133,4 +143,3 @@ def write_config(cfg: Config, runtime: Runtime, resuming: bool) -> Path:
             fileio.link(config_file, path / "config.previous.yaml")
         fileio.write_text(config_file, text)
     runtime.barrier()
-    return path
