@@ -375,6 +375,16 @@ def test_a_second_run_on_a_run_directory_in_use_is_refused_naming_the_holder(tra
     assert "took over the lock" in rerun.stderr and not (run_dir / "writer.lock").exists()
 
 
+@pytest.mark.requires_root
+def test_a_full_disk_while_preparing_data_names_the_output(tmp_path, capsys):
+    with tmpfs(tmp_path / "small", "200k") as small:
+        out = small / "out"
+        line = one_line_error(data_prep_main, ["synthetic", "--out", str(out), "--train-per-class", "50",
+                                               "--val-per-class", "10", "--size", "32"], capsys)
+        assert line.startswith(f"error: could not write {out}: no space left on the device"), line
+        assert list(small.iterdir()) == []  # the half-written temporary is gone
+
+
 def test_an_output_below_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("mine")
     code = run_cli(data_prep_main, ["synthetic", "--out", str(tmp_path / "file" / "out"), "--train-per-class", "2",

@@ -26,7 +26,12 @@ def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
         raise UsageError(f"output {out} already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_dir(out) as tmp:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:
+            if err.filename is None and err.errno is not None:  # numpy and FFCV's writers name no file
+                raise OSError(err.errno, err.strerror, str(out)) from err
+            raise
 
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
