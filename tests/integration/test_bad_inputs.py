@@ -8,14 +8,16 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.helpers import PYTHON, ROOT, ok, run_train, tiny_args
+from tests.helpers import PYTHON, ROOT, checkpoint_logged, ok, run_train, tiny_args
 from train import main as train_main
 from visiontrain.checkpoint import CheckpointStore, load_checkpoint
 from visiontrain.checkpoint.cli import main as checkpoint_main
@@ -330,6 +332,70 @@ def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_previous_checkpo
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: could not write /data/run/ckpt.pt: no space left on the device; free space or choose another "
         "location (files written before are intact)")
+
+
+def _srun_like_tasks(args: list[str], world: int, port: int) -> list[subprocess.Popen]:
+    """train.py tasks as srun starts them: each a process of its own, no launcher that stops the others."""
+    tasks = []
+    for rank in range(world):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+               "SLURM_STEP_NUM_TASKS": str(world), "SLURM_STEP_TASKS_PER_NODE": str(world), "SLURM_NODEID": "0",
+               "SLURM_STEP_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        tasks.append(subprocess.Popen([PYTHON, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, start_new_session=True))
+    return tasks
+
+
+@pytest.mark.requires_root
+def test_when_only_rank_0_cannot_write_its_checkpoint_every_rank_ends_within_seconds(trained, shapes_dir,
+                                                                                      tmp_path):
+    """A full disk under rank 0's second checkpoint: rank 0 names it, rank 1 does not wait in the next
+    collective for the process-group timeout (set long here, so only the agreement can end it)."""
+    checkpoint_bytes = (trained / "checkpoints" / "best.pt").stat().st_size
+    with tmpfs(tmp_path / "small", f"{int(checkpoint_bytes * 1.5) // 1024 + 64}k") as small:
+        run_dir = small / "run"
+        tasks = _srun_like_tasks(tiny(shapes_dir, run_dir, "train.epochs=2", "log.report=false",
+                                      "parallel.timeout=600"), 2, free_port())
+        ended = []
+        for task in tasks:
+            try:
+                ended.append(task.communicate(timeout=90))
+            except subprocess.TimeoutExpired:
+                for other in tasks:
+                    os.killpg(other.pid, 9)
+                pytest.fail("a rank was still waiting 90 s after rank 0 failed to write")
+        (out0, err0), (out1, err1) = ended
+        assert tasks[0].returncode == 2 and "no space left on the device" in err0, err0[-3000:]
+        assert tasks[1].returncode != 0 and "Traceback" not in err1, err1[-3000:]
+        assert "rank 0 failed" in err1 and err1.count("error: ") == 1, err1[-3000:]
+        saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+        assert saved == ["best.pt", "step_000000006.pt"], saved  # the first epoch's checkpoint, nothing partial
+        assert load_checkpoint(run_dir / "checkpoints" / "step_000000006.pt")["trainer"]["step"] == 6
+
+
+def test_a_rank_that_stops_answering_ends_the_others_after_parallel_timeout(trained, shapes_dir, tmp_path):
+    """A node that vanishes without closing its connections, played by a stopped process: the other rank gives up
+    after parallel.timeout seconds with one line, not after torch's 30 minutes."""
+    run_dir = tmp_path / "run"
+    tasks = _srun_like_tasks(tiny(shapes_dir, run_dir, "train.epochs=30", "log.report=false",
+                                  "parallel.timeout=10"), 2, free_port())
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpoint_logged(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert checkpoint_logged(run_dir), tasks[1].stderr.read() if tasks[1].poll() is not None else "no checkpoint"
+        os.kill(tasks[0].pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, err1 = tasks[1].communicate(timeout=60)
+        waited = time.monotonic() - stopped
+    finally:
+        for task in tasks:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(task.pid, signal.SIGKILL)
+            task.wait()
+    assert 8 <= waited < 40, waited
+    assert tasks[1].returncode == 1 and "Traceback" not in err1 and err1.count("error: ") == 1, err1[-3000:]
+    assert "waited parallel.timeout=10 s for another process of this run" in err1, err1[-3000:]
 
 
 # --------------------------------------------------------------------------------------- left behind

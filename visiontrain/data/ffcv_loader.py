@@ -162,8 +162,8 @@ def _loader(path: Path, d: DataConfig, device: torch.device, micro_batch: int, i
 def _new_loader(path: Path, d: DataConfig, micro_batch: int, image_ops: list, device_ops: list, order: FixedOrder,
                 drop_last: bool) -> Loader:
     return Loader(
-        str(path), batch_size=micro_batch, num_workers=decoding_threads(max(1, d.num_workers)), os_cache=d.os_cache, order=order,
-        drop_last=drop_last, batches_ahead=d.batches_ahead,
+        str(path), batch_size=micro_batch, num_workers=decoding_threads(max(1, d.num_workers)),
+        os_cache=d.os_cache, order=order, drop_last=drop_last, batches_ahead=d.batches_ahead,
         pipelines={"image": image_ops + [ToTensor()] + device_ops + [ToTorchImage(channels_last=True)],
                    "label": [IntDecoder(), ToTensor(), Squeeze()] + device_ops})
 

@@ -49,6 +49,15 @@ class Preempted(Exception):
         self.signal = signal
 
 
+class PeerFailed(Exception):
+    """Another rank of the run failed at a point every rank passes together: this rank ends with that rank's
+    exit code and one line pointing to its log, instead of waiting in the next collective."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 # Failures of the machine rather than of the program: the user fixes them (space, another location).
 FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
 REFUSED = {
@@ -83,10 +92,24 @@ LOST_PEER = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote pr
 COMMUNICATION = re.compile(r"gloo|nccl|c10d|ProcessGroup", re.IGNORECASE)
 
 
+# How gloo reports a collective that waited out the process-group timeout (parallel.timeout): the process at
+# the other end hangs, was stopped, or its node went away without closing its connections.
+TIMED_OUT = re.compile(r"Timed out waiting (\d+) ?ms", re.IGNORECASE)
+
+
 def describe_lost_peer(err: Exception) -> str | None:
-    """The one line for a collective that failed because another process of the run is gone, or None."""
+    """The one line for a collective that failed because another process of the run is gone or stopped
+    answering, or None."""
     message = str(err)
-    if not isinstance(err, RuntimeError) or not (LOST_PEER.search(message) and COMMUNICATION.search(message)):
+    if not isinstance(err, RuntimeError) or not COMMUNICATION.search(message):
+        return None
+    timed_out = TIMED_OUT.search(message)
+    if timed_out:
+        seconds = int(timed_out.group(1)) / 1000
+        return (f"waited parallel.timeout={seconds:g} s for another process of this run: it hangs, was stopped, "
+                "or its node went down; its own log says why. Started again, the run resumes from its last "
+                "checkpoint")
+    if not LOST_PEER.search(message):
         return None
     address = re.search(r"\[(\d{1,3}(?:\.\d{1,3}){3})\]", str(err))
     where = f" (at {address.group(1)})" if address else ""
@@ -101,7 +124,7 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
-def report_error(err: UsageError | TrainingFailed | CheckFailed | Preempted) -> None:
+def report_error(err: UsageError | TrainingFailed | CheckFailed | Preempted | PeerFailed) -> None:
     """The one line a user reads: no traceback for errors we can name."""
     print(f"error: {err}", file=sys.stderr, flush=True)
 
@@ -111,7 +134,7 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     argv = sys.argv[1:] if argv is None else argv
     try:
         return int(main(argv) or 0)
-    except (UsageError, TrainingFailed, CheckFailed, Preempted) as err:
+    except (UsageError, TrainingFailed, CheckFailed, Preempted, PeerFailed) as err:
         report_error(err)
         return err.exit_code
     except OSError as err:

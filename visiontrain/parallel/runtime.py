@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 
 from visiontrain.config import ParallelConfig
-from visiontrain.infra.errors import UsageError
+from visiontrain.infra.errors import PeerFailed, UsageError, describe_os_error
 from visiontrain.parallel.launchers import LaunchInfo, detect_launch, export_torch_env
 from visiontrain.parallel.network import choose_socket_interface, free_port
 from visiontrain.parallel.threads import use_threads
@@ -81,18 +82,20 @@ def init_runtime(device_request: str, parallel: ParallelConfig | None = None) ->
     device = select_device(device_request, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = timedelta(seconds=parallel.timeout)
     if parallel.strategy == "deepspeed":
-        runtime = _plain_runtime(info, device)
+        runtime = _plain_runtime(info, device, timeout)
         runtime.node_address, runtime.socket_interface = node_address, interface
         return runtime
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     # Precision is handled by the backend (torch.autocast + GradScaler), not accelerate:
     # accelerate's fp16 on CPU silently runs fp32.
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision="no",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=parallel.find_unused_parameters)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=parallel.find_unused_parameters),
+                         InitProcessGroupKwargs(timeout=timeout)],
     )
     if accelerator.num_processes != info.world_size:
         raise RuntimeError(
@@ -119,7 +122,7 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _plain_runtime(info: LaunchInfo, device: torch.device) -> Runtime:
+def _plain_runtime(info: LaunchInfo, device: torch.device, timeout: timedelta) -> Runtime:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if info.world_size == 1:
         # A world of one, as a launcher would describe it (DeepSpeed checks LOCAL_RANK).
@@ -127,7 +130,7 @@ def _plain_runtime(info: LaunchInfo, device: torch.device) -> Runtime:
                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
             os.environ.setdefault(key, value)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend, init_method="env://")
+        torch.distributed.init_process_group(backend, init_method="env://", timeout=timeout)
     import deepspeed
     import deepspeed.ops
 
@@ -157,6 +160,30 @@ def average_buffers(module: torch.nn.Module, world_size: int) -> None:
         if buf.is_floating_point():
             torch.distributed.all_reduce(buf)
             buf /= world_size
+
+
+def _exit_code_of(error: BaseException) -> int:
+    if isinstance(error, OSError):
+        return 2 if describe_os_error(error) else 1  # a full disk or refused path is the user's to fix
+    return int(getattr(error, "exit_code", 1))
+
+
+def raise_if_any_rank_failed(error: BaseException | None, runtime: Runtime, what: str) -> None:
+    """Where only some ranks act (rank 0 writes a checkpoint): one tiny all-reduce tells every rank whether any
+    failed. The failed rank raises its own error, the others PeerFailed, so all end within seconds; without
+    it they would wait in the next collective (NCCL until the process-group timeout, parallel.timeout)."""
+    if runtime.world_size == 1:
+        if error is not None:
+            raise error
+        return
+    failed = torch.tensor([0 if error is None else _exit_code_of(error), -1 if error is None else runtime.rank],
+                          device=runtime.device)
+    torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    code, rank = (int(v) for v in failed.tolist())
+    if code:
+        raise PeerFailed(f"rank {rank} failed while {what} (exit {code}); its own log says why", code)
 
 
 def all_ranks_agree(ok: bool, world_size: int, device: torch.device) -> bool:

@@ -44,7 +44,7 @@ from visiontrain.infra.errors import UsageError
 from visiontrain.infra.fileio import raise_if_disk_full
 from visiontrain.parallel import deepspeed_config
 from visiontrain.parallel.batch_plan import BatchPlan
-from visiontrain.parallel.runtime import Runtime
+from visiontrain.parallel.runtime import Runtime, raise_if_any_rank_failed
 from visiontrain.train.optim import keep_implementation
 from visiontrain.train.step import apply_gradients, scaled_backward
 
@@ -104,12 +104,15 @@ class DDPBackend:
         return sync
 
     def save(self, store: CheckpointStore, state: dict[str, Any], step: int, periodic: bool, best: bool) -> Path | None:
-        path = None
+        path, error = None, None
         if self.runtime.is_main:
             full = {**state, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "backend": {"scaler": self.scaler.state_dict() if self.scaler is not None else None}}
-            path = store.save(full, step, periodic=periodic, best=best)
-        self.runtime.barrier()
+            try:
+                path = store.save(full, step, periodic=periodic, best=best)
+            except Exception as err:  # a full disk: every rank learns it here, none waits in the next step
+                error = err
+        raise_if_any_rank_failed(error, self.runtime, "writing a checkpoint")
         return path
 
     def load(self, path: Path) -> dict[str, Any]:
@@ -197,22 +200,30 @@ class DeepSpeedBackend:
             shutil.rmtree(tmp, ignore_errors=True)
             store.dir.mkdir(parents=True, exist_ok=True)
         self.runtime.barrier()
+        error = None
         try:
             self.engine.save_checkpoint(str(store.dir), tag=tag, client_state={"visiontrain": state},
                                         save_latest=False)
         except Exception as err:
+            error = err
             try:
-                raise_if_disk_full(tmp, err)
-            finally:
-                if self.runtime.is_main:  # the others may still be writing their shards into it
-                    shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay as they were
+                raise_if_disk_full(tmp, err)  # named while the partial shards still fill the disk
+            except OSError as full:
+                error = full
+        try:  # every rank learns whether any rank's shards failed; none waits in the next collective
+            raise_if_any_rank_failed(error, self.runtime, "writing its checkpoint shards")
+        except Exception:
+            if self.runtime.is_main:  # every rank is past its writes now
+                shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay as they were
             raise
-        self.runtime.barrier()
         path = None
         if self.runtime.is_main:
-            write_manifest(tmp, step, self.runtime.world_size, self.stage)
-            path = store.commit_dir(tmp, step, periodic=periodic, best=best)
-        self.runtime.barrier()
+            try:
+                write_manifest(tmp, step, self.runtime.world_size, self.stage)
+                path = store.commit_dir(tmp, step, periodic=periodic, best=best)
+            except Exception as err:
+                error = err
+        raise_if_any_rank_failed(error, self.runtime, "writing a checkpoint")
         return path
 
     def load(self, path: Path) -> dict[str, Any]:

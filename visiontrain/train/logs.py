@@ -45,6 +45,9 @@ class MetricsLog:
 
     def __init__(self, path: Path, world_size: int, enabled: bool):
         self.path, self.world_size, self.enabled = path, world_size, enabled
+        # The first write that failed (a full disk), kept for the trainer to raise where every rank agrees on
+        # it (its next checkpoint): raised here, on rank 0 alone, the others would wait in the next step.
+        self.failure: OSError | None = None
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop events a killed run logged after its last checkpoint."""
@@ -58,9 +61,12 @@ class MetricsLog:
         record = {"event": event, "epoch": None, "step": None, "lr": None, "loss": None, "top1": None,
                   "top5": None, "img_per_s": None, "world_size": self.world_size, "time": time.time()}
         record.update(values)
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.enabled and self.failure is None:
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as err:
+                self.failure = err
         return record
 
 

@@ -14,7 +14,7 @@ from visiontrain.checkpoint import CheckpointStore
 from visiontrain.config import Config, load_config, to_yaml
 from visiontrain.infra import fileio
 from visiontrain.infra.errors import UsageError
-from visiontrain.parallel.runtime import Runtime, all_ranks_agree
+from visiontrain.parallel.runtime import Runtime, all_ranks_agree, raise_if_any_rank_failed
 from visiontrain.train.run_lock import RunLock
 
 log = logging.getLogger(__name__)
@@ -121,25 +121,34 @@ def open_run_dir(cfg: Config, runtime: Runtime) -> Path:
             refusal = f"run.dir={path} cannot be locked for writing: {err}"
     if not all_ranks_agree(refusal is None, runtime.world_size, runtime.device):
         raise UsageError(refusal or f"run.dir={path} is in use by another run (rank 0 says which)")
+    error = None
     if runtime.is_main:
         store = CheckpointStore(path, cfg.checkpoint.keep_last)
-        for leftover in fileio.clean_leftovers(path) + fileio.clean_leftovers(store.dir) + store.remove_unfinished():
-            log.info("removed %s, left by a run that was killed while writing it", leftover)
-    runtime.barrier()
+        try:
+            for leftover in (fileio.clean_leftovers(path) + fileio.clean_leftovers(store.dir)
+                             + store.remove_unfinished()):
+                log.info("removed %s, left by a run that was killed while writing it", leftover)
+        except Exception as err:
+            error = err
+    raise_if_any_rank_failed(error, runtime, "preparing the run directory")
     return path
 
 
 def save_config(cfg: Config, runtime: Runtime, resuming: bool) -> None:
     """Save the resolved config.yaml (rank 0) once the run has started: its checkpoint loaded, if any. A start
     that failed leaves the previous config.yaml as it was."""
+    error = None
     if runtime.is_main:
         path = Path(cfg.run.dir)
         config_file = path / "config.yaml"
         text = to_yaml(cfg)
-        if resuming and config_file.is_file() and config_file.read_text() != text:
-            log.warning("the config differs from the one this run started with; "
-                        "the previous one is kept as config.previous.yaml")
-            # A second name for the old file, not a rename: config.yaml never goes missing.
-            fileio.link(config_file, path / "config.previous.yaml")
-        fileio.write_text(config_file, text)
-    runtime.barrier()
+        try:
+            if resuming and config_file.is_file() and config_file.read_text() != text:
+                log.warning("the config differs from the one this run started with; "
+                            "the previous one is kept as config.previous.yaml")
+                # A second name for the old file, not a rename: config.yaml never goes missing.
+                fileio.link(config_file, path / "config.previous.yaml")
+            fileio.write_text(config_file, text)
+        except Exception as err:  # a full disk: said on every rank, none waits for rank 0 in the first step
+            error = err
+    raise_if_any_rank_failed(error, runtime, "writing config.yaml")

@@ -28,7 +28,13 @@ from visiontrain.evaluate.metrics import RunningStats, evaluate, gather_sums, re
 from visiontrain.infra.errors import Preempted, TrainingFailed
 from visiontrain.models import spec_of
 from visiontrain.parallel.batch_plan import BatchPlan
-from visiontrain.parallel.runtime import Runtime, all_gather_objects, all_ranks_agree, average_buffers
+from visiontrain.parallel.runtime import (
+    Runtime,
+    all_gather_objects,
+    all_ranks_agree,
+    average_buffers,
+    raise_if_any_rank_failed,
+)
 from visiontrain.sweep.report import TrialReporter
 from visiontrain.train import logs, run_lock
 from visiontrain.train.best import BestTracker
@@ -210,6 +216,7 @@ class Trainer:
         elif not self.last_val:  # resumed after the last epoch's checkpoint: evaluate once more
             self.run_evaluation()
         self.tb.close()
+        raise_if_any_rank_failed(self.metrics.failure, self.runtime, "writing metrics.jsonl")
         summary = finish_run(self.run_end(time.perf_counter() - start))
         run_lock.release(self.run_dir)  # the run is over: another may write here
         return summary
@@ -439,6 +446,7 @@ class Trainer:
         if not (periodic or best):
             return
         self._check_finite()
+        raise_if_any_rank_failed(self.metrics.failure, self.runtime, "writing metrics.jsonl")
         self._saved_step = self.state.step
         path = self.backend.save(self.store, self.checkpoint_state(), self.state.step, periodic=periodic, best=best)
         if self.runtime.is_main:
