@@ -404,13 +404,17 @@ def test_temporaries_of_a_killed_writer_are_removed_on_the_next_start(trained, s
     dead.wait()  # a pid that no process has any more
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
+    # The writer of the last one ran on another node: its pid names a process alive here (this one). The run
+    # that holds the run directory's lock owns every temporary in it, whatever pid its name carries.
     leftovers = [run_dir / "checkpoints" / f".step_000000009.{dead.pid}-0123abcd.tmp.pt",
-                 run_dir / "checkpoints" / ".step_000000009.tmp", run_dir / f".config.{dead.pid}-0123abcd.tmp.yaml"]
+                 run_dir / "checkpoints" / ".step_000000009.tmp", run_dir / f".config.{dead.pid}-0123abcd.tmp.yaml",
+                 run_dir / "checkpoints" / f".step_000000008.{os.getpid()}-0123abcd.tmp.pt"]
     leftovers[0].write_bytes(b"half a checkpoint")
     leftovers[1].mkdir()
     leftovers[2].write_text("half a config")
+    leftovers[3].write_bytes(b"half a checkpoint from another node")
     assert run_cli(train_main, tiny(shapes_dir, run_dir, "train.epochs=2")) == 0
-    assert not any(p.exists() for p in leftovers)
+    assert [p.name for p in leftovers if p.exists()] == []
     out = tmp_path / "shapes"
     half = tmp_path / f".shapes.{dead.pid}-0123abcd.tmp"
     half.mkdir()

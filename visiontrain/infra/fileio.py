@@ -60,10 +60,14 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
-def clean_leftovers(directory: Path, stem: str | None = None) -> list[str]:
+def clean_leftovers(directory: Path, stem: str | None = None, owned: bool = False) -> list[str]:
     """Undo what a killed writer left in `directory` (only for targets named `stem`, if given):
     temporaries whose process is gone are removed; a directory `replace_dir` had moved aside
-    is put back if its replacement never arrived. Returns the names it removed or restored."""
+    is put back if its replacement never arrived. Returns the names it removed or restored.
+
+    `owned`: the caller holds the directory's writer lock (train/run_lock.py) and has not started writing, so
+    every temporary is a leftover. The pid in a name says nothing across nodes (another node's writer may share
+    a pid with a live process here), so a pid is judged only where no lock tells."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -71,7 +75,7 @@ def clean_leftovers(directory: Path, stem: str | None = None) -> list[str]:
     for entry in sorted(directory.iterdir()):
         found = _TEMPORARY.match(entry.name)
         ours = stem is None or (found is not None and found["stem"] == Path(stem).stem)
-        if found and ours and not process_alive(int(found["pid"])):
+        if found and ours and (owned or not process_alive(int(found["pid"]))):
             _remove(entry)
             done.append(entry.name)
         elif entry.name.startswith(".") and entry.name.endswith(".old") and stem in (None, entry.name[1:-4]):

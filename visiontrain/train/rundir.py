@@ -125,7 +125,8 @@ def open_run_dir(cfg: Config, runtime: Runtime) -> Path:
     if runtime.is_main:
         store = CheckpointStore(path, cfg.checkpoint.keep_last)
         try:
-            for leftover in (fileio.clean_leftovers(path) + fileio.clean_leftovers(store.dir)
+            # Under the writer lock every temporary is a killed writer's, on whichever node it ran.
+            for leftover in (fileio.clean_leftovers(path, owned=True) + fileio.clean_leftovers(store.dir, owned=True)
                              + store.remove_unfinished()):
                 log.info("removed %s, left by a run that was killed while writing it", leftover)
         except Exception as err:
