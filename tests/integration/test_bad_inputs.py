@@ -82,6 +82,7 @@ def trained(shapes_dir, tmp_path_factory) -> Path:
     ("data.mean=[3,0.5,0.5]", "config key 'data.mean' = [3.0, 0.5, 0.5] is invalid: three numbers (R, G, B) in [0, 1]"),
     ("data.std=[nan,0.2,0.2]", "config key 'data.std' = [nan, 0.2, 0.2] is invalid: three numbers (R, G, B) in (0, 1]"),
     ("data.mean=[nan,0.2,0.2]", "config key 'data.mean' = [nan, 0.2, 0.2] is invalid"),
+    ("parallel.timeout=5", "config key 'parallel.timeout' = 5 is invalid: must be between 10 and 604800 seconds"),
 ])
 def test_bad_config_values_are_named(override, expected, tmp_path, capsys):
     line = one_line_error(train_main, [override, f"run.dir={tmp_path / 'run'}"], capsys)
