@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.helpers import PYTHON, ROOT, checkpoint_logged, ok, run_train, tiny_args
+from tests.helpers import PYTHON, ROOT, checkpoint_logged, ok, read_jsonl, run_train, tiny_args
 from train import main as train_main
 from visiontrain.checkpoint import CheckpointStore, load_checkpoint
 from visiontrain.checkpoint.cli import main as checkpoint_main
@@ -347,16 +347,30 @@ def _srun_like_tasks(args: list[str], world: int, port: int) -> list[subprocess.
     return tasks
 
 
+STRATEGIES = {"ddp": (),
+              "zero2": ("parallel.strategy=deepspeed", "parallel.deepspeed_config=configs/deepspeed/zero2.json")}
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
+
+
 @pytest.mark.requires_root
-def test_when_only_rank_0_cannot_write_its_checkpoint_every_rank_ends_within_seconds(trained, shapes_dir,
-                                                                                      tmp_path):
-    """A full disk under rank 0's second checkpoint: rank 0 names it, rank 1 does not wait in the next
-    collective for the process-group timeout (set long here, so only the agreement can end it)."""
-    checkpoint_bytes = (trained / "checkpoints" / "best.pt").stat().st_size
-    with tmpfs(tmp_path / "small", f"{int(checkpoint_bytes * 1.5) // 1024 + 64}k") as small:
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_when_only_rank_0_cannot_write_its_checkpoint_every_rank_ends_within_seconds(shapes_dir, tmp_path, strategy):
+    """A full disk under the second checkpoint (DDP: rank 0 writes it; ZeRO-2: rank 0 the model, each rank its
+    optimizer shard): rank 0 names it, the others do not wait in the next collective for the process-group
+    timeout (set long here, so only the agreement can end them)."""
+    def args(run_dir: Path, epochs: int) -> list[str]:
+        return tiny(shapes_dir, run_dir, f"train.epochs={epochs}", "log.report=false", "parallel.timeout=600",
+                    *STRATEGIES[strategy])
+
+    measure = _srun_like_tasks(args(tmp_path / "measure", 1), 2, free_port())
+    assert [task.wait(timeout=180) for task in measure] == [0, 0]
+    first = next(p for p in (tmp_path / "measure" / "checkpoints").iterdir() if p.name.startswith("step_"))
+    with tmpfs(tmp_path / "small", f"{int(_disk_bytes(first) * 1.5) // 1024 + 64}k") as small:
         run_dir = small / "run"
-        tasks = _srun_like_tasks(tiny(shapes_dir, run_dir, "train.epochs=2", "log.report=false",
-                                      "parallel.timeout=600"), 2, free_port())
+        tasks = _srun_like_tasks(args(run_dir, 2), 2, free_port())
         ended = []
         for task in tasks:
             try:
@@ -367,11 +381,12 @@ def test_when_only_rank_0_cannot_write_its_checkpoint_every_rank_ends_within_sec
                 pytest.fail("a rank was still waiting 90 s after rank 0 failed to write")
         (out0, err0), (out1, err1) = ended
         assert tasks[0].returncode == 2 and "no space left on the device" in err0, err0[-3000:]
-        assert tasks[1].returncode != 0 and "Traceback" not in err1, err1[-3000:]
-        assert "rank 0 failed" in err1 and err1.count("error: ") == 1, err1[-3000:]
-        saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-        assert saved == ["best.pt", "step_000000006.pt"], saved  # the first epoch's checkpoint, nothing partial
-        assert load_checkpoint(run_dir / "checkpoints" / "step_000000006.pt")["trainer"]["step"] == 6
+        assert tasks[1].returncode == 2 and "Traceback" not in err1, err1[-3000:]
+        assert "failed while writing" in err1 and err1.count("error: ") == 1, err1[-3000:]
+        saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith("zero_to_"))
+        assert saved == ["best.pt" if strategy == "ddp" else "best", first.name], saved  # nothing partial
+        events = read_jsonl(run_dir / "metrics.jsonl")
+        assert [e["step"] for e in events if e["event"] == "checkpoint"] == [6] and events[-1]["event"] == "val"
 
 
 def test_a_rank_that_stops_answering_ends_the_others_after_parallel_timeout(trained, shapes_dir, tmp_path):

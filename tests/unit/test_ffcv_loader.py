@@ -143,10 +143,15 @@ def test_ffcv_backend_refuses_cifar_recipe_on_images_of_another_size(shapes_dir)
         build_loaders(cfg_for(shapes_dir, "ffcv", "data.image_size=32", "data.crop_padding=2"), runtime(), 32)
 
 
-def test_more_decoding_threads_than_numba_can_start_use_the_cores_there_are_with_one_line(shapes_dir, caplog):
+def test_more_decoding_threads_than_numba_can_start_use_the_cores_there_are_with_one_line(shapes_dir, caplog,
+                                                                                          monkeypatch):
     """A config written for a 96-core node runs on a workstation: the thread count is a speed setting, the
     batches do not depend on it."""
     import numba
+
+    from visiontrain.data import ffcv_loader
+
+    monkeypatch.setattr(ffcv_loader, "_threads_noted", set())  # said once per process: this test hears it
 
     limit = numba.config.NUMBA_NUM_THREADS
     wanted = batches(build_loaders(cfg_for(shapes_dir, "ffcv", "data.cutout=4"), runtime(), 32), epoch=1)

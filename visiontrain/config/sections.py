@@ -463,14 +463,15 @@ class ParallelConfig(Section):
     strategy: str = choice("ddp", ("ddp", "deepspeed"))
     deepspeed_config: str = ""  # deepspeed: JSON file, e.g. configs/deepspeed/zero2.json
     find_unused_parameters: bool = False  # ddp
-    # Seconds a collective waits for the other processes before the run fails: how long a node that vanished
-    # without closing its connections holds the others (torch's default, 1800). It must exceed the longest
-    # step one rank takes alone (rank 0's checkpoint write, a first torch.compile).
-    timeout: int = 1800
+    # Seconds a collective waits for the other processes before the run fails: how long a process that hangs,
+    # or a node that vanished without closing its connections, holds the others. null: torch's default for
+    # the backend (gloo 1800, NCCL 600). It must exceed the longest step one rank takes alone (rank 0's
+    # checkpoint write, a first torch.compile).
+    timeout: Optional[int] = None  # noqa: UP045 - OmegaConf reads typing.Optional
 
     def check(self) -> None:
-        self.require(10 <= self.timeout <= 7 * 24 * 3600, "timeout",
-                     "must be between 10 and 604800 seconds (a week)")
+        self.require(self.timeout is None or 10 <= self.timeout <= 7 * 24 * 3600, "timeout",
+                     "must be between 10 and 604800 seconds (a week), or null for torch's default")
         if self.strategy == "deepspeed":
             self.require(bool(self.deepspeed_config), "deepspeed_config",
                          "parallel.strategy=deepspeed needs a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json")

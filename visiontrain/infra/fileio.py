@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -66,8 +67,9 @@ def clean_leftovers(directory: Path, stem: str | None = None, owned: bool = Fals
     is put back if its replacement never arrived. Returns the names it removed or restored.
 
     `owned`: the caller holds the directory's writer lock (train/run_lock.py) and has not started writing, so
-    every temporary is a leftover. The pid in a name says nothing across nodes (another node's writer may share
-    a pid with a live process here), so a pid is judged only where no lock tells."""
+    a temporary is a leftover whatever pid its name carries: that pid says nothing across nodes (another node's
+    writer may share it with a live process here). Kept only: one of another live process of this host that
+    changed in the last minute (`checkpoint export` writes the run's weights without the lock)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -75,7 +77,7 @@ def clean_leftovers(directory: Path, stem: str | None = None, owned: bool = Fals
     for entry in sorted(directory.iterdir()):
         found = _TEMPORARY.match(entry.name)
         ours = stem is None or (found is not None and found["stem"] == Path(stem).stem)
-        if found and ours and (owned or not process_alive(int(found["pid"]))):
+        if found and ours and _leftover(entry, int(found["pid"]), owned):
             _remove(entry)
             done.append(entry.name)
         elif entry.name.startswith(".") and entry.name.endswith(".old") and stem in (None, entry.name[1:-4]):
@@ -83,6 +85,17 @@ def clean_leftovers(directory: Path, stem: str | None = None, owned: bool = Fals
             _remove(entry) if original.exists() else os.replace(entry, original)
             done.append(entry.name)
     return done
+
+
+def _leftover(entry: Path, pid: int, owned: bool) -> bool:
+    if not owned:
+        return not process_alive(pid)
+    if pid == os.getpid() or not process_alive(pid):
+        return True
+    try:
+        return time.time() - entry.lstat().st_mtime > 60
+    except OSError:
+        return False
 
 
 def _umask() -> int:

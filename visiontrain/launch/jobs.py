@@ -16,7 +16,14 @@ import signal
 
 import submitit
 
-from visiontrain.infra.errors import Preempted, TrainingFailed, UsageError, describe_os_error, report_error
+from visiontrain.infra.errors import (
+    PeerFailed,
+    Preempted,
+    TrainingFailed,
+    UsageError,
+    describe_os_error,
+    report_error,
+)
 
 
 class TrainFailed(RuntimeError):
@@ -51,7 +58,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 return "preempted"
             raise TrainFailed(f"training {self.describe()} stopped on {stop.signal or 'a signal'} with a checkpoint: "
                               "submit it again to resume") from None
-        except (UsageError, TrainingFailed) as err:
+        except (UsageError, TrainingFailed, PeerFailed) as err:
             report_error(err)
             raise TrainFailed(f"training {self.describe()} failed (exit code {err.exit_code}): {err}") from None
         except OSError as err:  # a full disk or a refused path: one line, as train.py prints it

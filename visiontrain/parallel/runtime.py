@@ -82,20 +82,26 @@ def init_runtime(device_request: str, parallel: ParallelConfig | None = None) ->
     device = select_device(device_request, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    timeout = timedelta(seconds=parallel.timeout)
+    timeout = timedelta(seconds=parallel.timeout) if parallel.timeout else None  # None: the backend's own
     if parallel.strategy == "deepspeed":
         runtime = _plain_runtime(info, device, timeout)
         runtime.node_address, runtime.socket_interface = node_address, interface
         return runtime
-    from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    if timeout is not None and info.world_size > 1 and not torch.distributed.is_initialized():
+        # Joined here, with the timeout, rather than through accelerate's InitProcessGroupKwargs, which drops a
+        # timeout equal to its own default for NCCL (600 s) and gloo would then wait its 1800 s. The
+        # Accelerator adopts a group that exists.
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                             timeout=timeout)
 
     # Precision is handled by the backend (torch.autocast + GradScaler), not accelerate:
     # accelerate's fp16 on CPU silently runs fp32.
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision="no",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=parallel.find_unused_parameters),
-                         InitProcessGroupKwargs(timeout=timeout)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=parallel.find_unused_parameters)],
     )
     if accelerator.num_processes != info.world_size:
         raise RuntimeError(
@@ -122,7 +128,7 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _plain_runtime(info: LaunchInfo, device: torch.device, timeout: timedelta) -> Runtime:
+def _plain_runtime(info: LaunchInfo, device: torch.device, timeout: timedelta | None) -> Runtime:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if info.world_size == 1:
         # A world of one, as a launcher would describe it (DeepSpeed checks LOCAL_RANK).
@@ -130,7 +136,8 @@ def _plain_runtime(info: LaunchInfo, device: torch.device, timeout: timedelta) -
                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
             os.environ.setdefault(key, value)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend, init_method="env://", timeout=timeout)
+        torch.distributed.init_process_group(backend, init_method="env://",
+                                             **({"timeout": timeout} if timeout is not None else {}))
     import deepspeed
     import deepspeed.ops
 
@@ -176,13 +183,15 @@ def raise_if_any_rank_failed(error: BaseException | None, runtime: Runtime, what
         if error is not None:
             raise error
         return
-    failed = torch.tensor([0 if error is None else _exit_code_of(error), -1 if error is None else runtime.rank],
-                          device=runtime.device)
+    world = runtime.world_size  # one number per rank, exit code and rank together: the largest code wins
+    failed = torch.tensor([-1 if error is None else _exit_code_of(error) * world + runtime.rank],
+                          dtype=torch.int64, device=runtime.device)
     torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
     if error is not None:
         raise error
-    code, rank = (int(v) for v in failed.tolist())
-    if code:
+    value = int(failed.item())
+    if value >= 0:
+        code, rank = divmod(value, world)
         raise PeerFailed(f"rank {rank} failed while {what} (exit {code}); its own log says why", code)
 
 

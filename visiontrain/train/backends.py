@@ -196,22 +196,22 @@ class DeepSpeedBackend:
         """Every rank writes its shards under a temporary tag; rank 0 renames it into place."""
         tag = f".step_{step:09d}.tmp"
         tmp = store.dir / tag
-        if self.runtime.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            store.dir.mkdir(parents=True, exist_ok=True)
-        self.runtime.barrier()
         error = None
-        try:
-            self.engine.save_checkpoint(str(store.dir), tag=tag, client_state={"visiontrain": state},
-                                        save_latest=False)
-        except Exception as err:
-            error = err
+        if self.runtime.is_main:
             try:
-                raise_if_disk_full(tmp, err)  # named while the partial shards still fill the disk
-            except OSError as full:
-                error = full
+                shutil.rmtree(tmp, ignore_errors=True)
+                store.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                error = err
+        raise_if_any_rank_failed(error, self.runtime, "preparing its checkpoint directory")
+        with self._recording_write_errors(tmp) as failures:
+            try:
+                self.engine.save_checkpoint(str(store.dir), tag=tag, client_state={"visiontrain": state},
+                                            save_latest=False)
+            except Exception as err:  # outside a file write: DeepSpeed's own collectives may be out of step
+                failures.append(err)
         try:  # every rank learns whether any rank's shards failed; none waits in the next collective
-            raise_if_any_rank_failed(error, self.runtime, "writing its checkpoint shards")
+            raise_if_any_rank_failed(failures[0] if failures else None, self.runtime, "writing its checkpoint shards")
         except Exception:
             if self.runtime.is_main:  # every rank is past its writes now
                 shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay as they were
@@ -225,6 +225,34 @@ class DeepSpeedBackend:
                 error = err
         raise_if_any_rank_failed(error, self.runtime, "writing a checkpoint")
         return path
+
+    @contextlib.contextmanager
+    def _recording_write_errors(self, tmp: Path):
+        """DeepSpeed's save_checkpoint runs collectives (barriers, tag checks) around its file writes: a rank
+        whose write raised would skip them and meet the others' barrier with another collective. So a failed
+        write is recorded and the save goes on; the caller agrees on the failures after DeepSpeed returns."""
+        engine = self.engine.checkpoint_engine
+        original = engine.save
+        failures: list[BaseException] = []
+
+        def save(state_dict, path, *args, **kwargs):
+            if failures:
+                return None  # the disk is full: the rest of this checkpoint is skipped, it is discarded anyway
+            try:
+                return original(state_dict, path, *args, **kwargs)
+            except Exception as err:
+                try:
+                    raise_if_disk_full(Path(path), err)  # named while the partial file still fills the disk
+                    failures.append(err)
+                except OSError as full:
+                    failures.append(full)
+                return None
+
+        engine.save = save
+        try:
+            yield failures
+        finally:
+            engine.save = original
 
     def load(self, path: Path) -> dict[str, Any]:
         if not path.is_dir():

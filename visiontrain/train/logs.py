@@ -65,8 +65,8 @@ class MetricsLog:
             try:
                 with open(self.path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-            except OSError as err:
-                self.failure = err
+            except OSError as err:  # a flush names no file: the path is ours to give
+                self.failure = err if err.filename else OSError(err.errno, err.strerror, str(self.path))
         return record
 
 

@@ -97,7 +97,8 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: Runtime | No
              data.train.steps_per_epoch)
     trainer = Trainer(cfg, runtime, plan, data, model, backend, run_dir, init, check)
     trainer.resume_if_possible()
-    rundir.save_config(cfg, runtime, resuming)  # only now: a start that failed leaves the run's config as it was
+    # Only now: a start that failed leaves the run's config as it was.
+    rundir.save_config(cfg, runtime, resuming, pending=trainer.metrics.failure)
     return Run(cfg, runtime, plan, data, trainer)
 
 

@@ -135,11 +135,12 @@ def open_run_dir(cfg: Config, runtime: Runtime) -> Path:
     return path
 
 
-def save_config(cfg: Config, runtime: Runtime, resuming: bool) -> None:
+def save_config(cfg: Config, runtime: Runtime, resuming: bool, pending: BaseException | None = None) -> None:
     """Save the resolved config.yaml (rank 0) once the run has started: its checkpoint loaded, if any. A start
-    that failed leaves the previous config.yaml as it was."""
-    error = None
-    if runtime.is_main:
+    that failed leaves the previous config.yaml as it was. `pending`: rank 0's failure to open its logs, agreed
+    on here with the config's own."""
+    error = pending
+    if runtime.is_main and error is None:
         path = Path(cfg.run.dir)
         config_file = path / "config.yaml"
         text = to_yaml(cfg)
@@ -152,4 +153,4 @@ def save_config(cfg: Config, runtime: Runtime, resuming: bool) -> None:
             fileio.write_text(config_file, text)
         except Exception as err:  # a full disk: said on every rank, none waits for rank 0 in the first step
             error = err
-    raise_if_any_rank_failed(error, runtime, "writing config.yaml")
+    raise_if_any_rank_failed(error, runtime, "writing config.yaml or opening its logs")

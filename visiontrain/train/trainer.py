@@ -136,7 +136,11 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.last_checkpoint = path
         self._open_logs(purge_step=self.state.step + 1)
-        self.metrics.truncate_after(self.state.step)
+        if self.metrics.failure is None:
+            try:
+                self.metrics.truncate_after(self.state.step)
+            except OSError as err:  # rank 0 alone: raised where every rank agrees (rundir.save_config)
+                self.metrics.failure = err
         log.info("resuming from %s (epoch %d, step %d, %d micro-batches into the epoch)",
                  path, self.state.epoch, self.state.step, self.state.batch_in_epoch)
         self.metrics.write("resume", epoch=self.state.epoch, step=self.state.step, checkpoint=str(path))
@@ -183,9 +187,13 @@ class Trainer:
 
     def _open_logs(self, purge_step: int) -> None:
         if self.runtime.is_main:
-            if purge_step == 0:
-                self.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
-            self.tb = logs.TensorBoard(self.run_dir / "tb", self.cfg.log.tensorboard, purge_step)
+            try:
+                if purge_step == 0:
+                    self.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
+                self.tb = logs.TensorBoard(self.run_dir / "tb", self.cfg.log.tensorboard, purge_step)
+            except OSError as err:  # rank 0 alone: raised where every rank agrees (rundir.save_config)
+                self.metrics.failure = self.metrics.failure or err
+                self.tb = logs.TensorBoard(self.run_dir / "tb", False, None)
         else:
             self.tb = logs.TensorBoard(self.run_dir / "tb", False, None)
 

@@ -7,14 +7,17 @@ final name. An existing output is refused unless `force` is given.
 
 from __future__ import annotations
 
+import errno
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from visiontrain.infra import fileio
-from visiontrain.infra.errors import UsageError
+from visiontrain.infra.errors import FULL, UsageError
 
 WRITER_VERSION = 1
+# Errors that can only come from writing the output (a read of an input names its file, or is another errno).
+WRITE_FAILURES = {*FULL, errno.EROFS}
 
 
 @contextmanager
@@ -29,7 +32,7 @@ def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
         try:
             yield tmp
         except OSError as err:
-            if err.filename is None and err.errno is not None:  # numpy and FFCV's writers name no file
+            if err.filename is None and err.errno in WRITE_FAILURES:  # numpy and FFCV's writers name no file
                 raise OSError(err.errno, err.strerror, str(out)) from err
             raise
 
