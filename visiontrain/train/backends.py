@@ -42,7 +42,7 @@ from visiontrain.checkpoint import (
 from visiontrain.config import Config
 from visiontrain.infra.errors import UsageError
 from visiontrain.infra.fileio import raise_if_disk_full
-from visiontrain.parallel import deepspeed_config
+from visiontrain.parallel import deepspeed_config, zero_reshard
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.runtime import Runtime, raise_if_any_rank_failed
 from visiontrain.train.optim import keep_implementation
@@ -260,12 +260,7 @@ class DeepSpeedBackend:
                                     "parallel.strategy=ddp")
         manifest = read_manifest(path)
         if self.stage > 0 and manifest.get("world_size") != self.runtime.world_size:
-            raise UsageError(
-                f"checkpoint {path} holds ZeRO-{manifest.get('zero_stage')} optimizer shards of "
-                f"{manifest.get('world_size')} processes; this run has {self.runtime.world_size}. Resume with "
-                f"{manifest.get('world_size')} processes, or continue from its weights only in a new run directory: "
-                f"finetune.init_from={path.parent.parent} (or `python -m visiontrain checkpoint export "
-                f"{path.parent.parent}` for weights.safetensors)")
+            return self._load_resharded(path, int(manifest.get("world_size", 0)))
         try:
             with weights_only_loading():  # DeepSpeed's reader would unpickle anything
                 _, client = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
@@ -277,6 +272,36 @@ class DeepSpeedBackend:
             raise CorruptCheckpoint(f"checkpoint {path} is unreadable (no client state)")
         if isinstance(self.engine.optimizer, torch.optim.Optimizer):  # stage 0 loads the torch optimizer as is
             keep_implementation(self.engine.optimizer)
+        return client["visiontrain"]
+
+    def _load_resharded(self, path: Path, saved_world: int) -> dict[str, Any]:
+        """ZeRO shards of another process count, through DeepSpeed's universal checkpoint (zero_reshard.py)."""
+        zero_reshard.check_convertible(self.optimizer, path, saved_world, self.runtime.world_size)
+        universal, error, client = path.parent / zero_reshard.UNIVERSAL_DIR / path.name, None, None
+        if self.runtime.is_main:
+            try:
+                universal = zero_reshard.convert(path)
+            except Exception as err:
+                error = CorruptCheckpoint(f"checkpoint {path} cannot be converted for {self.runtime.world_size} "
+                                          f"processes ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+        raise_if_any_rank_failed(error, self.runtime, "converting the checkpoint for this process count")
+        try:
+            client = zero_reshard.load(self.engine, universal)
+            if self.stage == 3:
+                zero_reshard.restore_zero3_groups(self.engine.optimizer.optimizer, universal)
+            zero_reshard.restore_rest(self.model, path, self.stage)
+        except Exception as err:
+            error = CorruptCheckpoint(f"checkpoint {path} is unreadable for {self.runtime.world_size} processes "
+                                      f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+        try:
+            raise_if_any_rank_failed(error, self.runtime, "loading the converted checkpoint")
+        finally:
+            if self.runtime.is_main:
+                zero_reshard.remove(path)
+        if client is None or "visiontrain" not in client:
+            raise CorruptCheckpoint(f"checkpoint {path} is unreadable (no client state)")
+        log.warning("resumed ZeRO-%d shards of %d processes on %d (converted through DeepSpeed's universal "
+                    "checkpoint)", self.stage, saved_world, self.runtime.world_size)
         return client["visiontrain"]
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
