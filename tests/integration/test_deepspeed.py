@@ -152,7 +152,7 @@ def test_zero_shards_of_another_process_count_with_sgd_are_refused_in_one_line(s
     result = run_train(tiny_args(shapes_dir, copy, *EQUIVALENCE, *deepspeed(2), "train.epochs=2"))
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert "holds ZeRO optimizer shards of 2 processes; this run has 1" in last and "(this optimizer is SGD)" in last
+    assert "holds ZeRO-2 shards of 2 processes; this run has 1" in last and "(this optimizer is SGD)" in last
 
 
 @pytest.mark.parametrize("stage", [None, 0, 1, 2, 3])

@@ -126,7 +126,8 @@ class CheckpointStore:
         """DeepSpeed checkpoint directories whose writing was cut short (`.step_N.tmp`); call before any rank saves."""
         if not self.dir.is_dir():
             return []
-        unfinished = [p for p in self.dir.iterdir() if _UNFINISHED_DIR.match(p.name)]
+        # ... and a conversion for another process count (.universal/, parallel/zero_reshard.py) cut short
+        unfinished = [p for p in self.dir.iterdir() if _UNFINISHED_DIR.match(p.name) or p.name == ".universal"]
         for path in unfinished:
             shutil.rmtree(path, ignore_errors=True)
         return [p.name for p in unfinished]

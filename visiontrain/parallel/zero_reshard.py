@@ -27,14 +27,30 @@ from visiontrain.infra.errors import UsageError
 UNIVERSAL_DIR = ".universal"
 
 
-def check_convertible(optimizer: torch.optim.Optimizer, path: Path, saved_world: int, world: int) -> None:
-    """The converter writes Adam's two moments per parameter and nothing else (SGD's momentum, Lamb's are not
-    tested): anything but the Adam family is refused in one line."""
-    name = type(optimizer).__name__
-    if "adam" not in name.lower():
-        raise UsageError(f"checkpoint {path} holds ZeRO optimizer shards of {saved_world} processes; this run has "
+def check_convertible(optimizer: torch.optim.Optimizer, path: Path, saved_world: int, saved_stage: int,
+                      stage: int, world: int) -> None:
+    """One line, before anything is read: another ZeRO stage, or an optimizer the converter cannot carry (it
+    writes Adam's two moments per parameter and nothing else)."""
+    forward = (f"resume with {saved_world} processes, or continue from its weights only in a new run directory: "
+               f"finetune.init_from={path.parent.parent}")
+    if saved_stage != stage:
+        raise UsageError(f"checkpoint {path} holds ZeRO-{saved_stage} shards of {saved_world} processes; this run "
+                         f"is ZeRO-{stage} on {world}: use the checkpoint's stage to resume at another count, or "
+                         f"{forward}")
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        raise UsageError(f"checkpoint {path} holds ZeRO-{stage} shards of {saved_world} processes; this run has "
                          f"{world}, and DeepSpeed's universal conversion carries Adam-family states only (this "
-                         f"optimizer is {name}). Resume with {saved_world} processes")
+                         f"optimizer is {type(optimizer).__name__}): {forward}")
+
+
+def every_group_has_elements_here(zero_optimizer, stage: int) -> bool:
+    """ZeRO-1/2 pad each parameter group to a multiple of the process count: a rank whose slice of a group is
+    all padding (a small head's bias alone in its group, many processes) makes DeepSpeed's universal loader
+    fail on that rank alone. Checked, and agreed, before loading."""
+    if stage not in (1, 2):
+        return True
+    groups = getattr(zero_optimizer, "bit16_groups", [])
+    return all(any(getattr(p, "_hp_mapping", None) is not None for p in group) for group in groups)
 
 
 def convert(checkpoint: Path) -> Path:
@@ -58,13 +74,14 @@ def remove(checkpoint: Path) -> None:
 
 def load(engine, universal: Path) -> dict:
     """Load the universal checkpoint into `engine` (every rank); returns the client state saved with it."""
+    before = engine._config.load_universal_checkpoint
     engine._config.load_universal_checkpoint = True  # read by DeepSpeed on its load path only
     try:
         with weights_only_loading():
             _, client = engine.load_checkpoint(str(universal.parent), tag=universal.name, load_module_strict=True,
                                                load_optimizer_states=True, load_lr_scheduler_states=False)
     finally:
-        engine._config.load_universal_checkpoint = False
+        engine._config.load_universal_checkpoint = before
     return client
 
 
@@ -72,31 +89,50 @@ def restore_zero3_groups(optimizer: torch.optim.Optimizer, universal: Path) -> N
     """ZeRO-3's universal load gives every group group 0's lr / weight decay and one step tensor for all."""
     with weights_only_loading():
         saved = torch.load(universal / "zero" / "optimizer_state.pt", map_location="cpu")
-    for group, saved_group in zip(optimizer.param_groups, saved["optimizer_state_dict"]["param_groups"]):
+    for group, saved_group in zip(optimizer.param_groups, saved["optimizer_state_dict"]["param_groups"], strict=True):
         group.update({key: value for key, value in saved_group.items() if key != "params"})
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].clone()  # one counter per parameter again, as AdamW increments in place
+            # One counter per parameter again (all hold the same count): AdamW increments it in place.
+            state["step"] = state["step"].clone()
 
 
-def restore_rest(model: nn.Module, checkpoint: Path, stage: int) -> None:
-    """Buffers (BatchNorm statistics) and frozen parameters from the original checkpoint: the universal load
-    sets only what the optimizer holds."""
+def restore_rest(model: nn.Module, checkpoint: Path, stage: int, runtime) -> None:
+    """Buffers (BatchNorm statistics) and frozen parameters from the original checkpoint, which the universal
+    load leaves out. Rank 0 reads them (one copy of the model in host memory, not one per process) and sends
+    them: buffers by broadcast, frozen parameters through ZeRO-3's gather with rank 0 as the writer."""
     import deepspeed
 
-    with weights_only_loading():
-        if stage == 3:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from visiontrain.parallel.runtime import raise_if_any_rank_failed
 
-            saved = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
-        else:
-            files = sorted(checkpoint.glob("mp_rank_*_model_states.pt"))
-            saved = torch.load(files[0], map_location="cpu")["module"]
+    saved, error = {}, None
+    if runtime.is_main:
+        try:
+            saved = _saved_module(checkpoint, stage)
+        except Exception as err:
+            error = err
+    raise_if_any_rank_failed(error, runtime, "reading the checkpoint's buffers and frozen parameters")
     with torch.no_grad():
         for name, buffer in model.named_buffers():
-            if name in saved:
+            if runtime.is_main and name in saved:
                 buffer.copy_(saved[name])
+            if runtime.world_size > 1:
+                torch.distributed.broadcast(buffer, src=0)
         for name, param in model.named_parameters():
-            if not param.requires_grad and name in saved:
-                with deepspeed.zero.GatheredParameters([param], modifier_rank=0, enabled=stage == 3):
+            if param.requires_grad:
+                continue
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0, enabled=stage == 3):
+                if runtime.is_main and name in saved:
                     param.data.copy_(saved[name])
+            if stage != 3 and runtime.world_size > 1:
+                torch.distributed.broadcast(param.data, src=0)
+
+
+def _saved_module(checkpoint: Path, stage: int) -> dict[str, torch.Tensor]:
+    with weights_only_loading():
+        if stage == 3:  # parameters are partitioned in the model states: consolidate (frozen ones included)
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        files = sorted(checkpoint.glob("mp_rank_*_model_states.pt"))
+        return torch.load(files[0], map_location="cpu")["module"]

@@ -40,11 +40,11 @@ from visiontrain.checkpoint import (
     write_manifest,
 )
 from visiontrain.config import Config
-from visiontrain.infra.errors import UsageError
+from visiontrain.infra.errors import UsageError, describe_os_error
 from visiontrain.infra.fileio import raise_if_disk_full
 from visiontrain.parallel import deepspeed_config, zero_reshard
 from visiontrain.parallel.batch_plan import BatchPlan
-from visiontrain.parallel.runtime import Runtime, raise_if_any_rank_failed
+from visiontrain.parallel.runtime import Runtime, all_ranks_agree, raise_if_any_rank_failed
 from visiontrain.train.optim import keep_implementation
 from visiontrain.train.step import apply_gradients, scaled_backward
 
@@ -260,7 +260,7 @@ class DeepSpeedBackend:
                                     "parallel.strategy=ddp")
         manifest = read_manifest(path)
         if self.stage > 0 and manifest.get("world_size") != self.runtime.world_size:
-            return self._load_resharded(path, int(manifest.get("world_size", 0)))
+            return self._load_resharded(path, int(manifest.get("world_size", 0)), int(manifest.get("zero_stage", -1)))
         try:
             with weights_only_loading():  # DeepSpeed's reader would unpickle anything
                 _, client = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
@@ -274,35 +274,50 @@ class DeepSpeedBackend:
             keep_implementation(self.engine.optimizer)
         return client["visiontrain"]
 
-    def _load_resharded(self, path: Path, saved_world: int) -> dict[str, Any]:
-        """ZeRO shards of another process count, through DeepSpeed's universal checkpoint (zero_reshard.py)."""
-        zero_reshard.check_convertible(self.optimizer, path, saved_world, self.runtime.world_size)
+    def _load_resharded(self, path: Path, saved_world: int, saved_stage: int) -> dict[str, Any]:
+        """ZeRO shards of another process count, through DeepSpeed's universal checkpoint (zero_reshard.py).
+        Every failure is agreed by all ranks before the next collective: a full disk stops the run, anything
+        else is a CorruptCheckpoint on every rank, so the store falls back to the previous checkpoint."""
+        world = self.runtime.world_size
+        zero_reshard.check_convertible(self.optimizer, path, saved_world, saved_stage, self.stage, world)
+        if not all_ranks_agree(zero_reshard.every_group_has_elements_here(self.engine.optimizer, self.stage),
+                               world, self.runtime.device):
+            raise UsageError(f"checkpoint {path} holds ZeRO-{self.stage} shards of {saved_world} processes; at "
+                             f"{world} processes a parameter group has no element on some rank, which DeepSpeed's "
+                             f"universal loader cannot fill: resume with {saved_world} processes, or another count")
         universal, error, client = path.parent / zero_reshard.UNIVERSAL_DIR / path.name, None, None
-        if self.runtime.is_main:
+        try:
+            if self.runtime.is_main:
+                try:
+                    universal = zero_reshard.convert(path)
+                except Exception as err:
+                    error = _load_error(path, universal, err, f"cannot be converted for {world} processes")
+            self._agree_on_load(error, path)
             try:
-                universal = zero_reshard.convert(path)
+                client = zero_reshard.load(self.engine, universal)
+                if self.stage == 3:
+                    zero_reshard.restore_zero3_groups(self.engine.optimizer.optimizer, universal)
             except Exception as err:
-                error = CorruptCheckpoint(f"checkpoint {path} cannot be converted for {self.runtime.world_size} "
-                                          f"processes ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
-        raise_if_any_rank_failed(error, self.runtime, "converting the checkpoint for this process count")
-        try:
-            client = zero_reshard.load(self.engine, universal)
-            if self.stage == 3:
-                zero_reshard.restore_zero3_groups(self.engine.optimizer.optimizer, universal)
-            zero_reshard.restore_rest(self.model, path, self.stage)
-        except Exception as err:
-            error = CorruptCheckpoint(f"checkpoint {path} is unreadable for {self.runtime.world_size} processes "
-                                      f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
-        try:
-            raise_if_any_rank_failed(error, self.runtime, "loading the converted checkpoint")
+                error = _load_error(path, universal, err, f"is unreadable for {world} processes")
+            self._agree_on_load(error, path)
+            zero_reshard.restore_rest(self.model, path, self.stage, self.runtime)
         finally:
+            self.runtime.barrier()  # no rank reads the converted copy any more
             if self.runtime.is_main:
                 zero_reshard.remove(path)
         if client is None or "visiontrain" not in client:
             raise CorruptCheckpoint(f"checkpoint {path} is unreadable (no client state)")
         log.warning("resumed ZeRO-%d shards of %d processes on %d (converted through DeepSpeed's universal "
-                    "checkpoint)", self.stage, saved_world, self.runtime.world_size)
+                    "checkpoint)", self.stage, saved_world, world)
         return client["visiontrain"]
+
+    def _agree_on_load(self, error: BaseException | None, path: Path) -> None:
+        """A full disk or refused path stops every rank; any other failure is a CorruptCheckpoint on every rank."""
+        hard = error if isinstance(error, OSError) and describe_os_error(error) else None
+        raise_if_any_rank_failed(hard, self.runtime, "reading a checkpoint")
+        if not all_ranks_agree(error is None, self.runtime.world_size, self.runtime.device):
+            raise error if error is not None else CorruptCheckpoint(
+                f"checkpoint {path} could not be loaded on another rank (its log says why)")
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Consolidated weights on every rank (a collective under ZeRO-3, which partitions parameters)."""
@@ -312,6 +327,18 @@ class DeepSpeedBackend:
             with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
                 return {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
         return {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
+
+
+def _load_error(path: Path, target: Path, err: BaseException, what: str) -> BaseException:
+    """A full disk (torch.save reports it as its own RuntimeError) stays an OSError; the rest is corruption."""
+    try:
+        raise_if_disk_full(target, err)
+    except OSError as full:
+        return full
+    if isinstance(err, OSError) and describe_os_error(err):
+        return err
+    detail = (str(err).splitlines() or ["no detail"])[0][:200]
+    return CorruptCheckpoint(f"checkpoint {path} {what} ({type(err).__name__}: {detail})")
 
 
 def build_backend(cfg: Config, runtime: Runtime, plan: BatchPlan) -> DDPBackend | DeepSpeedBackend:
