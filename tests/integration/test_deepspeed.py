@@ -145,6 +145,19 @@ def test_zero_shards_resume_at_another_process_count(shapes_dir, tmp_path, stage
         assert saved.keys() == after_load.keys() and all(torch.equal(saved[k], after_load[k]) for k in saved)
 
 
+def test_a_damaged_newest_checkpoint_at_another_process_count_falls_back_to_the_previous_one(shapes_dir, tmp_path):
+    """The conversion of the newest checkpoint fails on rank 0 (a truncated shard): every rank agrees it is
+    unreadable, and the run resumes from the checkpoint before it, at the new count."""
+    run_dir = tmp_path / "run"
+    ok(run_train(tiny_args(shapes_dir, run_dir, *RESHARD, *deepspeed(2)), nproc=2))
+    shard = next((run_dir / "checkpoints" / "step_000000032").glob("*optim_states.pt"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    result = ok(run_train(tiny_args(shapes_dir, run_dir, *RESHARD, *deepspeed(2), "train.epochs=3"), nproc=3))
+    assert "step_000000032" in result.stderr and "resumed ZeRO-2 shards of 2 processes on 3" in result.stderr
+    (resume,) = [e for e in read_jsonl(run_dir / "metrics.jsonl") if e["event"] == "resume"]
+    assert resume["step"] == 16 and read_json(run_dir / "summary.json")["world_size"] == 3
+
+
 def test_zero_shards_of_another_process_count_with_sgd_are_refused_in_one_line(shapes_dir, zero_runs, tmp_path):
     """DeepSpeed's universal conversion carries Adam-family states only."""
     copy = tmp_path / "zero2"
