@@ -145,6 +145,22 @@ def test_zero_shards_resume_at_another_process_count(shapes_dir, tmp_path, stage
         assert saved.keys() == after_load.keys() and all(torch.equal(saved[k], after_load[k]) for k in saved)
 
 
+def test_zero3_resumed_at_another_process_count_keeps_the_batchnorm_statistics(shapes_dir, tmp_path):
+    """The universal load sets only what the optimizer holds: BatchNorm's running statistics (and its counters)
+    come from the checkpoint itself, bit-identical."""
+    run_dir = tmp_path / "run"
+    args = (*EQUIVALENCE, "optim.name=adamw", "optim.lr=0.002", "log.report=false", *deepspeed(3))
+    ok(run_train(tiny_args(shapes_dir, run_dir, *args), nproc=2))
+    ok(visiontrain_cli("checkpoint", "export", run_dir, "--out", tmp_path / "saved.safetensors"))
+    saved = read_weights(tmp_path / "saved.safetensors")
+    assert any("running_mean" in k for k in saved)
+    (run_dir / "weights.safetensors").unlink()
+    result = ok(run_train(tiny_args(shapes_dir, run_dir, *args), nproc=1))  # resumes after its last epoch
+    assert "resumed ZeRO-3 shards of 2 processes on 1" in result.stderr
+    after_load = read_weights(run_dir / "weights.safetensors")
+    assert saved.keys() == after_load.keys() and all(torch.equal(saved[k], after_load[k]) for k in saved)
+
+
 def test_a_damaged_newest_checkpoint_at_another_process_count_falls_back_to_the_previous_one(shapes_dir, tmp_path):
     """The conversion of the newest checkpoint fails on rank 0 (a truncated shard): every rank agrees it is
     unreadable, and the run resumes from the checkpoint before it, at the new count."""
