@@ -53,9 +53,11 @@ def every_group_has_elements_here(zero_optimizer, stage: int) -> bool:
     return all(any(getattr(p, "_hp_mapping", None) is not None for p in group) for group in groups)
 
 
-def convert(checkpoint: Path) -> Path:
+def convert(checkpoint: Path, model: nn.Module) -> Path:
     """Write `checkpoint`'s universal form beside it; returns its directory (tag = its name)."""
     from deepspeed.checkpoint import ds_to_universal
+
+    _check_names(checkpoint, set(model.state_dict()))
 
     parent = checkpoint.parent / UNIVERSAL_DIR
     shutil.rmtree(parent, ignore_errors=True)  # a conversion cut short by a kill
@@ -66,6 +68,18 @@ def convert(checkpoint: Path) -> Path:
                                        num_merge_workers=1, keep_temp_folder=False, strict=True,
                                        inject_missing_state=True))
     return out
+
+
+def _check_names(checkpoint: Path, names: set[str]) -> None:
+    """The converter makes a directory per parameter name stored in the checkpoint: names that are not this
+    model's (a crafted "../../x") would be written outside the conversion's directory."""
+    with weights_only_loading():
+        states = torch.load(sorted(checkpoint.glob("*model_states.pt"))[0], map_location="cpu")
+    shapes = states.get("param_shapes") or []
+    stored = [name for group in (shapes if isinstance(shapes, list) else [shapes]) for name in group]
+    foreign = sorted(set(stored) - names)
+    if foreign:
+        raise ValueError(f"parameter names that are not this model's: {foreign[:3]}")
 
 
 def remove(checkpoint: Path) -> None:

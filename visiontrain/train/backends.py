@@ -289,7 +289,7 @@ class DeepSpeedBackend:
         try:
             if self.runtime.is_main:
                 try:
-                    universal = zero_reshard.convert(path)
+                    universal = zero_reshard.convert(path, self.model)
                 except Exception as err:
                     error = _load_error(path, universal, err, f"cannot be converted for {world} processes")
             self._agree_on_load(error, path)
