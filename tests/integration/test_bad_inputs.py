@@ -412,7 +412,8 @@ def test_a_rank_that_stops_answering_ends_the_others_after_parallel_timeout(trai
     assert 8 <= waited < 40, waited
     tail = "\n".join(err1.splitlines()[-12:])  # the exception, where a traceback would end
     assert tasks[1].returncode == 1 and "Traceback" not in err1 and err1.count("error: ") == 1, tail
-    assert "waited parallel.timeout=10 s for another process of this run" in err1, tail
+    # gloo names the 10 s wait, or (when the connection was closed after it) only says so
+    assert "waited parallel.timeout" in err1 and "for another process of this run" in err1, tail
 
 
 # --------------------------------------------------------------------------------------- left behind

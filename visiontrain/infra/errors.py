@@ -94,7 +94,7 @@ COMMUNICATION = re.compile(r"gloo|nccl|c10d|ProcessGroup", re.IGNORECASE)
 
 # How gloo reports a collective that waited out the process-group timeout (parallel.timeout): the process at
 # the other end hangs, was stopped, or its node went away without closing its connections.
-TIMED_OUT = re.compile(r"Timed out waiting (\d+) ?ms", re.IGNORECASE)
+TIMED_OUT = re.compile(r"Timed out waiting (\d+) ?ms|timeout caused pair closure", re.IGNORECASE)
 
 
 def describe_lost_peer(err: Exception) -> str | None:
@@ -104,9 +104,9 @@ def describe_lost_peer(err: Exception) -> str | None:
     if not isinstance(err, RuntimeError) or not COMMUNICATION.search(message):
         return None
     timed_out = TIMED_OUT.search(message)
-    if timed_out:
-        seconds = int(timed_out.group(1)) / 1000
-        return (f"waited parallel.timeout={seconds:g} s for another process of this run: it hangs, was stopped, "
+    if timed_out:  # gloo names the wait, or says a connection was closed after one
+        waited = f"={int(timed_out.group(1)) / 1000:g} s" if timed_out.group(1) else ""
+        return (f"waited parallel.timeout{waited} for another process of this run: it hangs, was stopped, "
                 "or its node went down; its own log says why. Started again, the run resumes from its last "
                 "checkpoint")
     if not LOST_PEER.search(message):
