@@ -161,6 +161,22 @@ def test_zero3_resumed_at_another_process_count_keeps_the_batchnorm_statistics(s
     assert saved.keys() == after_load.keys() and all(torch.equal(saved[k], after_load[k]) for k in saved)
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_frozen_parameters_resumed_at_another_process_count_are_the_checkpoints(shapes_dir, tmp_path, stage):
+    """Frozen parameters are not the optimizer's, so the universal load leaves them as built: resumed with
+    another seed (another initialization), they must still come back from the checkpoint, bit-identical."""
+    run_dir = tmp_path / "run"
+    args = (*EQUIVALENCE, "optim.name=adamw", "optim.lr=0.002", "log.report=false", "finetune.freeze=backbone",
+            *deepspeed(stage))
+    ok(run_train(tiny_args(shapes_dir, run_dir, *args), nproc=2))
+    ok(visiontrain_cli("checkpoint", "export", run_dir, "--out", tmp_path / "saved.safetensors"))
+    saved = read_weights(tmp_path / "saved.safetensors")
+    (run_dir / "weights.safetensors").unlink()
+    ok(run_train(tiny_args(shapes_dir, run_dir, *args, "run.seed=1"), nproc=1))  # resumes after its last epoch
+    after_load = read_weights(run_dir / "weights.safetensors")
+    assert saved.keys() == after_load.keys() and all(torch.equal(saved[k], after_load[k]) for k in saved)
+
+
 def test_a_damaged_newest_checkpoint_at_another_process_count_falls_back_to_the_previous_one(shapes_dir, tmp_path):
     """The conversion of the newest checkpoint fails on rank 0 (a truncated shard): every rank agrees it is
     unreadable, and the run resumes from the checkpoint before it, at the new count."""
