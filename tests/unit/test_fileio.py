@@ -124,3 +124,26 @@ def test_replace_dir_over_a_missing_target(tmp_path):
     (src / "a").write_text("a")
     fileio.replace_dir(src, tmp_path / "step_5")
     assert os.listdir(tmp_path) == ["step_5"] and (tmp_path / "step_5" / "a").read_text() == "a"
+
+
+def test_the_holder_of_a_run_directory_owns_its_temporaries_whatever_pid_they_name(tmp_path):
+    """Under the writer lock a pid in a temporary's name says nothing (it may be another node's): removed, unless
+    it is a fresh one of another live process here (an export writing into the run directory)."""
+    import subprocess
+    import sys
+    import time
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        old = tmp_path / f".weights.{live.pid}-0123abcd.tmp.safetensors"
+        fresh = tmp_path / f".config.{live.pid}-4567cdef.tmp.yaml"
+        own = tmp_path / f".metrics.{os.getpid()}-89abcdef.tmp.jsonl"
+        for path in (old, fresh, own):
+            path.write_text("half")
+        os.utime(old, (time.time() - 120, time.time() - 120))
+        assert fileio.clean_leftovers(tmp_path) == []  # by pid alone: every writer is alive
+        assert sorted(fileio.clean_leftovers(tmp_path, owned=True)) == sorted([old.name, own.name])
+        assert fresh.exists()
+    finally:
+        live.kill()
+        live.wait()

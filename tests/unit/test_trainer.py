@@ -92,3 +92,21 @@ def test_an_ema_started_on_resume_from_a_checkpoint_without_one_is_the_one_that_
     resumed.train_one_epoch(1)
     assert resumed.state.step == 12
     assert resumed.ema is ema and int(ema.n_averaged) == 6  # the evaluated, checkpointed EMA saw every step
+
+
+def test_a_metrics_write_that_fails_is_kept_for_the_agreement_not_raised_on_rank_0_alone(tmp_path):
+    """Raised on rank 0 alone, the others would wait in the next step: the first failure is kept (naming the
+    file), later writes are skipped, and the trainer raises it where every rank agrees (its next checkpoint)."""
+    import errno
+
+    from visiontrain.train.logs import MetricsLog
+
+    path = tmp_path / "gone" / "metrics.jsonl"
+    metrics = MetricsLog(path, world_size=2, enabled=True)
+    record = metrics.write("train", step=1, loss=0.5)
+    assert record["loss"] == 0.5 and metrics.failure is not None
+    assert metrics.failure.errno == errno.ENOENT and metrics.failure.filename == str(path)
+    first = metrics.failure
+    (tmp_path / "gone").mkdir()
+    metrics.write("train", step=2, loss=0.4)
+    assert metrics.failure is first and not path.exists()
