@@ -23,6 +23,7 @@ from torch import nn
 
 from visiontrain.checkpoint import weights_only_loading
 from visiontrain.infra.errors import UsageError
+from visiontrain.parallel.runtime import Runtime, raise_if_any_rank_failed
 
 UNIVERSAL_DIR = ".universal"
 
@@ -58,7 +59,6 @@ def convert(checkpoint: Path, model: nn.Module) -> Path:
     from deepspeed.checkpoint import ds_to_universal
 
     _check_names(checkpoint, set(model.state_dict()))
-
     parent = checkpoint.parent / UNIVERSAL_DIR
     shutil.rmtree(parent, ignore_errors=True)  # a conversion cut short by a kill
     parent.mkdir()
@@ -111,13 +111,11 @@ def restore_zero3_groups(optimizer: torch.optim.Optimizer, universal: Path) -> N
             state["step"] = state["step"].clone()
 
 
-def restore_rest(model: nn.Module, checkpoint: Path, stage: int, runtime) -> None:
+def restore_rest(model: nn.Module, checkpoint: Path, stage: int, runtime: Runtime) -> None:
     """Buffers (BatchNorm statistics) and frozen parameters from the original checkpoint, which the universal
     load leaves out. Rank 0 reads them (one copy of the model in host memory, not one per process) and sends
     them: buffers by broadcast, frozen parameters through ZeRO-3's gather with rank 0 as the writer."""
     import deepspeed
-
-    from visiontrain.parallel.runtime import raise_if_any_rank_failed
 
     saved, error = {}, None
     if runtime.is_main:
