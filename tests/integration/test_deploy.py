@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -346,6 +348,23 @@ def test_bad_int8_flags_are_one_line_exit_2_and_nothing_written(cifar_run, tmp_p
     fmt = [] if "--format" in argv else ["--format", "onnx"]
     code, _, err = cli(export_main, [str(cifar_run), *fmt, *argv, "--out", str(out)], capsys)
     assert expected in one_line(code, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_keep_float_is_one_line_even_after_another_command_logged_at_info(cifar_run, tmp_path, capsys):
+    # In one process (a notebook, these tests) an earlier command may have set the root logger to INFO with a
+    # handler on stderr: the ONNX optimizer's INFO lines and the calibration line must still not appear.
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    root.handlers[:] = [logging.StreamHandler(sys.stderr)]
+    root.setLevel(logging.INFO)
+    try:
+        code, _, err = cli(export_main, [str(cifar_run), "--format", "onnx", "--quantize", "int8", "--keep-float",
+                                         "NoSuchOp", "--out", str(tmp_path / "m.onnx")], capsys)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+    assert "--keep-float 'NoSuchOp' is neither an op type" in one_line(code, err)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -265,6 +265,7 @@ def default_out(source: Path, trained: TrainedModel, fmt: str, precision: str) -
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger().setLevel(logging.WARNING)  # also when a caller configured logging before
     log.setLevel(logging.INFO)  # ours only: the ONNX optimizer logs every pass at INFO
     source = Path(args.source)
     use_threads()

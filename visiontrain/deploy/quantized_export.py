@@ -128,16 +128,16 @@ def export_quantized(args, trained: TrainedModel, target: Path, final: Path, fp3
     base = q.QuantSettings(args.quantize, args.calibration_method or "minmax", args.weight_granularity,
                            q.reduce_range_for(args.reduce_range), tuple(args.keep_float or ()))
     tries = q.search_space(base) if args.search else [base]
-    calibration = None
-    if args.quantize == "int8":
-        calibration = (calibration_from_files(args.calibration_images, trained, args.calibration)
-                       if args.calibration_images else calibration_from_run(trained, args.calibration,
-                                                                            args.calibration_seed))
-        log.info("quantize: calibrating on %d images (%s)", calibration.count, calibration.source)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=final.parent) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         q.prepare(fp32, prepared)
-        q.resolve_keep_float(prepared, base.keep_float, base.mode)  # a bad name fails before any calibration
+        q.resolve_keep_float(prepared, base.keep_float, base.mode)  # a bad name fails before any image is read
+        calibration = None
+        if args.quantize == "int8":
+            calibration = (calibration_from_files(args.calibration_images, trained, args.calibration)
+                           if args.calibration_images else calibration_from_run(trained, args.calibration,
+                                                                                args.calibration_seed))
+            log.info("quantize: calibrating on %d images (%s)", calibration.count, calibration.source)
         candidates = []
         for number, settings in enumerate(tries):
             path = Path(scratch) / f"int8_{number}.onnx"
