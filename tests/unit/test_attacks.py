@@ -16,6 +16,7 @@ from visiontrain.robust.attacks import (
     apgd_checkpoints,
     dlr_losses,
     losses_for,
+    noisy_fgsm,
     parse_pixels,
     pgd,
 )
@@ -123,6 +124,39 @@ def test_fgsm_with_a_random_start_is_one_signed_gradient_step_from_the_start(rea
     assert torch.equal(pgd(loss_of, pixels, EPS, 1.25 * EPS, 1, True, generator_for(CPU, 5)), by_hand)
 
 
+def test_n_fgsm_is_one_step_from_twice_wider_noise_not_projected_back_into_the_ball(real_batch, fitted):
+    pixels_from_files, images, labels = real_batch
+    s = space()
+    pixels = s.to_pixels(images)
+    loss_of = losses_only(fitted, s, labels)
+    adversarial = noisy_fgsm(loss_of, pixels, 2 * EPS, EPS, generator_for(CPU, 5))
+    start = pgd(loss_of, pixels, 2 * EPS, 0, 0, True, generator_for(CPU, 5))  # the same draw, 2 eps wide
+    x = start.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(loss_of(x).sum(), x)
+    assert torch.equal(adversarial, (start + EPS * grad.sign()).clamp(0, 1))
+    distance = (adversarial - pixels_from_files).abs()
+    assert distance.max() <= 3 * EPS + 1e-5 and distance.max() > 2 * EPS  # beyond the eps-ball: no projection
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    with torch.no_grad():
+        attacked = F.cross_entropy(fitted(s.to_inputs(adversarial)), labels)
+        noise_only = F.cross_entropy(fitted(s.to_inputs(start)), labels)
+    assert attacked > noise_only + 0.3
+
+
+def test_adversarial_defaults_per_method():
+    from visiontrain.config import load_config
+
+    def adversarial(*overrides):
+        return load_config(None, list(overrides)).adversarial
+
+    n_fgsm = adversarial("adversarial.method=n_fgsm")
+    assert (n_fgsm.step_size, n_fgsm.noise_width, n_fgsm.attack_steps) == pytest.approx((EPS, 2 * EPS, 1))
+    assert adversarial("adversarial.method=n_fgsm", "adversarial.noise=4/255").noise_width == pytest.approx(4 / 255)
+    fgsm = adversarial("adversarial.method=fgsm_rs")
+    assert (fgsm.step_size, fgsm.attack_steps) == pytest.approx((1.25 * EPS, 1))
+    assert adversarial("adversarial.method=pgd").step_size == pytest.approx(2.5 * EPS / 7)
+
+
 def test_random_starts_follow_the_seed(real_batch, fitted):
     _, images, labels = real_batch
     s = space()
@@ -207,7 +241,10 @@ def test_under_bf16_autocast_the_attack_still_raises_the_loss(real_batch, fitted
     (["adversarial.method=pgd", "adversarial.epsilon=2"], "'adversarial.epsilon' = '2' is invalid"),
     (["adversarial.method=pgd", "adversarial.alpha=-1/255"], "'adversarial.alpha' = '-1/255' is invalid"),
     (["adversarial.method=pgd", "adversarial.steps=0"], "'adversarial.steps' = 0 is invalid: must be >= 1"),
-    (["adversarial.method=fgsm"], "allowed none, fgsm_rs, pgd (did you mean 'fgsm_rs'?)"),
+    (["adversarial.method=fgsm"], "allowed none, fgsm_rs, n_fgsm, pgd (did you mean"),
+    (["adversarial.method=fgsm_rs", "adversarial.noise=16/255"], "'adversarial.noise' = '16/255' is invalid: "
+                                                                 "applies to method=n_fgsm only"),
+    (["adversarial.method=n_fgsm", "adversarial.noise=0"], "'adversarial.noise' = '0' is invalid: in (0, 1]"),
     (["adversarial.method=pgd", "adversarial.collapse_drop=0"], "'adversarial.collapse_drop' = 0.0 is invalid"),
     (["train.monitor=robust_top1"], "robust_top1 is measured by adversarial training's check"),
     (["adversarial.method=pgd", "parallel.strategy=deepspeed",
@@ -233,3 +270,19 @@ def test_a_bad_epsilon_stops_train_py_with_one_line_and_exit_2(tmp_path):
                              f"run.dir={tmp_path / 'run'}", "--check", "1"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "adversarial.epsilon" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_training_with_n_fgsm_attacks_each_batch_with_its_seeded_noise(real_batch, fitted):
+    from visiontrain.config import load_config
+    from visiontrain.robust.evaluation import SALT_TRAIN
+    from visiontrain.robust.training import AdversarialBatches
+
+    _, images, labels = real_batch
+    cfg = load_config(None, ["adversarial.method=n_fgsm", "adversarial.noise=12/255"]).adversarial
+    adversary = AdversarialBatches(cfg, fitted, CIFAR10_MEAN, CIFAR10_STD, CPU, seed=3, rank=1)
+    s = space()
+    expected = noisy_fgsm(losses_only(fitted, s, labels), s.to_pixels(images), 12 / 255, EPS,
+                          generator_for(CPU, 3, SALT_TRAIN, 2, 5, 1))
+    attacked = adversary(images, labels, epoch=2, micro=5)
+    assert torch.allclose(attacked, s.to_inputs(expected), atol=1e-6)
+    assert not torch.allclose(adversary(images, labels, epoch=2, micro=6), attacked)  # another batch, other noise

@@ -20,6 +20,7 @@ from visiontrain.infra.errors import TrainingFailed, UsageError
 from visiontrain.infra.fileio import write_json, write_text
 
 METHODS = {"standard": ["adversarial.method=none"], "fgsm_rs": ["adversarial.method=fgsm_rs"],
+           "n_fgsm": ["adversarial.method=n_fgsm"],
            "pgd7": ["adversarial.method=pgd", "adversarial.steps=7"]}
 
 

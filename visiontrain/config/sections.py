@@ -343,12 +343,15 @@ class AdversarialConfig(Section):
 
     section = "adversarial"
     # none | fgsm_rs (one signed-gradient step from a random start: "Fast is better than free") |
+    # n_fgsm (one step from wider noise, not projected: "Make Some Noise", de Jorge et al.) |
     # pgd (steps of projected gradient ascent: Madry et al.)
-    method: str = choice("none", ("none", "fgsm_rs", "pgd"))
+    method: str = choice("none", ("none", "fgsm_rs", "n_fgsm", "pgd"))
     # Radius of the L-infinity ball, in [0, 1] pixels (a number or a fraction: 8/255); the attack moves
     # pixels, the model reads them normalized with data.mean / data.std
     epsilon: str = "8/255"
-    alpha: str = ""  # step size in pixels; empty: 1.25 x epsilon for fgsm_rs, 2.5 x epsilon / steps for pgd
+    # Step size in pixels; empty: 1.25 x epsilon for fgsm_rs, epsilon for n_fgsm, 2.5 x epsilon / steps for pgd
+    alpha: str = ""
+    noise: str = ""  # n_fgsm: half-width of its uniform noise, in pixels; empty: 2 x epsilon
     steps: int = 7  # pgd: gradient steps per batch
     random_start: bool = True  # pgd: start from a uniform draw in the ball (fgsm_rs always does)
     # Every evaluation, PGD accuracy on about this many training images (a seeded draw from the training
@@ -364,8 +367,8 @@ class AdversarialConfig(Section):
     def check(self) -> None:
         from visiontrain.robust.attacks import parse_pixels
 
-        for name in ("epsilon", "alpha"):
-            if name == "alpha" and not self.alpha:
+        for name in ("epsilon", "alpha", "noise"):
+            if name != "epsilon" and not getattr(self, name):
                 continue
             try:
                 value = parse_pixels(getattr(self, name), f"adversarial.{name}")
@@ -374,6 +377,7 @@ class AdversarialConfig(Section):
             self.require(0 < value <= 1, name, "in (0, 1] pixels: a number or a "
                                                "fraction such as 8/255")
         self.require(self.steps >= 1, "steps", "must be >= 1")
+        self.require(not self.noise or self.method == "n_fgsm", "noise", "applies to method=n_fgsm only")
         self.require(self.check_images >= 0, "check_images", "must be >= 0 (0 = off)")
         self.require(self.check_steps >= 1, "check_steps", "must be >= 1")
         self.require(0 < self.collapse_drop <= 100, "collapse_drop", "points of top-1, in (0, 100]")
@@ -394,11 +398,17 @@ class AdversarialConfig(Section):
 
         if self.alpha:
             return parse_pixels(self.alpha, "adversarial.alpha")
-        return 1.25 * self.eps if self.method == "fgsm_rs" else 2.5 * self.eps / self.steps
+        return {"fgsm_rs": 1.25 * self.eps, "n_fgsm": self.eps}.get(self.method, 2.5 * self.eps / self.steps)
+
+    @property
+    def noise_width(self) -> float:
+        from visiontrain.robust.attacks import parse_pixels
+
+        return parse_pixels(self.noise, "adversarial.noise") if self.noise else 2 * self.eps
 
     @property
     def attack_steps(self) -> int:
-        return 1 if self.method == "fgsm_rs" else self.steps
+        return 1 if self.method in ("fgsm_rs", "n_fgsm") else self.steps
 
     @property
     def checks(self) -> bool:

@@ -16,6 +16,9 @@ attack is a pure function of its inputs and that generator's seed.
 
 - `pgd`: Madry et al. 2018; `steps=1, random_start=True, alpha=1.25 eps` is FGSM with a random start
   ("Fast is better than free", Wong, Rice and Kolter 2020).
+- `noisy_fgsm`: N-FGSM (de Jorge et al. 2022, "Make Some Noise"): one signed-gradient step from a start drawn
+  in a ball twice as wide, and no projection back into the epsilon-ball, which keeps single-step training
+  from the catastrophic overfitting FGSM with a random start suffers at larger steps and longer schedules.
 - `apgd`: Croce and Hein 2020 (AutoAttack's APGD): momentum 0.75, the step size halved at checkpoints
   where the loss stopped rising, restarting from the best point; losses `ce` or `dlr` (the
   difference-of-logits ratio, invariant to the logits' scale, which masks gradients of CE less often).
@@ -116,6 +119,16 @@ def pgd(loss_of: LossOf, pixels: torch.Tensor, eps: float, alpha: float, steps: 
         first.see(adversarial, correct)
         adversarial = _project(pixels, adversarial + alpha * grad.sign(), eps)
     return first.result(adversarial).detach()
+
+
+def noisy_fgsm(loss_of: LossOf, pixels: torch.Tensor, noise: float, alpha: float,
+               generator: torch.Generator | None = None, loss_scale: float = 1.0) -> torch.Tensor:
+    """N-FGSM: a uniform draw in the `noise`-ball (the paper's 2 x epsilon), then one signed-gradient step of
+    `alpha` (epsilon), kept inside [0, 1] only: the perturbation may reach `noise + alpha`. A training attack."""
+    pixels = pixels.detach()
+    start = uniform_start(pixels, noise, generator)
+    _, grad, _ = _gradient(loss_of, start, loss_scale)
+    return (start + alpha * grad.sign()).clamp_(0, 1).detach()
 
 
 def dlr_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

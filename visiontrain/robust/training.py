@@ -1,7 +1,7 @@
 """Adversarial training: each training micro-batch replaced by its attack before the step.
 
     pixels      = images * std + mean                        (the loader's normalized batch, back to [0, 1])
-    adversarial = pgd(loss of the model, pixels, eps, alpha, steps, start)   (attacks.py)
+    adversarial = pgd(loss of the model, pixels, eps, alpha, steps, start)   (attacks.py; n_fgsm: noisy_fgsm)
     the step then trains on normalize(adversarial), as on any batch (train/step.py)
 
 Choices, as the references make them:
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visiontrain.config import AdversarialConfig
-from visiontrain.robust.attacks import FP16_LOSS_SCALE, PixelSpace, pgd
+from visiontrain.robust.attacks import FP16_LOSS_SCALE, PixelSpace, noisy_fgsm, pgd
 from visiontrain.robust.evaluation import SALT_TRAIN, generator_for
 from visiontrain.train.mixing import soft_target_losses
 
@@ -43,6 +43,7 @@ class AdversarialBatches:
         self.space = PixelSpace(mean, std, device)
         self.eps, self.alpha, self.steps = cfg.eps, cfg.step_size, cfg.attack_steps
         self.random_start = cfg.method == "fgsm_rs" or cfg.random_start
+        self.noise = cfg.noise_width if cfg.method == "n_fgsm" else None
         self.autocast, self.loss = autocast, loss
         self.loss_scale = FP16_LOSS_SCALE if fp16 else 1.0
 
@@ -56,6 +57,10 @@ class AdversarialBatches:
             return soft_target_losses(logits, targets, self.loss)
 
         generator = generator_for(self.device, self.seed, SALT_TRAIN, epoch, micro, self.rank)
-        adversarial = pgd(loss_of, self.space.to_pixels(images), self.eps, self.alpha, self.steps,
-                          self.random_start, generator, self.loss_scale)
+        pixels = self.space.to_pixels(images)
+        if self.noise is not None:
+            adversarial = noisy_fgsm(loss_of, pixels, self.noise, self.alpha, generator, self.loss_scale)
+        else:
+            adversarial = pgd(loss_of, pixels, self.eps, self.alpha, self.steps, self.random_start, generator,
+                              self.loss_scale)
         return self.space.to_inputs(adversarial, images.dtype)
