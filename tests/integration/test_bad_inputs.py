@@ -379,10 +379,14 @@ def test_when_only_rank_0_cannot_write_its_checkpoint_every_rank_ends_within_sec
                 for other in tasks:
                     os.killpg(other.pid, 9)
                 pytest.fail("a rank was still waiting 90 s after rank 0 failed to write")
-        (out0, err0), (out1, err1) = ended
-        assert tasks[0].returncode == 2 and "no space left on the device" in err0, err0[-3000:]
-        assert tasks[1].returncode == 2 and "Traceback" not in err1, err1[-3000:]
-        assert "failed while writing" in err1 and err1.count("error: ") == 1, err1[-3000:]
+        errs = [err for _, err in ended]
+        assert [task.returncode for task in tasks] == [2, 2], errs[0][-3000:] + errs[1][-3000:]
+        assert all("Traceback" not in err and err.count("error: ") == 1 for err in errs), errs
+        if strategy == "ddp":  # rank 0 alone writes: it names the disk, rank 1 its failure
+            assert "no space left on the device" in errs[0] and "rank 0 failed while writing" in errs[1], errs
+        else:  # each rank writes its optimizer shard: whichever met the full disk names it, the other its failure
+            assert any("no space left on the device" in err for err in errs), errs
+            assert all("no space left on the device" in err or "failed while writing" in err for err in errs), errs
         saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith("zero_to_"))
         assert saved == ["best.pt" if strategy == "ddp" else "best", first.name], saved  # nothing partial
         events = read_jsonl(run_dir / "metrics.jsonl")

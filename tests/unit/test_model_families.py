@@ -243,6 +243,34 @@ def test_images_smaller_than_an_architecture_takes_are_refused_before_it_fails_i
         assert model(torch.zeros(1, 3, 75, 75)).shape == (1, 10)  # the minimum really runs
 
 
+def test_a_size_the_architecture_fails_on_is_one_line_naming_the_key_and_changes_nothing():
+    from visiontrain.config import load_config
+    from visiontrain.models.size_check import check_image_sizes, image_sizes
+
+    model = build_model(ModelConfig(name="timm/inception_v3", num_classes=10))  # timm states no minimum
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sizes = {96: "config key 'data.image_size'", 64: "config key 'data.val_image_size'"}
+    with pytest.raises(UsageError, match=r"^config key 'data.val_image_size' = 64 is invalid: timm/inception_v3 "
+                                         r"fails on one 64 px image \(RuntimeError: .+\); use a size the "
+                                         r"architecture takes$"):
+        check_image_sizes(model, "timm/inception_v3", sizes, built_for=299)
+    check_image_sizes(model, "timm/inception_v3", {75: "config key 'data.image_size'"}, built_for=299)
+    check_image_sizes(model, "timm/inception_v3", sizes, built_for=32)  # at or above the built size: not probed
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    def sizes_of(*overrides):
+        return image_sizes(load_config(None, list(overrides)))
+
+    assert sizes_of("data.image_size=80", "data.val_image_size=96") == {
+        80: "config key 'data.image_size'", 96: "config key 'data.val_image_size'"}
+    assert sizes_of("data.loader=random", "data.image_size=224") == {224: "config key 'data.image_size'"}
+    progressive = sizes_of("data.image_size=80", "data.val_image_size=224", "data.progressive_resizing=true",
+                           "data.min_res=160", "data.max_res=200", "data.ramp_start_epoch=1", "data.ramp_end_epoch=3",
+                           "train.epochs=5", "data.loader=ffcv", "data.recipe=imagenet")
+    # the schedule's sizes, rounded down to data.res_multiple (32): 160, 160, 160, 192, 192; not image_size's 80
+    assert sorted(progressive) == [160, 192, 224] and "epoch 3" in progressive[192]
+
+
 def test_reserved_kwargs_point_to_the_projects_own_keys():
     with pytest.raises(UsageError, match="'model.kwargs.pretrained' is invalid .* set finetune.init_from"):
         build_model(ModelConfig(name="timm/resnet10t", kwargs={"pretrained": True}))

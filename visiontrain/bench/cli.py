@@ -83,8 +83,8 @@ def main(argv: list[str]) -> int:
     add_deploy_arguments(deploy)
     recipes = sub.add_parser("recipes", help="the CIFAR-10 recipe table: val top-1 over seeds, training seconds")
     add_recipe_arguments(recipes)
-    robustness = sub.add_parser("robustness", help="standard, FGSM-RS and PGD-7 training: clean and robust top-1, "
-                                                   "training time")
+    robustness = sub.add_parser("robustness", help="standard, FGSM-RS, N-FGSM and PGD-7 training: clean and "
+                                                   "robust top-1, training time")
     add_robustness_arguments(robustness)
     pruning = sub.add_parser("pruning", help="a sweep with successive halving vs full-budget random search: best "
                                              "val top-1 against CPU hours")

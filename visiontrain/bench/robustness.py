@@ -1,10 +1,11 @@
-"""`python -m visiontrain bench robustness --data DIR`: standard, FGSM-RS and PGD-7 training side by side.
+"""`python -m visiontrain bench robustness --data DIR`: standard, FGSM-RS, N-FGSM and PGD-7 training side by side.
 
 Each method trains `configs/cifar10/adversarial.yaml` (or --config) on --train-images of the training split
 with train.py, as a user runs it; its final weights are then attacked by `evaluate --attack pgd` (PGD-20) and
 `evaluate --attack apgd` (APGD-CE + APGD-DLR) on the validation split. The table gives clean top-1, both robust
-top-1s and the training time. `--collapse-epsilon 16/255` adds an FGSM-RS run at that epsilon, where fast
-adversarial training is known to overfit catastrophically, to show whether the robustness check stopped it.
+top-1s and the training time. `--collapse-epsilon 16/255` adds a run of each single-step method chosen (FGSM-RS,
+N-FGSM) at that epsilon, where FGSM-RS is known to overfit catastrophically, to show whether the robustness
+check stopped it (and whether N-FGSM's wider noise avoided it).
 Runs and evaluations already done in --out are kept (rerun the command to continue an interrupted table).
 """
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pgd-images", type=int, default=1000, help="validation images attacked by PGD-20")
     parser.add_argument("--apgd-images", type=int, default=500, help="validation images attacked by APGD")
     parser.add_argument("--apgd-steps", type=int, default=50)
-    parser.add_argument("--collapse-epsilon", help="also an FGSM-RS run at this epsilon (e.g. 16/255)")
+    parser.add_argument("--collapse-epsilon", help="also a run of each single-step method at this epsilon (16/255)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/robustness"))
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
 
@@ -60,8 +61,10 @@ def run_table(args: argparse.Namespace, command: str) -> dict:
               "log.progress_bar=false", *args.overrides]
     runs = [(name, METHODS[name]) for name in args.methods]
     if args.collapse_epsilon:
-        runs.append((f"fgsm_rs_eps{args.collapse_epsilon.replace('/', '_')}",
-                     ["adversarial.method=fgsm_rs", f"adversarial.epsilon={args.collapse_epsilon}"]))
+        for method in ("fgsm_rs", "n_fgsm"):
+            if method in args.methods:
+                runs.append((f"{method}_eps{args.collapse_epsilon.replace('/', '_')}",
+                             [f"adversarial.method={method}", f"adversarial.epsilon={args.collapse_epsilon}"]))
     rows = []
     for name, overrides in runs:
         run_dir = args.out / name

@@ -353,7 +353,7 @@ class AdversarialConfig(Section):
     alpha: str = ""
     noise: str = ""  # n_fgsm: half-width of its uniform noise, in pixels; empty: 2 x epsilon
     steps: int = 7  # pgd: gradient steps per batch
-    random_start: bool = True  # pgd: start from a uniform draw in the ball (fgsm_rs always does)
+    random_start: bool = True  # pgd only: start from a uniform draw in the ball (fgsm_rs and n_fgsm always do)
     # Every evaluation, PGD accuracy on about this many training images (a seeded draw from the training
     # split, evaluation preprocessing, BN in eval mode): logged as val robust_top1, train.monitor=robust_top1
     # keeps the best-robust checkpoint. 0 = off

@@ -265,8 +265,17 @@ def default_out(source: Path, trained: TrainedModel, fmt: str, precision: str) -
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger().setLevel(logging.WARNING)  # also when a caller configured logging before
-    log.setLevel(logging.INFO)  # ours only: the ONNX optimizer logs every pass at INFO
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # also when a caller configured INFO before: the ONNX optimizer logs every pass
+    log.setLevel(logging.INFO)  # ours only
+    try:
+        return _export(args)
+    finally:
+        root.setLevel(level)
+
+
+def _export(args: argparse.Namespace) -> int:
     source = Path(args.source)
     use_threads()
     trained = load_trained(source, args.ema, args.config, args.overrides, key="source")

@@ -23,7 +23,8 @@ from visiontrain.config import Config, load_config
 from visiontrain.data import build_data
 from visiontrain.data.base import DataBundle
 from visiontrain.infra.errors import UsageError
-from visiontrain.models import build_model, spec_of
+from visiontrain.models import build_model, family_of, input_size_of, spec_of
+from visiontrain.models.size_check import check_image_sizes, image_sizes
 from visiontrain.parallel.batch_plan import BatchPlan
 from visiontrain.parallel.launchers import detect_launch
 from visiontrain.parallel.runtime import Runtime, init_runtime, shutdown
@@ -87,7 +88,10 @@ def build_run(cfg: Config, model: nn.Module | None = None, runtime: Runtime | No
         from visiontrain.robust.check import RobustCheck
 
         check = RobustCheck(cfg, runtime, plan, data.train_samples)
-    model = model if model is not None else build_model(cfg.model)
+    if model is None:
+        model = build_model(cfg.model)
+        if family_of(cfg.model.name) is not None:  # a library architecture: does it take the run's sizes?
+            check_image_sizes(model, cfg.model.name, image_sizes(cfg), input_size_of(cfg.model.name, cfg.model.kwargs))
     init_from_training_images(model, data.train)
     init = finetune.prepare_model(model, spec_of(cfg.model.name), cfg.finetune)  # finetune.init_from, finetune.freeze
     check_trainable(model, cfg.optim)
