@@ -133,13 +133,15 @@ def test_zero_shards_resume_at_another_process_count(shapes_dir, tmp_path, stage
     for world in new_worlds:
         resumed, loaded = tmp_path / f"resumed{world}", tmp_path / f"loaded{world}"
         shutil.copytree(stopped, resumed)
-        shutil.copytree(stopped, loaded)
         result = ok(run_train(args(resumed), nproc=world))
         assert f"resumed ZeRO-{stage} shards of {saved_world} processes on {world}" in result.stderr
         assert read_json(resumed / "summary.json")["world_size"] == world
         assert not (resumed / "checkpoints" / ".universal").exists()
         assert len(losses(resumed)) == len(losses(reference)) == 32
         assert losses(resumed)[16:] == pytest.approx(losses(reference)[16:], rel=1e-6)
+        if world != new_worlds[0]:
+            continue  # the load itself is checked once per stage: the same conversion at any count (time)
+        shutil.copytree(stopped, loaded)
         ok(run_train(args(loaded, "train.epochs=1"), nproc=world))  # loads epoch 1's checkpoint, trains nothing
         after_load = read_weights(loaded / "weights.safetensors")
         assert saved.keys() == after_load.keys() and all(torch.equal(saved[k], after_load[k]) for k in saved)

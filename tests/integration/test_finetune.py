@@ -26,7 +26,8 @@ TRANSFER_MARGIN = 20.0
 
 
 def args(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["-c", "configs/demo/train.yaml", "data.loader=torchvision", f"data.path={data}", f"run.dir={run_dir}",
+    # The device loader keeps the decoded images in memory: the many short runs here do not decode each epoch.
+    return ["-c", "configs/demo/train.yaml", "data.loader=device", f"data.path={data}", f"run.dir={run_dir}",
             "data.num_workers=0",
             "data.image_size=24", "data.val_image_size=24", "log.progress_bar=false", "log.tensorboard=false",
             "log.plots=false", *extra]
