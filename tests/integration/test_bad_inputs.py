@@ -393,6 +393,30 @@ def test_when_only_rank_0_cannot_write_its_checkpoint_every_rank_ends_within_sec
         assert [e["step"] for e in events if e["event"] == "checkpoint"] == [6] and events[-1]["event"] == "val"
 
 
+def test_when_rank_0_cannot_write_the_final_report_every_rank_ends_with_one_line(shapes_dir, tmp_path):
+    """After the last checkpoint rank 0 alone writes the evaluation report, the weights and the summary: a
+    failure there (a file where the report's directory goes) ends the other rank at once, naming it, instead
+    of leaving it in the next collective until the process-group timeout (set long here)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "eval").write_text("a file where the report directory goes\n")
+    tasks = _srun_like_tasks(tiny(shapes_dir, run_dir, "parallel.timeout=600"), 2, free_port())
+    try:
+        ended = [task.communicate(timeout=120) for task in tasks]
+    except subprocess.TimeoutExpired:
+        pytest.fail("a rank was still waiting 120 s into a one-epoch run")
+    finally:
+        for task in tasks:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(task.pid, signal.SIGKILL)
+    (_, err0), (_, err1) = ended
+    assert [task.returncode for task in tasks] == [2, 2], err0[-2000:] + err1[-2000:]
+    assert all("Traceback" not in err and err.count("error: ") == 1 for err in (err0, err1)), (err0, err1)
+    assert f"cannot use {run_dir / 'eval'}" in err0
+    assert "rank 0 failed while writing the evaluation report (exit 2)" in err1
+    assert any(p.name.startswith("step_") for p in (run_dir / "checkpoints").iterdir())  # the epoch is kept
+
+
 def test_a_rank_that_stops_answering_ends_the_others_after_parallel_timeout(trained, shapes_dir, tmp_path):
     """A node that vanishes without closing its connections, played by a stopped process: the other rank gives up
     after parallel.timeout seconds with one line, not after torch's 30 minutes."""

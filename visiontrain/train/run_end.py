@@ -20,7 +20,7 @@ from visiontrain.evaluate.metrics import collect_predictions
 from visiontrain.evaluate.report import plot_curves, write_report
 from visiontrain.infra.environment import environment
 from visiontrain.infra.fileio import write_json
-from visiontrain.parallel.runtime import Runtime, all_gather_objects, average_buffers
+from visiontrain.parallel.runtime import Runtime, all_gather_objects, average_buffers, raise_if_any_rank_failed
 from visiontrain.train.best import BestState
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,17 @@ def write_final_report(end: RunEnd) -> None:
     """The evaluation report of the final weights, in RUN_DIR/eval/ (python -m visiontrain evaluate's)."""
     predictions = collect_predictions(end.eval_model, end.val_loader, end.autocast, end.runtime.world_size,
                                       end.prepare_inputs, tta=end.cfg.train.tta)
+    error = None
     if end.runtime.is_main:
         out = end.run_dir / "eval"
-        write_report(out, predictions, end.class_names,
-                     {"weights": str(end.run_dir), "data": end.cfg.data.path, "split": "val",
-                      "tta": end.cfg.train.tta})
-        log.info("evaluation report: %s", out / "report.md")
+        try:
+            write_report(out, predictions, end.class_names,
+                         {"weights": str(end.run_dir), "data": end.cfg.data.path, "split": "val",
+                          "tta": end.cfg.train.tta})
+            log.info("evaluation report: %s", out / "report.md")
+        except Exception as err:  # the others are about to enter a collective: they learn it there, not later
+            error = err
+    raise_if_any_rank_failed(error, end.runtime, "writing the evaluation report")
 
 
 def finish_run(end: RunEnd) -> dict[str, Any]:
@@ -91,16 +96,21 @@ def finish_run(end: RunEnd) -> dict[str, Any]:
                                 "socket_interface": runtime.socket_interface, "params_sha256": digest(weights),
                                 "train_samples_per_epoch": end.samples_per_epoch}, runtime.world_size)
     summary: dict[str, Any] = {}
+    error = None
     if runtime.is_main:
-        about = {"model": cfg.model.name, "num_classes": str(cfg.model.num_classes), "width": str(cfg.model.width)}
-        export_weights(weights, run_dir / "weights.safetensors", about)
-        if end.ema_model is not None:
-            export_weights(plain_state_dict(end.ema_model), run_dir / "weights_ema.safetensors", about)
-        summary = _summary(end, ranks)
-        write_json(run_dir / "summary.json", summary)
-        if cfg.log.plots:
-            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-    runtime.barrier()
+        try:
+            about = {"model": cfg.model.name, "num_classes": str(cfg.model.num_classes),
+                     "width": str(cfg.model.width)}
+            export_weights(weights, run_dir / "weights.safetensors", about)
+            if end.ema_model is not None:
+                export_weights(plain_state_dict(end.ema_model), run_dir / "weights_ema.safetensors", about)
+            summary = _summary(end, ranks)
+            write_json(run_dir / "summary.json", summary)
+            if cfg.log.plots:
+                plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        except Exception as err:  # a full disk: every rank ends with it (this all-reduce is the final barrier)
+            error = err
+    raise_if_any_rank_failed(error, runtime, "writing the final weights and summary")
     return summary
 
 
