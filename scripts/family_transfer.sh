@@ -60,8 +60,12 @@ from pathlib import Path
 out = Path(sys.argv[1])
 
 
-def summaries(model: Path, kind: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(model.glob(f"{kind}_seed*/summary.json"))]
+def summaries(model: Path, kind: str) -> dict[int, dict]:
+    """seed -> summary.json of the finished runs of this kind"""
+    found = {}
+    for path in model.glob(f"{kind}_seed*/summary.json"):
+        found[int(path.parent.name.rpartition("_seed")[2])] = json.loads(path.read_text())
+    return found
 
 
 def spread(values: list[float]) -> str:
@@ -72,9 +76,11 @@ rows = ["| model | parameters | pretrain, 50 % of 0-4 | seeds | scratch, 1 % of 
         "gain per seed | minutes (pre / ft / scratch) |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
 for model in sorted(p for p in out.iterdir() if (p / "pretrain" / "summary.json").is_file()):
     pre = json.loads((model / "pretrain" / "summary.json").read_text())
-    fine, scratch = summaries(model, "finetune"), summaries(model, "scratch")
-    if not fine or len(fine) != len(scratch):
+    fine_by_seed, scratch_by_seed = summaries(model, "finetune"), summaries(model, "scratch")
+    seeds = sorted(fine_by_seed.keys() & scratch_by_seed.keys())  # a gain compares runs of the same seed
+    if not seeds:
         continue
+    fine, scratch = [fine_by_seed[s] for s in seeds], [scratch_by_seed[s] for s in seeds]
     top1 = {kind: [s["final"]["top1"] for s in runs] for kind, runs in (("fine", fine), ("scratch", scratch))}
     gains = [f - s for f, s in zip(top1["fine"], top1["scratch"])]
     minutes = " / ".join(f"{statistics.mean(s['wall_time_s'] for s in runs) / 60:.1f}" for runs in ([pre], fine, scratch))

@@ -139,8 +139,8 @@ def test_zero_shards_resume_at_another_process_count(shapes_dir, tmp_path, stage
         assert not (resumed / "checkpoints" / ".universal").exists()
         assert len(losses(resumed)) == len(losses(reference)) == 32
         assert losses(resumed)[16:] == pytest.approx(losses(reference)[16:], rel=1e-6)
-        if world != new_worlds[0]:
-            continue  # the load itself is checked once per stage: the same conversion at any count (time)
+        if world != max(new_worlds):
+            continue  # the bare load is checked once per stage, at the largest count (uneven, padded partitions)
         shutil.copytree(stopped, loaded)
         ok(run_train(args(loaded, "train.epochs=1"), nproc=world))  # loads epoch 1's checkpoint, trains nothing
         after_load = read_weights(loaded / "weights.safetensors")

@@ -187,9 +187,9 @@ def raise_if_any_rank_failed(error: BaseException | None, runtime: Runtime, what
     failed = torch.tensor([-1 if error is None else _exit_code_of(error) * world + runtime.rank],
                           dtype=torch.int64, device=runtime.device)
     torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+    value = int(failed.item())  # waits for the all-reduce (NCCL only queues it) before this rank may leave
     if error is not None:
         raise error
-    value = int(failed.item())
     if value >= 0:
         code, rank = divmod(value, world)
         raise PeerFailed(f"rank {rank} failed while {what} (exit {code}); its own log says why", code)
