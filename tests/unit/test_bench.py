@@ -311,6 +311,12 @@ def test_the_robustness_table_states_each_method_against_standard_training(tmp_p
     assert lines[0] == "`python -m visiontrain bench robustness --data d`"
     assert lines[5] == ("| fgsm_rs | 80.00 % | 40.00 % (1000) | 38.50 % (300) | 2.0 min | 2.0x | 30.0, 41.5 | - |")
     assert lines[6].endswith("| 8.0x | 30.0, 41.5 | epoch 3 |")
+    # The goal's comparison, a single-step method against PGD-7: points of robust top-1 and the time saved
+    lines = markdown({"command": "c", "rows": [row("fgsm_rs", 120), {**row("pgd7", 480), "pgd_top1": 41.25,
+                                                                     "apgd_top1": 38.0}]}).splitlines()
+    assert "fgsm_rs against pgd7: PGD-20 -1.25 points, APGD +0.50 points, 4.0x less training time" in lines
+    assert not [line for line in markdown({"command": "c", "rows": [row("fgsm_rs", 1)]}).splitlines()
+                if "against" in line]
     assert run_cli(bench_main, ["robustness", "--data", str(tmp_path)]) == 2
     assert "no meta.json" in capsys.readouterr().err
 
